@@ -1,0 +1,109 @@
+"""One exception tree for the whole product.
+
+Front doors (CLI, MCP tools, web pages, broker API) turn these into their own form in one
+place. Messages are written for the person (or agent) who must act: they name the problem
+and the fix, and never contain a secret value.
+"""
+
+from __future__ import annotations
+
+
+class AgentVaultError(Exception):
+    """Base of every error agent-vault raises on purpose."""
+
+    #: a short machine-readable code used by the broker API
+    code = "error"
+
+
+class ConfigError(AgentVaultError):
+    """The configuration is missing, unreadable or invalid."""
+
+    code = "config"
+
+
+class ProviderError(AgentVaultError):
+    """A secret store failed or refused."""
+
+    code = "provider"
+
+
+class SecretNotFound(ProviderError):
+    code = "not_found"
+
+
+class ProviderUnavailable(ProviderError):
+    code = "unavailable"
+
+
+class ProviderAuthError(ProviderError):
+    code = "provider_auth"
+
+
+class ReadOnlyVault(ProviderError):
+    code = "read_only"
+
+
+class InvalidRequest(AgentVaultError):
+    """The agent asked for something malformed (bad name, oversized reason, unknown vault)."""
+
+    code = "invalid"
+
+
+class ApprovalError(AgentVaultError):
+    """A request did not end in an approval."""
+
+    code = "approval"
+
+
+class RequestDenied(ApprovalError):
+    code = "denied"
+
+
+class RequestExpired(ApprovalError):
+    code = "expired"
+
+
+class RequestPending(ApprovalError):
+    """Still waiting for the human; carries the request id so the agent can resume."""
+
+    code = "pending"
+
+
+class NotAuthorized(ApprovalError):
+    """The approver's proof (passkey, TOTP code, session) was missing or wrong."""
+
+    code = "not_authorized"
+
+
+class AuditError(AgentVaultError):
+    """The audit log could not be written or failed verification; nothing is released."""
+
+    code = "audit"
+
+
+class BrokerUnavailable(AgentVaultError):
+    """The front door could not reach or start the broker."""
+
+    code = "broker_unavailable"
+
+
+CODES: dict[str, type[AgentVaultError]] = {
+    cls.code: cls
+    for cls in (
+        AgentVaultError,
+        ConfigError,
+        ProviderError,
+        SecretNotFound,
+        ProviderUnavailable,
+        ProviderAuthError,
+        ReadOnlyVault,
+        InvalidRequest,
+        ApprovalError,
+        RequestDenied,
+        RequestExpired,
+        RequestPending,
+        NotAuthorized,
+        AuditError,
+        BrokerUnavailable,
+    )
+}

@@ -1,0 +1,58 @@
+"""The SecretProvider protocol every provider implements, and its options base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from agent_vault.secret import SecretValue
+
+
+class ProviderOptions(BaseModel):
+    """Provider-specific keys of one vault section. Subclasses add their own fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProviderContext(BaseModel):
+    """What a provider needs to know about where it was configured."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    vault: str
+    #: directory of the config file; relative paths resolve against it
+    base_dir: Path
+    #: whether the vault is configured writable
+    writable: bool = False
+
+
+@runtime_checkable
+class SecretProvider(Protocol):
+    """A store of named secrets.
+
+    Implementations are constructed with `(options, context)` and must never put a value in
+    an exception message or a log line. Errors are the ones in `agent_vault.errors`.
+    """
+
+    #: the `type` key in config that selects this provider
+    type_name: ClassVar[str]
+    #: pydantic model validating the provider's own keys in the vault section
+    Options: ClassVar[type[ProviderOptions]]
+
+    def list_names(self) -> list[str]:
+        """All secret names, sorted; never values."""
+        ...
+
+    def get(self, name: str) -> SecretValue:
+        """The value of `name`; raises SecretNotFound if absent."""
+        ...
+
+    def supports_write(self) -> bool:
+        """Whether `set_many` can work for this provider at all."""
+        ...
+
+    def set_many(self, values: dict[str, SecretValue]) -> None:
+        """Create or update all of `values` at once (all or nothing where the store allows)."""
+        ...
