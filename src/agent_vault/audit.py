@@ -1,0 +1,478 @@
+"""The audit log: an append-only, hash-chained SQLite table of everything the broker does.
+
+Each row is committed (fsync) before `append` returns; `verify` recomputes the chain.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import stat
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent_vault.errors import AuditError
+
+EVENTS = (
+    "listed", "requested", "approved", "denied", "auto_approved", "expired", "delivered",
+    "written", "write_failed", "window_revoked", "cancelled", "factor_added", "factor_removed",
+    "auth_failed", "channel_failed", "webhook_failed", "broker_started",
+)  # fmt: skip
+OPERATIONS = ("read", "write")
+SCOPES = ("secret", "vault")
+GENESIS_HASH = "0" * 64
+
+# Keys that suggest someone is about to store a secret value in `detail`. Compared after
+# lower-casing and dropping everything but letters and digits ("Secret-Value" -> "secretvalue").
+_VALUE_LIKE_KEY = re.compile(r"value$|password|passwd|passphrase|secret$|token$|apikey|privatekey|plaintext")
+
+# Schema changes are appended, never edited: PRAGMA user_version counts the ones applied.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL,
+            event TEXT NOT NULL,
+            vault TEXT,
+            names TEXT NOT NULL,
+            operation TEXT,
+            reason TEXT,
+            scope TEXT,
+            window_end TEXT,
+            request_id TEXT,
+            client TEXT,
+            detail TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_ts ON audit (ts)",
+        "CREATE INDEX audit_request_id ON audit (request_id)",
+        """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+        """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    ),
+)
+
+_COLUMNS = (
+    "id", "ts", "event", "vault", "names", "operation", "reason", "scope", "window_end",
+    "request_id", "client", "detail", "prev_hash", "hash",
+)  # fmt: skip
+_SELECT = (
+    "SELECT id, ts, event, vault, names, operation, reason, scope, window_end, request_id, client, "
+    "detail, prev_hash, hash FROM audit"
+)
+_INSERT = (
+    "INSERT INTO audit (id, ts, event, vault, names, operation, reason, scope, window_end, request_id, "
+    "client, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What happened. Names and metadata only: there is deliberately no field for a value."""
+
+    event: str
+    vault: str | None = None
+    names: tuple[str, ...] = ()
+    operation: str | None = None
+    reason: str | None = None
+    scope: str | None = None
+    window_end: datetime | None = None
+    request_id: str | None = None
+    client: str | None = None
+    #: JSON-able extras: peer pid/uid, project dir, git remote, error text, ...
+    detail: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(self.names))
+        _check_event(self)
+        object.__setattr__(self, "detail", json.loads(_canonical(dict(self.detail))))
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One committed row of the log."""
+
+    id: int
+    ts: datetime
+    event: str
+    vault: str | None
+    names: tuple[str, ...]
+    operation: str | None
+    reason: str | None
+    scope: str | None
+    window_end: datetime | None
+    request_id: str | None
+    client: str | None
+    detail: Mapping[str, Any] = field(hash=False)
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON-able data (`agent-vault audit list --json`)."""
+        return {
+            "id": self.id,
+            "ts": self.ts.isoformat(),
+            "event": self.event,
+            "vault": self.vault,
+            "names": list(self.names),
+            "operation": self.operation,
+            "reason": self.reason,
+            "scope": self.scope,
+            "window_end": self.window_end.isoformat() if self.window_end else None,
+            "request_id": self.request_id,
+            "client": self.client,
+            "detail": dict(self.detail),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    #: rows checked (on failure, up to and including the first bad one)
+    rows: int
+    first_bad_id: int | None = None
+    problem: str | None = None
+
+
+class AuditLog:
+    """The log file. Thread-safe; several processes may append to the same file."""
+
+    def __init__(
+        self, path: Path, *, clock: Callable[[], datetime] | None = None, busy_timeout: float = 5.0
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock or _utc_now
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        _create_private_file(self.path)
+        self._conn: sqlite3.Connection | None = self._connect()
+        try:
+            _migrate(self._conn)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise AuditError(_explain(self.path, "open", exc)) from exc
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def append(self, event: AuditEvent) -> AuditRecord:
+        """Commit one row durably and return it; on any failure raise AuditError, write nothing."""
+        if not isinstance(event, AuditEvent):
+            raise TypeError("append() takes an AuditEvent")
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    record = self._insert_next(conn, event)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise AuditError(_explain(self.path, "write", exc)) from exc
+        return record
+
+    def list(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        vault: str | None = None,
+        name: str | None = None,
+        event: str | None = None,
+        request_id: str | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+    ) -> builtins.list[AuditRecord]:
+        """Rows matching every given filter; `since` is inclusive, `until` exclusive, naive = UTC."""
+        where, params = _filters(since, until, vault, name, event, request_id)
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1 (or None for no limit)")
+        order = "DESC" if newest_first else "ASC"
+        sql = f"{_SELECT} {where} ORDER BY id {order} LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                rows = conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise AuditError(_explain(self.path, "read", exc)) from exc
+        return [_record_from_row(row) for row in rows]
+
+    def verify(self) -> VerifyResult:
+        """Walk every row in id order and report the first missing or altered one."""
+        conn = self._connect()  # its own connection: a long walk must not block appends
+        try:
+            conn.execute("BEGIN")  # one read snapshot for the whole walk
+            result = _walk(conn.execute(f"{_SELECT} ORDER BY id"))
+            return _check_tail(conn, result)
+        except sqlite3.Error as exc:
+            raise AuditError(_explain(self.path, "read", exc)) from exc
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            raise AuditError(_explain(self.path, "open", exc)) from exc
+        return conn
+
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise AuditError(f"the audit log {self.path} is closed")
+        return self._conn
+
+    def _insert_next(self, conn: sqlite3.Connection, event: AuditEvent) -> AuditRecord:
+        # Continue after the highest id ever used (sqlite_sequence), so a deleted tail shows
+        # up as a gap at the next append instead of being silently reused.
+        last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+        last_id, prev_hash = last if last else (0, GENESIS_HASH)
+        row_id = max(last_id, seq[0] if seq else 0) + 1
+        row = _row_values(row_id, _utc_text(self._clock(), "clock()"), event, prev_hash)
+        conn.execute(_INSERT, row)
+        return _record_from_row(row)
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def _check_event(event: AuditEvent) -> None:
+    if event.event not in EVENTS:
+        raise ValueError(f"unknown audit event {event.event!r}; expected one of {', '.join(EVENTS)}")
+    if event.operation not in (None, *OPERATIONS):
+        raise ValueError(f"operation must be 'read' or 'write', not {event.operation!r}")
+    if event.scope not in (None, *SCOPES):
+        raise ValueError(f"scope must be 'secret' or 'vault', not {event.scope!r}")
+    for label in ("vault", "reason", "request_id", "client"):
+        if not isinstance(getattr(event, label), str | None):
+            raise ValueError(f"{label} must be a string")
+    if not all(isinstance(name, str) for name in event.names):
+        raise ValueError("names must be strings")
+    if event.window_end is not None and event.window_end.tzinfo is None:
+        raise ValueError("window_end must be timezone-aware")
+    _check_detail_keys(event.detail)
+
+
+def _check_detail_keys(data: object) -> None:
+    """Refuse detail keys that look like they hold a secret value (defence in depth)."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if not isinstance(key, str):
+                raise ValueError("detail keys must be strings")
+            if _VALUE_LIKE_KEY.search(re.sub(r"[^a-z0-9]", "", key.lower())):
+                raise ValueError(
+                    f"detail key {key!r} looks like a secret value; audit rows never hold values"
+                )
+            _check_detail_keys(value)
+    elif isinstance(data, list | tuple):
+        for item in data:
+            _check_detail_keys(item)
+
+
+# -- rows and hashes ------------------------------------------------------------------------
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _canonical(data: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8 as is, no NaN."""
+    try:
+        return _ENCODER.encode(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"audit detail must be plain JSON data: {exc}") from None
+
+
+def _row_values(row_id: int, ts: str, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:
+    window_end = _utc_text(event.window_end) if event.window_end else None
+    fields = (row_id, ts, event.event, event.vault, _canonical(list(event.names)), event.operation,
+              event.reason, event.scope, window_end, event.request_id, event.client,
+              _canonical(dict(event.detail)), prev_hash)  # fmt: skip
+    return (*fields, _row_hash(fields))
+
+
+def _row_hash(fields: tuple[Any, ...]) -> str:
+    """sha256 of the canonical JSON of a row's columns (names and detail as JSON, not text)."""
+    data = dict(zip(_COLUMNS[:-1], fields, strict=True))
+    data["names"] = json.loads(data["names"])
+    data["detail"] = json.loads(data["detail"])
+    return hashlib.sha256(_canonical(data).encode()).hexdigest()
+
+
+def _record_from_row(row: tuple[Any, ...]) -> AuditRecord:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    values["ts"] = datetime.fromisoformat(values["ts"])
+    if values["window_end"] is not None:
+        values["window_end"] = datetime.fromisoformat(values["window_end"])
+    values["names"] = tuple(json.loads(values["names"]))
+    values["detail"] = json.loads(values["detail"])
+    return AuditRecord(**values)
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def _walk(rows: Iterable[tuple[Any, ...]]) -> VerifyResult:
+    expected, prev_hash, count = 1, GENESIS_HASH, 0
+    for row in rows:
+        count += 1
+        problem = _check_row(row, expected, prev_hash)
+        if problem is not None:
+            return VerifyResult(False, count, problem[0], problem[1])
+        expected, prev_hash = row[0] + 1, row[-1]
+    return VerifyResult(True, count)
+
+
+def _check_row(row: tuple[Any, ...], expected: int, prev_hash: str) -> tuple[int, str] | None:
+    row_id = row[0]
+    if row_id != expected:
+        return expected, f"row {expected} is missing (the next row present is {row_id})"
+    try:
+        intact = _row_hash(row[:-1]) == row[-1]
+    except (TypeError, ValueError):
+        intact = False
+    if not intact:
+        return row_id, f"row {row_id} was altered: its hash does not match its contents"
+    if row[-2] != prev_hash:
+        return row_id, (
+            f"row {row_id} does not link to row {row_id - 1}: row {row_id - 1} was rewritten "
+            f"with a recomputed hash, or rows were removed or replaced here"
+        )
+    return None
+
+
+def _check_tail(conn: sqlite3.Connection, result: VerifyResult) -> VerifyResult:
+    """Catch a deleted tail by the highest id SQLite ever handed out (an editable tripwire)."""
+    if not result.ok:
+        return result
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+    if seq is not None and seq[0] > result.rows:
+        first = result.rows + 1
+        return VerifyResult(False, result.rows, first, f"rows {first} to {seq[0]} are missing from the end")
+    return result
+
+
+# -- files, schema and errors ---------------------------------------------------------------
+
+
+def _create_private_file(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise AuditError(f"cannot open the audit log {path}: the directory {path.parent} does not exist")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        mode = path.lstat().st_mode
+        if not stat.S_ISREG(mode):
+            raise AuditError(f"the audit log {path} is not a regular file (a symlink or device?)") from None
+        return
+    except OSError as exc:
+        raise AuditError(f"cannot create the audit log {path}: {exc.strerror}") from exc
+    os.close(fd)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    if _schema_version(conn) == len(MIGRATIONS):
+        return  # nothing to write, so a read-only file can still be listed and verified
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statements in MIGRATIONS[_schema_version(conn) :]:
+            for sql in statements:
+                conn.execute(sql)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise sqlite3.DatabaseError("the audit log was written by a newer agent-vault")
+    return version
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):  # nothing left to undo: SQLite rolled back already
+        conn.execute("ROLLBACK")
+
+
+def _explain(path: Path, action: str, exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith("SQLITE_READONLY"):
+        why = "the file or its directory is read-only; make both writable by this user"
+    elif name.startswith("SQLITE_FULL"):
+        why = "the disk is full; free some space"
+    elif name.startswith("SQLITE_IOERR"):
+        why = "the disk refused the write (full, failing, or over a file size limit)"
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        why = "another process holds the lock; try again, or stop the other agent-vault"
+    elif name.startswith("SQLITE_CANTOPEN"):
+        why = "the file cannot be opened; check that it and its directory are writable"
+    else:
+        why = str(exc)
+    return f"cannot {action} the audit log {path}: {why}"
+
+
+def _filters(
+    since: datetime | None, until: datetime | None, vault: str | None,
+    name: str | None, event: str | None, request_id: str | None,
+) -> tuple[str, builtins.list[Any]]:  # fmt: skip
+    if event is not None and event not in EVENTS:
+        raise ValueError(f"unknown audit event {event!r}; expected one of {', '.join(EVENTS)}")
+    clauses: builtins.list[tuple[str, Any]] = [
+        ("ts >= ?", since and _utc_text(since)),
+        ("ts < ?", until and _utc_text(until)),
+        ("vault = ?", vault),
+        ("EXISTS (SELECT 1 FROM json_each(audit.names) WHERE json_each.value = ?)", name),
+        ("event = ?", event),
+        ("request_id = ?", request_id),
+    ]
+    used = [(sql, value) for sql, value in clauses if value is not None]
+    where = " AND ".join(sql for sql, _ in used)
+    return (f"WHERE {where}" if where else ""), [value for _, value in used]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc_text(moment: datetime, what: str | None = None) -> str:
+    """Fixed-width UTC ISO text, so rows sort and compare as strings. Naive filters mean UTC."""
+    if moment.tzinfo is None:
+        if what is not None:
+            raise ValueError(f"{what} must return a timezone-aware datetime")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
