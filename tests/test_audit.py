@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -53,10 +55,7 @@ def log(db: Path) -> Iterator[AuditLog]:
 
 
 def fill(log: AuditLog, n: int) -> list[AuditRecord]:
-    return [
-        log.append(AuditEvent("requested", vault="dev", names=(f"N{i}",), request_id=f"r{i}"))
-        for i in range(n)
-    ]
+    return [log.append(AuditEvent("requested", vault="dev", names=(f"N{i}",), request_id=f"r{i}")) for i in range(n)]
 
 
 def raw(db: Path) -> sqlite3.Connection:
@@ -455,23 +454,43 @@ def test_threads_keep_the_chain(log: AuditLog) -> None:
 
 
 APPENDER = """
-import sys
+import sys, time
 from pathlib import Path
 from agent_vault.audit import AuditEvent, AuditLog
-with AuditLog(Path(sys.argv[1])) as log:
+db, me = Path(sys.argv[1]), sys.argv[2]
+db.with_name("ready-" + me).touch()
+while not db.with_name("go").exists():  # start together, so the appends really interleave
+    time.sleep(0.001)
+with AuditLog(db) as log:
     for i in range(150):
-        log.append(AuditEvent("requested", names=(f"P{sys.argv[2]}_{i}",)))
+        log.append(AuditEvent("requested", names=(f"{me}_{i}",)))
+        time.sleep(0.001)  # a broker appends now and then, not in a tight loop
 """
 
 
 def test_processes_keep_the_chain(db: Path) -> None:
     AuditLog(db).close()
-    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(db), str(n)]) for n in range(2)]
-    with AuditLog(db) as log:  # and this process appends at the same time
+    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(db), f"P{n}"]) for n in range(2)]
+    deadline = time.monotonic() + 30
+    while not all(db.with_name(f"ready-P{n}").exists() for n in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    def worker(n: int) -> None:
         for i in range(50):
-            log.append(AuditEvent("listed", names=(f"M{i}",)))
+            log.append(AuditEvent("requested", names=(f"T{n}_{i}",)))
+
+    with AuditLog(db) as log:  # this process appends at the same time, from two threads
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+        db.with_name("go").touch()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         assert [p.wait(timeout=60) for p in procs] == [0, 0]
         result = log.verify()
-        assert (result.ok, result.rows) == (True, 350)
-        names = {r.names[0][0] for r in log.list(limit=None)}
-        assert names == {"P", "M"}
+        assert (result.ok, result.rows) == (True, 400)
+        writers = [r.names[0].split("_")[0] for r in log.list(limit=None, newest_first=False)]
+    assert sorted(set(writers)) == ["P0", "P1", "T0", "T1"]
+    from_processes = [w for w in writers if w.startswith("P")]
+    switches = sum(a != b for a, b in itertools.pairwise(from_processes))
+    assert switches > 1, "the two processes never interleaved; the test proved nothing"

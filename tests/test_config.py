@@ -485,9 +485,7 @@ def test_missing_env_var_names_file_key_and_variable(tmp_path: Path) -> None:
 
 def test_every_missing_env_var_is_listed_and_no_value_leaks(tmp_path: Path) -> None:
     data = {
-        "vaults": {
-            "dev": {"type": "1password", "serviceAccountToken": "env:OP_DEV_TOKEN", "vaultIds": ["env:A"]}
-        },
+        "vaults": {"dev": {"type": "1password", "serviceAccountToken": "env:OP_DEV_TOKEN", "vaultIds": ["env:A"]}},
         "ngrokAuthToken": "env:NGROK_AUTHTOKEN",
     }
     message = config_error(tmp_path, data, {"NGROK_AUTHTOKEN": "ngrok_SECRET_token"})
@@ -499,9 +497,7 @@ def test_every_missing_env_var_is_listed_and_no_value_leaks(tmp_path: Path) -> N
 def test_referenced_env_vars(tmp_path: Path) -> None:
     path = write(tmp_path, "agent-vault.config.json", SEED_EXAMPLES[4])
     assert referenced_env_vars(path) == {"OP_DEV_TOKEN", "OP_PROD_TOKEN", "NGROK_AUTHTOKEN"}
-    toml = write(
-        tmp_path, "agent-vault.toml", '[vaults.x]\ntype = "env"\nfile = "env:F"\nlist = ["env:L", "y"]\n'
-    )
+    toml = write(tmp_path, "agent-vault.toml", '[vaults.x]\ntype = "env"\nfile = "env:F"\nlist = ["env:L", "y"]\n')
     assert referenced_env_vars(toml) == {"F", "L"}
 
 
@@ -598,9 +594,7 @@ def test_out_of_range_value_from_env_is_not_echoed(tmp_path: Path) -> None:
 def test_missing_file_for_env_vault(tmp_path: Path) -> None:
     message = config_error(tmp_path, {"vaults": {"local": {"type": "env", "ttl": 15}}})
     path = tmp_path / "agent-vault.config.json"
-    assert message.startswith(
-        f"{path}: vaults.local.file: required key is missing. Fix: add `file` to vaults.local"
-    )
+    assert message.startswith(f"{path}: vaults.local.file: required key is missing. Fix: add `file` to vaults.local")
 
 
 def test_missing_type(tmp_path: Path) -> None:
@@ -611,9 +605,7 @@ def test_missing_type(tmp_path: Path) -> None:
 def test_unknown_provider_type(tmp_path: Path) -> None:
     message = config_error(tmp_path, {"vaults": {"kp": {"type": "keepass", "file": "x.kdbx"}}})
     path = tmp_path / "agent-vault.config.json"
-    assert message.startswith(
-        f"{path}: vaults.kp.type: unknown provider type 'keepass'. Known types: 1password, env."
-    )
+    assert message.startswith(f"{path}: vaults.kp.type: unknown provider type 'keepass'. Known types: 1password, env.")
     assert "Fix:" in message
     assert len(message.splitlines()) == 1  # the options are not checked against an unknown type
 
@@ -744,9 +736,7 @@ def test_redacted_view_hides_every_credential(tmp_path: Path) -> None:
 
 def test_repr_never_shows_resolved_values(tmp_path: Path) -> None:
     data = json.loads(SEED_EXAMPLES[4])
-    data["webhooks"] = [
-        {"url": "env:HOOK_URL", "authorization": "env:DD_API_KEY", "signingSecret": "env:DD_API_KEY"}
-    ]
+    data["webhooks"] = [{"url": "env:HOOK_URL", "authorization": "env:DD_API_KEY", "signingSecret": "env:DD_API_KEY"}]
     env = {**ENV, "HOOK_URL": "https://hooks.example.com/SECRET"}
     config = load_json(tmp_path, data, env)
     text = repr(config) + str(config) + repr(config.vaults["dev"]) + repr(config.webhooks[0])

@@ -150,9 +150,7 @@ class VerifyResult:
 class AuditLog:
     """The log file. Thread-safe; several processes may append to the same file."""
 
-    def __init__(
-        self, path: Path, *, clock: Callable[[], datetime] | None = None, busy_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self._clock = clock or _utc_now
         self._busy_timeout = busy_timeout
@@ -238,9 +236,7 @@ class AuditLog:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
@@ -292,9 +288,7 @@ def _check_detail_keys(data: object) -> None:
             if not isinstance(key, str):
                 raise ValueError("detail keys must be strings")
             if _VALUE_LIKE_KEY.search(re.sub(r"[^a-z0-9]", "", key.lower())):
-                raise ValueError(
-                    f"detail key {key!r} looks like a secret value; audit rows never hold values"
-                )
+                raise ValueError(f"detail key {key!r} looks like a secret value; audit rows never hold values")
             _check_detail_keys(value)
     elif isinstance(data, list | tuple):
         for item in data:

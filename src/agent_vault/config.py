@@ -249,14 +249,10 @@ def _read_raw(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}). Fix: save it as UTF-8.") from None
     except OSError as exc:
-        raise ConfigError(
-            f"{path}: cannot read it ({exc.strerror}). Fix: check the path and permissions."
-        ) from None
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror}). Fix: check the path and permissions.") from None
     data = _parse_json(path, text) if suffix == ".json" else _parse_toml(path, text)
     if not isinstance(data, dict):
-        raise ConfigError(
-            f'{path}: the top level must be an object like {{"vaults": {{...}}}}, got {_kind(data)}.'
-        )
+        raise ConfigError(f'{path}: the top level must be an object like {{"vaults": {{...}}}}, got {_kind(data)}.')
     return data
 
 

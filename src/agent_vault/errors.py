@@ -74,6 +74,11 @@ class NotAuthorized(ApprovalError):
 
     code = "not_authorized"
 
+    def __init__(self, message: str, *, deny: bool = False) -> None:
+        super().__init__(message)
+        #: the failure was one too many: the request is to be denied
+        self.deny = deny
+
 
 class AuditError(AgentVaultError):
     """The audit log could not be written or failed verification; nothing is released."""

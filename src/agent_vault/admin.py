@@ -1,0 +1,151 @@
+"""What the operator's commands show: status, config check, grants, audit (text or JSON).
+
+Each function gathers from the core (broker API, store, audit log) and formats for a
+terminal; cli.py only parses arguments and prints what these return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent_vault.audit import AuditLog
+from agent_vault.client import BrokerClient
+from agent_vault.config import find_config, load_config, redacted_view
+from agent_vault.errors import BrokerUnavailable, InvalidRequest
+from agent_vault.home import state_paths
+from agent_vault.store.sqlite import StateStore, Window
+
+
+async def broker_status() -> str:
+    paths = state_paths()
+    async with BrokerClient(paths.socket) as client:
+        try:
+            data = await client.status()
+        except BrokerUnavailable:
+            return f"broker: not running (state dir {paths.root}). It starts with the first MCP session."
+    lines = [
+        f"broker: running, pid {data['pid']}, version {data['version']}",
+        f"approval pages: {data['url']}",
+        f"state dir: {paths.root}",
+        f"pending requests: {len(data['pending'])}",
+    ]
+    for req in data["pending"]:
+        lines.append(
+            f"  {req['id']}  {req['operation'].upper()} {', '.join(req['names'])} in {req['vault']} "
+            f"(code {req['match_code']}, expires {req['expires_at']})"
+        )
+    lines.append(f"active windows: {len(data['windows'])}")
+    return "\n".join(lines)
+
+
+async def stop_broker() -> str:
+    paths = state_paths()
+    async with BrokerClient(paths.socket) as client:
+        try:
+            await client.shutdown()
+        except BrokerUnavailable:
+            return "broker: not running"
+    return "broker: stopping"
+
+
+def config_check(path: str | None) -> str:
+    source = Path(path).expanduser() if path else find_config()
+    config = load_config(source)
+    view = redacted_view(config)
+    return f"config file: {config.source}\n" + json.dumps(view, indent=2, default=str)
+
+
+def _windows() -> list[Window]:
+    store = StateStore(state_paths().state_db)
+    try:
+        return store.active_windows(datetime.now(UTC))
+    finally:
+        store.close()
+
+
+def grants_list(as_json: bool = False) -> str:
+    windows = _windows()
+    if as_json:
+        return json.dumps([_window_json(w) for w in windows], indent=2)
+    if not windows:
+        return "no active approval windows"
+    now = datetime.now(UTC)
+    lines = []
+    for w in windows:
+        what = f"vault {w.vault} (every secret)" if w.name is None else f"{w.vault}/{w.name}"
+        left = int((w.ends_at - now).total_seconds())
+        lines.append(f"{w.id}  {what}  ends {w.ends_at.isoformat(timespec='seconds')} ({left}s left)  [{w.workspace}]")
+    return "\n".join(lines)
+
+
+def _window_json(w: Window) -> dict[str, object]:
+    return {
+        "id": w.id,
+        "vault": w.vault,
+        "name": w.name,
+        "scope": w.scope,
+        "config": w.workspace,
+        "ends_at": w.ends_at.isoformat(),
+        "request_id": w.request_id,
+    }
+
+
+async def grants_revoke(window_id: str | None, every: bool = False) -> str:
+    from agent_vault.broker import Broker
+    from agent_vault.daemon import offline_broker
+
+    broker: Broker = offline_broker(state_paths())
+    try:
+        ids = [w.id for w in broker.windows()] if every else [window_id or ""]
+        if every and not ids:
+            return "no active approval windows"
+        done = [await broker.revoke_window(wid) for wid in ids]
+    finally:
+        broker.store.close()
+        broker.audit.close()
+    return "\n".join(f"revoked {w.id} ({w.vault}/{w.name or '*'})" for w in done)
+
+
+def _when(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{text!r} is not an ISO date or datetime (e.g. 2026-11-29 or 2026-11-29T08:00)") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def audit_list(args: argparse.Namespace) -> str:
+    with AuditLog(state_paths().audit_db) as log:
+        rows = log.list(
+            since=_when(args.since),
+            until=_when(args.until),
+            vault=args.vault,
+            name=args.name,
+            event=args.event,
+            request_id=args.request,
+            limit=args.limit,
+        )
+    if args.json:
+        return json.dumps([r.to_json() for r in rows], indent=2)
+    if not rows:
+        return "no audit events match"
+    out = []
+    for r in rows:
+        names = ",".join(r.names)
+        target = f"{r.vault}/{names}" if r.vault else names
+        reason = f'  "{r.reason}"' if r.reason else ""
+        out.append(f"{r.id:>6}  {r.ts.isoformat(timespec='seconds')}  {r.event:<14} {target}{reason}")
+    return "\n".join(out)
+
+
+def audit_verify() -> tuple[bool, str]:
+    with AuditLog(state_paths().audit_db) as log:
+        result = log.verify()
+    if result.ok:
+        return True, f"audit log intact: {result.rows} rows, hash chain verified"
+    return False, f"audit log BROKEN at row {result.first_bad_id}: {result.problem}"

@@ -1,0 +1,1 @@
+"""Access requests: their model, validation, lifecycle and the approver's proof."""

@@ -1,0 +1,29 @@
+"""The approver's proof: what a decision to approve must carry, and who checks it.
+
+A link is a pointer, never a capability: approving needs a factor only the human holds,
+bound to the one request. Denying needs nothing (failing safe is always allowed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent_vault.approvals.request import AccessRequest
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What the approval page sent: a TOTP code, a passkey assertion, ..."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Approver(Protocol):
+    def verify(self, request: AccessRequest, proof: Proof | None) -> str:
+        """Check `proof` for exactly `request`; return a label of the factor used (for the audit).
+
+        Raises NotAuthorized when the proof is missing, wrong, replayed or for another request.
+        """
+        ...

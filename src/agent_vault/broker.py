@@ -1,0 +1,501 @@
+"""The core use cases: list, request access, decide, deliver, write.
+
+Front doors (the broker's socket API for MCP front doors, the approval pages, the CLI) call
+this and nothing else. Rules that decide whether a value is released live here: a missing
+secret fails before any human is asked, windows allow re-reads, an approval needs the
+approver's proof, every release is audited first, a value goes once to the session that asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent_vault.approvals.approver import Approver, Proof
+from agent_vault.approvals.request import (
+    AccessRequest,
+    Operation,
+    Requester,
+    Status,
+    new_match_code,
+    new_request_id,
+)
+from agent_vault.approvals.validation import check_names, check_reason, check_value
+from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
+from agent_vault.errors import (
+    ApprovalError,
+    AuditError,
+    InvalidRequest,
+    NotAuthorized,
+    ProviderError,
+    ReadOnlyVault,
+    RequestDenied,
+    RequestExpired,
+    SecretNotFound,
+)
+from agent_vault.policy import Clock, WindowPolicy, utc_now
+from agent_vault.previews import mask_preview
+from agent_vault.secret import SecretValue
+from agent_vault.store.sqlite import StateStore, Window
+from agent_vault.workspace import Workspace, env_fingerprint
+
+log = logging.getLogger("agent_vault.broker")
+
+#: decision events forwarded to webhooks (the seed's three, plus outcomes it lacked)
+WEBHOOK_EVENTS = frozenset({"approved", "denied", "auto_approved", "expired", "written", "write_failed"})
+
+
+@dataclass
+class Session:
+    id: str
+    workspace: Workspace
+    requester: Requester
+
+
+@dataclass
+class Outcome:
+    """What a front door gets back from a request or a wait."""
+
+    status: str  # "delivered" | "written" | "pending"
+    request: AccessRequest | None = None
+    values: dict[str, SecretValue] = field(default_factory=dict)
+    url: str | None = None
+    window_end: datetime | None = None
+
+
+@dataclass
+class _Live:
+    """In-memory companion of a pending request: who waits on it and the values to write."""
+
+    decided: asyncio.Event
+    workspace: Workspace
+    values: dict[str, SecretValue] | None = None
+    timer: asyncio.TimerHandle | None = None
+    error: str | None = None
+
+
+Notifier = Callable[[AccessRequest, str], None]
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        audit: AuditLog,
+        approver: Approver,
+        base_url: str,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.approver = approver
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self.policy = WindowPolicy(store, clock)
+        self._workspaces: dict[tuple[str, str], Workspace] = {}
+        self._sessions: dict[str, Session] = {}
+        self._live: dict[str, _Live] = {}
+        self._coalesce: dict[tuple[Any, ...], str] = {}
+        self.notifiers: list[Notifier] = []
+        self.webhook_sink: Callable[[Workspace, AuditRecord], None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Expire whatever a previous broker left open: a restart never approves anything."""
+        await self._audit(None, "broker_started", None, detail={"url": self.base_url})
+        for req in self.store.requests_with_status(Status.PENDING, Status.APPROVED):
+            if self.store.transition(req.id, [req.status], Status.EXPIRED, self.clock()):
+                await self._audit(None, "expired", req, detail={"why": "broker restarted"})
+
+    async def stop(self) -> None:
+        for rid in list(self._live):
+            await self._finish(rid, Status.CANCELLED, "cancelled", why="broker stopped")
+
+    def approval_url(self, request_id: str) -> str:
+        return f"{self.base_url}/approve/{request_id}"
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def open_session(self, config_path: Path, env: Mapping[str, str], requester: dict[str, Any]) -> Session:
+        path = Path(config_path).resolve()
+        key = (str(path), env_fingerprint(env))
+        workspace = self._workspaces.get(key)
+        if workspace is None:
+            workspace = Workspace(path, env)
+            self._workspaces[key] = workspace
+        else:
+            workspace.refresh()
+        session_id = secrets.token_urlsafe(24)
+        session = Session(session_id, workspace, Requester(session_id=session_id, **requester))
+        self._sessions[session_id] = session
+        return session
+
+    def session(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    async def close_session(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+        for rid in list(self._live):
+            req = self.store.get_request(rid)
+            if req is not None and req.requester.session_id == session.id and req.status is Status.PENDING:
+                await self._finish(rid, Status.CANCELLED, "cancelled", why="the agent session ended")
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def list_secrets(self, session: Session) -> dict[str, list[str]]:
+        ws = session.workspace
+        ws.refresh()
+        listing: dict[str, list[str]] = {}
+        for name in ws.config.vaults:
+            listing[name] = await asyncio.to_thread(ws.provider(name).list_names)
+        await self._audit(ws, "listed", None, requester=session.requester, vault=None)
+        return listing
+
+    async def request_access(
+        self,
+        session: Session,
+        vault: str,
+        names: Sequence[object],
+        reason: object,
+        operation: Operation = Operation.READ,
+        values: Mapping[str, object] | None = None,
+    ) -> Outcome:
+        ws = session.workspace
+        ws.refresh()
+        checked = check_names(names)
+        why = check_reason(reason)
+        vcfg = ws.vault(vault)
+        provider = ws.provider(vault)
+        write_values: dict[str, SecretValue] | None = None
+        if operation is Operation.WRITE:
+            if not vcfg.writable:
+                raise ReadOnlyVault(
+                    f'vault {vault!r} is read-only. Fix: set "writable": true on vault {vault!r} in '
+                    f"{ws.path} if agents may store secrets there."
+                )
+            assert values is not None
+            write_values = {n: SecretValue(check_value(n, values.get(n))) for n in checked}
+        else:
+            await self._require_existing(provider, vault, checked)
+
+        windowed, ask = self.policy.split(ws.key, vault, checked, operation)
+        if not ask:
+            return await self._auto_approve(session, vault, windowed, why)
+
+        key = (session.id, ws.key, vault, ask, windowed, operation, why)
+        existing = self._coalesce.get(key) if write_values is None else None
+        if existing is not None:
+            req = self.store.get_request(existing)
+            if req is not None and req.status is Status.PENDING:
+                return Outcome("pending", req, url=self.approval_url(req.id))
+
+        req = self._new_request(session, vault, ask, windowed, operation, why, write_values)
+        self.store.insert_request(req)
+        live = _Live(asyncio.Event(), ws, write_values)
+        self._live[req.id] = live
+        try:
+            await self._audit(ws, "requested", req)
+        except AuditError:
+            self.store.transition(req.id, [Status.PENDING], Status.CANCELLED, self.clock())
+            self._live.pop(req.id, None)
+            raise
+        if write_values is None:
+            self._coalesce[key] = req.id
+        delay = (req.expires_at - self.clock()).total_seconds()
+        live.timer = asyncio.get_running_loop().call_later(max(delay, 0), self._expire_soon, req.id)
+        url = self.approval_url(req.id)
+        for notify in self.notifiers:
+            try:
+                notify(req, url)
+            except Exception:  # a channel must never block the request
+                log.exception("notification channel failed")
+        return Outcome("pending", req, url=url)
+
+    async def _require_existing(self, provider: Any, vault: str, names: Sequence[str]) -> None:
+        available = set(await asyncio.to_thread(provider.list_names))
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise SecretNotFound(
+                f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
+                "Call list_secrets for the exact names; nobody was asked to approve."
+            )
+
+    def _new_request(
+        self,
+        session: Session,
+        vault: str,
+        ask: tuple[str, ...],
+        windowed: tuple[str, ...],
+        operation: Operation,
+        reason: str,
+        write_values: dict[str, SecretValue] | None,
+    ) -> AccessRequest:
+        vcfg = session.workspace.vault(vault)
+        now = self.clock()
+        timeout = session.workspace.config.request_timeout
+        previews = tuple(mask_preview(write_values[n]) for n in ask) if write_values else ()
+        return AccessRequest(
+            id=new_request_id(),
+            workspace=session.workspace.key,
+            vault=vault,
+            names=ask,
+            windowed=windowed,
+            operation=operation,
+            reason=reason,
+            created_at=now,
+            expires_at=now + timedelta(seconds=timeout),
+            match_code=new_match_code(),
+            requester=session.requester,
+            scope=vcfg.ttl_scope,
+            ttl_minutes=vcfg.ttl if operation is Operation.READ else 0,
+            previews=previews,
+        )
+
+    async def _auto_approve(self, session: Session, vault: str, names: tuple[str, ...], reason: str) -> Outcome:
+        ws = session.workspace
+        end = max((self.policy.window_end(ws.key, vault, n) for n in names), default=None, key=_sort_key)
+        values = await self._fetch(ws, vault, names)
+        await self._audit(
+            ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
+            scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ,
+        )  # fmt: skip
+        return Outcome("delivered", None, values=values, window_end=end)
+
+    async def _fetch(self, ws: Workspace, vault: str, names: Sequence[str]) -> dict[str, SecretValue]:
+        provider = ws.provider(vault)
+        return await asyncio.to_thread(lambda: {n: provider.get(n) for n in names})
+
+    # -- waiting and delivery -----------------------------------------------------------------
+
+    def request_for(self, session: Session, request_id: str) -> AccessRequest:
+        req = self.store.get_request(request_id)
+        if req is None or not secrets.compare_digest(req.requester.session_id, session.id):
+            raise InvalidRequest(f"no request {request_id!r} belongs to this session")
+        return req
+
+    async def wait(self, session: Session, request_id: str, timeout: float) -> Outcome:
+        req = self.request_for(session, request_id)
+        live = self._live.get(request_id)
+        if req.status is Status.PENDING and live is not None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(live.decided.wait(), timeout)
+            req = self.request_for(session, request_id)
+        return await self._outcome(session, req)
+
+    async def _outcome(self, session: Session, req: AccessRequest) -> Outcome:
+        what = "write" if req.operation is Operation.WRITE else "access"
+        names = ", ".join(req.names)
+        if req.status is Status.PENDING and self.clock() >= req.expires_at:
+            await self._finish(req.id, Status.EXPIRED, "expired")
+            req = self.request_for(session, req.id)
+        if req.status is Status.PENDING:
+            return Outcome("pending", req, url=self.approval_url(req.id))
+        if req.status is Status.DENIED:
+            raise RequestDenied(
+                f"the human denied {what} to {names} in vault {req.vault!r} (request {req.id}). "
+                "Do not ask again for the same secret; ask the user how they want to proceed."
+            )
+        if req.status in (Status.EXPIRED, Status.CANCELLED):
+            raise RequestExpired(
+                f"request {req.id} for {names} {req.status.value} without a decision. "
+                "Ask the user whether to request it again."
+            )
+        if req.operation is Operation.WRITE:
+            return self._write_outcome(req)
+        if req.status is Status.APPROVED:
+            return await self._deliver(session, req)
+        raise InvalidRequest(f"the values of request {req.id} were already delivered; they are handed over once")
+
+    def _write_outcome(self, req: AccessRequest) -> Outcome:
+        if req.status is Status.DELIVERED:
+            return Outcome("written", req)
+        error = req.extra.get("error") or "the store refused the write"
+        raise ProviderError(f"the approved write to vault {req.vault!r} failed: {error}")
+
+    async def _deliver(self, session: Session, req: AccessRequest) -> Outcome:
+        ws = session.workspace
+        values = await self._fetch(ws, req.vault, req.all_names)
+        if not self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
+            raise InvalidRequest(f"the values of request {req.id} were already delivered; they are handed over once")
+        end = self._window_end_for(req)
+        await self._audit(ws, "delivered", req, names=req.all_names, window_end=end)
+        self._forget(req.id)
+        return Outcome("delivered", req, values=values, window_end=end)
+
+    def _window_end_for(self, req: AccessRequest) -> datetime | None:
+        if req.ttl_minutes <= 0 or req.decided_at is None:
+            return None
+        return req.decided_at + timedelta(minutes=req.ttl_minutes)
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def pending(self) -> list[AccessRequest]:
+        return self.store.requests_with_status(Status.PENDING)
+
+    def get_request(self, request_id: str) -> AccessRequest | None:
+        return self.store.get_request(request_id)
+
+    async def decide(self, request_id: str, approve: bool, proof: Proof | None, via: str = "web") -> AccessRequest:
+        req = self.store.get_request(request_id)
+        if req is None:
+            raise InvalidRequest("no such request")
+        if req.status is not Status.PENDING:
+            raise ApprovalError(f"this request is already {req.status.value}; nothing changed")
+        now = self.clock()
+        if now >= req.expires_at:
+            await self._finish(req.id, Status.EXPIRED, "expired")
+            raise RequestExpired("this request expired before the decision; nothing was released")
+        live = self._live.get(req.id)
+        factor = None
+        if approve:
+            try:
+                factor = self.approver.verify(req, proof)
+            except NotAuthorized as exc:
+                await self._audit(live.workspace if live else None, "auth_failed", req, detail={"why": str(exc)})
+                if exc.deny:
+                    await self.decide(req.id, False, None, via="too many failed factor checks")
+                raise
+        status = Status.APPROVED if approve else Status.DENIED
+        if not self.store.transition(req.id, [Status.PENDING], status, now):
+            raise ApprovalError("this request was decided a moment ago; nothing changed")
+        decided = req.with_status(status, now)
+        end = self._window_end_for(decided) if approve else None
+        detail = {"via": via, "factor": factor} if factor else {"via": via}
+        ws = live.workspace if live else None
+        try:
+            await self._audit(ws, "approved" if approve else "denied", decided, window_end=end, detail=detail)
+        except AuditError:
+            self.store.transition(req.id, [status], Status.CANCELLED, now)
+            self._wake(req.id)
+            raise
+        if approve:
+            self.policy.open_for(decided, now)
+            if decided.operation is Operation.WRITE:
+                await self._write(decided)
+        self._wake(req.id)
+        if not approve:
+            self._forget(req.id)
+        return self.store.get_request(req.id) or decided
+
+    async def _write(self, req: AccessRequest) -> None:
+        live = self._live.get(req.id)
+        if live is None or live.values is None:
+            self.store.transition(req.id, [Status.APPROVED], Status.EXPIRED, self.clock())
+            return
+        ws = live.workspace
+        provider = ws.provider(req.vault)
+        values = live.values
+        try:
+            await asyncio.to_thread(provider.set_many, values)
+        except ProviderError as exc:
+            self._record_write_error(req, str(exc))
+            await self._audit(ws, "write_failed", req, detail={"error": str(exc)})
+            return
+        self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED, self.clock())
+        await self._audit(ws, "written", req)
+        self._forget(req.id)
+
+    def _record_write_error(self, req: AccessRequest, error: str) -> None:
+        # Stored so the waiting front door can say why; provider errors never carry values.
+        self.store.set_extra(req.id, {"error": error})
+        self.store.transition(req.id, [Status.APPROVED], Status.CANCELLED, self.clock())
+        self._forget(req.id)
+
+    # -- expiry -------------------------------------------------------------------------------
+
+    def _expire_soon(self, request_id: str) -> None:
+        task = asyncio.ensure_future(self._finish(request_id, Status.EXPIRED, "expired"))
+        task.add_done_callback(_log_task_error)
+
+    async def _finish(self, request_id: str, status: Status, event: str, why: str | None = None) -> None:
+        if self.store.transition(request_id, [Status.PENDING], status, self.clock()):
+            req = self.store.get_request(request_id)
+            live = self._live.get(request_id)
+            if req is not None:
+                await self._audit(live.workspace if live else None, event, req, detail={"why": why} if why else {})
+        self._wake(request_id)
+        self._forget(request_id)
+
+    def _wake(self, request_id: str) -> None:
+        live = self._live.get(request_id)
+        if live is not None:
+            live.decided.set()
+
+    def _forget(self, request_id: str) -> None:
+        live = self._live.pop(request_id, None)
+        if live is not None:
+            if live.timer is not None:
+                live.timer.cancel()
+            live.values = None
+            live.decided.set()
+        for key, rid in list(self._coalesce.items()):
+            if rid == request_id:
+                del self._coalesce[key]
+
+    # -- windows ------------------------------------------------------------------------------
+
+    def windows(self) -> list[Window]:
+        return self.policy.active()
+
+    async def revoke_window(self, window_id: str) -> Window:
+        window = self.policy.revoke(window_id)
+        if window is None:
+            raise InvalidRequest(f"no active window {window_id!r}; see `agent-vault grants list`")
+        await self._audit(
+            None, "window_revoked", None, vault=window.vault, names=(window.name,) if window.name else (),
+            scope=window.scope, window_end=window.ends_at, request_id=window.request_id,
+        )  # fmt: skip
+        return window
+
+    # -- audit --------------------------------------------------------------------------------
+
+    async def _audit(
+        self,
+        ws: Workspace | None,
+        event: str,
+        req: AccessRequest | None,
+        *,
+        requester: Requester | None = None,
+        detail: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> AuditRecord:
+        who = requester or (req.requester if req else None)
+        base: dict[str, Any] = {}
+        if req is not None:
+            base = {
+                "vault": req.vault,
+                "names": req.names,
+                "operation": req.operation.value,
+                "reason": req.reason,
+                "scope": req.scope if req.operation is Operation.READ else None,
+                "request_id": req.id,
+            }
+        base.update({k: (v.value if isinstance(v, Operation) else v) for k, v in fields.items()})
+        extra = dict(detail or {})
+        if who is not None:
+            base["client"] = who.client
+            extra.update({k: v for k, v in who.to_json().items() if k != "client" and v is not None})
+        if ws is not None:
+            extra.setdefault("config", ws.key)
+        record = await asyncio.to_thread(self.audit.append, AuditEvent(event=event, detail=extra, **base))
+        if ws is not None and event in WEBHOOK_EVENTS and self.webhook_sink is not None:
+            self.webhook_sink(ws, record)
+        return record
+
+
+def _sort_key(value: datetime | None) -> float:
+    return value.timestamp() if value else 0.0
+
+
+def _log_task_error(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed: %s", type(task.exception()).__name__)

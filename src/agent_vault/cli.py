@@ -1,0 +1,180 @@
+"""The command line: each subcommand parses its arguments and calls the core.
+
+`agent-vault` with no arguments is the MCP front door (stdio), as MCP clients launch it.
+Nothing here prints to stdout in front-door mode: stdout is the MCP channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from agent_vault import __version__
+from agent_vault.errors import AgentVaultError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agent-vault",
+        description="A human between your AI coding agent and your secrets. With no command: the MCP server.",
+    )
+    p.add_argument("--version", action="version", version=f"agent-vault {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("mcp", help="run the MCP server on stdio (what MCP clients launch; the default)")
+    serve = sub.add_parser("serve", help="run the broker in the foreground")
+    serve.add_argument("--port", type=int, help="approval page port on 127.0.0.1 (default: config port or 9999)")
+    sub.add_parser("status", help="show the broker, its URL, pending requests and active windows")
+    sub.add_parser("stop", help="stop the running broker")
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", metavar="ACTION")
+    check = config.add_parser("check", help="show the resolved config (credentials redacted) and its file")
+    check.add_argument("--config", help="check this file instead of searching")
+
+    grants = sub.add_parser("grants", help="approval windows").add_subparsers(dest="action", metavar="ACTION")
+    glist = grants.add_parser("list", help="list active approval windows")
+    glist.add_argument("--json", action="store_true")
+    grevoke = grants.add_parser("revoke", help="end an approval window now")
+    grevoke.add_argument("window", nargs="?", help="window id from `grants list`")
+    grevoke.add_argument("--all", action="store_true", help="end every active window")
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="action", metavar="ACTION")
+    alist = audit.add_parser("list", help="list audit events, newest first")
+    alist.add_argument("--since", help="ISO date or datetime (UTC)")
+    alist.add_argument("--until", help="ISO date or datetime (UTC)")
+    alist.add_argument("--vault")
+    alist.add_argument("--name", help="secret name")
+    alist.add_argument("--event")
+    alist.add_argument("--request", help="request id")
+    alist.add_argument("--limit", type=int, default=50)
+    alist.add_argument("--json", action="store_true")
+    audit.add_parser("verify", help="check the hash chain; names the first altered or missing row")
+
+    init = sub.add_parser("init", help="one-time set-up on a terminal: enrol how you approve")
+    init.add_argument("--totp", action="store_true", help="enrol an authenticator app (TOTP)")
+    demo = sub.add_parser("demo", help="try the whole flow in a sandbox with a scripted agent")
+    demo.add_argument("--yes", action="store_true", help="approve automatically (no browser needed)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "mcp"
+    handler = _handlers().get(command)
+    if handler is None:
+        _parser().print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except AgentVaultError as exc:
+        print(f"agent-vault: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _handlers() -> dict[str, Handler]:
+    return {
+        "mcp": _mcp,
+        "serve": _serve,
+        "status": _status,
+        "stop": _stop,
+        "config": _config,
+        "grants": _grants,
+        "audit": _audit,
+        "init": _init,
+        "demo": _demo,
+    }
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from agent_vault.frontdoor import AgentSession
+    from agent_vault.home import state_paths
+    from agent_vault.mcp_server import serve_stdio
+
+    asyncio.run(serve_stdio(AgentSession(state_paths())))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from agent_vault.daemon import serve
+    from agent_vault.home import state_paths
+
+    asyncio.run(serve(state_paths(), args.port or _config_port()))
+    return 0
+
+
+def _config_port() -> int:
+    from agent_vault.config import find_config, load_config
+    from agent_vault.daemon import DEFAULT_PORT
+
+    try:
+        return load_config(find_config()).port
+    except AgentVaultError:
+        return DEFAULT_PORT
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent_vault.admin import broker_status
+
+    print(asyncio.run(broker_status()))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from agent_vault.admin import stop_broker
+
+    print(asyncio.run(stop_broker()))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from agent_vault.admin import config_check
+
+    if args.action != "check":
+        raise AgentVaultError("usage: agent-vault config check [--config PATH]")
+    print(config_check(args.config))
+    return 0
+
+
+def _grants(args: argparse.Namespace) -> int:
+    from agent_vault.admin import grants_list, grants_revoke
+
+    if args.action == "list":
+        print(grants_list(as_json=args.json))
+    elif args.action == "revoke":
+        if not args.window and not args.all:
+            raise AgentVaultError("name a window id (see `agent-vault grants list`) or pass --all")
+        print(asyncio.run(grants_revoke(args.window, every=args.all)))
+    else:
+        raise AgentVaultError("usage: agent-vault grants list|revoke")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from agent_vault.admin import audit_list, audit_verify
+
+    if args.action == "list":
+        print(audit_list(args))
+        return 0
+    if args.action == "verify":
+        ok, text = audit_verify()
+        print(text)
+        return 0 if ok else 1
+    raise AgentVaultError("usage: agent-vault audit list|verify")
+
+
+def _init(args: argparse.Namespace) -> int:
+    from agent_vault.enrol import run_init
+
+    return run_init(totp=args.totp)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agent_vault.demo import run_demo
+
+    return asyncio.run(run_demo(auto_approve=args.yes))

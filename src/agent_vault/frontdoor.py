@@ -1,0 +1,122 @@
+"""The agent's side of a session: find the config, reach the broker, ask and wait.
+
+One `AgentSession` per MCP front door process. It opens its broker session lazily (on the
+first tool call, when the MCP client's name is known), waits for decisions in short slices
+so callers can report progress, and gives up after the configured wait with "still pending".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent_vault.client import BrokerClient
+from agent_vault.config import find_config, load_config, referenced_env_vars
+from agent_vault.errors import AgentVaultError, InvalidRequest, RequestExpired
+from agent_vault.home import StatePaths
+from agent_vault.launcher import connect
+
+WAIT_SLICE = 1.0
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+Progress = Callable[[float, float, str], Awaitable[None]]
+
+
+@dataclass
+class ClientInfo:
+    name: str = "unknown client"
+    version: str = ""
+
+
+class AgentSession:
+    def __init__(self, paths: StatePaths, cwd: Path | None = None) -> None:
+        self.paths = paths
+        self.cwd = cwd or Path.cwd()
+        self.client: BrokerClient | None = None
+        self.wait_timeout = 50.0
+        self._lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+
+    async def ensure(self, info: ClientInfo) -> BrokerClient:
+        async with self._lock:
+            if self.client is not None and self.client.session:
+                return self.client
+            config_path = find_config(self.cwd)
+            config = load_config(config_path)  # fail here, with the file and key, before the broker
+            client = await connect(self.paths, config.port)
+            env = {k: os.environ[k] for k in referenced_env_vars(config_path) if k in os.environ}
+            project = {"dir": str(self.cwd), "git_remote": git_remote(self.cwd)}
+            opened = await client.open_session(config_path, env, {"name": info.name, "version": info.version}, project)
+            self.wait_timeout = float(opened.get("wait_timeout", self.wait_timeout))
+            self.client = client
+            return client
+
+    async def close(self) -> None:
+        if self.client is not None:
+            with suppress(AgentVaultError):  # the broker may be gone already; nothing to clean up then
+                await self.client.close_session()
+            await self.client.aclose()
+            self.client = None
+
+    async def wait(self, client: BrokerClient, request_id: str, progress: Progress) -> dict[str, Any]:
+        """Wait for a decision, reporting progress each slice; returns the last broker answer."""
+        if not _REQUEST_ID.fullmatch(request_id):
+            raise InvalidRequest("that is not a request id; use the id from the pending result")
+        start = time.monotonic()
+        answer = await client.wait(request_id, 0)
+        while answer["status"] == "pending":
+            elapsed = time.monotonic() - start
+            remaining = self.wait_timeout - elapsed
+            if remaining <= 0:
+                break
+            if self.stopping.is_set():
+                raise RequestExpired(
+                    f"agent-vault is shutting down; request {request_id} was not approved and nothing was released"
+                )
+            req = answer.get("request") or {}
+            await progress(
+                elapsed,
+                self.wait_timeout,
+                f"Waiting for approval (code {req.get('match_code')}): {answer['url']}",
+            )
+            slice_wait = asyncio.ensure_future(client.wait(request_id, min(WAIT_SLICE, remaining)))
+            stop_wait = asyncio.ensure_future(self.stopping.wait())
+            done, _ = await asyncio.wait({slice_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if slice_wait not in done:
+                slice_wait.cancel()
+                continue
+            answer = slice_wait.result()
+        return answer
+
+
+def git_remote(start: Path) -> str | None:
+    """The `origin` URL of the repository containing `start`, read from .git/config (no subprocess)."""
+    for folder in (start, *start.parents):
+        git = folder / ".git"
+        if git.is_file():  # a worktree or submodule: "gitdir: <path>"
+            text = git.read_text(errors="replace").strip()
+            if text.startswith("gitdir:"):
+                git = (folder / text[7:].strip()).resolve()
+                git = git.parent.parent if git.parent.name == "worktrees" else git
+        if git.is_dir():
+            parser = configparser.ConfigParser(strict=False, interpolation=None)
+            try:
+                parser.read(git / "config")
+            except configparser.Error:
+                return None
+            url = parser.get('remote "origin"', "url", fallback=None)
+            return _strip_credentials(url) if url else None
+    return None
+
+
+def _strip_credentials(url: str) -> str:
+    return re.sub(r"//[^/@]+@", "//", url)

@@ -1,0 +1,94 @@
+"""Where the broker keeps its state: AGENT_VAULT_HOME or the platform's user data dir.
+
+State never lives in the project. The directory is 0700 and every file in it 0600, so other
+users cannot read requests, windows or the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "AGENT_VAULT_HOME"
+#: sun_path is 108 bytes on Linux (104 on macOS); keep a margin
+_MAX_SOCKET_PATH = 100
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    root: Path
+
+    @property
+    def socket(self) -> Path:
+        direct = self.root / "broker.sock"
+        if len(os.fsencode(direct)) <= _MAX_SOCKET_PATH:
+            return direct
+        # A deep home would overflow sun_path: use a short, private per-user runtime dir.
+        digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
+        return _runtime_dir() / f"{digest}.sock"
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def audit_db(self) -> Path:
+        return self.root / "audit.db"
+
+    @property
+    def broker_lock(self) -> Path:
+        return self.root / "broker.lock"
+
+    @property
+    def spawn_lock(self) -> Path:
+        return self.root / "spawn.lock"
+
+    @property
+    def broker_log(self) -> Path:
+        return self.root / "broker.log"
+
+    @property
+    def broker_info(self) -> Path:
+        return self.root / "broker.json"
+
+
+def state_root(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    explicit = env.get(HOME_ENV)
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("agent-vault", appauthor=False))
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def state_paths(environ: Mapping[str, str] | None = None, *, create: bool = True) -> StatePaths:
+    root = state_root(environ)
+    if create:
+        ensure_private_dir(root)
+    return StatePaths(root)
+
+
+def private_file(path: Path) -> None:
+    """Create `path` empty if missing and make it 0600."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+
+
+def _runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return ensure_private_dir(Path(base) / f"agent-vault-{os.getuid()}")

@@ -1,0 +1,108 @@
+"""Start the broker in the background when a front door finds none (like gpg-agent).
+
+Front doors starting at the same moment serialise on a lock file in the state dir, and the
+broker itself holds an exclusive lock, so two front doors never race into two brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent_vault.client import BrokerClient
+from agent_vault.errors import BrokerUnavailable
+from agent_vault.home import StatePaths, private_file
+
+START_TIMEOUT = 20.0
+
+
+async def connect(paths: StatePaths, port: int | None = None, *, autostart: bool = True) -> BrokerClient:
+    """A client for the running broker, starting one first when allowed and needed."""
+    client = BrokerClient(paths.socket)
+    if await _alive(client):
+        return client
+    if not autostart:
+        await client.aclose()
+        raise BrokerUnavailable("no agent-vault broker is running. Fix: run `agent-vault serve`.")
+    await asyncio.to_thread(_spawn_once, paths, port)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if await _alive(client):
+            return client
+        await asyncio.sleep(0.02)
+    await client.aclose()
+    raise BrokerUnavailable(f"the broker did not start in {START_TIMEOUT:.0f}s. {_log_tail(paths)}")
+
+
+async def _alive(client: BrokerClient) -> bool:
+    if not client.socket_path.exists():
+        return False
+    try:
+        await client.status()
+    except BrokerUnavailable:
+        return False
+    return True
+
+
+def _spawn_once(paths: StatePaths, port: int | None) -> None:
+    private_file(paths.spawn_lock)
+    with open(paths.spawn_lock, "r+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if _socket_answers(paths.socket):
+            return
+        proc = _spawn(paths, port)
+        _wait_for_socket(paths, proc)
+
+
+def _spawn(paths: StatePaths, port: int | None) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "agent_vault", "serve"]
+    if port is not None:
+        args += ["--port", str(port)]
+    env = dict(os.environ, AGENT_VAULT_HOME=str(paths.root))
+    private_file(paths.broker_log)
+    with open(paths.broker_log, "ab") as log:
+        return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+            args,
+            cwd=paths.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+
+
+def _wait_for_socket(paths: StatePaths, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if _socket_answers(paths.socket):
+            return
+        if proc.poll() is not None:
+            raise BrokerUnavailable(f"the broker exited at start (code {proc.returncode}). {_log_tail(paths)}")
+        time.sleep(0.02)
+
+
+def _socket_answers(path: Path) -> bool:
+    import socket
+
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _log_tail(paths: StatePaths) -> str:
+    try:
+        lines = paths.broker_log.read_text(errors="replace").strip().splitlines()[-3:]
+    except OSError:
+        return ""
+    return "Broker log: " + " | ".join(lines) if lines else ""

@@ -1,0 +1,231 @@
+"""The MCP tools: thin adapters from the seed's tool contract to the broker.
+
+Tool names and parameters are the seed's (list_secrets, get_secret, get_secrets, set_secret,
+set_secrets) plus await_approval. Each tool turns broker answers into MCP results in one
+place (`_result`): values as text and structured content, errors as isError results.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+
+import mcp_types as t
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel, Field
+
+from agent_vault import __version__
+from agent_vault.errors import AgentVaultError
+from agent_vault.frontdoor import AgentSession, ClientInfo
+
+INSTRUCTIONS = (
+    "agent-vault gives you secrets only with the user's approval. Call list_secrets to see names. "
+    "Ask with get_secret/get_secrets and a specific, honest reason; prefer the batch tools for several "
+    "secrets. The user approves on their phone or browser; the call waits. If a call returns 'pending', "
+    "call await_approval with its request id instead of asking again. After a denial, do not ask again: "
+    "ask the user what to do. Never print, log or commit a secret; store secrets you generate with "
+    "set_secret/set_secrets instead of showing them."
+)
+
+
+class SecretInput(BaseModel):
+    name: str = Field(description="Secret name (the key to create or update)")
+    value: str = Field(description="The value to store; it goes to the vault, never to chat")
+
+
+READ = t.ToolAnnotations(read_only_hint=True, open_world_hint=False)
+WRITE = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+def build_server(agent: AgentSession) -> MCPServer:
+    mcp = MCPServer("agent-vault", version=__version__, instructions=INSTRUCTIONS)
+
+    @mcp.tool(annotations=READ)
+    async def list_secrets(ctx: Context) -> t.CallToolResult:
+        """List the secret names in every configured vault (never values). No approval needed."""
+
+        async def run() -> t.CallToolResult:
+            client = await agent.ensure(_client_info(ctx))
+            listing = await client.list_secrets()
+            return _listing_result(listing)
+
+        return await _guard(run)
+
+    @mcp.tool(annotations=READ)
+    async def get_secret(vault: str, name: str, reason: str, ctx: Context) -> t.CallToolResult:
+        """Request one secret; the user approves or denies. Give a specific reason (what you will run
+        with it). Blocks while waiting; if it returns pending, call await_approval. Never re-ask after a denial."""
+        return await _ask(agent, ctx, {"vault": vault, "names": [name], "reason": reason}, single=True)
+
+    @mcp.tool(annotations=READ)
+    async def get_secrets(vault: str, names: list[str], reason: str, ctx: Context) -> t.CallToolResult:
+        """Request several secrets with ONE approval (preferred over repeated get_secret). Names already
+        inside an approval window are not asked again. Result: a JSON object of name -> value."""
+        return await _ask(agent, ctx, {"vault": vault, "names": names, "reason": reason}, single=False)
+
+    @mcp.tool(annotations=WRITE)
+    async def set_secret(vault: str, name: str, value: str, reason: str, ctx: Context) -> t.CallToolResult:
+        """Store a secret you generated (API key, token, password) in a writable vault, after the user
+        approves. Use this instead of printing the secret. Returns only the name, never the value."""
+        body = {
+            "vault": vault,
+            "names": [name],
+            "reason": reason,
+            "operation": "write",
+            "values": {name: value},
+        }
+        return await _ask(agent, ctx, body, single=True)
+
+    @mcp.tool(annotations=WRITE)
+    async def set_secrets(vault: str, secrets: list[SecretInput], reason: str, ctx: Context) -> t.CallToolResult:
+        """Store several generated secrets with ONE approval (preferred for bootstrapping)."""
+        values = {s.name: s.value for s in secrets}
+        body = {
+            "vault": vault,
+            "names": list(values),
+            "reason": reason,
+            "operation": "write",
+            "values": values,
+        }
+        return await _ask(agent, ctx, body, single=False)
+
+    @mcp.tool(annotations=READ)
+    async def await_approval(request_id: str, ctx: Context) -> t.CallToolResult:
+        """Keep waiting for a request that an earlier call returned as pending (same session)."""
+
+        async def run() -> t.CallToolResult:
+            client = await agent.ensure(_client_info(ctx))
+            answer = await agent.wait(client, request_id, _progress(ctx))
+            return _answer_result(answer, single=False)
+
+        return await _guard(run)
+
+    return mcp
+
+
+async def _ask(agent: AgentSession, ctx: Context, body: dict[str, Any], single: bool) -> t.CallToolResult:
+    async def run() -> t.CallToolResult:
+        client = await agent.ensure(_client_info(ctx))
+        answer = await client.request(
+            body["vault"], body["names"], body["reason"], body.get("operation", "read"), body.get("values")
+        )
+        if answer["status"] == "pending":
+            _announce(answer)
+            answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
+        return _answer_result(answer, single)
+
+    return await _guard(run)
+
+
+async def _guard(run: Callable[[], Awaitable[t.CallToolResult]]) -> t.CallToolResult:
+    try:
+        return await run()
+    except AgentVaultError as exc:
+        return t.CallToolResult(
+            content=[t.TextContent(type="text", text=str(exc))],
+            structured_content={"status": "error", "code": exc.code, "message": str(exc)},
+            is_error=True,
+        )
+
+
+def _announce(answer: dict[str, Any]) -> None:
+    req = answer["request"]
+    what = "WRITE" if req["operation"] == "write" else "READ"
+    names = ", ".join(req["names"])
+    print(
+        f"agent-vault: approval needed ({what} {names} in {req['vault']}, code {req['match_code']}): {answer['url']}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _answer_result(answer: dict[str, Any], single: bool) -> t.CallToolResult:
+    status = answer["status"]
+    req = answer.get("request") or {}
+    if status == "pending":
+        text = (
+            f"Still pending: the user has not decided yet. Request id {req.get('id')}, match code "
+            f"{req.get('match_code')}. Approval page: {answer['url']} . Call await_approval with this "
+            "request_id to keep waiting; do not request the secret again."
+        )
+        structured = {"status": "pending", "requestId": req.get("id"), "matchCode": req.get("match_code"),
+                      "url": answer["url"], "expiresAt": req.get("expires_at")}  # fmt: skip
+        return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
+    if status == "written":
+        names = ", ".join(req.get("names", []))
+        text = f"Stored {names} in vault {req.get('vault')!r}. Refer to it by name; the value was not echoed."
+        return t.CallToolResult(
+            content=[t.TextContent(type="text", text=text)],
+            structured_content={
+                "status": "written",
+                "vault": req.get("vault"),
+                "names": req.get("names", []),
+            },
+        )
+    values: dict[str, str] = answer.get("values") or {}
+    text = next(iter(values.values())) if single and len(values) == 1 else json.dumps(values, ensure_ascii=False)
+    structured = {"status": "approved", "values": values, "windowEnd": answer.get("window_end")}
+    return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _listing_result(listing: dict[str, list[str]]) -> t.CallToolResult:
+    lines: list[str] = []
+    for vault, names in listing.items():
+        lines.append(f"[{vault}]")
+        lines.extend(f"  - {name}" for name in names)
+        if not names:
+            lines.append("  (no secrets)")
+        lines.append("")
+    return t.CallToolResult(
+        content=[t.TextContent(type="text", text="\n".join(lines).rstrip() + "\n")],
+        structured_content={"vaults": listing},
+    )
+
+
+def _client_info(ctx: Context) -> ClientInfo:
+    try:
+        params = ctx.session.client_params
+    except (ValueError, AttributeError):
+        return ClientInfo()
+    info = getattr(params, "client_info", None)
+    if info is None:
+        return ClientInfo()
+    return ClientInfo(str(getattr(info, "name", "") or "unknown client"), str(getattr(info, "version", "") or ""))
+
+
+def _progress(ctx: Context) -> Callable[[float, float, str], Awaitable[None]]:
+    async def report(done: float, total: float, message: str) -> None:
+        # Progress is best effort: a client that went away must not turn a decision into an error.
+        with suppress(Exception):
+            await ctx.report_progress(done, total, message)
+
+    return report
+
+
+async def serve_stdio(agent: AgentSession) -> None:
+    """Serve MCP on stdin/stdout until stdin closes; on SIGTERM/SIGINT, answer waiting calls first."""
+    import signal
+
+    import anyio
+
+    server = build_server(agent)
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await server.run_stdio_async()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    agent.stopping.set()
+                    await anyio.sleep(0.5)  # let waiting calls send their "not approved" replies
+                    tg.cancel_scope.cancel()
+                    break
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await agent.close()

@@ -1,0 +1,78 @@
+"""What may happen without asking the human: approval windows (the seed's `ttl`/`ttlScope`).
+
+A window is opened by an approved read and lets the same secret (scope "secret") or any
+secret of the vault (scope "vault") be read again until it ends, to the second, in UTC.
+Windows are shared by all of the user's sessions and never cover writes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from agent_vault.approvals.request import AccessRequest, Operation
+from agent_vault.store.sqlite import StateStore, Window
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WindowPolicy:
+    def __init__(self, store: StateStore, clock: Clock = utc_now) -> None:
+        self._store = store
+        self._clock = clock
+
+    def split(
+        self, workspace: str, vault: str, names: Sequence[str], operation: Operation
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(names a window already allows, names that need the human). Writes always need the human."""
+        if operation is not Operation.READ:
+            return (), tuple(names)
+        now = self._clock()
+        windows = self._store.active_windows(now, workspace, vault)
+        allowed = tuple(n for n in names if any(w.covers(n, now) for w in windows))
+        return allowed, tuple(n for n in names if n not in allowed)
+
+    def open_for(self, request: AccessRequest, decided_at: datetime) -> list[Window]:
+        """Open the windows an approved read earns; none for writes or ttl 0."""
+        if request.operation is not Operation.READ or request.ttl_minutes <= 0:
+            return []
+        ends = decided_at + timedelta(minutes=request.ttl_minutes)
+        names: list[str | None] = [None] if request.scope == "vault" else list(request.names)
+        opened = []
+        for name in names:
+            window = Window(
+                id="w_" + secrets.token_urlsafe(6),
+                workspace=request.workspace,
+                vault=request.vault,
+                name=name,
+                scope=request.scope,
+                created_at=decided_at,
+                ends_at=ends,
+                request_id=request.id,
+            )
+            self._store.add_window(window)
+            opened.append(window)
+        return opened
+
+    def active(self) -> list[Window]:
+        return self._store.active_windows(self._clock())
+
+    def revoke(self, window_id: str) -> Window | None:
+        return self._store.revoke_window(window_id, self._clock())
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def window_end(self, workspace: str, vault: str, name: str) -> datetime | None:
+        now = self._clock()
+        ends = [w.ends_at for w in self._store.active_windows(now, workspace, vault) if w.covers(name, now)]
+        return max(ends) if ends else None
+
+
+def as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)

@@ -1,0 +1,1 @@
+"""Persistent broker state: requests and approval windows."""

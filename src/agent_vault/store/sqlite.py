@@ -1,0 +1,313 @@
+"""The broker's state in one SQLite file (WAL): requests and approval windows.
+
+Every lifecycle change is a compare-and-set (`UPDATE ... WHERE status = ?`), so approve and
+deny racing on one request produce exactly one outcome. Values never touch this file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent_vault.approvals.request import AccessRequest, Operation, Requester, Status
+from agent_vault.home import private_file
+
+MIGRATIONS: list[str] = [
+    # 1: requests and windows
+    """
+    CREATE TABLE requests (
+        id TEXT PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        vault TEXT NOT NULL,
+        names TEXT NOT NULL,
+        windowed TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        decided_at TEXT,
+        match_code TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        ttl_minutes REAL NOT NULL,
+        requester TEXT NOT NULL,
+        previews TEXT NOT NULL,
+        extra TEXT NOT NULL
+    );
+    CREATE INDEX requests_status ON requests(status);
+    CREATE TABLE windows (
+        id TEXT PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        vault TEXT NOT NULL,
+        name TEXT,
+        scope TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        ends_at TEXT NOT NULL,
+        revoked_at TEXT,
+        request_id TEXT NOT NULL
+    );
+    CREATE INDEX windows_lookup ON windows(workspace, vault, ends_at);
+    """,
+    # 2: the approver's factors (TOTP secrets, passkeys), recovery codes, failure counts
+    """
+    CREATE TABLE factors (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        label TEXT NOT NULL,
+        secret TEXT,
+        credential_id TEXT,
+        public_key TEXT,
+        sign_count INTEGER NOT NULL DEFAULT 0,
+        last_step INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE factor_failures (
+        day TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (day, kind)
+    );
+    CREATE TABLE recovery_codes (
+        hash TEXT PRIMARY KEY,
+        used_at TEXT
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Permission to re-read without asking: one secret, or a whole vault, until `ends_at`."""
+
+    id: str
+    workspace: str
+    vault: str
+    #: None means the whole vault
+    name: str | None
+    scope: str
+    created_at: datetime
+    ends_at: datetime
+    request_id: str
+    revoked_at: datetime | None = None
+
+    def covers(self, name: str, now: datetime) -> bool:
+        return self.revoked_at is None and now < self.ends_at and self.name in (None, name)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        private_file(path)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction on the state database, for modules that keep tables here."""
+        with self._tx() as db:
+            yield db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {int(number)}")
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def insert_request(self, req: AccessRequest) -> None:
+        row = {
+            "id": req.id,
+            "workspace": req.workspace,
+            "vault": req.vault,
+            "names": json.dumps(req.names),
+            "windowed": json.dumps(req.windowed),
+            "operation": req.operation.value,
+            "reason": req.reason,
+            "status": req.status.value,
+            "created_at": _ts(req.created_at),
+            "expires_at": _ts(req.expires_at),
+            "decided_at": _ts(req.decided_at),
+            "match_code": req.match_code,
+            "scope": req.scope,
+            "ttl_minutes": req.ttl_minutes,
+            "requester": json.dumps(_requester_row(req.requester)),
+            "previews": json.dumps(req.previews),
+            "extra": json.dumps(req.extra),
+        }
+        cols = ", ".join(row)
+        marks = ", ".join(f":{c}" for c in row)
+        with self._tx() as db:
+            db.execute(f"INSERT INTO requests ({cols}) VALUES ({marks})", row)  # noqa: S608
+
+    def get_request(self, request_id: str) -> AccessRequest | None:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM requests WHERE id = ?", (request_id,))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description] if row else []
+        return _request_from_row(dict(zip(names, row, strict=True))) if row else None
+
+    def requests_with_status(self, *statuses: Status) -> list[AccessRequest]:
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT * FROM requests WHERE status IN ({marks}) ORDER BY created_at",  # noqa: S608
+                [s.value for s in statuses],
+            )
+            cols = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return [_request_from_row(dict(zip(cols, r, strict=True))) for r in rows]
+
+    def transition(
+        self, request_id: str, from_status: Iterable[Status], to_status: Status, at: datetime | None = None
+    ) -> bool:
+        """Compare-and-set: move to `to_status` only from one of `from_status`."""
+        sources = [s.value for s in from_status]
+        marks = ", ".join("?" for _ in sources)
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE requests SET status = ?, decided_at = COALESCE(?, decided_at) "  # noqa: S608
+                f"WHERE id = ? AND status IN ({marks})",
+                [to_status.value, _ts(at), request_id, *sources],
+            )
+            return cur.rowcount == 1
+
+    def set_extra(self, request_id: str, extra: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE requests SET extra = ? WHERE id = ?", (json.dumps(extra), request_id))
+
+    # -- windows ----------------------------------------------------------------------------
+
+    def add_window(self, window: Window) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO windows (id, workspace, vault, name, scope, created_at, ends_at, revoked_at,"
+                " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    window.id,
+                    window.workspace,
+                    window.vault,
+                    window.name,
+                    window.scope,
+                    _ts(window.created_at),
+                    _ts(window.ends_at),
+                    _ts(window.revoked_at),
+                    window.request_id,
+                ),
+            )
+
+    def active_windows(self, now: datetime, workspace: str | None = None, vault: str | None = None) -> list[Window]:
+        sql = "SELECT * FROM windows WHERE revoked_at IS NULL AND ends_at > ?"
+        args: list[Any] = [_ts(now)]
+        if workspace is not None:
+            sql += " AND workspace = ?"
+            args.append(workspace)
+        if vault is not None:
+            sql += " AND vault = ?"
+            args.append(vault)
+        with self._lock:
+            cur = self._db.execute(sql + " ORDER BY ends_at", args)
+            cols = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return [_window_from_row(dict(zip(cols, r, strict=True))) for r in rows]
+
+    def revoke_window(self, window_id: str, at: datetime) -> Window | None:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE windows SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (_ts(at), window_id)
+            )
+            if cur.rowcount != 1:
+                return None
+            cur = db.execute("SELECT * FROM windows WHERE id = ?", (window_id,))
+            cols = [d[0] for d in cur.description]
+            return _window_from_row(dict(zip(cols, cur.fetchone(), strict=True)))
+
+
+def _requester_row(r: Requester) -> dict[str, Any]:
+    return {
+        "session_id": r.session_id,
+        "client_name": r.client_name,
+        "client_version": r.client_version,
+        "pid": r.pid,
+        "uid": r.uid,
+        "project_dir": r.project_dir,
+        "git_remote": r.git_remote,
+    }
+
+
+def _request_from_row(row: dict[str, Any]) -> AccessRequest:
+    created = _dt(row["created_at"])
+    expires = _dt(row["expires_at"])
+    assert created is not None and expires is not None
+    return AccessRequest(
+        id=row["id"],
+        workspace=row["workspace"],
+        vault=row["vault"],
+        names=tuple(json.loads(row["names"])),
+        windowed=tuple(json.loads(row["windowed"])),
+        operation=Operation(row["operation"]),
+        reason=row["reason"],
+        status=Status(row["status"]),
+        created_at=created,
+        expires_at=expires,
+        decided_at=_dt(row["decided_at"]),
+        match_code=row["match_code"],
+        scope=row["scope"],
+        ttl_minutes=row["ttl_minutes"],
+        requester=Requester(**json.loads(row["requester"])),
+        previews=tuple(json.loads(row["previews"])),
+        extra=json.loads(row["extra"]),
+    )
+
+
+def _window_from_row(row: dict[str, Any]) -> Window:
+    created = _dt(row["created_at"])
+    ends = _dt(row["ends_at"])
+    assert created is not None and ends is not None
+    return Window(
+        id=row["id"],
+        workspace=row["workspace"],
+        vault=row["vault"],
+        name=row["name"],
+        scope=row["scope"],
+        created_at=created,
+        ends_at=ends,
+        request_id=row["request_id"],
+        revoked_at=_dt(row["revoked_at"]),
+    )

@@ -1,0 +1,68 @@
+"""A workspace: one config file as the broker sees it, with its providers and webhooks.
+
+Front doors in different projects point at different config files; each becomes a workspace,
+keyed by the config's real path. Windows belong to a workspace, so a vault named "dev" in
+one project never unlocks "dev" in another. Edits to the config are picked up on next use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from agent_vault.config import Config, VaultConfig, load_config
+from agent_vault.errors import InvalidRequest
+from agent_vault.providers.base import ProviderContext, SecretProvider
+from agent_vault.providers.registry import provider_class
+
+ReportFn = Callable[[str, str], None]
+
+
+class Workspace:
+    def __init__(self, path: Path, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.key = str(path)
+        self._env = dict(env)
+        self._stamp: tuple[int, int] | None = None
+        self._providers: dict[str, SecretProvider] = {}
+        self.config: Config = self._load()
+
+    def _load(self) -> Config:
+        st = os.stat(self.path)
+        config = load_config(self.path, self._env)
+        self._stamp = (st.st_mtime_ns, st.st_size)
+        self._providers = {}
+        return config
+
+    def refresh(self) -> bool:
+        """Reload when the file changed; True if it did. An invalid edit raises ConfigError."""
+        st = os.stat(self.path)
+        if (st.st_mtime_ns, st.st_size) == self._stamp:
+            return False
+        self.config = self._load()
+        return True
+
+    def vault(self, name: str) -> VaultConfig:
+        vault = self.config.vaults.get(name)
+        if vault is None:
+            known = ", ".join(sorted(self.config.vaults))
+            raise InvalidRequest(f"unknown vault {name!r}; configured vaults: {known}. Call list_secrets.")
+        return vault
+
+    def provider(self, name: str) -> SecretProvider:
+        provider = self._providers.get(name)
+        if provider is None:
+            vault = self.vault(name)
+            cls = provider_class(vault.type)
+            ctx = ProviderContext(vault=name, base_dir=vault.base_dir, writable=vault.writable)
+            provider = cls(vault.options, ctx)  # type: ignore[call-arg]
+            self._providers[name] = provider
+        return provider
+
+
+def env_fingerprint(env: Mapping[str, str]) -> str:
+    blob = json.dumps(sorted(env.items())).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

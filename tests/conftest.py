@@ -1,0 +1,116 @@
+"""Shared fixtures: an isolated state dir per test, a sandbox project, an enrolled approver."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from agent_vault.approvals.factors import FactorApprover, FactorStore
+from agent_vault.home import StatePaths, ensure_private_dir
+from agent_vault.store.sqlite import StateStore
+
+# Obviously fake values: a test that finds one of these where it must not be has found a leak.
+FAKE_KEY = "fake-api-key-0000-DO-NOT-USE"
+FAKE_DB = "postgresql://fake:fake-password-1111@localhost:5432/fakedb"
+TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StatePaths:
+    root = ensure_private_dir(tmp_path / "state")
+    monkeypatch.setenv("AGENT_VAULT_HOME", str(root))
+    monkeypatch.delenv("AGENT_VAULT_CONFIG", raising=False)
+    return StatePaths(root)
+
+
+def write_project(root: Path, vaults: dict[str, dict[str, object]] | None = None, **top: object) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".env.secrets").write_text(f"# fake values\nAPI_KEY={FAKE_KEY}\nDATABASE_URL={FAKE_DB}\n")
+    os.chmod(root / ".env.secrets", 0o600)
+    config = {"vaults": vaults or {"dev": {"type": "env", "file": ".env.secrets", "ttl": 15}}, **top}
+    path = root / "agent-vault.config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project dir with a fake env-file vault `dev` (ttl 15, secret scope)."""
+    write_project(tmp_path / "project")
+    return tmp_path / "project"
+
+
+class StepClock:
+    """A clock for TOTP checks that moves one 30 s step per approval, so each code is fresh."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def next_code(self) -> str:
+        self.offset += 30
+        return pyotp.TOTP(TOTP_SECRET).at(self())
+
+
+@pytest.fixture
+def step_clock() -> StepClock:
+    return StepClock()
+
+
+def enrol_totp(paths: StatePaths) -> None:
+    store = StateStore(paths.state_db)
+    FactorStore(store).add_totp(TOTP_SECRET)
+    store.close()
+
+
+def totp_approvers(clock: StepClock):  # type: ignore[no-untyped-def]
+    return lambda store: FactorApprover(FactorStore(store), clock=clock)
+
+
+_CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
+
+
+def csrf_token(html: str) -> str:
+    match = _CSRF.search(html)
+    assert match, "the page has no form token"
+    return match.group(1)
+
+
+@pytest.fixture
+def no_leak() -> Iterator[list[str]]:
+    """Collects text to be checked for fake values at the end of a test."""
+    texts: list[str] = []
+    yield texts
+    for text in texts:
+        assert FAKE_KEY not in text and "fake-password-1111" not in text
+
+
+def decide_on_page(base_url: str, request_id: str, action: str = "approve", code: str | None = None) -> str:
+    """What a person does: open the link, (type a code,) tap the button. Returns the final page."""
+    import httpx2
+
+    with httpx2.Client(base_url=base_url, trust_env=False, follow_redirects=True) as browser:
+        page = browser.get(f"/approve/{request_id}")
+        assert page.status_code == 200, page.text
+        form = {"csrf": csrf_token(page.text), "action": action}
+        if code is not None:
+            form["code"] = code
+        origin = base_url.rstrip("/")
+        result = browser.post(
+            f"/approve/{request_id}", data=form, headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"}
+        )
+        return result.text
