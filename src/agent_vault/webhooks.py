@@ -70,6 +70,9 @@ class WebhookSink:
         if self.signing_secret is not None:
             signing_key(self.signing_secret)
 
+    def __repr__(self) -> str:
+        return f"WebhookSink({self.safe_url!r}, events={self.events!r}, timeout={self.timeout!r})"
+
     @property
     def safe_url(self) -> str:
         return redact_url(self.url)
