@@ -231,7 +231,7 @@ class WebhookDispatcher:
             try:
                 worker.queue.put_nowait(_Delivery(f"msg_{record.hash[:32]}", record.event, body))
             except asyncio.QueueFull:
-                message = f"queue full ({self._queue_size} waiting); dropped a {record.event} event"
+                message = f"queue full ({self._queue_size} waiting); dropped an event ({record.event})"
                 self._safe_report(sink.safe_url, message)
 
     async def _run(self, worker: _Worker) -> None:
