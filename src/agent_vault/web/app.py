@@ -99,7 +99,7 @@ class WebApp:
             "previews": list(zip(req.names, req.previews, strict=False)),
             "unlocks": unlocks,
             "expires": req.expires_at.astimezone(UTC).strftime("%H:%M:%S UTC"),
-            "status": req.status.value,
+            "state": req.status.value,
         }
 
     def asgi(self) -> ASGIApp:
