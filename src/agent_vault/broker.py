@@ -29,6 +29,7 @@ from agent_vault.approvals.request import (
 )
 from agent_vault.approvals.validation import check_names, check_reason, check_value
 from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
+from agent_vault.config import WEBHOOK_EVENTS as CONFIG_WEBHOOK_EVENTS
 from agent_vault.errors import (
     ApprovalError,
     AuditError,
@@ -48,8 +49,8 @@ from agent_vault.workspace import Workspace, env_fingerprint
 
 log = logging.getLogger("agent_vault.broker")
 
-#: decision events forwarded to webhooks (the seed's three, plus outcomes it lacked)
-WEBHOOK_EVENTS = frozenset({"approved", "denied", "auto_approved", "expired", "written", "write_failed"})
+#: events forwarded to webhooks; each sink filters them with its own `events` setting
+WEBHOOK_EVENTS = frozenset(CONFIG_WEBHOOK_EVENTS)
 
 
 @dataclass
@@ -198,18 +199,20 @@ class Broker:
             if req is not None and req.status is Status.PENDING:
                 return Outcome("pending", req, url=self.approval_url(req.id))
 
+        # From the coalescing check to registering the new request there is no await, so identical
+        # concurrent calls of one session always find each other.
         req = self._new_request(session, vault, ask, windowed, operation, why, write_values)
         self.store.insert_request(req)
         live = _Live(asyncio.Event(), ws, write_values)
         self._live[req.id] = live
+        if write_values is None:
+            self._coalesce[key] = req.id
         try:
             await self._audit(ws, "requested", req)
         except AuditError:
             self.store.transition(req.id, [Status.PENDING], Status.CANCELLED, self.clock())
-            self._live.pop(req.id, None)
+            self._forget(req.id)
             raise
-        if write_values is None:
-            self._coalesce[key] = req.id
         delay = (req.expires_at - self.clock()).total_seconds()
         live.timer = asyncio.get_running_loop().call_later(max(delay, 0), self._expire_soon, req.id)
         url = self.approval_url(req.id)

@@ -55,8 +55,17 @@ class WebhookHub:
 
     def _report(self, url: str, message: str) -> None:
         print(f"agent-vault: webhook {url} failed: {message}", file=sys.stderr, flush=True)
+        event = AuditEvent(event="webhook_failed", detail={"url": url, "error": message})
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._record(event)
+            return
+        loop.run_in_executor(None, self._record, event)  # keep the fsync off the event loop
+
+    def _record(self, event: AuditEvent) -> None:
         with suppress(AuditError):  # already reported on stderr; the audit error surfaces on the next release
-            self._audit.append(AuditEvent(event="webhook_failed", detail={"url": url, "error": message}))
+            self._audit.append(event)
 
     async def aclose(self) -> None:
         for _, dispatcher in self._dispatchers.values():
