@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import stat
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent_vault.errors import BrokerUnavailable
 
 HOME_ENV = "AGENT_VAULT_HOME"
 #: sun_path is 108 bytes on Linux (104 on macOS); keep a margin
@@ -90,5 +93,17 @@ def private_file(path: Path) -> None:
 
 
 def _runtime_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return ensure_private_dir(Path(base) / f"agent-vault-{os.getuid()}")
+    # Fixed, not from TMPDIR/XDG_RUNTIME_DIR: MCP clients trim the environment, and the front
+    # door and the broker must agree on the path whatever environment each one got.
+    path = Path("/tmp") / f"agent-vault-{os.getuid()}"  # noqa: S108 (ownership checked below)
+    with suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise BrokerUnavailable(
+            f"{path} is not a directory owned by you; someone may be interfering. "
+            f"Fix: remove it, or set {HOME_ENV} to a shorter path."
+        )
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+    return path

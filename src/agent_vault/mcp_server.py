@@ -8,6 +8,7 @@ place (`_result`): values as text and structured content, errors as isError resu
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -41,7 +42,9 @@ WRITE = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempoten
 
 
 def build_server(agent: AgentSession) -> MCPServer:
-    mcp = MCPServer("agent-vault", version=__version__, instructions=INSTRUCTIONS)
+    # WARNING: the SDK's INFO logging would put every broker call on the client's stderr.
+    mcp = MCPServer("agent-vault", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     @mcp.tool(annotations=READ)
     async def list_secrets(ctx: Context) -> t.CallToolResult:
