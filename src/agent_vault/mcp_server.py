@@ -7,12 +7,13 @@ place (`_result`): values as text and structured content, errors as isError resu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import mcp_types as t
 from mcp.server.mcpserver import Context, MCPServer
@@ -37,6 +38,9 @@ class SecretInput(BaseModel):
     value: str = Field(description="The value to store; it goes to the vault, never to chat")
 
 
+R = TypeVar("R", t.CallToolResult, t.CallToolResult | t.InputRequiredResult)
+MODERN_PROTOCOL = "2026-07-28"
+
 READ = t.ToolAnnotations(read_only_hint=True, open_world_hint=False)
 WRITE = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
@@ -58,19 +62,23 @@ def build_server(agent: AgentSession) -> MCPServer:
         return await _guard(run)
 
     @mcp.tool(annotations=READ)
-    async def get_secret(vault: str, name: str, reason: str, ctx: Context) -> t.CallToolResult:
+    async def get_secret(vault: str, name: str, reason: str, ctx: Context) -> t.CallToolResult | t.InputRequiredResult:
         """Request one secret; the user approves or denies. Give a specific reason (what you will run
         with it). Blocks while waiting; if it returns pending, call await_approval. Never re-ask after a denial."""
         return await _ask(agent, ctx, {"vault": vault, "names": [name], "reason": reason}, single=True)
 
     @mcp.tool(annotations=READ)
-    async def get_secrets(vault: str, names: list[str], reason: str, ctx: Context) -> t.CallToolResult:
+    async def get_secrets(
+        vault: str, names: list[str], reason: str, ctx: Context
+    ) -> t.CallToolResult | t.InputRequiredResult:
         """Request several secrets with ONE approval (preferred over repeated get_secret). Names already
         inside an approval window are not asked again. Result: a JSON object of name -> value."""
         return await _ask(agent, ctx, {"vault": vault, "names": names, "reason": reason}, single=False)
 
     @mcp.tool(annotations=WRITE)
-    async def set_secret(vault: str, name: str, value: str, reason: str, ctx: Context) -> t.CallToolResult:
+    async def set_secret(
+        vault: str, name: str, value: str, reason: str, ctx: Context
+    ) -> t.CallToolResult | t.InputRequiredResult:
         """Store a secret you generated (API key, token, password) in a writable vault, after the user
         approves. Use this instead of printing the secret. Returns only the name, never the value."""
         body = {
@@ -83,7 +91,9 @@ def build_server(agent: AgentSession) -> MCPServer:
         return await _ask(agent, ctx, body, single=True)
 
     @mcp.tool(annotations=WRITE)
-    async def set_secrets(vault: str, secrets: list[SecretInput], reason: str, ctx: Context) -> t.CallToolResult:
+    async def set_secrets(
+        vault: str, secrets: list[SecretInput], reason: str, ctx: Context
+    ) -> t.CallToolResult | t.InputRequiredResult:
         """Store several generated secrets with ONE approval (preferred for bootstrapping)."""
         values = {s.name: s.value for s in secrets}
         body = {
@@ -109,21 +119,64 @@ def build_server(agent: AgentSession) -> MCPServer:
     return mcp
 
 
-async def _ask(agent: AgentSession, ctx: Context, body: dict[str, Any], single: bool) -> t.CallToolResult:
-    async def run() -> t.CallToolResult:
+async def _ask(
+    agent: AgentSession, ctx: Context, body: dict[str, Any], single: bool
+) -> t.CallToolResult | t.InputRequiredResult:
+    async def run() -> t.CallToolResult | t.InputRequiredResult:
         client = await agent.ensure(_client_info(ctx))
+        resumed = ctx.request_state  # set when the client retries after showing the approval link
+        if resumed:
+            return _answer_result(await agent.wait(client, resumed, _progress(ctx)), single)
         answer = await client.request(
             body["vault"], body["names"], body["reason"], body.get("operation", "read"), body.get("values")
         )
-        if answer["status"] == "pending":
-            _announce(answer)
+        if answer["status"] != "pending":
+            return _answer_result(answer, single)
+        _announce(answer)
+        offer = _offer_link(ctx, answer)
+        if isinstance(offer, t.InputRequiredResult):
+            return offer
+        try:
             answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
+        finally:
+            if offer is not None:
+                offer.cancel()
         return _answer_result(answer, single)
 
     return await _guard(run)
 
 
-async def _guard(run: Callable[[], Awaitable[t.CallToolResult]]) -> t.CallToolResult:
+def _offer_link(ctx: Context, answer: dict[str, Any]) -> t.InputRequiredResult | asyncio.Task[Any] | None:
+    """Offer the approval page through URL elicitation, where the client supports it.
+
+    On 2026-07-28 the tool returns an InputRequiredResult carrying the request id as its (SDK
+    sealed) state; the client shows the link and retries, and the retry waits. On 2025-11-25
+    the link is sent as a request while the tool keeps waiting.
+    """
+    caps = ctx.client_capabilities
+    if caps is None or caps.elicitation is None or caps.elicitation.url is None:
+        return None
+    req = answer["request"]
+    message = _link_message(req)
+    if ctx.protocol_version and ctx.protocol_version >= MODERN_PROTOCOL:
+        params = t.ElicitRequestURLParams(message=message, url=answer["url"], elicitation_id=req["id"])
+        return t.InputRequiredResult(
+            request_state=req["id"], input_requests={"approve": t.ElicitRequest(params=params)}
+        )
+    task = asyncio.ensure_future(ctx.elicit_url(message, answer["url"], req["id"]))
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return task
+
+
+def _link_message(req: dict[str, Any]) -> str:
+    what = "write" if req["operation"] == "write" else "read"
+    return (
+        f"agent-vault: approve {what} of {', '.join(req['names'])} in vault {req['vault']!r}? "
+        f"Match code {req['match_code']}. Approving needs your passkey or authenticator code."
+    )
+
+
+async def _guard(run: Callable[[], Awaitable[R]]) -> R | t.CallToolResult:
     try:
         return await run()
     except AgentVaultError as exc:
