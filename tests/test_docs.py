@@ -1,0 +1,53 @@
+"""Docs that cannot rot: every command, tool and config key is documented."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from agent_vault.cli import _parser
+from agent_vault.config import Config, VaultConfig, WebhookConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def commands(parser: argparse.ArgumentParser, prefix: str = "agent-vault") -> list[str]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append(f"{prefix} {name}")
+                found.extend(commands(sub, f"{prefix} {name}"))
+    return found
+
+
+@pytest.mark.parametrize("command", commands(_parser()))
+def test_every_cli_command_is_in_the_readme(command: str) -> None:
+    assert f"`{command}" in README or f"/ `{command}" in README or command in README
+
+
+@pytest.mark.parametrize(
+    "tool", ["list_secrets", "get_secret", "get_secrets", "set_secret", "set_secrets", "await_approval"]
+)
+def test_every_tool_is_in_the_readme(tool: str) -> None:
+    assert f"| `{tool}` |" in README
+
+
+def keys(model: type) -> list[str]:
+    fields = model.model_fields  # type: ignore[attr-defined]
+    return [f.alias or name for name, f in fields.items() if name not in ("source", "name", "options", "base_dir")]
+
+
+@pytest.mark.parametrize("key", keys(Config) + keys(VaultConfig) + keys(WebhookConfig))
+def test_every_config_key_is_in_the_reference(key: str) -> None:
+    assert f"`{key}`" in (ROOT / "docs" / "configuration.md").read_text()
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    first_block = README.split("```")[1]
+    lines = [line for line in first_block.splitlines()[1:] if line.strip()]
+    assert len(lines) == 2
+    assert "agent-vault demo" in lines[0] and "scripts/test" in lines[1]
