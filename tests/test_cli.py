@@ -1,0 +1,104 @@
+"""The operator's commands as a user runs them: real subprocesses, an isolated state dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_vault.audit import AuditEvent, AuditLog
+from agent_vault.home import StatePaths
+from tests.conftest import write_project
+
+
+def cli(home: StatePaths, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [sys.executable, "-m", "agent_vault", *args],
+        cwd=cwd,
+        env={**os.environ, "AGENT_VAULT_HOME": str(home.root), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_config_check_shows_file_and_redacts(home: StatePaths, tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write_project(project, webhooks=[{"url": "https://hooks.example.com/x", "authorization": "env:HOOK_TOKEN"}])
+    out = cli(home, "config", "check", cwd=project, env={"HOOK_TOKEN": "fake-hook-token-2222"})
+    assert out.returncode == 0, out.stderr
+    assert str(project / "agent-vault.config.json") in out.stdout
+    assert "fake-hook-token-2222" not in out.stdout and "redacted" in out.stdout
+
+
+def test_config_check_error_names_file_key_and_fix(home: StatePaths, tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "agent-vault.toml").write_text('[vaults.dev]\ntype = "env"\nfile = ".env"\nttlscope = "vault"\n')
+    out = cli(home, "config", "check", cwd=project)
+    assert out.returncode == 1
+    assert "agent-vault.toml" in out.stderr and "ttlscope" in out.stderr and "ttlScope" in out.stderr
+
+
+def test_no_config_lists_where_it_looked(home: StatePaths, tmp_path: Path) -> None:
+    out = cli(home, "config", "check", cwd=tmp_path, env={"HOME": str(tmp_path)})
+    assert out.returncode == 1 and "agent-vault.config.json" in out.stderr
+
+
+def test_audit_list_and_verify_catch_an_edited_row(home: StatePaths) -> None:
+    with AuditLog(home.audit_db) as log:
+        for i in range(3):
+            log.append(AuditEvent(event="requested", vault="dev", names=(f"KEY_{i}",), reason="r"))
+    listed = cli(home, "audit", "list", "--json")
+    assert [r["names"] for r in json.loads(listed.stdout)] == [["KEY_2"], ["KEY_1"], ["KEY_0"]]
+    assert cli(home, "audit", "verify").returncode == 0
+    db = sqlite3.connect(home.audit_db)
+    db.execute("DROP TRIGGER IF EXISTS audit_no_update")
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("UPDATE audit SET reason = 'nothing to see' WHERE id = 2")
+    db.commit()
+    db.close()
+    out = cli(home, "audit", "verify")
+    assert out.returncode == 1 and "row 2" in out.stdout
+
+
+@pytest.mark.anyio
+async def test_grants_list_and_revoke(home: StatePaths, tmp_path: Path, anyio_backend: str) -> None:
+    from agent_vault.approvals.approver import Proof
+    from agent_vault.daemon import offline_broker
+    from tests.test_broker import YesApprover
+
+    broker = offline_broker(home)
+    broker.approver = YesApprover()
+    config = write_project(tmp_path / "p", {"dev": {"type": "env", "file": ".env.secrets", "ttl": 15}})
+    session = broker.open_session(config, {}, {"client_name": "pytest"})
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    await broker.decide(out.request.id, True, Proof("ok"))
+    broker.store.close()
+    broker.audit.close()
+    listed = json.loads(cli(home, "grants", "list", "--json").stdout)
+    assert [(w["vault"], w["name"]) for w in listed] == [("dev", "API_KEY")]
+    revoked = cli(home, "grants", "revoke", listed[0]["id"])
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    assert json.loads(cli(home, "grants", "list", "--json").stdout) == []
+    again = cli(home, "grants", "revoke", listed[0]["id"])
+    assert again.returncode == 1 and "no active window" in again.stderr
+    events = [json.loads(line) for line in [cli(home, "audit", "list", "--json", "--event", "window_revoked").stdout]]
+    assert len(events[0]) == 1
+
+
+def test_status_when_no_broker_runs(home: StatePaths) -> None:
+    out = cli(home, "status")
+    assert out.returncode == 0 and "not running" in out.stdout
+
+
+def test_init_refuses_without_a_terminal(home: StatePaths) -> None:
+    out = cli(home, "init")
+    assert out.returncode == 1 and "terminal" in out.stderr
