@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tests.conftest import FAKE_DB, FAKE_KEY, write_project
 
 from agent_vault.approvals.approver import Proof
 from agent_vault.approvals.request import AccessRequest, Operation, Status
@@ -24,6 +23,7 @@ from agent_vault.errors import (
     SecretNotFound,
 )
 from agent_vault.home import StatePaths
+from tests.conftest import FAKE_DB, FAKE_KEY, write_project
 
 pytestmark = pytest.mark.anyio
 

@@ -12,6 +12,10 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
+
+from agent_vault.approvals.request import Status
+from agent_vault.daemon import BrokerServer
+from agent_vault.home import StatePaths
 from tests.conftest import (
     FAKE_DB,
     FAKE_KEY,
@@ -21,10 +25,6 @@ from tests.conftest import (
     totp_approvers,
     write_project,
 )
-
-from agent_vault.approvals.request import Status
-from agent_vault.daemon import BrokerServer
-from agent_vault.home import StatePaths
 
 pytestmark = pytest.mark.anyio
 

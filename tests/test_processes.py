@@ -15,9 +15,9 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
-from tests.conftest import write_project
 
 from agent_vault.home import StatePaths
+from tests.conftest import write_project
 
 
 def free_port() -> int:
