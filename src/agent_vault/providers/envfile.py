@@ -1,0 +1,344 @@
+"""The `env` provider: secrets in a dotenv file, re-read when it changes, written atomically under a lock.
+
+Path rules, write behaviour and the accepted format are described in docs/envfile.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import stat
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from agent_vault.errors import ConfigError, ProviderError, ReadOnlyVault, SecretNotFound
+from agent_vault.providers import dotenv_format
+from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.dotenv_format import Document
+from agent_vault.secret import SecretValue
+
+log = logging.getLogger(__name__)
+
+#: a file changed less than this long ago may change again within the same timestamp tick,
+#: so its cached parse is not trusted (git's "racy clean" rule)
+_RACY_NS = 2_000_000_000
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_EMPTY = Document(())
+
+
+class EnvFileOptions(ProviderOptions):
+    """`file`: the dotenv file; a relative path is relative to the config file's directory."""
+
+    file: str = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    path: Path
+    #: stat identity of the version read; empty when the file was too fresh to trust it
+    stamp: tuple[int, ...]
+    data: bytes = field(repr=False)
+    document: Document = field(repr=False)
+    values: dict[str, str] = field(repr=False)
+
+
+class EnvFileProvider:
+    """Secrets in one dotenv file (see docs/envfile.md)."""
+
+    type_name: ClassVar[str] = "env"
+    Options: ClassVar[type[ProviderOptions]] = EnvFileOptions
+
+    def __init__(self, options: ProviderOptions, context: ProviderContext) -> None:
+        if not isinstance(options, EnvFileOptions):
+            raise ConfigError(f'vault {context.vault!r}: the env provider needs `file = "path/to/.env"`.')
+        self._vault = context.vault
+        self._writable = context.writable
+        self._base_dir = Path(os.path.abspath(context.base_dir))
+        self._configured = options.file
+        self._path, self._relative = self._configured_path(options.file)
+        self._snapshot: _Snapshot | None = None
+        self._reported: list[str] = []
+        self._cache_lock = threading.Lock()
+        self._stat_regular(self._real_path())  # a bad path fails at startup, not at first use
+
+    # --- the SecretProvider protocol ----------------------------------------------------------
+
+    def list_names(self) -> list[str]:
+        """All keys in the file, sorted; an absent file has none."""
+        return sorted(self._read().values)
+
+    def get(self, name: str) -> SecretValue:
+        """The value of `name`, or SecretNotFound naming the vault and the file."""
+        snapshot = self._read()
+        value = snapshot.values.get(name)
+        if value is None:
+            raise SecretNotFound(
+                f"no secret {name[:200]!r} in vault {self._vault!r} (file {snapshot.path}). "
+                "Call list_secrets to see the names this vault has."
+            )
+        return SecretValue(value)
+
+    def supports_write(self) -> bool:
+        return True
+
+    def set_many(self, values: dict[str, SecretValue]) -> None:
+        """Write all `values` in one atomic replace of the file, under an exclusive lock."""
+        if not self._writable:
+            raise ReadOnlyVault(
+                f"vault {self._vault!r} is read-only. Fix: set `writable: true` (TOML: `writable = true`) "
+                f"on vault {self._vault!r} in the agent-vault config in {self._base_dir}."
+            )
+        plain = {name: value.reveal() for name, value in values.items()}
+        for name, value in plain.items():
+            dotenv_format.format_value(name, value)  # refuse a bad name or value before touching the file
+        if plain:
+            self._write(plain)
+
+    # --- extras -------------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Lines of the file that were skipped, by line number and key; never values."""
+        return self._read().document.problems
+
+    # --- paths --------------------------------------------------------------------------------
+
+    def _configured_path(self, file: str) -> tuple[Path, bool]:
+        """The configured path made absolute, refusing a relative path that leaves base_dir."""
+        if "\0" in file:
+            raise ConfigError(f"vault {self._vault!r}: `file` contains a NUL byte. Fix: correct the path.")
+        path = Path(file).expanduser()
+        if path.is_absolute():
+            return Path(os.path.normpath(path)), False
+        joined = Path(os.path.normpath(self._base_dir / path))
+        if not joined.is_relative_to(self._base_dir):
+            raise ConfigError(
+                f"vault {self._vault!r}: file {file!r} is outside the config directory {self._base_dir}. "
+                "Fix: keep the env file inside that directory, or write its absolute path "
+                "if it must live elsewhere."
+            )
+        return joined, True
+
+    def _real_path(self) -> Path:
+        """The path with symlinks resolved; for a relative path it must stay inside base_dir."""
+        real = Path(os.path.realpath(self._path))
+        if self._relative and not real.is_relative_to(os.path.realpath(self._base_dir)):
+            raise ConfigError(
+                f"vault {self._vault!r}: file {self._configured!r} resolves through a symlink to {real}, "
+                f"outside the config directory {self._base_dir}. "
+                "Fix: replace the symlink with the file itself, or configure the absolute path."
+            )
+        return real
+
+    def _stat_regular(self, path: Path) -> os.stat_result | None:
+        """The file's stat, None if it does not exist; refuses anything but a regular file."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProviderError(f"vault {self._vault!r}: cannot access {path} ({exc.strerror}).") from None
+        self._require_regular(path, st)
+        return st
+
+    def _require_regular(self, path: Path, st: os.stat_result) -> None:
+        if stat.S_ISREG(st.st_mode):
+            return
+        raise ConfigError(
+            f"vault {self._vault!r}: {path} is {_describe(st.st_mode)}, not a regular file. "
+            f"Fix: point `file` at a regular dotenv file (configured as {self._configured!r})."
+        )
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _read(self, path: Path | None = None) -> _Snapshot:
+        """The parsed file; from cache when its stat stamp is unchanged, or its bytes are."""
+        path = path or self._real_path()
+        st = self._stat_regular(path)
+        if st is None:
+            return _Snapshot(path, (), b"", _EMPTY, {})
+        cached = self._cached(path, st)
+        if cached is not None:
+            return cached
+        fd = self._open(path, _READ_FLAGS)
+        try:
+            return self._load(path, fd)
+        finally:
+            os.close(fd)
+
+    def _cached(self, path: Path, st: os.stat_result) -> _Snapshot | None:
+        stamp = _trusted_stamp(st)
+        with self._cache_lock:
+            cached = self._snapshot
+        if stamp and cached is not None and (cached.path, cached.stamp) == (path, stamp):
+            return cached
+        return None
+
+    def _open(self, path: Path, flags: int) -> int:
+        try:
+            return os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(
+                    f"vault {self._vault!r}: {path} became a symlink. Fix: replace it with a regular file."
+                ) from None
+            raise ProviderError(f"vault {self._vault!r}: cannot open {path} ({exc.strerror}).") from None
+
+    def _load(self, path: Path, fd: int) -> _Snapshot:
+        """Read the open file `fd`; parse it unless its bytes are the ones already parsed."""
+        st = os.fstat(fd)  # before reading: a change made while we read gives a newer stamp later
+        self._require_regular(path, st)
+        cached = self._cached(path, st)
+        if cached is not None:
+            return cached
+        data = _read_all(fd)
+        with self._cache_lock:
+            previous = self._snapshot
+        if previous is not None and previous.path == path and previous.data == data:
+            snapshot = replace(previous, stamp=_trusted_stamp(st))
+        else:
+            document = dotenv_format.parse_document(self._decode(path, data))
+            self._report(path, document.problems)
+            snapshot = _Snapshot(path, _trusted_stamp(st), data, document, document.values)
+        with self._cache_lock:
+            self._snapshot = snapshot
+        return snapshot
+
+    def _report(self, path: Path, problems: list[str]) -> None:
+        """Log skipped lines once per change of the list (messages carry line numbers, no values)."""
+        if problems != self._reported:
+            for problem in problems:
+                log.warning("vault %s: %s: %s", self._vault, path, problem)
+        self._reported = problems
+
+    def _decode(self, path: Path, data: bytes) -> str:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ProviderError(
+                f"vault {self._vault!r}: {path} is not valid UTF-8 (line {line}). Fix: save it as UTF-8."
+            ) from None
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _write(self, values: dict[str, str]) -> None:
+        path = self._real_path()
+        lock = _lock_directory(path.parent, self._vault)
+        try:
+            st = self._stat_regular(path)
+            snapshot = self._read(path)
+            text = dotenv_format.update(snapshot.document, values)
+            if st is not None and text == snapshot.document.text():
+                return
+            mode = stat.S_IMODE(st.st_mode) & 0o777 if st is not None else 0o600
+            self._replace(path, text.encode("utf-8"), mode)
+        finally:
+            os.close(lock)  # releases the lock
+        with self._cache_lock:
+            self._snapshot = None
+
+    def _replace(self, path: Path, data: bytes, mode: int) -> None:
+        """Write a temp file beside `path`, fsync it, rename it over `path`, fsync the directory."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise ProviderError(f"vault {self._vault!r}: cannot write in {path.parent} ({exc.strerror}).") from None
+        try:
+            _write_and_sync(fd, data, mode)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise ProviderError(
+                    f"vault {self._vault!r}: could not write {path} ({exc.strerror}); the file is unchanged."
+                ) from None
+            raise
+        try:
+            _fsync_directory(path.parent)
+        except OSError as exc:
+            raise ProviderError(
+                f"vault {self._vault!r}: {path} was written, but its directory could not be flushed "
+                f"({exc.strerror}); the change may not survive a crash."
+            ) from None
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _trusted_stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What identifies one version of a file; a just-modified file never matches a cached stamp."""
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    if time.time_ns() - changed < _RACY_NS:
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _lock_directory(directory: Path, vault: str) -> int:
+    """An exclusive flock on the file's directory, held across read-modify-write.
+
+    The directory, not the file: the file is replaced on every write, so a lock on it would
+    be a lock on an inode that is about to disappear.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProviderError(f"vault {vault!r}: cannot open directory {directory} ({exc.strerror}).") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_and_sync(fd: int, data: bytes, mode: int) -> None:
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable; a filesystem that cannot fsync a directory is accepted."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _describe(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISLNK: "a symlink",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
