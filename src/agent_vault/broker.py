@@ -9,6 +9,7 @@ approver's proof, every release is audited first, a value goes once to the sessi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ from agent_vault.approvals.request import (
 from agent_vault.approvals.validation import check_names, check_reason, check_value
 from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
 from agent_vault.config import WEBHOOK_EVENTS as CONFIG_WEBHOOK_EVENTS
+from agent_vault.config import VaultConfig
 from agent_vault.errors import (
     ApprovalError,
     AuditError,
@@ -41,8 +43,12 @@ from agent_vault.errors import (
     RequestExpired,
     SecretNotFound,
 )
+from agent_vault.generate import GenerationSpec
+from agent_vault.generate import generate as generate_value
 from agent_vault.policy import Clock, WindowPolicy, utc_now
 from agent_vault.previews import mask_preview
+from agent_vault.runner import RunResult
+from agent_vault.runs import RunManager, RunSpec, parse_run
 from agent_vault.secret import SecretValue
 from agent_vault.store.sqlite import StateStore, Window
 from agent_vault.workspace import Workspace, env_fingerprint
@@ -69,6 +75,9 @@ class Outcome:
     values: dict[str, SecretValue] = field(default_factory=dict)
     url: str | None = None
     window_end: datetime | None = None
+    #: for a command run with injected secrets: its latest progress line, then its result
+    progress: str | None = None
+    run: RunResult | None = None
 
 
 @dataclass
@@ -78,6 +87,9 @@ class _Live:
     decided: asyncio.Event
     workspace: Workspace
     values: dict[str, SecretValue] | None = None
+    generate: GenerationSpec | None = None
+    #: the front door's environment, for a command run with injected secrets (memory only)
+    base_env: dict[str, str] | None = None
     timer: asyncio.TimerHandle | None = None
     error: str | None = None
 
@@ -106,7 +118,10 @@ class Broker:
         self._live: dict[str, _Live] = {}
         self._coalesce: dict[tuple[Any, ...], str] = {}
         self.notifiers: list[Notifier] = []
+        #: called with a plain message when something needs the human's attention (a leak, ...)
+        self.alerts: list[Callable[[str], None]] = []
         self.webhook_sink: Callable[[Workspace, AuditRecord], None] | None = None
+        self.runs = RunManager()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -118,6 +133,7 @@ class Broker:
                 await self._audit(None, "expired", req, detail={"why": "broker restarted"})
 
     async def stop(self) -> None:
+        await self.runs.stop()
         for rid in list(self._live):
             await self._finish(rid, Status.CANCELLED, "cancelled", why="broker stopped")
 
@@ -169,9 +185,24 @@ class Broker:
         reason: object,
         operation: Operation = Operation.READ,
         values: Mapping[str, object] | None = None,
+        *,
+        purpose: str = "value",
+        run: Mapping[str, Any] | None = None,
+        generate: GenerationSpec | None = None,
+        base_env: Mapping[str, str] | None = None,
     ) -> Outcome:
+        """Ask for `names`: delivered at once inside a window, else a pending request.
+
+        `purpose` is "value" (the value goes to the agent) or "inject" (into a command's
+        environment, `run` describing the command for the page); `generate` makes the broker
+        create the value of a write itself.
+        """
         ws = session.workspace
         ws.refresh()
+        if run is not None:
+            spec = parse_run(run, session.requester.project_dir)
+            run = spec.to_json()
+            names = list(spec.names)
         checked = check_names(names)
         why = check_reason(reason)
         vcfg = ws.vault(vault)
@@ -183,17 +214,23 @@ class Broker:
                     f'vault {vault!r} is read-only. Fix: set "writable": true on vault {vault!r} in '
                     f"{ws.path} if agents may store secrets there."
                 )
-            assert values is not None
-            write_values = {n: SecretValue(check_value(n, values.get(n))) for n in checked}
+            if generate is None:
+                assert values is not None
+                write_values = {n: SecretValue(check_value(n, values.get(n))) for n in checked}
         else:
             await self._require_existing(provider, vault, checked)
+            if purpose == "value":
+                _refuse_inject_only(vcfg, vault, checked)
 
         windowed, ask = self.policy.split(ws.key, vault, checked, operation)
+        if not ask and run is not None:
+            return await self._auto_approve_run(session, vault, windowed, why, run, base_env)
         if not ask:
-            return await self._auto_approve(session, vault, windowed, why)
+            return await self._auto_approve(session, vault, windowed, why, run)
 
-        key = (session.id, ws.key, vault, ask, windowed, operation, why)
-        existing = self._coalesce.get(key) if write_values is None else None
+        extra = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
+        key = (session.id, ws.key, vault, ask, windowed, operation, why, json.dumps(extra, sort_keys=True))
+        existing = self._coalesce.get(key) if operation is Operation.READ else None
         if existing is not None:
             req = self.store.get_request(existing)
             if req is not None and req.status is Status.PENDING:
@@ -201,11 +238,11 @@ class Broker:
 
         # From the coalescing check to registering the new request there is no await, so identical
         # concurrent calls of one session always find each other.
-        req = self._new_request(session, vault, ask, windowed, operation, why, write_values)
+        req = self._new_request(session, vault, ask, windowed, operation, why, write_values, extra)
         self.store.insert_request(req)
-        live = _Live(asyncio.Event(), ws, write_values)
+        live = _Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {}))
         self._live[req.id] = live
-        if write_values is None:
+        if operation is Operation.READ:
             self._coalesce[key] = req.id
         try:
             await self._audit(ws, "requested", req)
@@ -241,11 +278,15 @@ class Broker:
         operation: Operation,
         reason: str,
         write_values: dict[str, SecretValue] | None,
+        extra: dict[str, Any],
     ) -> AccessRequest:
         vcfg = session.workspace.vault(vault)
         now = self.clock()
         timeout = session.workspace.config.request_timeout
         previews = tuple(mask_preview(write_values[n]) for n in ask) if write_values else ()
+        if "generate" in extra:
+            spec = GenerationSpec(**extra["generate"])
+            previews = tuple(f"(generated by agent-vault: {spec.describe()})" for _ in ask)
         return AccessRequest(
             id=new_request_id(),
             workspace=session.workspace.key,
@@ -261,17 +302,41 @@ class Broker:
             scope=vcfg.ttl_scope,
             ttl_minutes=vcfg.ttl if operation is Operation.READ else 0,
             previews=previews,
+            extra=extra,
         )
 
-    async def _auto_approve(self, session: Session, vault: str, names: tuple[str, ...], reason: str) -> Outcome:
+    async def _auto_approve(
+        self, session: Session, vault: str, names: tuple[str, ...], reason: str, run: Mapping[str, Any] | None
+    ) -> Outcome:
         ws = session.workspace
         end = max((self.policy.window_end(ws.key, vault, n) for n in names), default=None, key=_sort_key)
         values = await self._fetch(ws, vault, names)
         await self._audit(
             ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
             scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ,
+            detail={"run": dict(run)} if run else None,
         )  # fmt: skip
         return Outcome("delivered", None, values=values, window_end=end)
+
+    async def _auto_approve_run(
+        self,
+        session: Session,
+        vault: str,
+        names: tuple[str, ...],
+        reason: str,
+        run: Mapping[str, Any],
+        base_env: Mapping[str, str] | None,
+    ) -> Outcome:
+        """A window allows every secret of the command: record it as approved and let it run."""
+        ws = session.workspace
+        now = self.clock()
+        req = self._new_request(session, vault, (), names, Operation.READ, reason, None, {"run": dict(run)})
+        req = req.with_status(Status.APPROVED, now)
+        self.store.insert_request(req)
+        self._live[req.id] = _Live(asyncio.Event(), ws, base_env=dict(base_env or {}))
+        end = max((self.policy.window_end(ws.key, vault, n) for n in names), default=None, key=_sort_key)
+        await self._audit(ws, "auto_approved", req, names=names, window_end=end, detail={"run": dict(run)})
+        return await self._run_outcome(session, req, 0)
 
     async def _fetch(self, ws: Workspace, vault: str, names: Sequence[str]) -> dict[str, SecretValue]:
         provider = ws.provider(vault)
@@ -292,7 +357,32 @@ class Broker:
             with suppress(TimeoutError):
                 await asyncio.wait_for(live.decided.wait(), timeout)
             req = self.request_for(session, request_id)
+        if "run" in req.extra and req.status in (Status.APPROVED, Status.DELIVERED):
+            return await self._run_outcome(session, req, timeout)
         return await self._outcome(session, req)
+
+    async def _run_outcome(self, session: Session, req: AccessRequest, timeout: float) -> Outcome:
+        """Start the approved command once, then report its progress and, at the end, its result."""
+        if req.status is Status.APPROVED and not self.runs.started(req.id):
+            ws = session.workspace
+            values = await self._fetch(ws, req.vault, req.all_names)
+            if not self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
+                raise InvalidRequest(f"the command of request {req.id} was already started")
+            spec = parse_run(req.extra["run"], None)
+            live = self._live.get(req.id)
+            await self._audit(ws, "delivered", req, names=req.all_names, detail={"to": "command"})
+
+            async def finished(result: RunResult) -> None:
+                await self._ran(session, req, spec, result)
+
+            self.runs.start(req.id, spec, values, (live.base_env if live else None) or {}, finished)
+            self._forget(req.id)
+        if not self.runs.started(req.id):
+            raise InvalidRequest(f"the command of request {req.id} already ran; its output was handed over once")
+        got = await self.runs.wait(req.id, timeout)
+        if isinstance(got, str):
+            return Outcome("running", req, progress=got)
+        return Outcome("ran", req, run=got)
 
     async def _outcome(self, session: Session, req: AccessRequest) -> Outcome:
         what = "write" if req.operation is Operation.WRITE else "access"
@@ -391,6 +481,8 @@ class Broker:
 
     async def _write(self, req: AccessRequest) -> None:
         live = self._live.get(req.id)
+        if live is not None and live.generate is not None:
+            live.values = {name: generate_value(live.generate) for name in req.names}
         if live is None or live.values is None:
             self.store.transition(req.id, [Status.APPROVED], Status.EXPIRED, self.clock())
             return
@@ -444,6 +536,36 @@ class Broker:
             if rid == request_id:
                 del self._coalesce[key]
 
+    # -- commands run with injected secrets ----------------------------------------------------
+
+    async def _ran(self, session: Session, req: AccessRequest, spec: RunSpec, result: RunResult) -> list[Window]:
+        """Audit a finished command; a masked value counts as a leak and closes its windows."""
+        ws = session.workspace
+        vault, request_id = req.vault, req.id
+        masked = sorted(result.masked)
+        detail = {
+            "run": spec.to_json(),
+            "exit_code": result.exit_code,
+            "timed_out": result.timed_out,
+            "masked": masked,
+        }
+        common: dict[str, Any] = {"requester": session.requester, "vault": vault, "names": req.all_names}
+        await self._audit(ws, "command_finished", None, request_id=request_id, detail=detail, **common)
+        if not masked:
+            return []
+        now = self.clock()
+        closing = [w for w in self.policy.active() if w.workspace == ws.key and w.vault == vault]
+        closing = [w for w in closing if any(w.covers(n, now) for n in masked)]
+        closed = [w for w in (self.policy.revoke(w.id) for w in closing) if w is not None]
+        detail["closed_windows"] = [w.id for w in closed]
+        await self._audit(ws, "masked_output", None, request_id=request_id, detail=detail, **common)
+        for alert in self.alerts:
+            try:
+                alert(f"a command printed {', '.join(masked)} from vault {vault!r}; its approval window was closed")
+            except Exception:  # an alert channel must never break the report
+                log.exception("alert channel failed")
+        return closed
+
     # -- windows ------------------------------------------------------------------------------
 
     def windows(self) -> list[Window]:
@@ -493,6 +615,15 @@ class Broker:
         if ws is not None and event in WEBHOOK_EVENTS and self.webhook_sink is not None:
             self.webhook_sink(ws, record)
         return record
+
+
+def _refuse_inject_only(vault: VaultConfig, name: str, names: Sequence[str]) -> None:
+    inject = [n for n in names if vault.delivery_of(n) == "inject"]
+    if inject:
+        raise InvalidRequest(
+            f"{', '.join(inject)} in vault {name!r} can only be used inside a command, never read: "
+            'call run_with_secrets with an env mapping such as {"DATABASE_URL": "' + name + "/" + inject[0] + '"}.'
+        )
 
 
 def _sort_key(value: datetime | None) -> float:

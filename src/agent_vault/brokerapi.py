@@ -22,6 +22,7 @@ from agent_vault import __version__
 from agent_vault.approvals.request import AccessRequest, Operation
 from agent_vault.broker import Broker, Outcome, Session
 from agent_vault.errors import AgentVaultError, InvalidRequest
+from agent_vault.generate import parse_spec
 
 SESSION_HEADER = "x-agent-vault-session"
 PEER_KEY = "agent_vault.peer"
@@ -55,6 +56,7 @@ def request_view(req: AccessRequest) -> dict[str, Any]:
         "scope": req.scope,
         "ttl_minutes": req.ttl_minutes,
         "requester": req.requester.to_json(),
+        "extra": req.extra,
     }
 
 
@@ -66,6 +68,19 @@ def outcome_view(outcome: Outcome) -> dict[str, Any]:
         # The last hop inside the product: the front door puts these in the tool result.
         body["values"] = {name: value.reveal() for name, value in outcome.values.items()}
     body["window_end"] = outcome.window_end.isoformat() if outcome.window_end else None
+    if outcome.progress is not None:
+        body["progress"] = outcome.progress
+    if outcome.run is not None:
+        r = outcome.run
+        body["run"] = {
+            "exit_code": r.exit_code,
+            "stdout": r.stdout,
+            "stderr": r.stderr,
+            "timed_out": r.timed_out,
+            "truncated": r.truncated,
+            "masked": sorted(r.masked),
+            "seconds": r.seconds,
+        }
     return body
 
 
@@ -118,9 +133,14 @@ def create_api(broker: Broker, on_shutdown: Callable[[], None] | None = None) ->
         session = session_of(request)
         data = await body_of(request)
         operation = Operation(str(data.get("operation", "read")))
+        generate = parse_spec(**data["generate"]) if isinstance(data.get("generate"), dict) else None
         values = data.get("values") if operation is Operation.WRITE else None
-        if operation is Operation.WRITE and not isinstance(values, dict):
+        if operation is Operation.WRITE and generate is None and not isinstance(values, dict):
             raise InvalidRequest("a write needs a values object mapping names to values")
+        purpose = "inject" if data.get("purpose") == "inject" else "value"
+        run = data.get("run") if purpose == "inject" else None
+        if purpose == "inject" and not isinstance(run, dict):
+            raise InvalidRequest("an inject request needs a run object describing the command")
         outcome = await broker.request_access(
             session,
             str(data.get("vault", "")),
@@ -128,6 +148,10 @@ def create_api(broker: Broker, on_shutdown: Callable[[], None] | None = None) ->
             data.get("reason"),
             operation,
             values,
+            purpose=purpose,
+            run=run,
+            generate=generate,
+            base_env=_str_map(data.get("base_env")) if purpose == "inject" else None,
         )
         return JSONResponse(outcome_view(outcome))
 
@@ -185,6 +209,12 @@ def create_api(broker: Broker, on_shutdown: Callable[[], None] | None = None) ->
         Route("/v1/shutdown", guarded(shutdown), methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+def _str_map(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if "\x00" not in str(k) + str(v)}
 
 
 def _opt_str(value: object) -> str | None:

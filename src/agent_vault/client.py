@@ -83,8 +83,10 @@ class BrokerClient:
         reason: str,
         operation: str = "read",
         values: dict[str, str] | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"vault": vault, "names": names, "reason": reason, "operation": operation}
+        """Ask for secrets; `extra` carries purpose/run (inject) or generate (a generated write)."""
+        body: dict[str, Any] = {"vault": vault, "names": names, "reason": reason, "operation": operation, **extra}
         if values is not None:
             body["values"] = values
         return await self._call("POST", "/v1/requests", json=body)

@@ -43,7 +43,7 @@ WebhookEvent = Literal[
 WEBHOOK_EVENTS: tuple[str, ...] = typing.get_args(WebhookEvent)
 VAULT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: keys every vault section has; all its other keys belong to the provider's `Options`
-COMMON_VAULT_KEYS = ("type", "ttl", "ttlScope", "writable")
+COMMON_VAULT_KEYS = ("type", "ttl", "ttlScope", "writable", "delivery", "secrets")
 
 Loc = tuple[str | int, ...]
 _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -107,6 +107,12 @@ class _Section:
     raw: Any
 
 
+class SecretPolicy(_Model):
+    """Settings for one secret of a vault (`vaults.<name>.secrets.<SECRET>`)."""
+
+    delivery: Literal["value", "inject"] | None = None
+
+
 class VaultConfig(_Model):
     """One entry of `vaults`: the common keys, plus the provider's own validated options."""
 
@@ -115,8 +121,17 @@ class VaultConfig(_Model):
     ttl: Number = Field(default=0, ge=0, allow_inf_nan=False)
     ttl_scope: Literal["secret", "vault"] = Field(default="secret", alias="ttlScope")
     writable: bool = False
+    #: "value": reads return the value (the seed's behaviour); "inject": only run_with_secrets may use it
+    delivery: Literal["value", "inject"] = "value"
+    #: per-secret settings that override the vault's, by secret name
+    secrets: dict[str, SecretPolicy] = Field(default_factory=dict)
     options: SerializeAsAny[ProviderOptions] = Field(repr=False)
     base_dir: Path
+
+    def delivery_of(self, secret: str) -> str:
+        """How `secret` may leave the vault: "value" or "inject"."""
+        policy = self.secrets.get(secret)
+        return policy.delivery if policy is not None and policy.delivery else self.delivery
 
     @model_validator(mode="before")
     @classmethod

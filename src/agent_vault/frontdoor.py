@@ -12,7 +12,7 @@ import configparser
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +72,7 @@ class AgentSession:
             raise InvalidRequest("that is not a request id; use the id from the pending result")
         start = time.monotonic()
         answer = await client.wait(request_id, 0)
-        while answer["status"] == "pending":
+        while answer["status"] in ("pending", "running"):
             elapsed = time.monotonic() - start
             remaining = self.wait_timeout - elapsed
             if remaining <= 0:
@@ -82,11 +82,11 @@ class AgentSession:
                     f"agent-vault is shutting down; request {request_id} was not approved and nothing was released"
                 )
             req = answer.get("request") or {}
-            await progress(
-                elapsed,
-                self.wait_timeout,
-                f"Waiting for approval (code {req.get('match_code')}): {answer['url']}",
-            )
+            if answer["status"] == "running":
+                message = f"Approved; the command is running: {answer.get('progress') or ''}".rstrip(": ")
+            else:
+                message = f"Waiting for approval (code {req.get('match_code')}): {answer['url']}"
+            await progress(elapsed, self.wait_timeout, message)
             slice_wait = asyncio.ensure_future(client.wait(request_id, min(WAIT_SLICE, remaining)))
             stop_wait = asyncio.ensure_future(self.stopping.wait())
             done, _ = await asyncio.wait({slice_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -96,6 +96,32 @@ class AgentSession:
                 continue
             answer = slice_wait.result()
         return answer
+
+
+def run_request(
+    env: Mapping[str, str], command: list[str], cwd: str | None, shell: bool, timeout: float | None, default_cwd: Path
+) -> tuple[str, dict[str, Any]]:
+    """(vault, request fields) for running `command` with `env` (VAR -> "vault/secret") injected."""
+    if not isinstance(env, Mapping) or not env:
+        raise InvalidRequest('env must map variable names to "vault/secret" references, e.g. {"DB_URL": "dev/DB_URL"}')
+    vaults = set()
+    pairs = []
+    for var, ref in env.items():
+        vault, sep, name = str(ref).partition("/")
+        if not sep or not vault or not name:
+            raise InvalidRequest(f'{var}: {ref!r} is not a "vault/secret" reference')
+        vaults.add(vault)
+        pairs.append([var, name])
+    if len(vaults) != 1:
+        raise InvalidRequest("all secrets of one command must come from one vault; run one command per vault")
+    run = {
+        "argv": command,
+        "cwd": str(Path(cwd) if cwd and Path(cwd).is_absolute() else default_cwd / (cwd or "")),
+        "env": pairs,
+        "shell": shell,
+        "timeout": timeout,
+    }
+    return vaults.pop(), {"purpose": "inject", "run": run, "base_env": dict(os.environ)}
 
 
 def git_remote(start: Path) -> str | None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from agent_vault import __version__
 from agent_vault.errors import AgentVaultError
-from agent_vault.frontdoor import AgentSession, ClientInfo
+from agent_vault.frontdoor import AgentSession, ClientInfo, run_request
 
 INSTRUCTIONS = (
     "agent-vault gives you secrets only with the user's approval. Call list_secrets to see names. "
@@ -42,6 +42,7 @@ R = TypeVar("R", t.CallToolResult, t.CallToolResult | t.InputRequiredResult)
 MODERN_PROTOCOL = "2026-07-28"
 
 READ = t.ToolAnnotations(read_only_hint=True, open_world_hint=False)
+RUN = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True)
 WRITE = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
@@ -105,6 +106,38 @@ def build_server(agent: AgentSession) -> MCPServer:
         }
         return await _ask(agent, ctx, body, single=False)
 
+    @mcp.tool(annotations=RUN)
+    async def run_with_secrets(
+        command: list[str],
+        env: dict[str, str],
+        reason: str,
+        ctx: Context,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        shell: bool = False,
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Run a command with secrets in its environment WITHOUT seeing them (preferred over get_secret when
+        you only need to use a secret). command: argv list, e.g. ["npm", "run", "migrate"]; env: variable ->
+        "vault/secret", e.g. {"DATABASE_URL": "dev/DATABASE_URL"}. One approval; output comes back with
+        secret values masked. shell=true only for a one-string shell command."""
+
+        async def build() -> dict[str, Any]:
+            vault, extra = run_request(env, command, cwd, shell, timeout, agent.cwd)
+            return {"vault": vault, "names": [], "reason": reason, "extra": extra}
+
+        return await _ask(agent, ctx, build, single=False)
+
+    @mcp.tool(annotations=WRITE)
+    async def generate_secret(
+        vault: str, name: str, reason: str, ctx: Context, format: str = "password", length: int = 32
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Have agent-vault generate a new secret (format: password, hex, base64, urlsafe, alphanumeric,
+        uuid) and store it in a writable vault after approval. You get only its name, never the value: use it
+        through run_with_secrets."""
+        body = {"vault": vault, "names": [name], "reason": reason, "operation": "write",
+                "extra": {"generate": {"format": format, "length": length}}}  # fmt: skip
+        return await _ask(agent, ctx, body, single=True)
+
     @mcp.tool(annotations=READ)
     async def await_approval(request_id: str, ctx: Context) -> t.CallToolResult:
         """Keep waiting for a request that an earlier call returned as pending (same session)."""
@@ -119,17 +152,26 @@ def build_server(agent: AgentSession) -> MCPServer:
     return mcp
 
 
-async def _ask(
-    agent: AgentSession, ctx: Context, body: dict[str, Any], single: bool
-) -> t.CallToolResult | t.InputRequiredResult:
+Body = dict[str, Any] | Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def _ask(agent: AgentSession, ctx: Context, spec: Body, single: bool) -> t.CallToolResult | t.InputRequiredResult:
     async def run() -> t.CallToolResult | t.InputRequiredResult:
+        body = spec if isinstance(spec, dict) else await spec()
         client = await agent.ensure(_client_info(ctx))
         resumed = ctx.request_state  # set when the client retries after showing the approval link
         if resumed:
             return _answer_result(await agent.wait(client, resumed, _progress(ctx)), single)
         answer = await client.request(
-            body["vault"], body["names"], body["reason"], body.get("operation", "read"), body.get("values")
+            body["vault"],
+            body["names"],
+            body["reason"],
+            body.get("operation", "read"),
+            body.get("values"),
+            **body.get("extra", {}),
         )
+        if answer["status"] == "running":
+            answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
         if answer["status"] != "pending":
             return _answer_result(answer, single)
         _announce(answer)
@@ -201,6 +243,15 @@ def _announce(answer: dict[str, Any]) -> None:
 def _answer_result(answer: dict[str, Any], single: bool) -> t.CallToolResult:
     status = answer["status"]
     req = answer.get("request") or {}
+    if status == "ran":
+        return _ran_result(answer["run"])
+    if status == "running":
+        text = (
+            f"The command was approved and is still running (request id {req.get('id')}). Call "
+            "await_approval with this request_id to collect its output; do not run it again."
+        )
+        structured = {"status": "running", "requestId": req.get("id"), "progress": answer.get("progress")}
+        return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
     if status == "pending":
         text = (
             f"Still pending: the user has not decided yet. Request id {req.get('id')}, match code "
@@ -224,6 +275,34 @@ def _answer_result(answer: dict[str, Any], single: bool) -> t.CallToolResult:
     values: dict[str, str] = answer.get("values") or {}
     text = next(iter(values.values())) if single and len(values) == 1 else json.dumps(values, ensure_ascii=False)
     structured = {"status": "approved", "values": values, "windowEnd": answer.get("window_end")}
+    return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _ran_result(run: dict[str, Any]) -> t.CallToolResult:
+    notes = []
+    if run["timed_out"]:
+        notes.append("the command hit its timeout and was stopped (with everything it started)")
+    if run["truncated"]:
+        notes.append("output was cut at the size limit")
+    if run["masked"]:
+        notes.append(
+            f"the output contained {', '.join(run['masked'])} (shown as [masked:NAME]); this was reported to the "
+            "user as a possible leak and its approval window was closed. Do not try to reveal it"
+        )
+    code = run["exit_code"]
+    text = f"exit code: {code if code is not None else 'none (not started or killed)'}\n"
+    text += "".join(f"note: {n}\n" for n in notes)
+    text += f"--- stdout ---\n{run['stdout']}"
+    text += f"{'' if run['stdout'].endswith(chr(10)) or not run['stdout'] else chr(10)}--- stderr ---\n{run['stderr']}"
+    structured = {
+        "status": "ran",
+        "exitCode": code,
+        "stdout": run["stdout"],
+        "stderr": run["stderr"],
+        "timedOut": run["timed_out"],
+        "truncated": run["truncated"],
+        "masked": run["masked"],
+    }
     return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
 
 
