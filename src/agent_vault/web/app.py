@@ -1,32 +1,43 @@
 """Approval pages: see exactly what is asked, then approve with a factor or deny.
 
-Routes are thin: they translate form posts into `Broker.decide` and broker errors into
-pages. The seed's link shape `/approve/<id>` is kept; knowing it grants nothing.
+Routes are thin: they translate form posts into `Broker.decide` and broker errors into pages.
+The seed's link shape `/approve/<id>` is kept; knowing it grants nothing. Enrolment and the
+signed-in dashboard live in `web.enrolment` and `web.dashboard`; every route is wrapped by
+`web.hardening`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import shlex
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agent_vault.approvals.approver import Proof
+from agent_vault.approvals.factors import FactorApprover, FactorStore
+from agent_vault.approvals.passkeys import Passkeys
 from agent_vault.approvals.request import AccessRequest, Operation, Status
+from agent_vault.audit import AuditEvent
 from agent_vault.broker import Broker
 from agent_vault.errors import AgentVaultError
 from agent_vault.untrusted import visible
 from agent_vault.web.csrf import COOKIE, CsrfTokens
 from agent_vault.web.hardening import ASGIApp, HostAllowlist, hardened, same_origin_post
+from agent_vault.web.sessions import ApproverSessions
 
 HERE = Path(__file__).parent
 NOT_FOUND = "This request does not exist or can no longer be decided here."
+MAX_FLASH = 256
 
 
 def _templates() -> Environment:
@@ -41,6 +52,16 @@ class WebApp:
         self.csrf = CsrfTokens()
         self.templates = _templates()
         self.public_hosts = public_hosts
+        self.factors = FactorStore(broker.store)
+        self.passkeys = Passkeys(self.factors, origin=broker.base_url)
+        self.sessions = ApproverSessions(secure=broker.base_url.startswith("https://"))
+        approver = broker.approver
+        if isinstance(approver, FactorApprover):
+            # The approver is built before the server knows its origin; passkeys need that origin.
+            approver.passkey_check = self.passkeys.check_for_request
+            self.codes = approver
+        else:
+            self.codes = FactorApprover(self.factors)
         #: one-shot messages for the next page view, keyed by (browser cookie, request id)
         self._flash: dict[tuple[str, str], str] = {}
 
@@ -48,13 +69,49 @@ class WebApp:
         port = int(self.broker.base_url.rsplit(":", 1)[1]) if self.broker.base_url.count(":") == 2 else 80
         return HostAllowlist(port, self.public_hosts)
 
+    # -- helpers shared by every page module ----------------------------------------------------
+
     def render(self, name: str, request: Request, status: int = 200, **ctx: Any) -> HTMLResponse:
         cookie = request.cookies.get(COOKIE) or CsrfTokens.new_cookie()
-        html = self.templates.get_template(name).render(**ctx, csrf=lambda purpose: self.csrf.token(cookie, purpose))
+        html = self.templates.get_template(name).render(
+            **ctx, csrf=lambda purpose: self.csrf.token(cookie, purpose), signed_in=self.signed_in(request)
+        )
         response = HTMLResponse(html, status_code=status)
         if request.cookies.get(COOKIE) != cookie:
             response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", path="/")
         return response
+
+    def not_found(self, request: Request) -> HTMLResponse:
+        """The one answer for an unknown id, a bad or stale token, and a cross-site post."""
+        return self.render("message.html", request, 404, title="Not found", message=NOT_FOUND)
+
+    async def posted(self, request: Request, purpose: Callable[[FormData], str]) -> FormData | None:
+        """The form of a same-origin POST whose synchronizer token matches; None otherwise."""
+        form = await request.form()
+        token = str(form.get("csrf", ""))
+        if not same_origin_post(request) or not self.csrf.check(request.cookies.get(COOKIE), purpose(form), token):
+            return None
+        return form
+
+    def signed_in(self, request: Request) -> bool:
+        return self.sessions.valid(request.cookies.get(self.sessions.cookie))
+
+    def factor_kinds(self) -> dict[str, bool]:
+        totp = [t for t in self.factors.totp_secrets() if not t[3]]
+        return {"has_passkey": self.passkeys.enrolled(), "has_totp": bool(totp)}
+
+    async def audit(self, event: str, **detail: Any) -> None:
+        await asyncio.to_thread(self.broker.audit.append, AuditEvent(event=event, detail=detail))
+
+    def flash(self, request: Request, key: str, message: str) -> None:
+        if len(self._flash) >= MAX_FLASH:
+            self._flash.pop(next(iter(self._flash)))
+        self._flash[(request.cookies.get(COOKIE, ""), key)] = message
+
+    def take_flash(self, request: Request, key: str) -> str | None:
+        return self._flash.pop((request.cookies.get(COOKIE, ""), key), None)
+
+    # -- approval pages -------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:
         return self.render("home.html", request)
@@ -62,32 +119,35 @@ class WebApp:
     async def approve_page(self, request: Request) -> Response:
         req = self.broker.get_request(request.path_params["rid"])
         if req is None:
-            return self.render("message.html", request, 404, title="Not found", message=NOT_FOUND)
-        error = self._flash.pop((request.cookies.get(COOKIE, ""), req.id), None)
-        return self.render("approve.html", request, **self._view(req), error=error)
+            return self.not_found(request)
+        error = self.take_flash(request, req.id)
+        return self.render("approve.html", request, **self._view(req), **self.factor_kinds(), error=error)
+
+    async def passkey_options(self, request: Request) -> Response:
+        rid = request.path_params["rid"]
+        form = await self.posted(request, lambda _: rid)
+        req = self.broker.get_request(rid) if form is not None else None
+        if req is None or req.status is not Status.PENDING or not self.passkeys.enrolled():
+            return self.not_found(request)
+        return options_response(get=self.passkeys.approval_options(req))
 
     async def decide(self, request: Request) -> Response:
         rid = request.path_params["rid"]
-        form = await request.form()
-        token = str(form.get("csrf", ""))
-        if not same_origin_post(request) or not self.csrf.check(request.cookies.get(COOKIE), rid, token):
-            return self.render("message.html", request, 404, title="Not found", message=NOT_FOUND)
-        action = str(form.get("action", ""))
-        proof = _proof(form)
+        form = await self.posted(request, lambda _: rid)
+        if form is None or self.broker.get_request(rid) is None:
+            return self.not_found(request)
+        approve = str(form.get("action", "")) == "approve"
         try:
-            await self.broker.decide(rid, action == "approve", proof if action == "approve" else None)
+            await self.broker.decide(rid, approve, _proof(form) if approve else None)
         except AgentVaultError as exc:
-            if self.broker.get_request(rid) is None:
-                return self.render("message.html", request, 404, title="Not found", message=NOT_FOUND)
-            self._flash[(request.cookies.get(COOKIE, ""), rid)] = str(exc)
+            self.flash(request, rid, str(exc))
         return RedirectResponse(f"/approve/{rid}", status_code=303)
 
     def _view(self, req: AccessRequest) -> dict[str, Any]:
-        ws_vault = req.vault
         if req.operation is Operation.WRITE:
             unlocks = "Writes these values once. Writes never open an approval window."
         elif req.ttl_minutes > 0 and req.scope == "vault":
-            unlocks = f"Every secret in vault “{ws_vault}” for {_minutes(req.ttl_minutes)} (any session of yours)."
+            unlocks = f"Every secret in vault “{req.vault}” for {_minutes(req.ttl_minutes)} (any session of yours)."
         elif req.ttl_minutes > 0:
             unlocks = f"These secrets for {_minutes(req.ttl_minutes)}; other secrets still ask."
         else:
@@ -100,23 +160,47 @@ class WebApp:
             "unlocks": unlocks,
             "expires": req.expires_at.astimezone(UTC).strftime("%H:%M:%S UTC"),
             "state": req.status.value,
+            "run": _run_view(req.extra.get("run")),
         }
 
     def asgi(self) -> ASGIApp:
-        routes = [
+        from agent_vault.web import dashboard, enrolment
+
+        routes: list[BaseRoute] = [
             Route("/", self.home),
             Route("/approve/{rid}", self.approve_page, methods=["GET"]),
             Route("/approve/{rid}", self.decide, methods=["POST"]),
+            Route("/approve/{rid}/passkey", self.passkey_options, methods=["POST"]),
+            *enrolment.routes(self),
+            *dashboard.routes(self),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return hardened(Starlette(routes=routes), self.hosts)
 
 
-def _proof(form: Any) -> Proof | None:
+def options_response(**blobs: str) -> Response:
+    """WebAuthn options for the page script: {"get": ..., "create": ...}, each already JSON text."""
+    body = "{" + ", ".join(f'"{key}": {blob}' for key, blob in blobs.items()) + "}"
+    return Response(body, media_type="application/json")
+
+
+def _proof(form: FormData) -> Proof | None:
+    assertion = str(form.get("assertion", "")).strip()
+    if assertion:
+        return Proof("passkey", {"credential": assertion})
     code = str(form.get("code", "")).strip()
     if code:
         return Proof("totp", {"code": code})
     return None
+
+
+def _run_view(run: Any) -> dict[str, Any] | None:
+    """The command an inject request will run, as the approver should read it."""
+    if not isinstance(run, dict):
+        return None
+    argv = [str(a) for a in run.get("argv", [])]
+    line = argv[0] if run.get("shell") and argv else shlex.join(argv)
+    return {"line": line, "cwd": run.get("cwd"), "env": run.get("env", []), "shell": bool(run.get("shell"))}
 
 
 def _minutes(value: float) -> str:

@@ -2,8 +2,8 @@
 
 A Host allowlist (loopback names, plus the configured public host) answers anything else
 with 421, which defeats DNS rebinding; X-Forwarded-Host is never consulted. Every response
-gets headers that forbid framing, sniffing, referrers and caching. State-changing requests
-must be POSTs from our own origin.
+gets headers that forbid framing, sniffing, referrers and caching. Request bodies are capped.
+State-changing requests must be POSTs from our own origin.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
@@ -19,6 +20,8 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+#: forms carry a code or one WebAuthn answer; nothing legitimate comes near this
+MAX_BODY = 64 * 1024
 
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -48,25 +51,47 @@ class HostAllowlist:
         return host is not None and host.lower() in self.allowed
 
 
+def _capped(receive: Any) -> Any:
+    seen = 0
+
+    async def wrapped() -> MutableMapping[str, Any]:
+        nonlocal seen
+        message: MutableMapping[str, Any] = await receive()
+        seen += len(message.get("body", b""))
+        if seen > MAX_BODY:  # a chunked body that grew past the cap: Starlette answers 413
+            raise HTTPException(413, "Request body too large.")
+        return message
+
+    return wrapped
+
+
+def _with_headers(send: Any) -> Any:
+    async def wrapped(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            raw = [(k, v) for k, v in message.get("headers", []) if k.decode().lower() not in SECURITY_HEADERS]
+            raw += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+            message = {**message, "headers": raw}
+        await send(message)
+
+    return wrapped
+
+
 def hardened(app: ASGIApp, hosts: Callable[[], HostAllowlist]) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-
-        async def send_with_headers(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                raw = [(k, v) for k, v in message.get("headers", []) if k.decode().lower() not in SECURITY_HEADERS]
-                raw += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-                message = {**message, "headers": raw}
-            await send(message)
-
+        send = _with_headers(send)
         if not hosts().allows(headers.get("host")):
             response = PlainTextResponse("Misdirected request: unknown host name.\n", status_code=421)
-            await response(scope, receive, send_with_headers)
+            await response(scope, receive, send)
             return
-        await app(scope, receive, send_with_headers)
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            await PlainTextResponse("Request body too large.\n", status_code=413)(scope, receive, send)
+            return
+        await app(scope, _capped(receive), send)
 
     return wrapped
 
