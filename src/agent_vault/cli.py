@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="one-time set-up on a terminal: enrol how you approve")
     init.add_argument("--totp", action="store_true", help="enrol an authenticator app (TOTP)")
+    run = sub.add_parser(
+        "run",
+        help="run a command with secrets in its environment, after approval; output masked",
+        usage="agent-vault run --env VAR=vault/secret [--env ...] [--reason TEXT] [--timeout S] -- command [args ...]",
+    )
+    run.add_argument("--env", action="append", required=True, metavar="VAR=vault/secret")
+    run.add_argument("--reason", default="run by hand with agent-vault run")
+    run.add_argument("--timeout", type=float, help="seconds before the command is stopped (default 300)")
+    run.add_argument("--shell", action="store_true", help="run the single command string with /bin/sh -c")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="command")
     demo = sub.add_parser("demo", help="try the whole flow in a sandbox with a scripted agent")
     demo.add_argument("--yes", action="store_true", help="approve automatically (no browser needed)")
     return p
@@ -88,6 +98,7 @@ def _handlers() -> dict[str, Handler]:
         "audit": _audit,
         "init": _init,
         "demo": _demo,
+        "run": _run,
     }
 
 
@@ -178,3 +189,20 @@ def _demo(args: argparse.Namespace) -> int:
     from agent_vault.demo import run_demo
 
     return asyncio.run(run_demo(auto_approve=args.yes))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent_vault.frontdoor import run_for_cli
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise AgentVaultError("give the command after --, e.g. agent-vault run --env DB=dev/DB -- npm run migrate")
+    refs = {}
+    for item in args.env:
+        var, sep, ref = item.partition("=")
+        if not sep:
+            raise AgentVaultError(f"--env {item!r}: use VAR=vault/secret")
+        refs[var] = ref
+    return asyncio.run(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd()))

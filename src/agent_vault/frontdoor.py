@@ -11,6 +11,7 @@ import asyncio
 import configparser
 import os
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_vault import __version__
 from agent_vault.client import BrokerClient
 from agent_vault.config import find_config, load_config, referenced_env_vars
 from agent_vault.errors import AgentVaultError, InvalidRequest, RequestExpired
-from agent_vault.home import StatePaths
+from agent_vault.home import StatePaths, state_paths
 from agent_vault.launcher import connect
 
 WAIT_SLICE = 1.0
@@ -146,3 +148,35 @@ def git_remote(start: Path) -> str | None:
 
 def _strip_credentials(url: str) -> str:
     return re.sub(r"//[^/@]+@", "//", url)
+
+
+async def run_for_cli(
+    env_refs: dict[str, str], command: list[str], reason: str, timeout: float | None, shell: bool, cwd: Path
+) -> int:
+    """`agent-vault run`: ask, wait for the decision as long as the request lives, run, print masked output."""
+    agent = AgentSession(state_paths(), cwd)
+    try:
+        client = await agent.ensure(ClientInfo("agent-vault run", __version__))
+        vault, extra = run_request(env_refs, command, None, shell, timeout, cwd)
+        answer = await client.request(vault, [], reason, **extra)
+        if answer["status"] == "pending":
+            req = answer["request"]
+            print(f"agent-vault: approve at {answer['url']} (code {req['match_code']})", file=sys.stderr, flush=True)
+        agent.wait_timeout = float("inf")
+
+        async def show(elapsed: float, total: float, message: str) -> None:
+            pass
+
+        if answer["status"] in ("pending", "running"):
+            answer = await agent.wait(client, answer["request"]["id"], show)
+    finally:
+        await agent.close()
+    run = answer["run"]
+    sys.stdout.write(run["stdout"])
+    sys.stderr.write(run["stderr"])
+    if run["masked"]:
+        print(f"agent-vault: the output contained {', '.join(run['masked'])} (masked); rotate it if the output "
+              "could have gone elsewhere. See docs/inject.md.", file=sys.stderr)  # fmt: skip
+    if run["timed_out"]:
+        print("agent-vault: the command timed out and was stopped", file=sys.stderr)
+    return int(run["exit_code"]) if run["exit_code"] is not None else 124
