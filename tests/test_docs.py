@@ -30,7 +30,17 @@ def test_every_cli_command_is_in_the_readme(command: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "tool", ["list_secrets", "get_secret", "get_secrets", "set_secret", "set_secrets", "await_approval"]
+    "tool",
+    [
+        "list_secrets",
+        "get_secret",
+        "get_secrets",
+        "set_secret",
+        "set_secrets",
+        "await_approval",
+        "run_with_secrets",
+        "generate_secret",
+    ],
 )
 def test_every_tool_is_in_the_readme(tool: str) -> None:
     assert f"| `{tool}` |" in README
