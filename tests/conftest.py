@@ -6,15 +6,20 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import anyio
 import pyotp
 import pytest
 
 from agent_vault.approvals.factors import FactorApprover, FactorStore
 from agent_vault.home import StatePaths, ensure_private_dir
 from agent_vault.store.sqlite import StateStore
+
+if TYPE_CHECKING:
+    from agent_vault.daemon import BrokerServer
 
 # Obviously fake values: a test that finds one of these where it must not be has found a leak.
 FAKE_KEY = "fake-api-key-0000-DO-NOT-USE"
@@ -114,3 +119,26 @@ def decide_on_page(base_url: str, request_id: str, action: str = "approve", code
             f"/approve/{request_id}", data=form, headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"}
         )
         return result.text
+
+
+@pytest.fixture
+async def broker_server(home: StatePaths, step_clock: StepClock) -> AsyncIterator[BrokerServer]:
+    """A real broker in this process (loopback TCP + Unix socket) with a TOTP factor enrolled."""
+    from agent_vault.daemon import BrokerServer
+
+    enrol_totp(home)
+    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def decide_when_asked(server: BrokerServer, clock: StepClock, action: str = "approve") -> str:
+    """Wait for the next pending request, then approve (with a fresh code) or deny it on the page."""
+    with anyio.fail_after(20):
+        while not server.broker.pending():
+            await anyio.sleep(0.01)
+    rid = server.broker.pending()[0].id
+    code = clock.next_code() if action == "approve" else None
+    await anyio.to_thread.run_sync(decide_on_page, server.url, rid, action, code)
+    return rid

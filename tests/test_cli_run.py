@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -13,18 +12,9 @@ import pytest
 
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
-from tests.conftest import FAKE_KEY, StepClock, decide_on_page, enrol_totp, totp_approvers, write_project
+from tests.conftest import FAKE_KEY, StepClock, decide_on_page, write_project
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def broker_server(home: StatePaths, step_clock: StepClock) -> AsyncIterator[BrokerServer]:
-    enrol_totp(home)
-    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_cli_run_injects_and_masks(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,15 @@ from agent_vault.frontdoor import AgentSession
 from agent_vault.home import StatePaths
 from agent_vault.mcp_server import build_server
 from agent_vault.providers.dotenv_format import parse
-from tests.conftest import FAKE_KEY, StepClock, decide_on_page, enrol_totp, totp_approvers, write_project
+from tests.conftest import (
+    FAKE_KEY,
+    StepClock,
+    decide_when_asked,
+    write_project,
+)
 
 pytestmark = pytest.mark.anyio
 PY = sys.executable
-
-
-@pytest.fixture
-async def broker_server(home: StatePaths, step_clock: StepClock) -> AsyncIterator[BrokerServer]:
-    enrol_totp(home)
-    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
@@ -46,24 +41,13 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-async def decide(server: BrokerServer, clock: StepClock, action: str = "approve") -> str:
-    with anyio.fail_after(20):
-        while not server.broker.pending():
-            await anyio.sleep(0.01)
-    req = server.broker.pending()[0]
-    await anyio.to_thread.run_sync(
-        decide_on_page, server.url, req.id, action, clock.next_code() if action == "approve" else None
-    )
-    return req.id
-
-
 async def call(agent_session: AgentSession, tool: str, args: dict[str, Any], server: BrokerServer | None = None,
                clock: StepClock | None = None, action: str = "approve") -> Any:  # fmt: skip
     async with Client(build_server(agent_session)) as client:
         if server is None:
             return await client.call_tool(tool, args)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(decide, server, clock, action)
+            tg.start_soon(decide_when_asked, server, clock, action)
             return await client.call_tool(tool, args)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -17,7 +17,7 @@ from mcp import Client, StdioServerParameters
 
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
-from tests.conftest import FAKE_KEY, StepClock, decide_on_page, enrol_totp, totp_approvers, write_project
+from tests.conftest import FAKE_KEY, StepClock, decide_on_page, write_project
 
 pytestmark = pytest.mark.anyio
 
@@ -45,15 +45,6 @@ def api() -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/whoami"
     server.shutdown()
-
-
-@pytest.fixture
-async def broker_server(home: StatePaths, step_clock: StepClock) -> AsyncIterator[BrokerServer]:
-    enrol_totp(home)
-    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_agent_uses_a_secret_against_a_local_service_without_seeing_it(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -20,9 +19,7 @@ from tests.conftest import (
     FAKE_DB,
     FAKE_KEY,
     StepClock,
-    decide_on_page,
-    enrol_totp,
-    totp_approvers,
+    decide_when_asked,
     write_project,
 )
 
@@ -36,25 +33,6 @@ def stdio_params(home: StatePaths, cwd: Path, **env: str) -> StdioServerParamete
         cwd=str(cwd),
         env={"AGENT_VAULT_HOME": str(home.root), "PATH": os.environ.get("PATH", ""), **env},
     )
-
-
-@pytest.fixture
-async def broker_server(home: StatePaths, step_clock: StepClock) -> AsyncIterator[BrokerServer]:
-    enrol_totp(home)
-    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
-    await server.start()
-    yield server
-    await server.stop()
-
-
-async def decide_when_asked(server: BrokerServer, clock: StepClock, action: str = "approve") -> str:
-    with anyio.fail_after(20):
-        while not server.broker.pending():
-            await anyio.sleep(0.01)
-    rid = server.broker.pending()[0].id
-    code = clock.next_code() if action == "approve" else None
-    await anyio.to_thread.run_sync(decide_on_page, server.url, rid, action, code)
-    return rid
 
 
 def text_of(result: object) -> str:

@@ -4,7 +4,6 @@ result shapes that cannot be misread, and tool descriptions that steer the agent
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,14 @@ from agent_vault.daemon import BrokerServer
 from agent_vault.frontdoor import AgentSession
 from agent_vault.home import StatePaths
 from agent_vault.mcp_server import build_server
-from tests.conftest import FAKE_KEY, StepClock, decide_on_page, enrol_totp, totp_approvers, write_project
+from tests.conftest import (
+    FAKE_KEY,
+    StepClock,
+    decide_when_asked,
+    write_project,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def broker_server(home: StatePaths, step_clock: StepClock) -> AsyncIterator[BrokerServer]:
-    enrol_totp(home)
-    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
-    await server.start()
-    yield server
-    await server.stop()
-
-
-async def approve_when_asked(server: BrokerServer, clock: StepClock) -> None:
-    with anyio.fail_after(20):
-        while not server.broker.pending():
-            await anyio.sleep(0.01)
-    rid = server.broker.pending()[0].id
-    await anyio.to_thread.run_sync(decide_on_page, server.url, rid, "approve", clock.next_code())
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -55,7 +42,7 @@ async def test_url_elicitation_offers_the_approval_page(
     agent = AgentSession(home, project)
     async with Client(build_server(agent), mode=mode, elicitation_callback=on_elicit) as client:  # type: ignore[arg-type]
         async with anyio.create_task_group() as tg:
-            tg.start_soon(approve_when_asked, broker_server, step_clock)
+            tg.start_soon(decide_when_asked, broker_server, step_clock)
             result = await client.call_tool("get_secret", {"vault": "dev", "name": "API_KEY", "reason": "deploy"})
     await agent.close()
     assert not result.is_error and result.content[0].text == FAKE_KEY  # type: ignore[union-attr]
@@ -75,7 +62,7 @@ async def test_batch_values_with_newlines_cannot_be_misread(
     agent = AgentSession(home, project)
     async with Client(build_server(agent)) as client:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(approve_when_asked, broker_server, step_clock)
+            tg.start_soon(decide_when_asked, broker_server, step_clock)
             result = await client.call_tool("get_secrets", {"vault": "dev", "names": ["A", "B"], "reason": "r"})
     await agent.close()
     assert json.loads(result.content[0].text) == {"A": tricky, "B": "plain"}  # type: ignore[union-attr]

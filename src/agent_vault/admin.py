@@ -19,16 +19,23 @@ from agent_vault.home import state_paths
 from agent_vault.store.sqlite import StateStore, Window
 
 
-async def broker_status() -> str:
+async def broker_status(as_json: bool = False) -> str:
+    from agent_vault.tunnels.view import remote_lines
+
     paths = state_paths()
     async with BrokerClient(paths.socket) as client:
         try:
             data = await client.status()
         except BrokerUnavailable:
+            if as_json:
+                return json.dumps({"running": False, "state_dir": str(paths.root)}, indent=2)
             return f"broker: not running (state dir {paths.root}). It starts with the first MCP session."
+    if as_json:
+        return json.dumps({"running": True, "state_dir": str(paths.root), **data}, indent=2)
     lines = [
         f"broker: running, pid {data['pid']}, version {data['version']}",
         f"approval pages: {data['url']}",
+        *remote_lines(data),
         f"state dir: {paths.root}",
         f"pending requests: {len(data['pending'])}",
     ]

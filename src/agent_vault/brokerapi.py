@@ -84,7 +84,11 @@ def outcome_view(outcome: Outcome) -> dict[str, Any]:
     return body
 
 
-def create_api(broker: Broker, on_shutdown: Callable[[], None] | None = None) -> Starlette:
+def create_api(
+    broker: Broker,
+    on_shutdown: Callable[[], None] | None = None,
+    status_extra: Callable[[], dict[str, Any]] | None = None,
+) -> Starlette:
     async def body_of(request: Request) -> dict[str, Any]:
         try:
             data = await request.json()
@@ -172,6 +176,8 @@ def create_api(broker: Broker, on_shutdown: Callable[[], None] | None = None) ->
                 "url": broker.base_url,
                 "pending": [request_view(r) for r in broker.pending()],
                 "windows": [_window_view(w) for w in broker.windows()],
+                # tunnel, public URL, channels and their last delivery (see tunnels.remote)
+                **(status_extra() if status_extra is not None else {}),
             }
         )
 

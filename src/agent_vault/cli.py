@@ -28,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("mcp", help="run the MCP server on stdio (what MCP clients launch; the default)")
     serve = sub.add_parser("serve", help="run the broker in the foreground")
     serve.add_argument("--port", type=int, help="approval page port on 127.0.0.1 (default: config port or 9999)")
-    sub.add_parser("status", help="show the broker, its URL, pending requests and active windows")
+    status = sub.add_parser(
+        "status", help="show the broker, its URLs, tunnel, channels, pending requests and active windows"
+    )
+    status.add_argument("--json", action="store_true", help="the broker's whole status as JSON")
     sub.add_parser("stop", help="stop the running broker")
 
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", metavar="ACTION")
@@ -132,7 +135,7 @@ def _config_port() -> int:
 def _status(args: argparse.Namespace) -> int:
     from agent_vault.admin import broker_status
 
-    print(asyncio.run(broker_status()))
+    print(asyncio.run(broker_status(as_json=args.json)))
     return 0
 
 

@@ -37,7 +37,8 @@ from agent_vault.errors import AgentVaultError, ConfigError
 from agent_vault.forwarding import WebhookHub
 from agent_vault.home import StatePaths, private_file
 from agent_vault.store.sqlite import StateStore
-from agent_vault.web.app import create_web
+from agent_vault.tunnels.remote import RemoteAccess
+from agent_vault.web.app import WebApp
 
 log = logging.getLogger("agent_vault.daemon")
 
@@ -191,8 +192,13 @@ class BrokerServer:
         hub = WebhookHub(self.broker.audit)
         self.broker.webhook_sink = hub.submit
         await self.broker.start()
+        # Channels, tunnel and the public host come from the user's settings in the state dir.
+        self.remote = RemoteAccess.load(self.broker, self.paths)
+        self.web = WebApp(self.broker, public_hosts=self.remote.public_hosts())
+        self.remote.on_public_hosts = self._set_public_hosts
+        api = create_api(self.broker, on_shutdown=self.request_stop, status_extra=self.remote.status)
         config = uvicorn.Config(
-            dispatcher(create_api(self.broker, on_shutdown=self.request_stop), create_web(self.broker)),
+            dispatcher(api, self.web.asgi()),
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -208,13 +214,18 @@ class BrokerServer:
             await asyncio.sleep(0.005)
         if self._task.done():
             self._task.result()
+        await self.remote.start()  # a tunnel needs the pages listening
         return self.url
+
+    def _set_public_hosts(self, hosts: tuple[str, ...]) -> None:
+        self.web.public_hosts = hosts  # read on every request by the Host allowlist
 
     async def _serve(self, listeners: Listeners, hub: WebhookHub) -> None:
         assert self._server is not None
         try:
             await self._server.serve(sockets=[listeners.tcp, listeners.unix])
         finally:
+            await self.remote.stop()
             await self.broker.stop()
             await hub.aclose()
             with suppress(OSError):
