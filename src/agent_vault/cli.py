@@ -58,7 +58,20 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_parser("verify", help="check the hash chain; names the first altered or missing row")
 
     init = sub.add_parser("init", help="one-time set-up on a terminal: enrol how you approve")
-    init.add_argument("--totp", action="store_true", help="enrol an authenticator app (TOTP)")
+    init.add_argument("--passkey", action="store_true", help="enrol a passkey via a one-time link (the default)")
+    init.add_argument("--totp", action="store_true", help="enrol an authenticator app (TOTP) instead, or as well")
+    init.add_argument("--port", type=int, help="broker port if init has to start it (default: config or 9999)")
+    factors = sub.add_parser("factors", help="how you approve: list, add, remove").add_subparsers(
+        dest="action", metavar="ACTION"
+    )
+    factors.add_parser("list", help="list enrolled passkeys and authenticator apps")
+    fadd = factors.add_parser("add", help="enrol another factor (needs proof from an existing one)")
+    fadd.add_argument("--passkey", action="store_true")
+    fadd.add_argument("--totp", action="store_true")
+    fremove = factors.add_parser("remove", help="remove a factor (needs proof from an existing one)")
+    fremove.add_argument("factor", help="factor id from `factors list`")
+    factors.add_parser("recovery-codes", help="replace your recovery codes (needs proof)")
+    sub.add_parser("doctor", help="show which protections are in force, and what is not protected")
     run = sub.add_parser(
         "run",
         help="run a command with secrets in its environment, after approval; output masked",
@@ -100,6 +113,8 @@ def _handlers() -> dict[str, Handler]:
         "grants": _grants,
         "audit": _audit,
         "init": _init,
+        "factors": _factors,
+        "doctor": _doctor,
         "demo": _demo,
         "run": _run,
     }
@@ -185,7 +200,28 @@ def _audit(args: argparse.Namespace) -> int:
 def _init(args: argparse.Namespace) -> int:
     from agent_vault.enrol import run_init
 
-    return run_init(totp=args.totp)
+    return run_init(passkey=args.passkey, totp=args.totp, port=args.port)
+
+
+def _factors(args: argparse.Namespace) -> int:
+    from agent_vault import enrol
+
+    if args.action == "list":
+        print(enrol.factors_list())
+        return 0
+    if args.action == "add":
+        return enrol.factors_add(passkey=args.passkey, totp=args.totp)
+    if args.action == "remove":
+        return enrol.factors_remove(args.factor)
+    if args.action == "recovery-codes":
+        return enrol.recovery_codes()
+    raise AgentVaultError("usage: agent-vault factors list|add|remove|recovery-codes")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from agent_vault.doctor import run_doctor
+
+    return run_doctor()
 
 
 def _demo(args: argparse.Namespace) -> int:
