@@ -232,7 +232,7 @@ async def test_real_timer_expires_a_request(home: StatePaths, tmp_path: Path) ->
     session = open_session(broker, tmp_path / "p")
     out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
     assert out.request is not None
-    broker._live[out.request.id].timer.cancel()  # type: ignore[union-attr]
+    broker.live.get(out.request.id).timer.cancel()  # type: ignore[union-attr]
     broker._expire_soon(out.request.id)  # what the timer does when it fires
     with pytest.raises(RequestExpired):
         await broker.wait(session, out.request.id, 5)

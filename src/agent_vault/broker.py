@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_vault.approvals.approver import Approver, Proof
+from agent_vault.approvals.live import Live, LiveRequests
 from agent_vault.approvals.request import (
     AccessRequest,
     Operation,
@@ -29,9 +30,8 @@ from agent_vault.approvals.request import (
     new_request_id,
 )
 from agent_vault.approvals.validation import check_names, check_reason, check_value
-from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
+from agent_vault.audit import AuditLog
 from agent_vault.config import WEBHOOK_EVENTS as CONFIG_WEBHOOK_EVENTS
-from agent_vault.config import VaultConfig
 from agent_vault.errors import (
     ApprovalError,
     AuditError,
@@ -45,8 +45,9 @@ from agent_vault.errors import (
 )
 from agent_vault.generate import GenerationSpec
 from agent_vault.generate import generate as generate_value
-from agent_vault.policy import Clock, WindowPolicy, utc_now
+from agent_vault.policy import Clock, WindowPolicy, refuse_inject_only, utc_now
 from agent_vault.previews import mask_preview
+from agent_vault.recorder import Recorder
 from agent_vault.runner import RunResult
 from agent_vault.runs import RunManager, RunSpec, parse_run
 from agent_vault.secret import SecretValue
@@ -80,20 +81,6 @@ class Outcome:
     run: RunResult | None = None
 
 
-@dataclass
-class _Live:
-    """In-memory companion of a pending request: who waits on it and the values to write."""
-
-    decided: asyncio.Event
-    workspace: Workspace
-    values: dict[str, SecretValue] | None = None
-    generate: GenerationSpec | None = None
-    #: the front door's environment, for a command run with injected secrets (memory only)
-    base_env: dict[str, str] | None = None
-    timer: asyncio.TimerHandle | None = None
-    error: str | None = None
-
-
 Notifier = Callable[[AccessRequest, str], None]
 
 
@@ -115,12 +102,12 @@ class Broker:
         self.policy = WindowPolicy(store, clock)
         self._workspaces: dict[tuple[str, str], Workspace] = {}
         self._sessions: dict[str, Session] = {}
-        self._live: dict[str, _Live] = {}
-        self._coalesce: dict[tuple[Any, ...], str] = {}
+        self.live = LiveRequests()
+        self.recorder = Recorder(audit)
+        self._audit = self.recorder.record
         self.notifiers: list[Notifier] = []
         #: called with a plain message when something needs the human's attention (a leak, ...)
         self.alerts: list[Callable[[str], None]] = []
-        self.webhook_sink: Callable[[Workspace, AuditRecord], None] | None = None
         self.runs = RunManager()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -134,7 +121,7 @@ class Broker:
 
     async def stop(self) -> None:
         await self.runs.stop()
-        for rid in list(self._live):
+        for rid in self.live.ids():
             await self._finish(rid, Status.CANCELLED, "cancelled", why="broker stopped")
 
     def approval_url(self, request_id: str) -> str:
@@ -161,7 +148,7 @@ class Broker:
 
     async def close_session(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
-        for rid in list(self._live):
+        for rid in self.live.ids():
             req = self.store.get_request(rid)
             if req is not None and req.requester.session_id == session.id and req.status is Status.PENDING:
                 await self._finish(rid, Status.CANCELLED, "cancelled", why="the agent session ended")
@@ -220,7 +207,7 @@ class Broker:
         else:
             await self._require_existing(provider, vault, checked)
             if purpose == "value":
-                _refuse_inject_only(vcfg, vault, checked)
+                refuse_inject_only(vcfg, vault, checked)
 
         windowed, ask = self.policy.split(ws.key, vault, checked, operation)
         if not ask and run is not None:
@@ -230,7 +217,7 @@ class Broker:
 
         extra = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
         key = (session.id, ws.key, vault, ask, windowed, operation, why, json.dumps(extra, sort_keys=True))
-        existing = self._coalesce.get(key) if operation is Operation.READ else None
+        existing = self.live.coalesced(key) if operation is Operation.READ else None
         if existing is not None:
             req = self.store.get_request(existing)
             if req is not None and req.status is Status.PENDING:
@@ -240,18 +227,16 @@ class Broker:
         # concurrent calls of one session always find each other.
         req = self._new_request(session, vault, ask, windowed, operation, why, write_values, extra)
         self.store.insert_request(req)
-        live = _Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {}))
-        self._live[req.id] = live
-        if operation is Operation.READ:
-            self._coalesce[key] = req.id
+        live = Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {}))
+        self.live.add(req.id, live, key if operation is Operation.READ else None)
         try:
             await self._audit(ws, "requested", req)
         except AuditError:
             self.store.transition(req.id, [Status.PENDING], Status.CANCELLED, self.clock())
-            self._forget(req.id)
+            self.live.forget(req.id)
             raise
         delay = (req.expires_at - self.clock()).total_seconds()
-        live.timer = asyncio.get_running_loop().call_later(max(delay, 0), self._expire_soon, req.id)
+        self.live.expire_at(req.id, delay, self._expire_soon)
         url = self.approval_url(req.id)
         for notify in self.notifiers:
             try:
@@ -333,7 +318,7 @@ class Broker:
         req = self._new_request(session, vault, (), names, Operation.READ, reason, None, {"run": dict(run)})
         req = req.with_status(Status.APPROVED, now)
         self.store.insert_request(req)
-        self._live[req.id] = _Live(asyncio.Event(), ws, base_env=dict(base_env or {}))
+        self.live.add(req.id, Live(asyncio.Event(), ws, base_env=dict(base_env or {})))
         end = max((self.policy.window_end(ws.key, vault, n) for n in names), default=None, key=_sort_key)
         await self._audit(ws, "auto_approved", req, names=names, window_end=end, detail={"run": dict(run)})
         return await self._run_outcome(session, req, 0)
@@ -352,7 +337,7 @@ class Broker:
 
     async def wait(self, session: Session, request_id: str, timeout: float) -> Outcome:
         req = self.request_for(session, request_id)
-        live = self._live.get(request_id)
+        live = self.live.get(request_id)
         if req.status is Status.PENDING and live is not None:
             with suppress(TimeoutError):
                 await asyncio.wait_for(live.decided.wait(), timeout)
@@ -369,14 +354,14 @@ class Broker:
             if not self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
                 raise InvalidRequest(f"the command of request {req.id} was already started")
             spec = parse_run(req.extra["run"], None)
-            live = self._live.get(req.id)
+            live = self.live.get(req.id)
             await self._audit(ws, "delivered", req, names=req.all_names, detail={"to": "command"})
 
             async def finished(result: RunResult) -> None:
                 await self._ran(session, req, spec, result)
 
             self.runs.start(req.id, spec, values, (live.base_env if live else None) or {}, finished)
-            self._forget(req.id)
+            self.live.forget(req.id)
         if not self.runs.started(req.id):
             raise InvalidRequest(f"the command of request {req.id} already ran; its output was handed over once")
         got = await self.runs.wait(req.id, timeout)
@@ -421,7 +406,7 @@ class Broker:
             raise InvalidRequest(f"the values of request {req.id} were already delivered; they are handed over once")
         end = self._window_end_for(req)
         await self._audit(ws, "delivered", req, names=req.all_names, window_end=end)
-        self._forget(req.id)
+        self.live.forget(req.id)
         return Outcome("delivered", req, values=values, window_end=end)
 
     def _window_end_for(self, req: AccessRequest) -> datetime | None:
@@ -447,7 +432,7 @@ class Broker:
         if now >= req.expires_at:
             await self._finish(req.id, Status.EXPIRED, "expired")
             raise RequestExpired("this request expired before the decision; nothing was released")
-        live = self._live.get(req.id)
+        live = self.live.get(req.id)
         factor = None
         if approve:
             try:
@@ -468,19 +453,19 @@ class Broker:
             await self._audit(ws, "approved" if approve else "denied", decided, window_end=end, detail=detail)
         except AuditError:
             self.store.transition(req.id, [status], Status.CANCELLED, now)
-            self._wake(req.id)
+            self.live.wake(req.id)
             raise
         if approve:
             self.policy.open_for(decided, now)
             if decided.operation is Operation.WRITE:
                 await self._write(decided)
-        self._wake(req.id)
+        self.live.wake(req.id)
         if not approve:
-            self._forget(req.id)
+            self.live.forget(req.id)
         return self.store.get_request(req.id) or decided
 
     async def _write(self, req: AccessRequest) -> None:
-        live = self._live.get(req.id)
+        live = self.live.get(req.id)
         if live is not None and live.generate is not None:
             live.values = {name: generate_value(live.generate) for name in req.names}
         if live is None or live.values is None:
@@ -497,13 +482,13 @@ class Broker:
             return
         self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED, self.clock())
         await self._audit(ws, "written", req)
-        self._forget(req.id)
+        self.live.forget(req.id)
 
     def _record_write_error(self, req: AccessRequest, error: str) -> None:
         # Stored so the waiting front door can say why; provider errors never carry values.
         self.store.set_extra(req.id, {"error": error})
         self.store.transition(req.id, [Status.APPROVED], Status.CANCELLED, self.clock())
-        self._forget(req.id)
+        self.live.forget(req.id)
 
     # -- expiry -------------------------------------------------------------------------------
 
@@ -514,27 +499,11 @@ class Broker:
     async def _finish(self, request_id: str, status: Status, event: str, why: str | None = None) -> None:
         if self.store.transition(request_id, [Status.PENDING], status, self.clock()):
             req = self.store.get_request(request_id)
-            live = self._live.get(request_id)
+            live = self.live.get(request_id)
             if req is not None:
                 await self._audit(live.workspace if live else None, event, req, detail={"why": why} if why else {})
-        self._wake(request_id)
-        self._forget(request_id)
-
-    def _wake(self, request_id: str) -> None:
-        live = self._live.get(request_id)
-        if live is not None:
-            live.decided.set()
-
-    def _forget(self, request_id: str) -> None:
-        live = self._live.pop(request_id, None)
-        if live is not None:
-            if live.timer is not None:
-                live.timer.cancel()
-            live.values = None
-            live.decided.set()
-        for key, rid in list(self._coalesce.items()):
-            if rid == request_id:
-                del self._coalesce[key]
+        self.live.wake(request_id)
+        self.live.forget(request_id)
 
     # -- commands run with injected secrets ----------------------------------------------------
 
@@ -553,10 +522,7 @@ class Broker:
         await self._audit(ws, "command_finished", None, request_id=request_id, detail=detail, **common)
         if not masked:
             return []
-        now = self.clock()
-        closing = [w for w in self.policy.active() if w.workspace == ws.key and w.vault == vault]
-        closing = [w for w in closing if any(w.covers(n, now) for n in masked)]
-        closed = [w for w in (self.policy.revoke(w.id) for w in closing) if w is not None]
+        closed = self.policy.close_covering(ws.key, vault, masked)
         detail["closed_windows"] = [w.id for w in closed]
         await self._audit(ws, "masked_output", None, request_id=request_id, detail=detail, **common)
         for alert in self.alerts:
@@ -580,50 +546,6 @@ class Broker:
             scope=window.scope, window_end=window.ends_at, request_id=window.request_id,
         )  # fmt: skip
         return window
-
-    # -- audit --------------------------------------------------------------------------------
-
-    async def _audit(
-        self,
-        ws: Workspace | None,
-        event: str,
-        req: AccessRequest | None,
-        *,
-        requester: Requester | None = None,
-        detail: Mapping[str, Any] | None = None,
-        **fields: Any,
-    ) -> AuditRecord:
-        who = requester or (req.requester if req else None)
-        base: dict[str, Any] = {}
-        if req is not None:
-            base = {
-                "vault": req.vault,
-                "names": req.names,
-                "operation": req.operation.value,
-                "reason": req.reason,
-                "scope": req.scope if req.operation is Operation.READ else None,
-                "request_id": req.id,
-            }
-        base.update({k: (v.value if isinstance(v, Operation) else v) for k, v in fields.items()})
-        extra = dict(detail or {})
-        if who is not None:
-            base["client"] = who.client
-            extra.update({k: v for k, v in who.to_json().items() if k != "client" and v is not None})
-        if ws is not None:
-            extra.setdefault("config", ws.key)
-        record = await asyncio.to_thread(self.audit.append, AuditEvent(event=event, detail=extra, **base))
-        if ws is not None and event in WEBHOOK_EVENTS and self.webhook_sink is not None:
-            self.webhook_sink(ws, record)
-        return record
-
-
-def _refuse_inject_only(vault: VaultConfig, name: str, names: Sequence[str]) -> None:
-    inject = [n for n in names if vault.delivery_of(n) == "inject"]
-    if inject:
-        raise InvalidRequest(
-            f"{', '.join(inject)} in vault {name!r} can only be used inside a command, never read: "
-            'call run_with_secrets with an env mapping such as {"DATABASE_URL": "' + name + "/" + inject[0] + '"}.'
-        )
 
 
 def _sort_key(value: datetime | None) -> float:

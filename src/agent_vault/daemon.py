@@ -190,7 +190,7 @@ class BrokerServer:
         self.url = f"http://localhost:{listeners.tcp.getsockname()[1]}"
         self.broker = build_broker(self.paths, self.url, self.approvers)
         hub = WebhookHub(self.broker.audit)
-        self.broker.webhook_sink = hub.submit
+        self.broker.recorder.webhook_sink = hub.submit
         await self.broker.start()
         # Channels, tunnel and the public host come from the user's settings in the state dir.
         self.remote = RemoteAccess.load(self.broker, self.paths)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from agent_vault.approvals.request import AccessRequest, Operation
+from agent_vault.config import VaultConfig
+from agent_vault.errors import InvalidRequest
 from agent_vault.store.sqlite import StateStore, Window
 
 Clock = Callable[[], datetime]
@@ -59,6 +61,14 @@ class WindowPolicy:
             opened.append(window)
         return opened
 
+    def close_covering(self, workspace: str, vault: str, names: Sequence[str]) -> list[Window]:
+        """End now every window that lets any of `names` be read (after a leak, say)."""
+        now = self._clock()
+        covering = [
+            w for w in self._store.active_windows(now, workspace, vault) if any(w.covers(n, now) for n in names)
+        ]
+        return [w for w in (self.revoke(w.id) for w in covering) if w is not None]
+
     def active(self) -> list[Window]:
         return self._store.active_windows(self._clock())
 
@@ -72,6 +82,17 @@ class WindowPolicy:
         now = self._clock()
         ends = [w.ends_at for w in self._store.active_windows(now, workspace, vault) if w.covers(name, now)]
         return max(ends) if ends else None
+
+
+def refuse_inject_only(vault: VaultConfig, name: str, names: Sequence[str]) -> None:
+    """Reads of secrets whose delivery is "inject" are refused, pointing to run_with_secrets."""
+    inject = [n for n in names if vault.delivery_of(n) == "inject"]
+    if inject:
+        example = '{"VAR": "' + name + "/" + inject[0] + '"}'
+        raise InvalidRequest(
+            f"{', '.join(inject)} in vault {name!r} can only be used inside a command, never read: "
+            f"call run_with_secrets with an env mapping such as {example}."
+        )
 
 
 def as_utc(value: datetime) -> datetime:
