@@ -160,3 +160,25 @@ async def test_config_error_is_a_clear_tool_error(home: StatePaths, tmp_path: Pa
         result = await agent.call_tool("list_secrets", {})
     assert result.is_error
     assert "agent-vault.config.json" in text_of(result) and "ttl" in text_of(result)
+
+
+async def test_page_and_audit_show_who_asked(home: StatePaths, tmp_path: Path, broker_server: BrokerServer) -> None:
+    project = tmp_path / "project"
+    write_project(project, waitTimeout=1)
+    (project / ".git").mkdir()
+    (project / ".git" / "config").write_text(
+        '[remote "origin"]\n\turl = https://someone:fake-git-token@example.com/team/app.git\n'
+    )
+    async with Client(stdio_params(home, project)) as agent:
+        pending = await agent.call_tool("get_secret", {"vault": "dev", "name": "API_KEY", "reason": "deploy"})
+        rid = pending.structured_content["requestId"]
+        import httpx2
+
+        async with httpx2.AsyncClient(base_url=broker_server.url) as browser:
+            page = (await browser.get(f"/approve/{rid}")).text
+    assert str(project) in page and "https://example.com/team/app.git" in page
+    assert "fake-git-token" not in page
+    [requested] = broker_server.broker.audit.list(event="requested")
+    assert requested.client and requested.detail["project_dir"] == str(project)
+    assert requested.detail["git_remote"] == "https://example.com/team/app.git"
+    assert requested.detail["pid"] > 0 and requested.detail["uid"] == os.getuid()
