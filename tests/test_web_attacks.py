@@ -115,6 +115,7 @@ async def test_assertion_from_another_origin_is_refused(live: Live, visitor: Vis
         ("http://evil.example", "cross-site"),
         ("http://localhost:1", "same-site"),  # another port on this machine is another origin
         ("null", "cross-site"),
+        ("null", None),  # what a sandboxed frame or data: URL sends, without a browser's vouching
         ("http://evil.example", None),
         (None, "cross-site"),
         (None, None),  # a script with no browser headers
@@ -131,6 +132,16 @@ async def test_cross_site_form_post_is_refused(
     live.assert_nothing_released(req.id)
     deny = await visitor.post(f"/approve/{req.id}", {"csrf": token, "action": "deny"}, origin=origin, site=site)
     assert deny.status_code == 404 and live.status(req.id) is Status.PENDING
+
+
+async def test_a_browser_form_post_with_origin_null_is_ours_when_the_browser_says_so(
+    live: Live, visitor: Visitor
+) -> None:
+    # Chromium sends `Origin: null` on form navigations under `Referrer-Policy: no-referrer`.
+    req = await live.ask()
+    token = await visitor.token(f"/approve/{req.id}")
+    answer = await visitor.post(f"/approve/{req.id}", {"csrf": token, "action": "deny"}, origin="null")
+    assert answer.status_code == 303 and live.status(req.id) is Status.DENIED
 
 
 async def test_a_token_from_another_browser_or_request_is_refused(live: Live, visitor: Visitor) -> None:

@@ -97,12 +97,18 @@ def hardened(app: ASGIApp, hosts: Callable[[], HostAllowlist]) -> ASGIApp:
 
 
 def same_origin_post(request: Request) -> bool:
-    """True when a POST demonstrably comes from a page of this origin (where the browser says)."""
+    """True when a POST demonstrably comes from a page of this origin.
+
+    Sec-Fetch-Site, where the browser sends it, must say same-origin; page script cannot set it.
+    Origin must then be ours, or "null": with `Referrer-Policy: no-referrer` Chromium sends
+    `Origin: null` on every form navigation, and only Sec-Fetch-Site can vouch for those. A
+    request with neither header (a script, not a browser) is refused.
+    """
     site = request.headers.get("sec-fetch-site")
     if site is not None and site != "same-origin":
         return False
     origin = request.headers.get("origin")
-    if origin is None:
+    if origin is None or origin == "null":
         return site == "same-origin"
     host = request.headers.get("host", "")
     return origin in (f"http://{host}", f"https://{host}")
