@@ -91,6 +91,13 @@ def factor_checks(paths: StatePaths) -> list[Check]:
     checks = [Check("ok", f"approval needs a factor: {len(passkeys)} passkey(s), {len(totps)} authenticator app(s)")]
     if not passkeys:
         checks.append(Check("warn", "no passkey: add one with `agent-vault factors add --passkey` (phishing-proof)"))
+    if totps:
+        checks.append(
+            Check(
+                "warn",
+                "authenticator-app secrets are kept in state.db: an agent that can read your files can make codes",
+            )
+        )
     if any(f.disabled for f in totps):
         checks.append(Check("warn", "authenticator codes are disabled after too many failures today; use a passkey"))
     checks.append(Check("ok" if left else "warn", f"{left} unused recovery code(s)"))

@@ -17,7 +17,14 @@ from contextlib import contextmanager
 
 import pyotp
 
-from agent_vault.approvals.factors import FactorApprover, FactorStore, new_recovery_codes, new_totp_secret, token_key
+from agent_vault.approvals.factors import (
+    FactorApprover,
+    FactorStore,
+    looks_like_totp,
+    new_recovery_codes,
+    new_totp_secret,
+    token_key,
+)
 from agent_vault.audit import AuditEvent, AuditLog
 from agent_vault.errors import AgentVaultError, NotAuthorized
 from agent_vault.home import StatePaths, state_paths
@@ -154,7 +161,7 @@ def _prove(paths: StatePaths, factors: FactorStore, port: int | None) -> str:
     answer = getpass.getpass(
         "Prove it is you: authenticator code or recovery code (or press Enter to use your passkey): "
     ).strip()
-    if answer.replace(" ", "").isdigit():
+    if looks_like_totp(answer):
         return FactorApprover(factors).check_code(answer, "cli")
     if answer:
         if factors.use_recovery_code(answer):

@@ -246,6 +246,12 @@ def _code_hash(code: str) -> str:
     return hashlib.sha256(normal.encode()).hexdigest()
 
 
+def looks_like_totp(code: str) -> bool:
+    """A 6-8 digit authenticator code (recovery codes are longer and carry dashes)."""
+    digits = code.replace(" ", "")
+    return digits.isdigit() and 6 <= len(digits) <= 8
+
+
 def new_totp_secret() -> str:
     return pyotp.random_base32()
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent_vault.approvals.factors import EnrolToken
+from agent_vault.approvals.factors import EnrolToken, looks_like_totp
 from agent_vault.approvals.passkeys import purpose_binding
 from agent_vault.errors import AgentVaultError, NotAuthorized
 from agent_vault.untrusted import visible
@@ -104,7 +104,7 @@ class EnrolPages:
         if assertion:
             binding = purpose_binding("enrolproof", token.key)
             return self.app.passkeys.verify_assertion(f"enrolproof:{token.key}", binding, assertion)
-        if code.replace(" ", "").isdigit():
+        if looks_like_totp(code):
             return self.app.codes.check_code(code, f"enrol:{token.key}")
         if code and self.app.factors.use_recovery_code(code):
             return "recovery code"
