@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import pytest
 
 from agent_vault.approvals.request import Status
+from agent_vault.daemon import BrokerServer
+from agent_vault.home import StatePaths
 from agent_vault.web.app import NOT_FOUND
 from tests import web_helpers
+from tests.conftest import write_project
 from tests.softauthn import SoftAuthenticator
 from tests.web_helpers import Live, Visitor
 
@@ -37,6 +41,26 @@ async def test_post_approve_without_a_factor_is_refused_and_audited(live: Live, 
     assert "approving needs your passkey or a code" in page.text
     live.assert_nothing_released(req.id)
     assert "auth_failed" in live.events(req.id)
+
+
+async def test_nothing_can_be_approved_before_any_factor_is_enrolled(home: StatePaths, tmp_path: Path) -> None:
+    server = BrokerServer(home, 0)
+    await server.start()
+    visitor = Visitor(server.url)
+    try:
+        session = server.broker.open_session(write_project(tmp_path / "p"), {}, {"client_name": "agent"})
+        req = (await server.broker.request_access(session, "dev", ["API_KEY"], "deploy")).request
+        assert req is not None
+        token = await visitor.token(f"/approve/{req.id}")
+        assert "No way to approve is enrolled yet" in (await visitor.get(f"/approve/{req.id}")).text
+        await visitor.post(f"/approve/{req.id}", {"csrf": token, "action": "approve", "code": "123456"})
+        assert "no approver factor is enrolled" in (await visitor.get(f"/approve/{req.id}")).text
+        assert server.broker.get_request(req.id).status is Status.PENDING  # type: ignore[union-attr]
+        events = [r.event for r in server.broker.audit.list(request_id=req.id)]
+        assert "auth_failed" in events and "approved" not in events
+    finally:
+        await visitor.aclose()
+        await server.stop()
 
 
 async def test_get_never_decides(live: Live, visitor: Visitor) -> None:

@@ -200,7 +200,7 @@ def _audit(args: argparse.Namespace) -> int:
 def _init(args: argparse.Namespace) -> int:
     from agent_vault.enrol import run_init
 
-    return run_init(passkey=args.passkey, totp=args.totp, port=args.port)
+    return run_init(passkey=args.passkey, totp=args.totp, port=args.port or _config_port())
 
 
 def _factors(args: argparse.Namespace) -> int:
