@@ -248,6 +248,9 @@ class Broker:
     async def _require_existing(self, provider: Any, vault: str, names: Sequence[str]) -> None:
         available = set(await asyncio.to_thread(provider.list_names))
         missing = [n for n in names if n not in available]
+        has = getattr(provider, "has", None)  # optional: names beyond the listing (ids, references)
+        if missing and has is not None:
+            missing = [n for n in missing if not await asyncio.to_thread(has, n)]
         if missing:
             raise SecretNotFound(
                 f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "

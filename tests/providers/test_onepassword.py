@@ -789,6 +789,17 @@ async def test_through_the_broker(home: Any, tmp_path: Path, monkeypatch: pytest
     assert got.values["DATABASE_URL"].reveal() == "fake-db-url-1111"
     assert got.values["op://Prod/Stripe"].reveal() == "fake-stripe-prod"
 
+    # names beyond the listing (a full reference) are asked for, not refused as missing ...
+    full = await broker.request_access(session, "team", ["op://Dev/Stripe/password"], "deploy with the dev key")
+    assert full.request is not None
+    await broker.decide(full.request.id, True, OK)
+    assert (await broker.wait(session, full.request.id, 0)).values["op://Dev/Stripe/password"].reveal() == (
+        "fake-stripe-dev"
+    )
+    # ... while a name that points nowhere still fails before anyone is asked
+    with pytest.raises(SecretNotFound):
+        await broker.request_access(session, "team", ["op://Dev/Nothing"], "r")
+
     out = await broker.request_access(session, "team", ["NEW TOKEN"], "store", Operation.WRITE, {"NEW TOKEN": VALUE})
     assert out.request is not None
     await broker.decide(out.request.id, True, OK)

@@ -49,6 +49,9 @@ class SecretProvider(Protocol):
         """The value of `name`; raises SecretNotFound if absent."""
         ...
 
+    # Optional: `has(name) -> bool` for names a provider accepts beyond `list_names()` (item ids,
+    # op:// references). The broker calls it, without reading a value, before asking anyone.
+
     def supports_write(self) -> bool:
         """Whether `set_many` can work for this provider at all."""
         ...

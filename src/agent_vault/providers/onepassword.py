@@ -164,6 +164,10 @@ class OnePasswordProvider:
         """The value `name` stands for: a listed name, an item title or ID, or an op:// reference."""
         return SecretValue(self._run(self._get(name)))
 
+    def has(self, name: str) -> bool:
+        """Whether `name` (listed name, item title or ID, op:// reference) points at an item; reads no value."""
+        return self._run(self._has(name))
+
     def supports_write(self) -> bool:
         return True
 
@@ -274,6 +278,11 @@ class OnePasswordProvider:
         return list(chosen.values())
 
     # --- reading ------------------------------------------------------------------------------
+
+    async def _has(self, name: str) -> bool:
+        if (await self._listing()).lookup(name) is not None:
+            return True
+        return (await self._listing(refresh=True)).lookup(name) is not None
 
     async def _get(self, name: str) -> str:
         target = (await self._listing()).lookup(name)
