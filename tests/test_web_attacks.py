@@ -7,6 +7,7 @@ the audit has no approved/delivered row for it.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from pathlib import Path
 
@@ -166,6 +167,27 @@ async def test_a_browser_form_post_with_origin_null_is_ours_when_the_browser_say
     token = await visitor.token(f"/approve/{req.id}")
     answer = await visitor.post(f"/approve/{req.id}", {"csrf": token, "action": "deny"}, origin="null")
     assert answer.status_code == 303 and live.status(req.id) is Status.DENIED
+
+
+async def test_on_a_plain_http_public_host_the_token_carries_the_post(live: Live, visitor: Visitor) -> None:
+    # Browsers send no Sec-Fetch-Site to a non-secure public origin, and Origin: null on form posts.
+    live.server.web.public_hosts = ("approve.example.test",)
+    req = await live.ask()
+    public = {"Host": "approve.example.test"}
+    page = await visitor.get(f"/approve/{req.id}", headers=public)
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+    assert token
+    form = {"csrf": token.group(1), "action": "deny"}
+    cross = await visitor.http.post(
+        f"/approve/{req.id}", data=form, headers={**public, "Origin": "http://evil.example"}
+    )
+    assert cross.status_code == 404 and live.status(req.id) is Status.PENDING
+    no_token = await visitor.http.post(
+        f"/approve/{req.id}", data={"action": "deny"}, headers={**public, "Origin": "null"}
+    )
+    assert no_token.status_code == 404 and live.status(req.id) is Status.PENDING
+    ours = await visitor.http.post(f"/approve/{req.id}", data=form, headers=null)
+    assert ours.status_code == 303 and live.status(req.id) is Status.DENIED
 
 
 async def test_a_token_from_another_browser_or_request_is_refused(live: Live, visitor: Visitor) -> None:

@@ -99,16 +99,25 @@ def hardened(app: ASGIApp, hosts: Callable[[], HostAllowlist]) -> ASGIApp:
 def same_origin_post(request: Request) -> bool:
     """True when a POST demonstrably comes from a page of this origin.
 
-    Sec-Fetch-Site, where the browser sends it, must say same-origin; page script cannot set it.
-    Origin must then be ours, or "null": with `Referrer-Policy: no-referrer` Chromium sends
-    `Origin: null` on every form navigation, and only Sec-Fetch-Site can vouch for those. A
-    request with neither header (a script, not a browser) is refused.
+    Sec-Fetch-Site, where the browser sends it, must say same-origin (page script cannot set it),
+    and Origin must be ours. Under `Referrer-Policy: no-referrer` browsers send `Origin: null` on
+    form posts, so "null" is accepted when Sec-Fetch-Site vouches for it. Browsers send
+    Sec-Fetch-Site only to secure origins (https, localhost): on a public host served over plain
+    http nothing can vouch, and there the synchronizer token, bound to a SameSite=Strict cookie,
+    is the whole defence. A loopback request with neither header (a script) is refused.
     """
     site = request.headers.get("sec-fetch-site")
     if site is not None and site != "same-origin":
         return False
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return site == "same-origin"
     host = request.headers.get("host", "")
-    return origin in (f"http://{host}", f"https://{host}")
+    origin = request.headers.get("origin")
+    if origin in (f"http://{host}", f"https://{host}"):
+        return True
+    if origin == "null" and site is None:
+        return not _loopback(host)
+    return origin in (None, "null") and site == "same-origin"
+
+
+def _loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.lower() in LOOPBACK_NAMES
