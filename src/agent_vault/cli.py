@@ -7,14 +7,15 @@ Nothing here prints to stdout in front-door mode: stdout is the MCP channel.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from agent_vault import __version__
 from agent_vault.errors import AgentVaultError
 
 Handler = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,7 +126,7 @@ def _mcp(args: argparse.Namespace) -> int:
     from agent_vault.home import state_paths
     from agent_vault.mcp_server import serve_stdio
 
-    asyncio.run(serve_stdio(AgentSession(state_paths())))
+    _arun(serve_stdio(AgentSession(state_paths())))
     return 0
 
 
@@ -133,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
     from agent_vault.daemon import serve
     from agent_vault.home import state_paths
 
-    asyncio.run(serve(state_paths(), args.port or _config_port()))
+    _arun(serve(state_paths(), args.port or _config_port()))
     return 0
 
 
@@ -150,14 +151,14 @@ def _config_port() -> int:
 def _status(args: argparse.Namespace) -> int:
     from agent_vault.admin import broker_status
 
-    print(asyncio.run(broker_status(as_json=args.json)))
+    print(_arun(broker_status(as_json=args.json)))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     from agent_vault.admin import stop_broker
 
-    print(asyncio.run(stop_broker()))
+    print(_arun(stop_broker()))
     return 0
 
 
@@ -178,7 +179,7 @@ def _grants(args: argparse.Namespace) -> int:
     elif args.action == "revoke":
         if not args.window and not args.all:
             raise AgentVaultError("name a window id (see `agent-vault grants list`) or pass --all")
-        print(asyncio.run(grants_revoke(args.window, every=args.all)))
+        print(_arun(grants_revoke(args.window, every=args.all)))
     else:
         raise AgentVaultError("usage: agent-vault grants list|revoke")
     return 0
@@ -227,7 +228,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from agent_vault.demo import run_demo
 
-    return asyncio.run(run_demo(auto_approve=args.yes))
+    return _arun(run_demo(auto_approve=args.yes))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -244,4 +245,12 @@ def _run(args: argparse.Namespace) -> int:
         if not sep:
             raise AgentVaultError(f"--env {item!r}: use VAR=vault/secret")
         refs[var] = ref
-    return asyncio.run(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd()))
+    return _arun(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd()))
+
+
+def _arun(main: Coroutine[Any, Any, T]) -> T:
+    # asyncio is imported here, not at the top: commands without an event loop (--version,
+    # config check, audit list/verify, ...) start without paying for it (docs/benchmarks.md).
+    import asyncio
+
+    return asyncio.run(main)
