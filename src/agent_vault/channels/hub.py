@@ -1,0 +1,166 @@
+"""Deliver notices to every configured channel: bursts coalesced, rate-limited, never blocking.
+
+`ChannelHub.notify` is a `Broker.notifiers` entry: it only records the request and schedules a
+flush. A flush sends one notice (all requests still pending) to each channel at once, each with
+a timeout; a failure is recorded and reported, and never reaches the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agent_vault.approvals.request import AccessRequest
+from agent_vault.channels.base import Channel, ChannelError, Notice
+from agent_vault.channels.notice import build_notice
+from agent_vault.untrusted import shown
+
+Failure = Callable[[Channel, str, Notice], None]
+
+
+@dataclass
+class ChannelState:
+    """What `agent-vault status` shows about one channel."""
+
+    name: str
+    type: str
+    description: str
+    sent: int = 0
+    failed: int = 0
+    last_at: datetime | None = None
+    last_ok: bool | None = None
+    last_error: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "description": self.description,
+            "sent": self.sent,
+            "failed": self.failed,
+            "last": None if self.last_at is None else ("ok" if self.last_ok else "failed"),
+            "last_at": self.last_at.isoformat(timespec="seconds") if self.last_at else None,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class _Batch:
+    items: dict[str, tuple[AccessRequest, str]] = field(default_factory=dict)
+
+
+class ChannelHub:
+    def __init__(
+        self,
+        channels: Sequence[Channel],
+        *,
+        still_pending: Callable[[str], bool],
+        link_for: Callable[[str], str] = lambda url: url,
+        dashboard: Callable[[], str] = lambda: "",
+        on_failure: Failure | None = None,
+        on_change: Callable[[], None] | None = None,
+        coalesce: float = 2.0,
+        min_interval: float = 10.0,
+        timeout: float = 15.0,
+    ) -> None:
+        self.channels = list(channels)
+        self.states = {c.name: ChannelState(c.name, c.type_name, c.describe()) for c in self.channels}
+        self._still_pending = still_pending
+        self._link_for = link_for
+        self._dashboard = dashboard
+        self._on_failure = on_failure
+        self._on_change = on_change
+        self.coalesce = coalesce
+        self.min_interval = min_interval
+        self.timeout = timeout
+        self._batch = _Batch()
+        self._timer: asyncio.TimerHandle | None = None
+        self._due: float | None = None
+        self._last_sent: float | None = None
+        self._tasks: set[asyncio.Task[Notice | None]] = set()
+
+    # -- the broker's hook ----------------------------------------------------------------------
+
+    def notify(self, req: AccessRequest, url: str) -> None:
+        """Record a new request; a flush follows after the coalescing window and the rate limit."""
+        if not self.channels:
+            return
+        self._batch.items[req.id] = (req, url)
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            due = now + self.coalesce
+            if self._last_sent is not None:
+                due = max(due, self._last_sent + self.min_interval)
+            self._due = due
+            self._timer = loop.call_at(due, self._fire)
+
+    def next_flush_in(self) -> float | None:
+        """Seconds until the next scheduled flush, or None when nothing waits."""
+        if self._due is None:
+            return None
+        return max(self._due - asyncio.get_running_loop().time(), 0.0)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._due = None
+        task = asyncio.ensure_future(self.flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    async def flush(self) -> Notice | None:
+        """Send what has gathered (only requests still pending) to every channel at once."""
+        batch, self._batch = self._batch, _Batch()
+        items = [(req, self._link_for(url)) for req, url in batch.items.values() if self._still_pending(req.id)]
+        if not items:
+            return None
+        self._last_sent = asyncio.get_running_loop().time()
+        notice = build_notice(items, self._dashboard())
+        await asyncio.gather(*(self._deliver(channel, notice) for channel in self.channels))
+        return notice
+
+    async def _deliver(self, channel: Channel, notice: Notice) -> None:
+        state = self.states[channel.name]
+        try:
+            await asyncio.wait_for(channel.send(notice), self.timeout)
+        except TimeoutError:
+            self._failed(channel, state, notice, f"no answer within {self.timeout:g}s")
+        except ChannelError as exc:
+            self._failed(channel, state, notice, shown(str(exc), 300))
+        except Exception as exc:  # a plug-in's own error: its text may carry a URL with a token
+            self._failed(channel, state, notice, f"unexpected {type(exc).__name__}")
+        else:
+            state.sent += 1
+            state.last_at, state.last_ok, state.last_error = datetime.now(UTC), True, None
+            self._changed()
+
+    def _failed(self, channel: Channel, state: ChannelState, notice: Notice, error: str) -> None:
+        state.failed += 1
+        state.last_at, state.last_ok, state.last_error = datetime.now(UTC), False, error
+        self._changed()
+        if self._on_failure is not None:
+            self._on_failure(channel, error, notice)
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    def status(self) -> list[dict[str, Any]]:
+        return [s.view() for s in self.states.values()]
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._due = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,57 @@
+"""Turn pending requests into the text of one notification: short, escaped, never a value.
+
+Agent-written text (names, vault, reason, client) goes through `untrusted.shown`, so control,
+bidi and zero-width characters are visible and nothing is long. The link is a pointer only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agent_vault.approvals.request import AccessRequest, Operation
+from agent_vault.channels.base import Notice
+from agent_vault.untrusted import shown
+
+#: requests listed one by one in a coalesced message; the rest are counted
+MAX_LISTED = 5
+FOOTER = "Approving needs your passkey or authenticator code on that page. If you did not expect this, deny it."
+
+
+def _what(req: AccessRequest) -> str:
+    verb = "WRITE" if req.operation is Operation.WRITE else "READ"
+    return f"{verb} {shown(', '.join(req.names), 80)} in vault {shown(req.vault, 40)}"
+
+
+def _lines(req: AccessRequest, link: str) -> list[str]:
+    return [
+        _what(req),
+        f"Agent's reason (unverified): “{shown(req.reason, 140)}”",
+        f"Asked by: {shown(req.requester.client, 60)}",
+        f"Match code: {req.match_code}",
+        f"Open: {link}",
+    ]
+
+
+def build_notice(items: Sequence[tuple[AccessRequest, str]], dashboard: str) -> Notice:
+    """One notice for `items` (request, link to its page); several share one message."""
+    if not items:
+        raise ValueError("a notice needs at least one request")
+    if len(items) == 1:
+        req, link = items[0]
+        verb = "write" if req.operation is Operation.WRITE else "read"
+        title = f"agent-vault: approve {verb} of {shown(', '.join(req.names), 40)}? ({req.match_code})"
+        body = "\n".join([*_lines(req, link), "", FOOTER])
+        return Notice(title, body, link, (req.id,), (req.match_code,))
+    parts: list[str] = []
+    for req, link in items[:MAX_LISTED]:
+        parts += [*_lines(req, link), ""]
+    if len(items) > MAX_LISTED:
+        parts += [f"… and {len(items) - MAX_LISTED} more: see {dashboard}", ""]
+    title = f"agent-vault: {len(items)} requests wait for you"
+    return Notice(
+        title,
+        "\n".join([*parts, FOOTER]),
+        dashboard,
+        tuple(r.id for r, _ in items),
+        tuple(r.match_code for r, _ in items),
+    )

@@ -1,0 +1,143 @@
+"""Push through apprise: any apprise URL (ntfy, Telegram, Slack, Discord, email, Pushover, ...).
+
+ntfy URLs get the page as the click target and a "View" action button (ntfy's Actions header,
+through apprise's `actions` parameter). apprise is imported only when such a channel is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field
+
+from agent_vault.channels.base import ChannelError, ChannelOptions, Notice
+from agent_vault.errors import ConfigError
+
+NTFY_SCHEMES = ("ntfy", "ntfys")
+#: schemes whose host part is a server name, safe to show; for all others only the scheme is shown
+_HOSTED = frozenset(
+    {
+        "ntfy",
+        "ntfys",
+        "json",
+        "jsons",
+        "xml",
+        "xmls",
+        "form",
+        "forms",
+        "gotify",
+        "gotifys",
+        "matrix",
+        "matrixs",
+        "mmost",
+        "mmosts",
+        "rocket",
+        "rockets",
+        "apprise",
+        "apprises",
+    }
+)
+INSTALL_HINT = "pip install 'agent-vault[notify]'"
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def safe_label(url: str) -> str:
+    """scheme://host[:port] of a self-hosted apprise URL (paths, users and queries may hold tokens)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in _HOSTED:
+        return f"{scheme or '(no scheme)'}://…"  # e.g. tgram, slack: their "host" is a token or an address
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return f"{scheme}://…"
+    return f"{scheme}://{host}{port}"
+
+
+def _scrub(message: str) -> str:
+    """apprise's log text with any URL cut down to its scheme and host."""
+    return _URL.sub(lambda m: safe_label(m.group(0)), message)[:300]
+
+
+def with_view_action(url: str, link: str) -> str:
+    """`url` (ntfy) with the page as click target, a View button and no icon fetched from GitHub."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    safe_link = link.replace(",", "%2C").replace(";", "%3B")  # ntfy splits actions on , and ;
+    query["click"] = link
+    query["actions"] = f"view, View, {safe_link}, clear=true"
+    query.setdefault("image", "no")
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote, safe="")))
+
+
+def _apprise() -> Any:
+    try:
+        import apprise
+    except ImportError as exc:
+        raise ConfigError(f"push channels need the apprise package. Fix: {INSTALL_HINT}") from exc
+    # apprise logs failures with target URLs; we report a scrubbed line ourselves instead.
+    logger = logging.getLogger("apprise")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return apprise
+
+
+class AppriseChannel:
+    """One or more apprise URLs; a notice is sent to each, failures named by scheme and host only."""
+
+    type_name: ClassVar[str] = "apprise"
+
+    class Options(ChannelOptions):
+        urls: tuple[str, ...] = Field(min_length=1, repr=False, description="apprise URLs (env: references allowed)")
+
+    def __init__(self, name: str, options: ChannelOptions) -> None:
+        assert isinstance(options, AppriseChannel.Options)
+        self.name = name
+        self.urls = options.urls
+        apprise = _apprise()
+        for index, url in enumerate(self.urls):
+            if apprise.Apprise.instantiate(url) is None:
+                raise ConfigError(
+                    f"channel {name!r}: urls[{index}] ({safe_label(url)}) is not a URL apprise understands. "
+                    "Fix: check it against https://github.com/caronc/apprise/wiki"
+                )
+
+    def describe(self) -> str:
+        return ", ".join(safe_label(u) for u in self.urls)
+
+    async def send(self, notice: Notice) -> None:
+        failures = await asyncio.to_thread(self._send_all, notice)
+        if failures:
+            raise ChannelError("; ".join(failures))
+
+    def _send_all(self, notice: Notice) -> list[str]:
+        apprise = _apprise()
+        failures = []
+        for url in self.urls:
+            scheme = urlsplit(url).scheme.lower()
+            target = with_view_action(url, notice.link) if scheme in NTFY_SCHEMES else url
+            client = apprise.Apprise()
+            client.add(target)
+            logs: list[str] = []
+            ok = client.notify(
+                body=notice.body,
+                title=notice.title,
+                notify_type=apprise.NotifyType.WARNING,
+                body_format=apprise.NotifyFormat.TEXT,
+                log_callback=_collector(logs),
+            )
+            if not ok:
+                why = _scrub(logs[-1]) if logs else "no details"
+                failures.append(f"{safe_label(url)}: {why}")
+        return failures
+
+
+def _collector(logs: list[str]) -> Callable[[Any, Any], None]:
+    return lambda entry, _plugin: logs.append(str(entry.message))
