@@ -1,0 +1,81 @@
+"""The broker the benchmarks approve against: the real `BrokerServer` in its own process.
+
+The one difference from `agent-vault serve`: the TOTP checker's clock moves one 30 s step per
+approval (as the tests' StepClock does), so a benchmark can approve hundreds of times in a
+row with fresh codes (bench.benchlib.StepCodes computes the same codes).
+
+--fix-nodelay is a what-if for a proposed one-line fix in daemon.py: create the listening TCP
+socket with proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on accepted connections (it skips
+sockets whose proto is 0), and kept-alive answers no longer wait ~40 ms for a delayed ACK.
+Usage: python bench/broker_proc.py --home STATE_DIR --port PORT [--fix-nodelay] [--profile OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+from agent_vault.approvals.approver import Approver
+from agent_vault.approvals.factors import FactorApprover, FactorStore
+from agent_vault.daemon import BrokerServer
+from agent_vault.home import StatePaths
+from agent_vault.store.sqlite import StateStore
+
+
+class StepClock:
+    """Called once per approval (FactorApprover asks the time once per successful check)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return time.time() + 30 * self.calls
+
+
+def approvers(store: StateStore) -> Approver:
+    return FactorApprover(FactorStore(store), clock=StepClock())
+
+
+def fix_nodelay() -> None:
+    import socket
+
+    from agent_vault import daemon
+
+    bind = daemon._bind_tcp
+
+    def bind_tcp(port: int) -> socket.socket:
+        sock = bind(port)
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=sock.detach())
+
+    daemon._bind_tcp = bind_tcp
+
+
+async def main(home: str, port: int) -> None:
+    # As `agent-vault serve` does: uvicorn handles SIGTERM; a no-op handler lets cleanup finish.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server = BrokerServer(StatePaths(Path(home)), port, approvers=approvers)
+    await server.start()
+    await server.wait()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--home", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--profile", metavar="PATH", help="write a cProfile of the whole run here (pstats format)")
+    p.add_argument("--fix-nodelay", action="store_true", help="what-if: the proposed TCP_NODELAY fix")
+    args = p.parse_args()
+    if args.fix_nodelay:
+        fix_nodelay()
+    if args.profile:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            asyncio.run(main(args.home, args.port))
+        prof.dump_stats(args.profile)
+    else:
+        asyncio.run(main(args.home, args.port))

@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""1. Cold start: spawn the front door over stdio until initialize answers, until tools/list answers,
+and until the first list_secrets answers, with the broker running and not running (auto-start).
+
+Also in the same run: `python -c pass` (the floor), `python -c "import mcp.server.mcpserver"`
+(the SDK alone), and a what-if for the auto-start case (the broker spawned at the same moment
+as the front door, as a pre-start would do). Then `python -X importtime` of a front door that
+answers initialize and tools/list: the top costs by package and by module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+from statistics import median
+
+import benchlib as b
+
+SEED_INIT = "~200 ms"
+
+
+def spawn_exit(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return b.ms(time.perf_counter() - t0)
+
+
+def front_door(
+    box: b.Sandbox, kind: str, modern: bool = False, first_call: bool = True, broker_too: bool = False
+) -> dict[str, float]:
+    """Spawn, handshake, tools/list, (first list_secrets); times in ms from the spawn."""
+    times: dict[str, float] = {}
+    broker: subprocess.Popen[bytes] | None = None
+    if broker_too:  # what-if: a pre-start spawns the broker as the front door starts
+        broker = subprocess.Popen(
+            [b.CONSOLE_SCRIPT, "serve", "--port", str(box.port)],
+            env=box.env(),
+            cwd=box.home,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        box.brokers.append(broker)
+    mcp = b.RawMcp(b.front_door_argv(kind), box.env(), box.project, stderr=box.root / "front-door.log")
+    try:
+        if modern:
+            mcp.discover()
+        else:
+            mcp.initialize()
+        times["init"] = b.ms(time.perf_counter() - mcp.t_spawn)
+        tools = mcp.call("tools/list")
+        times["tools"] = b.ms(time.perf_counter() - mcp.t_spawn)
+        assert any(t["name"] == "get_secret" for t in tools["tools"])
+        if first_call:
+            if broker is not None:
+                box.wait_for_broker(broker)
+            listing = mcp.tool("list_secrets", {})
+            times["list"] = b.ms(time.perf_counter() - mcp.t_spawn)
+            assert "API_KEY" in str(listing)
+    finally:
+        mcp.close()
+    return times
+
+
+def record_replies(box: b.Sandbox, path: Path) -> None:
+    """The real front door's replies to initialize, tools/list and server/discover, for the prototype."""
+    mcp = b.RawMcp(b.front_door_argv(), box.env(), box.project)
+    try:
+        cache = {"initialize": mcp.initialize(), "tools/list": mcp.call("tools/list")}
+    finally:
+        mcp.close()
+    mcp = b.RawMcp(b.front_door_argv(), box.env(), box.project)
+    try:
+        cache["server/discover"] = mcp.discover()
+    finally:
+        mcp.close()
+    path.write_text(json.dumps(cache))
+
+
+def fastpath(box: b.Sandbox, cache: Path) -> dict[str, float]:
+    """What-if: handshake from recorded replies while the SDK loads in a thread (fastpath_proto.py)."""
+    log = box.root / f"fastpath-{time.monotonic_ns()}.log"
+    mcp = b.RawMcp([b.PY, str(b.BENCH / "fastpath_proto.py"), str(cache)], box.env(), box.project, stderr=log)
+    times: dict[str, float] = {}
+    try:
+        mcp.initialize()
+        times["init"] = b.ms(time.perf_counter() - mcp.t_spawn)
+        mcp.call("tools/list")
+        times["tools"] = b.ms(time.perf_counter() - mcp.t_spawn)
+        deadline = time.monotonic() + 30
+        while "sdk-ready" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        times["ready"] = b.ms(time.perf_counter() - mcp.t_spawn)
+    finally:
+        mcp.close()
+    return times
+
+
+def importtime(box: b.Sandbox) -> tuple[dict[str, float], dict[str, float], float]:
+    """Self time per top-level package and per module (ms), and the total, for one front door start."""
+    log = box.root / "importtime.log"
+    mcp = b.RawMcp([b.PY, "-X", "importtime", "-m", "agent_vault"], box.env(), box.project, stderr=log)
+    try:
+        mcp.initialize()
+        mcp.call("tools/list")
+    finally:
+        mcp.close()
+    packages: dict[str, float] = defaultdict(float)
+    modules: dict[str, float] = {}
+    total = 0.0
+    for line in log.read_text().splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
+        if not match:
+            continue
+        self_us, name = int(match.group(1)), match.group(4)
+        packages[name.split(".")[0]] += self_us / 1000
+        modules[name] = modules.get(name, 0.0) + self_us / 1000
+        total += self_us / 1000
+    return dict(packages), modules, total
+
+
+def cli_rows(report: b.Report, reps: int) -> None:
+    """Start-up of the plain CLI commands (no MCP): `agent-vault --version` and `agent-vault status`."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    with b.sandbox(secrets=1, totp=False) as box:
+        env = box.env()
+        for _ in range(reps):
+            for key, argv in (("version", ["--version"]), ("status", ["status"])):
+                t0 = time.perf_counter()
+                subprocess.run([b.CONSOLE_SCRIPT, *argv], env=env, check=True, stdout=subprocess.DEVNULL)
+                samples[key].append(b.ms(time.perf_counter() - t0))
+    report.add("cold.cli.version", "agent-vault --version (spawn to exit)", samples["version"])
+    report.add("cold.cli.status", "agent-vault status, no broker (spawn to exit)", samples["status"])
+
+
+def main() -> None:
+    p = b.parser(__doc__ or "")
+    p.add_argument("--cli-only", action="store_true", help="only the plain CLI start-up rows (for bench/ab.py)")
+    args = p.parse_args()
+    b.exit_on_sigterm()
+    reps = 1 if args.quick else 8
+    report = b.Report("cold_start", args.quick)
+    if args.cli_only:
+        cli_rows(report, 3 if args.quick else 30)
+        report.save(args.json)
+        return
+    samples: dict[str, list[float]] = defaultdict(list)
+    with b.sandbox(secrets=20, totp=False) as box:
+        cache = box.root / "replies.json"
+        record_replies(box, cache)
+        for _ in range(reps):
+            for k, v in fastpath(box, cache).items():
+                samples[f"fastpath.{k}"].append(v)
+            samples["floor"].append(spawn_exit([b.PY, "-c", "pass"]))
+            samples["sdk"].append(spawn_exit([b.PY, "-c", "import mcp.server.mcpserver"]))
+            # broker not running: the first tool call starts it (and we stop it again afterwards)
+            box.stop_broker()
+            for k, v in front_door(box, "module").items():
+                samples[f"auto.{k}"].append(v)
+            box.stop_broker()
+            for k, v in front_door(box, "module", broker_too=True).items():
+                samples[f"prestart.{k}"].append(v)
+            box.stop_broker()
+            # broker running
+            box.start_broker(real=True)
+            for kind in ("module", "script"):
+                for k, v in front_door(box, kind).items():
+                    samples[f"{kind}.{k}"].append(v)
+            for k, v in front_door(box, "module", modern=True, first_call=False).items():
+                samples[f"modern.{k}"].append(v)
+
+    rows = [
+        ("floor", "python -c pass (spawn to exit)", None),
+        ("sdk", 'python -c "import mcp.server.mcpserver" (spawn to exit)', None),
+        ("module.init", "python -m agent_vault: spawn -> initialize answered", SEED_INIT),
+        ("module.tools", "python -m agent_vault: spawn -> tools/list answered", None),
+        ("module.list", "python -m agent_vault: spawn -> first list_secrets", None),
+        ("script.init", "agent-vault (console script): spawn -> initialize", SEED_INIT),
+        ("script.tools", "agent-vault (console script): spawn -> tools/list", None),
+        ("script.list", "agent-vault (console script): spawn -> first list_secrets", None),
+        ("modern.init", "python -m agent_vault: spawn -> server/discover (2026-07-28)", SEED_INIT),
+        ("modern.tools", "python -m agent_vault: spawn -> tools/list (2026-07-28)", None),
+        ("auto.init", "no broker: spawn -> initialize", SEED_INIT),
+        ("auto.tools", "no broker: spawn -> tools/list", None),
+        ("auto.list", "no broker: spawn -> first list_secrets (auto-starts the broker)", None),
+        ("prestart.list", "what-if, broker spawned with the front door: -> first list_secrets", None),
+        ("fastpath.init", "what-if prototype, handshake from recorded replies: -> initialize", SEED_INIT),
+        ("fastpath.tools", "what-if prototype: -> tools/list", None),
+        ("fastpath.ready", "what-if prototype: -> SDK + mcp_server loaded in its thread", None),
+    ]
+    for key, label, seed in rows:
+        report.add(f"cold.{key}", label, samples[key], seed=seed)
+    cli_rows(report, reps)
+
+    with b.sandbox(secrets=20, totp=False) as box:
+        runs = [importtime(box) for _ in range(1 if args.quick else 3)]
+    packages = {name: median(r[0].get(name, 0.0) for r in runs) for name in runs[0][0]}
+    modules = {name: median(r[1].get(name, 0.0) for r in runs) for name in runs[0][1]}
+    total = median(r[2] for r in runs)
+    top_packages = sorted(packages.items(), key=lambda kv: -kv[1])[:12]
+    top_modules = sorted(modules.items(), key=lambda kv: -kv[1])[:12]
+    own = sum(v for k, v in packages.items() if k == "agent_vault")
+    report.value("cold.importtime.total", "python -X importtime: all imports of a front door", total, "ms")
+    report.value("cold.importtime.agent_vault", "python -X importtime: agent_vault's own modules", own, "ms")
+    print("  importtime self time by top-level package (ms):")
+    for name, value in top_packages:
+        print(f"    {name:<28} {value:8.1f}")
+    print("  importtime slowest single modules (self ms):")
+    for name, value in top_modules:
+        print(f"    {name:<44} {value:8.1f}")
+    report.extra["importtime"] = {
+        "runs": len(runs),
+        "total_ms": round(total, 1),
+        "packages_ms": {k: round(v, 1) for k, v in top_packages},
+        "modules_ms": {k: round(v, 1) for k, v in top_modules},
+        "module_count": len(modules),
+    }
+    report.save(args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The benchmark scripts run on tiny sizes and print their figures. No timing is asserted here:
+the figures are only checked to be there and to be numbers.
+
+All scripts start at once (each in its own sandbox with its own broker and port) to keep this
+quick; the runner is checked with one cheap script.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = ["cold_start", "hot_path", "decision", "pending", "page_load", "audit_bench", "memory"]
+TIMEOUT = 240
+
+
+def _run_all(tmp: Path) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    env = dict(os.environ)
+    env.pop("AGENT_VAULT_HOME", None)
+    env["TMPDIR"] = str(tmp / "sandboxes")  # every sandbox (and broker home) lands in here
+    (tmp / "sandboxes").mkdir()
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(BENCH / f"{name}.py"), "--quick", "--json", str(tmp / f"{name}.json")],
+            cwd=BENCH,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in SCRIPTS
+    }
+    procs["run"] = subprocess.Popen(
+        [sys.executable, str(BENCH / "run"), "--quick", "--only", "audit_bench", "--out", str(tmp / "runner")],
+        cwd=BENCH,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=TIMEOUT)
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        yield done
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()  # the scripts stop their brokers on SIGTERM
+                proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, subprocess.CompletedProcess[str]]]]:
+    tmp = tmp_path_factory.mktemp("bench")
+    for done in _run_all(tmp):
+        yield tmp, done
+
+
+def _numbers(figure: dict[str, object]) -> bool:
+    return all(isinstance(figure[k], int | float) and math.isfinite(figure[k]) for k in ("median", "min", "p90"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_prints_its_figures(name: str, ran: tuple[Path, dict[str, subprocess.CompletedProcess[str]]]) -> None:
+    tmp, done = ran
+    proc = done[name]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp / f"{name}.json").read_text())
+    assert data["quick"] is True and data["figures"]
+    for figure in data["figures"]:
+        assert _numbers(figure), figure
+        assert figure["key"] in proc.stdout and "median" in proc.stdout
+
+
+def test_runner_writes_json_and_a_table(ran: tuple[Path, dict[str, subprocess.CompletedProcess[str]]]) -> None:
+    tmp, done = ran
+    assert done["run"].returncode == 0, done["run"].stderr[-3000:]
+    results = json.loads((tmp / "runner" / "quick.json").read_text())
+    assert results["machine"]["nproc"] >= 1 and results["machine"]["python"]
+    (audit,) = results["results"]
+    assert audit["script"] == "audit_bench" and audit["exit_code"] == 0 and audit["figures"]
+    table = (tmp / "runner" / "quick.md").read_text()
+    assert table.startswith("| Measure | Median |") and "audit verify" in table
+
+
+def test_every_script_is_in_the_runner() -> None:
+    runner = (BENCH / "run").read_text()
+    helpers = {"benchlib", "broker_proc", "waiters", "loadgen", "ab", "fastpath_proto", "profile_hot"}
+    scripts = {p.stem for p in BENCH.glob("*.py")} - helpers
+    assert scripts == set(SCRIPTS)
+    assert all(f'"{name}"' in runner for name in SCRIPTS)
+
+
+def test_no_broker_is_left_running(ran: tuple[Path, dict[str, subprocess.CompletedProcess[str]]]) -> None:
+    tmp, _ = ran
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if ("serve" in cmdline or "broker_proc" in cmdline) and str(tmp).encode() in environ:
+            leftovers.append(cmdline)
+    assert not leftovers
