@@ -177,8 +177,17 @@ async def test_desktop_channel_without_a_notifier_fails_clearly(monkeypatch: pyt
 def test_notice_shows_what_why_code_link_and_nothing_that_approves() -> None:
     req = fake_request(3, reason="line one\nline two \u200b hidden")
     notice = build_notice([(req, "https://t.example/approve/req3")], "https://t.example/dashboard")
-    assert notice.title == "agent-vault: approve read of API_KEY? (AC3-DEF)"
+    assert notice.title == "agent-vault: approve reading API_KEY? (AC3-DEF)"
     assert notice.link == "https://t.example/approve/req3"
     assert "\\x0a" in notice.body and "\\u200b" in notice.body  # agent text cannot add lines or hide text
     assert "Match code: AC3-DEF" in notice.body and "Asked by: pytest-agent" in notice.body
     assert "csrf" not in notice.body.lower() and "code=" not in notice.body
+
+
+def test_notice_for_a_command_says_what_runs() -> None:
+    from dataclasses import replace
+
+    req = replace(fake_request(4), extra={"run": {"argv": ["npm", "run", "migrate\u202e"], "cwd": "/p", "env": []}})
+    notice = build_notice([(req, "https://t.example/approve/req4")], "")
+    assert notice.title == "agent-vault: approve running a command with API_KEY? (AC4-DEF)"
+    assert "RUN with API_KEY in vault dev\nCommand: npm run migrate\\u202e\n" in notice.body

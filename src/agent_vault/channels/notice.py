@@ -17,14 +17,34 @@ MAX_LISTED = 5
 FOOTER = "Approving needs your passkey or authenticator code on that page. If you did not expect this, deny it."
 
 
+_TITLE = {"read": "reading", "write": "writing", "run": "running a command with"}
+_LABEL = {"read": "READ", "write": "WRITE", "run": "RUN with"}
+
+
+def _kind(req: AccessRequest) -> str:
+    if req.operation is Operation.WRITE:
+        return "write"
+    return "run" if _command(req) is not None else "read"
+
+
+def _command(req: AccessRequest) -> str | None:
+    """The command an inject-mode request runs (what the human approves), if it is one."""
+    run = req.extra.get("run")
+    argv = run.get("argv") if isinstance(run, dict) else None
+    if not isinstance(argv, list) or not argv:
+        return None
+    return shown(" ".join(str(a) for a in argv), 120)
+
+
 def _what(req: AccessRequest) -> str:
-    verb = "WRITE" if req.operation is Operation.WRITE else "READ"
-    return f"{verb} {shown(', '.join(req.names), 80)} in vault {shown(req.vault, 40)}"
+    return f"{_LABEL[_kind(req)]} {shown(', '.join(req.names), 80)} in vault {shown(req.vault, 40)}"
 
 
 def _lines(req: AccessRequest, link: str) -> list[str]:
+    command = _command(req)
     return [
         _what(req),
+        *([f"Command: {command}"] if command else []),
         f"Agent's reason (unverified): “{shown(req.reason, 140)}”",
         f"Asked by: {shown(req.requester.client, 60)}",
         f"Match code: {req.match_code}",
@@ -38,8 +58,7 @@ def build_notice(items: Sequence[tuple[AccessRequest, str]], dashboard: str) -> 
         raise ValueError("a notice needs at least one request")
     if len(items) == 1:
         req, link = items[0]
-        verb = "write" if req.operation is Operation.WRITE else "read"
-        title = f"agent-vault: approve {verb} of {shown(', '.join(req.names), 40)}? ({req.match_code})"
+        title = f"agent-vault: approve {_TITLE[_kind(req)]} {shown(', '.join(req.names), 40)}? ({req.match_code})"
         body = "\n".join([*_lines(req, link), "", FOOTER])
         return Notice(title, body, link, (req.id,), (req.match_code,))
     parts: list[str] = []

@@ -61,6 +61,7 @@ class RemoteAccess:
         self.local_url = broker.base_url
         #: called with the public hosts to allow whenever they change (the web app's allowlist)
         self.on_public_hosts: Callable[[tuple[str, ...]], None] | None = None
+        self._audit_jobs: set[asyncio.Future[None]] = set()
         self.tunnel = build_tunnel(settings)
         self.tunnel_status = TunnelStatus(self.tunnel.kind, "off", detail="not started")
         pacing = settings.notify
@@ -135,6 +136,7 @@ class RemoteAccess:
 
     async def stop(self) -> None:
         await self.hub.aclose()
+        await asyncio.gather(*self._audit_jobs, return_exceptions=True)  # before the audit log closes
         await self.tunnel.stop()
         self.tunnel_status = TunnelStatus(self.tunnel.kind, "off", detail="broker stopped")
         self._publish_hosts()
@@ -168,7 +170,9 @@ class RemoteAccess:
             detail={"channel": channel.name, "type": channel.type_name, "error": error,
                     "requests": list(notice.request_ids)},
         )  # fmt: skip
-        asyncio.get_running_loop().run_in_executor(None, self._record, event)  # fsync off the event loop
+        job = asyncio.get_running_loop().run_in_executor(None, self._record, event)  # fsync off the event loop
+        self._audit_jobs.add(job)
+        job.add_done_callback(self._audit_jobs.discard)
 
     def _record(self, event: AuditEvent) -> None:
         with suppress(AuditError):  # already on stderr; an audit failure surfaces on the next release
