@@ -1,9 +1,6 @@
-"""The user's own settings for reaching them remotely: channels, notification pacing, tunnel, passkey RP ID.
-
-They live in `settings.toml` in the state dir (AGENT_VAULT_HOME, 0700; the file must not be
-writable by others), never in the project config an agent may edit: a tunnel runs a command
-and widens who can reach the approval pages, so only the user may turn one on.
-"""
+"""The user's settings for remote approval (channels, pacing, tunnel, passkey RP ID) in the state dir's
+`settings.toml`, never in the project config an agent edits: a tunnel runs a command and widens who
+can reach the pages, so only the user may turn one on (the file must not be writable by others)."""
 
 from __future__ import annotations
 

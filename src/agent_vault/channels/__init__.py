@@ -1,5 +1,3 @@
 """Where the human hears about a request: push, desktop and other channels, as plug-ins.
-
-A channel gets a `Notice` (what is asked, the reason shortened and escaped, the match code and
-the link) and never anything that approves by itself or any value.
-"""
+A notice carries what is asked, the escaped reason, the match code and the link: never a value,
+never anything that approves by itself."""

@@ -1,9 +1,6 @@
-"""Deliver notices to every configured channel: bursts coalesced, rate-limited, never blocking.
-
-`ChannelHub.notify` is a `Broker.notifiers` entry: it only records the request and schedules a
-flush. A flush sends one notice (all requests still pending) to each channel at once, each with
-a timeout; a failure is recorded and reported, and never reaches the request.
-"""
+"""Deliver notices to every channel: bursts coalesced, rate-limited, each channel with a timeout.
+`ChannelHub.notify` is a `Broker.notifiers` entry that only records and schedules; a failure is
+recorded and reported, and never reaches the request."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Turn pending requests into the text of one notification: short, escaped, never a value.
-
-Agent-written text (names, vault, reason, client) goes through `untrusted.shown`, so control,
-bidi and zero-width characters are visible and nothing is long. The link is a pointer only.
-"""
+"""The text of one notification for one or more pending requests: short, escaped, never a value.
+Agent-written text goes through `untrusted.shown`; the link is a pointer only."""
 
 from __future__ import annotations
 

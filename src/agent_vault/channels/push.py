@@ -1,8 +1,6 @@
 """Push through apprise: any apprise URL (ntfy, Telegram, Slack, Discord, email, Pushover, ...).
-
-ntfy URLs get the page as the click target and a "View" action button (ntfy's Actions header,
-through apprise's `actions` parameter). apprise is imported only when such a channel is built.
-"""
+ntfy URLs get the page as click target and a "View" action button (ntfy's Actions header);
+apprise is imported only when such a channel is built."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""A tunnel the user's own command provides (cloudflared, `tailscale serve`, `ssh -R`, ...).
-
-The broker starts it (no shell; `{port}` and `{local_url}` in its arguments are filled in),
-reads its output for the public URL, and restarts it with backoff when it exits. While it is
-down the status says so and the public host leaves the allowlist.
-"""
+"""A tunnel the user's own command provides (cloudflared, `tailscale serve`, `ssh -R`, ...), without a shell.
+The broker fills in `{port}`/`{local_url}`, reads the public URL from the output with a regex, and
+restarts the command with backoff when it exits."""
 
 from __future__ import annotations
 

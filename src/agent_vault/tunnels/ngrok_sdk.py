@@ -1,9 +1,5 @@
-"""ngrok through its Python SDK, in the broker's own process (no binary, no download).
-
-The SDK is imported only when this tunnel is configured; without it the status names the
-pip command. Connection failures (offline, bad token) are shown plainly and retried with
-backoff; the auth token never appears in a message.
-"""
+"""ngrok through its Python SDK in the broker's process, imported only when configured.
+Failures (offline, bad token) are shown plainly and retried with backoff; the token never appears."""
 
 from __future__ import annotations
 

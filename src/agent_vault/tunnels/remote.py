@@ -1,9 +1,6 @@
-"""Everything that lets the human approve from elsewhere, composed for one broker.
-
-`RemoteAccess` reads the user's settings, plugs the channel hub into `Broker.notifiers`, runs
-the tunnel, keeps the web app's public host in step with the tunnel, reports channel failures
-(stderr, audit `channel_failed`) and offers the status for `agent-vault status` and doctor.
-"""
+"""Everything that lets the human approve from elsewhere, composed for one broker (`RemoteAccess`):
+settings, the channel hub on `Broker.notifiers`, the tunnel and its public host, failure reports
+(stderr, audit `channel_failed`), and the status for `agent-vault status` and doctor."""
 
 from __future__ import annotations
 
