@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -384,3 +385,34 @@ async def test_slow_or_broken_plug_ins_are_contained(make_stub: Callable[..., St
     assert len(stub.posts) == 1
     states = {s["name"]: s["last"] for s in hub.status()}
     assert states == {"stuck": "failed", "raises": "failed", "refuses": "failed", "phone": "ok"}
+
+
+async def test_a_masked_leak_alerts_the_human_on_every_channel(
+    home: StatePaths, tmp_path: Path, make_stub: Callable[..., Stub], start_broker: Any, step_clock: StepClock
+) -> None:
+    stub = make_stub()
+    write_settings(
+        home,
+        f'[notify]\ncoalesceSeconds = 0\n[[channels]]\ntype = "apprise"\nurls = {toml_list([stub.json_url("hook")])}\n',
+    )
+    server = await start_broker()
+    project = tmp_path / "p"
+    session = session_for(server, project)
+    session.requester = replace(session.requester, project_dir=str(project))
+    run = {
+        "argv": [sys.executable, "-c", "import os; print(os.environ['K'])"],
+        "cwd": str(project),
+        "env": [["K", "API_KEY"]],
+    }
+    out = await server.broker.request_access(session, "dev", [], "print it", purpose="inject", run=run)
+    assert out.request is not None
+    await stub.wait_for(1, "/hook")  # the approval notice
+    await anyio.to_thread.run_sync(decide_on_page, server.url, out.request.id, "approve", step_clock.next_code())
+    with anyio.fail_after(20):
+        result = await server.broker.wait(session, out.request.id, 10)
+        while result.status == "running":
+            result = await server.broker.wait(session, out.request.id, 10)
+    assert result.run is not None and result.run.masked == {"API_KEY"}
+    alert = (await stub.wait_for(2, "/hook"))[1]
+    assert "attention" in alert.body["title"] and "API_KEY" in alert.body["message"]
+    assert FAKE_KEY not in json.dumps(alert.body)

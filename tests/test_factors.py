@@ -233,3 +233,18 @@ def test_recovery_codes_are_hashed_and_single_use(factors: FactorStore, home: St
     assert not factors.use_recovery_code("abcd-ef01-2345")
     assert not factors.use_recovery_code("0000-0000-0000")
     assert factors.recovery_codes_left() == 1
+
+
+def test_a_tunnel_origin_counts_only_while_it_is_up(factors: FactorStore) -> None:
+    public = "https://vault.example.test"
+    passkeys = Passkeys(factors, ORIGIN, rp_id="vault.example.test")
+    up: list[str] = [public]
+    passkeys.extra_origins = lambda: up
+    key = SoftAuthenticator(rp_id="vault.example.test")
+    passkeys.store(passkeys.verify_registration("tok", key.register(passkeys.registration_options("tok"), public)), "k")
+    req = make_request()
+    assert passkeys.check_for_request(req, {"credential": key.assertion(passkeys.approval_options(req), public)})
+    up.clear()  # the tunnel went down: its origin no longer counts
+    req = make_request()
+    with pytest.raises(NotAuthorized, match="origin"):
+        passkeys.check_for_request(req, {"credential": key.assertion(passkeys.approval_options(req), public)})

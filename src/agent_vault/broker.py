@@ -109,6 +109,8 @@ class Broker:
         #: called with a plain message when something needs the human's attention (a leak, ...)
         self.alerts: list[Callable[[str], None]] = []
         self.runs = RunManager()
+        #: rewrites links to our pages (the tunnel sets it to use the public origin while up)
+        self.link_for: Callable[[str], str] = lambda url: url
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -125,7 +127,8 @@ class Broker:
             await self._finish(rid, Status.CANCELLED, "cancelled", why="broker stopped")
 
     def approval_url(self, request_id: str) -> str:
-        return f"{self.base_url}/approve/{request_id}"
+        """The request's page: on the public origin while a tunnel is up (see `link_for`)."""
+        return self.link_for(f"{self.base_url}/approve/{request_id}")
 
     # -- sessions -----------------------------------------------------------------------------
 

@@ -195,6 +195,10 @@ class BrokerServer:
         # Channels, tunnel and the public host come from the user's settings in the state dir.
         self.remote = RemoteAccess.load(self.broker, self.paths)
         self.web = WebApp(self.broker, public_hosts=self.remote.public_hosts())
+        # Passkeys work on a tunnel's origin only with a configured RP ID that covers it.
+        self.web.passkeys.extra_origins = self.remote.passkey_origins
+        if self.remote.rp_id:
+            self.web.passkeys.rp_id = self.remote.rp_id
         self.remote.on_public_hosts = self._set_public_hosts
         api = create_api(self.broker, on_shutdown=self.request_stop, status_extra=self.remote.status)
         config = uvicorn.Config(

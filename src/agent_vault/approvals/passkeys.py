@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +81,10 @@ class _Issued:
 
 
 class Passkeys:
-    """Issues and checks WebAuthn ceremonies for one origin (the broker's base URL)."""
+    """Issues and checks WebAuthn ceremonies for the broker's origin (and a tunnel's, while up).
+
+    `extra_origins` is asked on every check, so an origin counts only while its tunnel is up.
+    """
 
     def __init__(
         self, factors: FactorStore, origin: str, rp_id: str = RP_ID, clock: Callable[[], float] = time.monotonic
@@ -89,8 +92,12 @@ class Passkeys:
         self.factors = factors
         self.origin = origin.rstrip("/")
         self.rp_id = rp_id
+        self.extra_origins: Callable[[], Sequence[str]] = tuple
         self._clock = clock
         self._issued: dict[str, _Issued] = {}
+
+    def origins(self) -> list[str]:
+        return [self.origin, *(o.rstrip("/") for o in self.extra_origins() if o.rstrip("/") != self.origin)]
 
     def enrolled(self) -> bool:
         return bool(self.factors.passkey_ids())
@@ -154,7 +161,7 @@ class Passkeys:
                 credential=parsed,
                 expected_challenge=challenge,
                 expected_rp_id=self.rp_id,
-                expected_origin=self.origin,
+                expected_origin=self.origins(),
                 credential_public_key=base64url_to_bytes(public_key),
                 credential_current_sign_count=count,
                 require_user_verification=True,
@@ -198,7 +205,7 @@ class Passkeys:
                 credential=parsed,
                 expected_challenge=challenge,
                 expected_rp_id=self.rp_id,
-                expected_origin=self.origin,
+                expected_origin=self.origins(),
                 require_user_verification=True,
             )
         except WebAuthnException as exc:

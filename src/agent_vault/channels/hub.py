@@ -96,6 +96,22 @@ class ChannelHub:
             self._due = due
             self._timer = loop.call_at(due, self._fire)
 
+    def alert(self, message: str) -> None:
+        """Send a warning that needs the human (a leaked value, ...) to every channel now."""
+        if not self.channels:
+            return
+        dashboard = self._dashboard()
+        notice = Notice(
+            "agent-vault: attention needed", f"{shown(message, 400)}\nReview: {dashboard}", dashboard, (), ()
+        )
+        task = asyncio.ensure_future(self._send_all(notice))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_all(self, notice: Notice) -> Notice | None:
+        await asyncio.gather(*(self._deliver(channel, notice) for channel in self.channels))
+        return notice
+
     def next_flush_in(self) -> float | None:
         """Seconds until the next scheduled flush, or None when nothing waits."""
         if self._due is None:

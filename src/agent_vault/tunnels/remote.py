@@ -74,6 +74,8 @@ class RemoteAccess:
             timeout=pacing.timeout_seconds,
         )
         broker.notifiers.append(self.hub.notify)
+        broker.alerts.append(self.hub.alert)
+        broker.link_for = self.rebase
 
     @classmethod
     def load(cls, broker: Broker, paths: StatePaths) -> RemoteAccess:
