@@ -109,6 +109,8 @@ class Broker:
         #: called with a plain message when something needs the human's attention (a leak, ...)
         self.alerts: list[Callable[[str], None]] = []
         self.runs = RunManager()
+        #: the user's ceiling on approval windows (settings.toml `[policy] maxTtlMinutes`)
+        self.max_ttl_minutes: float | None = None
         #: rewrites links to our pages (the tunnel sets it to use the public origin while up)
         self.link_for: Callable[[str], str] = lambda url: url
 
@@ -291,10 +293,14 @@ class Broker:
             match_code=new_match_code(),
             requester=session.requester,
             scope=vcfg.ttl_scope,
-            ttl_minutes=vcfg.ttl if operation is Operation.READ else 0,
+            ttl_minutes=self._ttl(vcfg.ttl) if operation is Operation.READ else 0,
             previews=previews,
             extra=extra,
         )
+
+    def _ttl(self, configured: float) -> float:
+        """The project's window, never longer than the user's ceiling."""
+        return configured if self.max_ttl_minutes is None else min(configured, self.max_ttl_minutes)
 
     async def _auto_approve(
         self, session: Session, vault: str, names: tuple[str, ...], reason: str, run: Mapping[str, Any] | None

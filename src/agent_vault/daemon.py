@@ -194,6 +194,7 @@ class BrokerServer:
         await self.broker.start()
         # Channels, tunnel and the public host come from the user's settings in the state dir.
         self.remote = RemoteAccess.load(self.broker, self.paths)
+        self.broker.max_ttl_minutes = self.remote.settings.policy.max_ttl
         self.web = WebApp(self.broker, public_hosts=self.remote.public_hosts())
         # Passkeys work on a tunnel's origin only with a configured RP ID that covers it.
         self.web.passkeys.extra_origins = self.remote.passkey_origins

@@ -162,11 +162,19 @@ class PasskeySettings(_Model):
         return value
 
 
+class PolicySettings(_Model):
+    """Your ceiling on what a project config may ask for: the project file can only tighten it."""
+
+    #: no approval window lasts longer than this, whatever a project's `ttl` says
+    max_ttl: float | None = Field(default=None, alias="maxTtlMinutes", ge=0, allow_inf_nan=False)
+
+
 class UserSettings(_Model):
     channels: tuple[ChannelSettings, ...] = ()
     notify: NotifySettings = NotifySettings()
     tunnel: TunnelSettings = NoTunnel()
     passkeys: PasskeySettings = PasskeySettings()
+    policy: PolicySettings = PolicySettings()
 
     @model_validator(mode="before")
     @classmethod
