@@ -279,6 +279,11 @@ urls = ["{good.ntfy_url()}"]
     err = capfd.readouterr().err
     assert "channel gone (apprise) failed" in err and "channel broken (apprise) failed" in err
     assert FAKE_KEY not in err
+    # and `agent-vault doctor` names them
+    from agent_vault.doctor import gather
+
+    failed = [c.text for c in gather(home) if c.level == "warn" and c.text.startswith("channel ")]
+    assert any("channel gone failed" in t for t in failed) and any("channel broken failed" in t for t in failed)
 
 
 # -- the hub: coalescing, rate limit, timeouts, plug-in errors -------------------------------------

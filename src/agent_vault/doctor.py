@@ -209,11 +209,34 @@ def config_checks() -> list[Check]:
     return checks
 
 
+def remote_checks(paths: StatePaths) -> list[Check]:
+    """Channels and tunnel as the last broker recorded them (docs/remote.md)."""
+    from agent_vault.tunnels.remote import last_status
+
+    status = last_status(paths)
+    if status is None:
+        return []
+    checks = [Check("warn", f"settings.toml problem: {p}") for p in status.get("settings", {}).get("problems", [])]
+    tunnel = status.get("tunnel") or {}
+    if tunnel.get("kind") not in (None, "none"):
+        state, url = tunnel.get("state"), tunnel.get("public_url")
+        level = "ok" if state == "up" else "warn"
+        checks.append(Check(level, f"tunnel ({tunnel.get('kind')}) is {state}{f' at {url}' if url else ''}"))
+    for channel in status.get("channels") or []:
+        if channel.get("last") == "failed":
+            error = channel.get("last_error") or "unknown error"
+            checks.append(Check("warn", f"channel {channel.get('name')} failed at {channel.get('last_at')}: {error}"))
+        elif channel.get("last") == "ok":
+            checks.append(Check("ok", f"channel {channel.get('name')} last delivered at {channel.get('last_at')}"))
+    return checks
+
+
 def gather(paths: StatePaths) -> list[Check]:
     return [
         *state_checks(paths),
         *factor_checks(paths),
         *broker_checks(paths),
+        *remote_checks(paths),
         *audit_checks(paths),
         *config_checks(),
     ]
