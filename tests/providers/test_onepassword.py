@@ -45,6 +45,7 @@ from agent_vault.secret import SecretValue
 from tests.providers import fake_onepassword as fake
 from tests.providers.contract import ProviderContract
 from tests.providers.fake_onepassword import FakeAccount
+from tests.seed_configs import SEED_1PASSWORD_EXAMPLES
 
 TOKEN = FakeAccount().token
 VALUE = "fake-op-value-5555"
@@ -592,101 +593,6 @@ ENV = {
     "OP_PROD_TOKEN": "ops_SECRET_prod_token",
     "NGROK_AUTHTOKEN": "ngrok_SECRET_token",
 }
-
-SEED_1PASSWORD_EXAMPLES = [
-    """{
-  "vaults": {
-    "dev": {
-      "type": "1password",
-      "serviceAccountToken": "env:OP_SERVICE_ACCOUNT_TOKEN",
-      "ttl": 15,
-      "ttlScope": "vault"
-    }
-  },
-  "ngrokAuthToken": "env:NGROK_AUTHTOKEN"
-}""",
-    """{
-  "vaults": {
-    "prod": {
-      "type": "1password",
-      "serviceAccountToken": "env:OP_SERVICE_ACCOUNT_TOKEN",
-      "ttl": 0,
-      "ttlScope": "secret"
-    }
-  },
-  "ngrokAuthToken": "env:NGROK_AUTHTOKEN"
-}""",
-    """{
-  "vaults": {
-    "dev": {
-      "type": "1password",
-      "serviceAccountToken": "env:OP_DEV_TOKEN",
-      "vaultIds": ["abc123"],
-      "ttl": 15
-    },
-    "prod": {
-      "type": "1password",
-      "serviceAccountToken": "env:OP_PROD_TOKEN",
-      "vaultIds": ["def456"],
-      "ttl": 0
-    },
-    "local": {
-      "type": "env",
-      "file": ".env.secrets",
-      "ttl": 30
-    }
-  },
-  "ngrokAuthToken": "env:NGROK_AUTHTOKEN",
-  "port": 9999
-}""",
-    """{
-  "vaults": {
-    "dev": {
-      "type": "1password",
-      "serviceAccountToken": "env:OP_DEV_TOKEN",
-      "writable": true,
-      "write": {
-        "vaultId": "your-1password-vault-id",
-        "category": "login"
-      },
-      "ttl": 15,
-      "ttlScope": "vault"
-    }
-  }
-}""",
-    """{
-  "vaults": {
-    "dev": {
-      "type": "1password",
-      "serviceAccountToken": "env:OP_DEV_TOKEN",
-      "ttl": 30,
-      "ttlScope": "vault"
-    },
-    "prod": {
-      "type": "1password",
-      "serviceAccountToken": "env:OP_PROD_TOKEN",
-      "ttl": 0,
-      "ttlScope": "secret"
-    }
-  }
-}""",
-    """{
-  "vaults": {
-    "1password": {
-      "type": "1password",
-      "serviceAccountToken": "env:OP_SERVICE_ACCOUNT_TOKEN",
-      "ttl": 15,
-      "ttlScope": "vault",
-      "writable": true,
-      "write": {
-        "vaultId": "<I will provide>",
-        "category": "login"
-      }
-    }
-  },
-  "ngrokAuthToken": "env:NGROK_AUTHTOKEN"
-}""",
-]
 
 
 def test_the_entry_point_is_installed() -> None:
