@@ -76,7 +76,7 @@ def _windows() -> list[Window]:
 def grants_list(as_json: bool = False) -> str:
     windows = _windows()
     if as_json:
-        return json.dumps([_window_json(w) for w in windows], indent=2)
+        return json.dumps([w.to_json() for w in windows], indent=2)
     if not windows:
         return "no active approval windows"
     now = datetime.now(UTC)
@@ -86,18 +86,6 @@ def grants_list(as_json: bool = False) -> str:
         left = int((w.ends_at - now).total_seconds())
         lines.append(f"{w.id}  {what}  ends {w.ends_at.isoformat(timespec='seconds')} ({left}s left)  [{w.workspace}]")
     return "\n".join(lines)
-
-
-def _window_json(w: Window) -> dict[str, object]:
-    return {
-        "id": w.id,
-        "vault": w.vault,
-        "name": w.name,
-        "scope": w.scope,
-        "config": w.workspace,
-        "ends_at": w.ends_at.isoformat(),
-        "request_id": w.request_id,
-    }
 
 
 async def grants_revoke(window_id: str | None, every: bool = False) -> str:

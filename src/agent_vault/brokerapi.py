@@ -175,7 +175,7 @@ def create_api(
                 "pid": os.getpid(),
                 "url": broker.base_url,
                 "pending": [request_view(r) for r in broker.pending()],
-                "windows": [_window_view(w) for w in broker.windows()],
+                "windows": [w.to_json() for w in broker.windows()],
                 # tunnel, public URL, channels and their last delivery (see tunnels.remote)
                 **(status_extra() if status_extra is not None else {}),
             }
@@ -183,7 +183,7 @@ def create_api(
 
     async def revoke(request: Request) -> Response:
         window = await broker.revoke_window(request.path_params["wid"])
-        return JSONResponse({"revoked": _window_view(window)})
+        return JSONResponse({"revoked": window.to_json()})
 
     async def shutdown(request: Request) -> Response:
         if on_shutdown is not None:
@@ -225,15 +225,3 @@ def _str_map(value: object) -> dict[str, str]:
 
 def _opt_str(value: object) -> str | None:
     return None if value in (None, "") else str(value)[:500]
-
-
-def _window_view(window: Any) -> dict[str, Any]:
-    return {
-        "id": window.id,
-        "vault": window.vault,
-        "name": window.name,
-        "scope": window.scope,
-        "config": window.workspace,
-        "ends_at": window.ends_at.isoformat(),
-        "request_id": window.request_id,
-    }

@@ -101,6 +101,18 @@ class Window:
     def covers(self, name: str, now: datetime) -> bool:
         return self.revoked_at is None and now < self.ends_at and self.name in (None, name)
 
+    def to_json(self) -> dict[str, Any]:
+        """What `grants list --json` and the broker's status show."""
+        return {
+            "id": self.id,
+            "vault": self.vault,
+            "name": self.name,
+            "scope": self.scope,
+            "config": self.workspace,
+            "ends_at": self.ends_at.isoformat(),
+            "request_id": self.request_id,
+        }
+
 
 def _ts(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
