@@ -13,9 +13,10 @@ from pathlib import Path
 
 from agent_vault.audit import AuditLog
 from agent_vault.client import BrokerClient
-from agent_vault.config import find_config, load_config, redacted_view
+from agent_vault.config import load_config, redacted_view
 from agent_vault.errors import BrokerUnavailable, InvalidRequest
 from agent_vault.home import state_paths
+from agent_vault.legacy_env import locate_config
 from agent_vault.store.sqlite import StateStore, Window
 
 
@@ -59,7 +60,7 @@ async def stop_broker() -> str:
 
 
 def config_check(path: str | None) -> str:
-    source = Path(path).expanduser() if path else find_config()
+    source = Path(path).expanduser() if path else locate_config()
     config = load_config(source)
     view = redacted_view(config)
     return f"config file: {config.source}\n" + json.dumps(view, indent=2, default=str)

@@ -139,11 +139,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_port() -> int:
-    from agent_vault.config import find_config, load_config
+    from agent_vault.config import load_config
     from agent_vault.daemon import DEFAULT_PORT
+    from agent_vault.legacy_env import locate_config
 
     try:
-        return load_config(find_config()).port
+        return load_config(locate_config()).port
     except AgentVaultError:
         return DEFAULT_PORT
 

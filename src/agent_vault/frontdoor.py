@@ -21,10 +21,11 @@ from typing import Any
 
 from agent_vault import __version__
 from agent_vault.client import BrokerClient
-from agent_vault.config import find_config, load_config, referenced_env_vars
+from agent_vault.config import load_config, referenced_env_vars
 from agent_vault.errors import AgentVaultError, InvalidRequest, RequestExpired
 from agent_vault.home import StatePaths, state_paths
 from agent_vault.launcher import connect
+from agent_vault.legacy_env import locate_config
 
 WAIT_SLICE = 1.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -51,7 +52,7 @@ class AgentSession:
         async with self._lock:
             if self.client is not None and self.client.session:
                 return self.client
-            config_path = find_config(self.cwd)
+            config_path = locate_config(self.cwd)
             config = load_config(config_path)  # fail here, with the file and key, before the broker
             client = await connect(self.paths, config.port)
             env = {k: os.environ[k] for k in referenced_env_vars(config_path) if k in os.environ}
