@@ -319,3 +319,19 @@ async def test_no_value_in_audit_rows(broker: Broker, tmp_path: Path) -> None:
     await broker.request_access(session, "dev", ["API_KEY"], "again")
     dump = b"".join(p.read_bytes() for p in broker.audit.path.parent.glob("audit.db*"))
     assert FAKE_KEY.encode() not in dump and b"fake-password-1111" not in dump
+
+
+async def test_socket_api_refuses_an_oversized_body_and_stays_responsive(home: StatePaths) -> None:
+    from agent_vault.client import BrokerClient
+    from agent_vault.daemon import BrokerServer
+    from agent_vault.errors import InvalidRequest as Invalid
+
+    server = BrokerServer(home, 0)
+    await server.start()
+    try:
+        async with BrokerClient(home.socket) as client:
+            with pytest.raises(Invalid, match="larger than"):
+                await client._call("POST", "/v1/sessions", body={"padding": "x" * (17 * 2**20)})
+            assert (await client.status())["pid"] > 0
+    finally:
+        await server.stop()

@@ -8,6 +8,7 @@ bound to the process that opened it.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +28,8 @@ from agent_vault.generate import parse_spec
 SESSION_HEADER = "x-agent-vault-session"
 PEER_KEY = "agent_vault.peer"
 MAX_WAIT = 60.0
+#: a batch of 100 values of 64 KiB each, with room for JSON escaping
+MAX_BODY = 16 * 2**20
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -90,8 +93,13 @@ def create_api(
     status_extra: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
     async def body_of(request: Request) -> dict[str, Any]:
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise InvalidRequest(f"the request is larger than {MAX_BODY // 2**20} MiB; send less at once")
         try:
-            data = await request.json()
+            data = json.loads(raw)
         except ValueError as exc:
             raise InvalidRequest("the request body is not JSON") from exc
         if not isinstance(data, dict):
