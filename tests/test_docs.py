@@ -61,3 +61,8 @@ def test_readme_starts_with_the_two_commands() -> None:
     lines = [line for line in first_block.splitlines()[1:] if line.strip()]
     assert len(lines) == 2
     assert "agent-vault demo" in lines[0] and "scripts/test" in lines[1]
+
+
+def test_every_doc_page_is_linked_from_the_readme() -> None:
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in README, page.name
