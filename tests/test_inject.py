@@ -166,6 +166,7 @@ async def test_page_shows_the_exact_command_and_directory(
             await broker_server.broker.decide(rid, False, None)
     await agent.close()
     assert "npm run migrate -- --to=42" in page and str(project) in page and "DATABASE_URL" in page
+    assert ">RUN</span>" in page
 
 
 async def test_generated_secret_is_stored_and_usable_without_being_seen(
