@@ -177,3 +177,15 @@ async def test_sigterm_answers_a_waiting_call_with_a_denial(home: StatePaths, tm
     result = outcome["result"]
     assert result.is_error  # type: ignore[attr-defined]
     assert "shutting down" in "".join(c.text for c in result.content)  # type: ignore[attr-defined]
+
+
+def test_page_socket_is_tcp_so_asyncio_sets_nodelay(home: StatePaths) -> None:
+    """asyncio sets TCP_NODELAY only on sockets made with IPPROTO_TCP; without it, kept-alive page
+    loads stall ~40 ms per answer on delayed ACKs (measured in docs/benchmarks.md)."""
+    from agent_vault.daemon import _bind_tcp
+
+    sock = _bind_tcp(0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
