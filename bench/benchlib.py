@@ -324,6 +324,8 @@ class Sandbox:
 
     def wait_for_broker(self, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> int:
         """Wait for broker.json and a socket that accepts; returns the broker's pid."""
+        from agent_vault.launcher import socket_answers
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -364,16 +366,6 @@ class Sandbox:
         with contextlib.suppress(OSError):
             self.broker_info.unlink()
 
-
-def socket_answers(path: Path) -> bool:
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 @contextlib.contextmanager

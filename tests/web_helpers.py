@@ -54,8 +54,26 @@ class Visitor:
         return await self.http.post(path, data=data, headers=headers)
 
 
+class ReleaseChecks:
+    """What a test asks of a broker after an attack: is the request still pending, was anything released?"""
+
+    server: BrokerServer
+
+    def status(self, rid: str) -> Status:
+        req = self.server.broker.get_request(rid)
+        assert req is not None
+        return req.status
+
+    def events(self, rid: str) -> list[str]:
+        return [r.event for r in self.server.broker.audit.list(request_id=rid, limit=None, newest_first=False)]
+
+    def assert_nothing_released(self, rid: str) -> None:
+        assert self.status(rid) is Status.PENDING
+        assert not {"approved", "delivered", "auto_approved"} & set(self.events(rid))
+
+
 @dataclass
-class Live:
+class Live(ReleaseChecks):
     server: BrokerServer
     clock: StepClock
     key: SoftAuthenticator
@@ -69,18 +87,6 @@ class Live:
         outcome = await self.server.broker.request_access(self.session, "dev", list(names), reason)
         assert outcome.request is not None and outcome.status == "pending"
         return outcome.request
-
-    def status(self, rid: str) -> Status:
-        req = self.server.broker.get_request(rid)
-        assert req is not None
-        return req.status
-
-    def events(self, rid: str) -> list[str]:
-        return [r.event for r in self.server.broker.audit.list(request_id=rid, limit=None, newest_first=False)]
-
-    def assert_nothing_released(self, rid: str) -> None:
-        assert self.status(rid) is Status.PENDING
-        assert not {"approved", "delivered", "auto_approved"} & set(self.events(rid))
 
     async def approve_with_passkey(self, visitor: Visitor, rid: str, origin: str | None = None) -> httpx2.Response:
         token = await visitor.token(f"/approve/{rid}")

@@ -53,7 +53,7 @@ def _spawn_once(paths: StatePaths, port: int | None) -> None:
     private_file(paths.spawn_lock)
     with open(paths.spawn_lock, "r+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if _socket_answers(paths.socket):
+        if socket_answers(paths.socket):
             return
         proc = _spawn(paths, port)
         _wait_for_socket(paths, proc)
@@ -80,14 +80,15 @@ def _spawn(paths: StatePaths, port: int | None) -> subprocess.Popen[bytes]:
 def _wait_for_socket(paths: StatePaths, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if _socket_answers(paths.socket):
+        if socket_answers(paths.socket):
             return
         if proc.poll() is not None:
             raise BrokerUnavailable(f"the broker exited at start (code {proc.returncode}). {_log_tail(paths)}")
         time.sleep(0.02)
 
 
-def _socket_answers(path: Path) -> bool:
+def socket_answers(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket at `path`."""
     import socket
 
     if not path.exists():

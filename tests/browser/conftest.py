@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 import pytest
 
 from agent_vault.approvals.factors import FactorStore
-from agent_vault.approvals.request import AccessRequest, Status
+from agent_vault.approvals.request import AccessRequest
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
 from tests.conftest import StepClock, enrol_totp, totp_approvers, write_project
+from tests.web_helpers import ReleaseChecks
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -99,7 +100,7 @@ def virtual_authenticator(page: Any, user_verified: bool = True) -> tuple[Any, s
     return cdp, str(added["authenticatorId"])
 
 
-class BackgroundBroker:
+class BackgroundBroker(ReleaseChecks):
     """A BrokerServer on port 0 in its own thread and event loop, so the test thread can drive a browser."""
 
     def __init__(self, home: StatePaths, clock: StepClock, project: Path) -> None:
@@ -123,18 +124,6 @@ class BackgroundBroker:
         outcome = self.call(self.server.broker.request_access(self.session, "dev", list(names), reason))
         assert outcome.request is not None and outcome.status == "pending"
         return outcome.request
-
-    def status(self, rid: str) -> Status:
-        req = self.server.broker.get_request(rid)
-        assert req is not None
-        return req.status
-
-    def events(self, rid: str) -> list[str]:
-        return [r.event for r in self.server.broker.audit.list(request_id=rid, limit=None, newest_first=False)]
-
-    def assert_nothing_released(self, rid: str) -> None:
-        assert self.status(rid) is Status.PENDING
-        assert not {"approved", "delivered"} & set(self.events(rid))
 
     def enrol_token(self) -> str:
         return FactorStore(self.server.broker.store).new_enrol_token("passkey", needs_proof=False)
