@@ -55,7 +55,7 @@ def front_door(home: StatePaths, cwd: Path) -> subprocess.Popen[bytes]:
 
 
 def test_front_door_exits_when_stdin_closes(home: StatePaths, tmp_path: Path) -> None:
-    write_project(tmp_path / "p", port=free_port())
+    (tmp_path / "p").mkdir()  # no config: nothing to pre-start, only the exit is under test
     proc = front_door(home, tmp_path / "p")
     assert proc.stdin is not None
     proc.stdin.close()

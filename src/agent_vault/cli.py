@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_vault import __version__
 from agent_vault.errors import AgentVaultError
+
+if TYPE_CHECKING:
+    from agent_vault.home import StatePaths
 
 Handler = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -122,12 +125,29 @@ def _handlers() -> dict[str, Handler]:
 
 
 def _mcp(args: argparse.Namespace) -> int:
-    from agent_vault.frontdoor import AgentSession
+    import threading
+
     from agent_vault.home import state_paths
+
+    # The broker (if none runs) starts in parallel with the MCP SDK's import, the slow part of start-up.
+    threading.Thread(target=_prestart, args=(state_paths(),), daemon=True).start()
+    from agent_vault.frontdoor import AgentSession
     from agent_vault.mcp_server import serve_stdio
 
     _arun(serve_stdio(AgentSession(state_paths())))
     return 0
+
+
+def _prestart(paths: StatePaths) -> None:
+    from agent_vault.config import load_config
+    from agent_vault.launcher import prestart
+    from agent_vault.legacy_env import locate_config
+
+    try:
+        port = load_config(locate_config()).port
+    except AgentVaultError:  # no usable config: the first tool call says which file and key
+        return
+    prestart(paths, port)
 
 
 def _serve(args: argparse.Namespace) -> int:

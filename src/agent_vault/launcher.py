@@ -12,10 +12,11 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from agent_vault.client import BrokerClient
-from agent_vault.errors import BrokerUnavailable
+from agent_vault.errors import AgentVaultError, BrokerUnavailable
 from agent_vault.home import StatePaths, private_file
 
 START_TIMEOUT = 20.0
@@ -47,6 +48,18 @@ async def _alive(client: BrokerClient) -> bool:
     except BrokerUnavailable:
         return False
     return True
+
+
+def prestart(paths: StatePaths, port: int | None) -> None:
+    """Start the broker now if none runs, so it loads while the front door imports the MCP SDK.
+
+    Best effort, meant for a background thread: `connect` later waits on the same spawn lock, so
+    there is still never a second broker, and any failure is reported there, not here.
+    """
+    if socket_answers(paths.socket):
+        return
+    with suppress(AgentVaultError, OSError):
+        _spawn_once(paths, port)
 
 
 def _spawn_once(paths: StatePaths, port: int | None) -> None:
