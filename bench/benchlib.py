@@ -367,7 +367,6 @@ class Sandbox:
             self.broker_info.unlink()
 
 
-
 @contextlib.contextmanager
 def sandbox(secrets: int = 20, totp: bool = True) -> Iterator[Sandbox]:
     """A sandbox with one project `p` (`secrets` keys); every broker of it is stopped on exit."""

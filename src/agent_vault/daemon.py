@@ -214,8 +214,11 @@ class BrokerServer:
         )
         self._server = uvicorn.Server(config)
         info = {"pid": os.getpid(), "url": self.url, "version": __version__}
-        private_file(self.paths.broker_info)
-        self.paths.broker_info.write_text(json.dumps(info))
+        # Written whole, then renamed into place: readers never see a half-written file.
+        partial = self.paths.broker_info.with_name(self.paths.broker_info.name + ".tmp")
+        private_file(partial)
+        partial.write_text(json.dumps(info))
+        os.replace(partial, self.paths.broker_info)
         self._task = asyncio.create_task(self._serve(listeners, hub))
         while not self._server.started and not self._task.done():
             await asyncio.sleep(0.005)
