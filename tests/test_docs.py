@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_vault.audit import EVENTS
 from agent_vault.cli import _parser
 from agent_vault.config import Config, VaultConfig, WebhookConfig
 
@@ -66,3 +67,8 @@ def test_readme_starts_with_the_two_commands() -> None:
 def test_every_doc_page_is_linked_from_the_readme() -> None:
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f"(docs/{page.name})" in README, page.name
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_every_audit_event_is_documented(event: str) -> None:
+    assert f"`{event}`" in (ROOT / "docs" / "audit.md").read_text()

@@ -119,6 +119,12 @@ urlPattern = 'https://[a-z.]+\\.test'
     await anyio.to_thread.run_sync(decide_on_page, server.url, first.request.id, "approve", step_clock.next_code())
     got = await server.broker.wait(session, first.request.id, 0)
     assert got.status == "delivered" and got.values["API_KEY"].reveal() == FAKE_KEY
+    # the tunnel's ups and downs are in the audit log
+    with anyio.fail_after(10):
+        while not server.broker.audit.list(event="tunnel_down"):
+            await anyio.sleep(0.02)
+    [up] = server.broker.audit.list(event="tunnel_up")[-1:]
+    assert up.detail["public_url"] == "https://tunnel.example.test" and up.detail["kind"] == "command"
 
 
 async def test_tunnel_command_is_stopped_with_the_broker(home: StatePaths, tmp_path: Path, start_broker: Any) -> None:

@@ -26,7 +26,7 @@ EVENTS = (
     "listed", "requested", "approved", "denied", "auto_approved", "expired", "delivered",
     "written", "write_failed", "window_revoked", "cancelled", "factor_added", "factor_removed",
     "auth_failed", "channel_failed", "webhook_failed", "broker_started",
-    "command_finished", "masked_output",
+    "command_finished", "masked_output", "tunnel_up", "tunnel_down",
 )  # fmt: skip
 OPERATIONS = ("read", "write")
 SCOPES = ("secret", "vault")

@@ -147,6 +147,9 @@ class RemoteAccess:
         if (before.state, before.public_url) != (status.state, status.public_url):
             where = f" at {status.public_url}" if status.public_url else ""
             _say(f"tunnel ({status.kind}) {status.state}{where}: {status.detail}")
+            if status.state in ("up", "down") and before.state != status.state:
+                detail = {"kind": status.kind, "public_url": status.public_url, "detail": status.detail}
+                self._audit_later(AuditEvent(event=f"tunnel_{status.state}", detail=detail))
         self._publish_hosts()
         self._save()
 
@@ -169,6 +172,9 @@ class RemoteAccess:
             detail={"channel": channel.name, "type": channel.type_name, "error": error,
                     "requests": list(notice.request_ids)},
         )  # fmt: skip
+        self._audit_later(event)
+
+    def _audit_later(self, event: AuditEvent) -> None:
         job = asyncio.get_running_loop().run_in_executor(None, self._record, event)  # fsync off the event loop
         self._audit_jobs.add(job)
         job.add_done_callback(self._audit_jobs.discard)
