@@ -209,16 +209,16 @@ class Broker:
             if generate is None:
                 assert values is not None
                 write_values = {n: SecretValue(check_value(n, values.get(n))) for n in checked}
-        else:
-            await self._require_existing(provider, vault, checked)
-            if purpose == "value":
-                refuse_inject_only(vcfg, vault, checked)
+        elif purpose == "value":
+            refuse_inject_only(vcfg, vault, checked)
 
         windowed, ask = self.policy.split(ws.key, vault, checked, operation)
+        if not ask and run is None:
+            return await self._auto_approve(session, vault, windowed, why)  # checks names as it reads
+        if operation is Operation.READ:
+            await self._require_existing(provider, vault, checked)
         if not ask and run is not None:
             return await self._auto_approve_run(session, vault, windowed, why, run, base_env)
-        if not ask:
-            return await self._auto_approve(session, vault, windowed, why, run)
 
         extra = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
         key = (session.id, ws.key, vault, ask, windowed, operation, why, json.dumps(extra, sort_keys=True))
@@ -251,16 +251,7 @@ class Broker:
         return Outcome("pending", req, url=url)
 
     async def _require_existing(self, provider: Any, vault: str, names: Sequence[str]) -> None:
-        available = set(await asyncio.to_thread(provider.list_names))
-        missing = [n for n in names if n not in available]
-        has = getattr(provider, "has", None)  # optional: names beyond the listing (ids, references)
-        if missing and has is not None:
-            missing = [n for n in missing if not await asyncio.to_thread(has, n)]
-        if missing:
-            raise SecretNotFound(
-                f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
-                "Call list_secrets for the exact names; nobody was asked to approve."
-            )
+        await asyncio.to_thread(_require_existing, provider, vault, names)
 
     def _new_request(
         self,
@@ -302,16 +293,20 @@ class Broker:
         """The project's window, never longer than the user's ceiling."""
         return configured if self.max_ttl_minutes is None else min(configured, self.max_ttl_minutes)
 
-    async def _auto_approve(
-        self, session: Session, vault: str, names: tuple[str, ...], reason: str, run: Mapping[str, Any] | None
-    ) -> Outcome:
+    async def _auto_approve(self, session: Session, vault: str, names: tuple[str, ...], reason: str) -> Outcome:
+        """Every name is inside a window: check the names and read them in one trip to a thread."""
         ws = session.workspace
         end = max((self.policy.window_end(ws.key, vault, n) for n in names), default=None, key=_sort_key)
-        values = await self._fetch(ws, vault, names)
+        provider = ws.provider(vault)
+
+        def check_and_read() -> dict[str, SecretValue]:
+            _require_existing(provider, vault, names)
+            return {n: provider.get(n) for n in names}
+
+        values = await asyncio.to_thread(check_and_read)
         await self._audit(
             ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
             scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ,
-            detail={"run": dict(run)} if run else None,
         )  # fmt: skip
         return Outcome("delivered", None, values=values, window_end=end)
 
@@ -558,6 +553,20 @@ class Broker:
             scope=window.scope, window_end=window.ends_at, request_id=window.request_id,
         )  # fmt: skip
         return window
+
+
+def _require_existing(provider: Any, vault: str, names: Sequence[str]) -> None:
+    """Raise SecretNotFound before anyone is asked, for names the provider does not know."""
+    available = set(provider.list_names())
+    missing = [n for n in names if n not in available]
+    has = getattr(provider, "has", None)  # optional: names beyond the listing (ids, references)
+    if missing and has is not None:
+        missing = [n for n in missing if not has(n)]
+    if missing:
+        raise SecretNotFound(
+            f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
+            "Call list_secrets for the exact names; nobody was asked to approve."
+        )
 
 
 def _sort_key(value: datetime | None) -> float:
