@@ -31,7 +31,6 @@ from agent_vault.approvals.request import (
 )
 from agent_vault.approvals.validation import check_names, check_reason, check_value
 from agent_vault.audit import AuditLog
-from agent_vault.config import WEBHOOK_EVENTS as CONFIG_WEBHOOK_EVENTS
 from agent_vault.errors import (
     ApprovalError,
     AuditError,
@@ -55,9 +54,6 @@ from agent_vault.store.sqlite import StateStore, Window
 from agent_vault.workspace import Workspace, env_fingerprint
 
 log = logging.getLogger("agent_vault.broker")
-
-#: events forwarded to webhooks; each sink filters them with its own `events` setting
-WEBHOOK_EVENTS = frozenset(CONFIG_WEBHOOK_EVENTS)
 
 
 @dataclass

@@ -63,12 +63,6 @@ class RequestExpired(ApprovalError):
     code = "expired"
 
 
-class RequestPending(ApprovalError):
-    """Still waiting for the human; carries the request id so the agent can resume."""
-
-    code = "pending"
-
-
 class NotAuthorized(ApprovalError):
     """The approver's proof (passkey, TOTP code, session) was missing or wrong."""
 
@@ -106,7 +100,6 @@ CODES: dict[str, type[AgentVaultError]] = {
         ApprovalError,
         RequestDenied,
         RequestExpired,
-        RequestPending,
         NotAuthorized,
         AuditError,
         BrokerUnavailable,

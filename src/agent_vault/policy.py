@@ -93,7 +93,3 @@ def refuse_inject_only(vault: VaultConfig, name: str, names: Sequence[str]) -> N
             f"{', '.join(inject)} in vault {name!r} can only be used inside a command, never read: "
             f"call run_with_secrets with an env mapping such as {example}."
         )
-
-
-def as_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)

@@ -7,7 +7,6 @@ pickling all hide the value, so an accidental log line or exception shows a mask
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Any, NoReturn
 
@@ -25,10 +24,6 @@ class SecretValue:
     def reveal(self) -> str:
         """The plain value. Call only where the value must leave the product."""
         return self._value
-
-    def fingerprint(self, key: bytes) -> str:
-        """A keyed fingerprint, safe for an audit row: equal values match, nothing leaks."""
-        return hmac.new(key, self._value.encode(), hashlib.sha256).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return _MASK

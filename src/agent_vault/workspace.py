@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from agent_vault.config import Config, VaultConfig, load_config
 from agent_vault.errors import InvalidRequest
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.registry import provider_class
-
-ReportFn = Callable[[str, str], None]
 
 
 class Workspace:

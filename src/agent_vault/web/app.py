@@ -205,7 +205,3 @@ def _run_view(run: Any) -> dict[str, Any] | None:
 
 def _minutes(value: float) -> str:
     return f"{value:g} minute" + ("" if value == 1 else "s")
-
-
-def create_web(broker: Broker) -> ASGIApp:
-    return WebApp(broker).asgi()
