@@ -1,9 +1,10 @@
 """Masked previews of values an agent wants to write, for the approval page.
 
-Enough to sanity-check ("is this the API key I expect?") without showing the value: the
-key-type marker of long values (`sk-`, `ghp_`, `xoxb-`: the part before the first - or _),
-a mask of fixed width (so the length is not given away), and newlines or control characters
-named, since they change what gets stored. No other character of the value is shown.
+Enough to sanity-check ("is this the API key I expect?") without showing the value: a
+well-known key-type marker at the start of a long value (`sk_live_`, `ghp_`, `xoxb-`, `AKIA`;
+only markers from a fixed list, so a password's first letters never show), a mask of fixed
+width (so the length is not given away), and newlines or control characters named, since they
+change what gets stored. No other character of the value is shown.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ from agent_vault.untrusted import has_hidden
 
 _MASK = "•" * 10
 _PREFIX_MIN_LEN = 16
-_MARKER = re.compile(r"[A-Za-z]{1,6}[-_]")
+#: public prefixes that name a credential's kind (Stripe, OpenAI, Anthropic, GitHub, GitLab,
+#: Slack, npm, PyPI, AWS access key ids, SendGrid); anything else shows no prefix at all
+_MARKER = re.compile(
+    r"(?:sk|pk|rk)_(?:live|test)_|sk-ant-|sk-proj-|sk-|gh[pousr]_|github_pat_|glpat-|xox[abpr]-"
+    r"|npm_|pypi-|AKIA|ASIA|SG\."
+)
 
 
 def mask_preview(value: SecretValue) -> str:
