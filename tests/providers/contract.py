@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.errors import ReadOnlyVault, SecretNotFound
+from agent_vault.errors import InvalidRequest, ProviderAuthError, ProviderError, ReadOnlyVault, SecretNotFound
 from agent_vault.providers.base import SecretProvider
 from agent_vault.secret import SecretValue
 
@@ -39,9 +39,31 @@ TRICKY = {
     "empty": "",
 }
 
+#: names with every character a secret name may hold (see approvals/validation.py), one kind each
+ODD_NAMES = (
+    "with space",
+    "dots.and-dashes",
+    "colon:at@plus+",
+    "nested/path/KEY",
+    "UPPER_lower_9",
+)
+
 
 class ProviderContract(abc.ABC):
-    """Tests any provider must pass. Subclasses implement `make_provider`."""
+    """Tests any provider must pass. Subclasses implement `make_provider`.
+
+    Stores differ in which names they can hold: a subclass narrows `odd_names` to the ones its
+    store keeps as written, and lists in `unholdable_names` names a write must refuse (rather
+    than store under another name). `make_denied_provider` returns a provider whose store is
+    reachable but refuses its credentials, where the store can be set up that way.
+    """
+
+    odd_names: tuple[str, ...] = ODD_NAMES
+    unholdable_names: tuple[str, ...] = ()
+
+    def make_denied_provider(self, tmp_path: Path) -> SecretProvider | None:
+        """A provider whose credentials the store refuses; None when that cannot be arranged."""
+        return None
 
     @abc.abstractmethod
     def make_provider(self, tmp_path: Path, names_to_values: dict[str, str], writable: bool) -> SecretProvider:
@@ -129,3 +151,41 @@ class ProviderContract(abc.ABC):
         provider = self.make_provider(tmp_path, seed, False)
         assert provider.list_names() == sorted(seed)
         assert {name: provider.get(name).reveal() for name in seed} == seed
+
+    # --- names --------------------------------------------------------------------------------
+
+    def test_odd_names_seeded(self, tmp_path: Path) -> None:
+        seed = {name: f"fake-odd-value-{i}" for i, name in enumerate(self.odd_names)}
+        provider = self.make_provider(tmp_path, seed, False)
+        assert provider.list_names() == sorted(seed)
+        assert {name: provider.get(name).reveal() for name in seed} == seed
+
+    def test_odd_names_written(self, tmp_path: Path) -> None:
+        provider = self.writable_provider(tmp_path, {})
+        values = {name: f"fake-odd-write-{i}" for i, name in enumerate(self.odd_names)}
+        provider.set_many({name: SecretValue(value) for name, value in values.items()})
+        assert provider.list_names() == sorted(values)
+        assert {name: provider.get(name).reveal() for name in values} == values
+
+    def test_unholdable_names_refused_and_nothing_written(self, tmp_path: Path) -> None:
+        if not self.unholdable_names:
+            pytest.skip("this store holds every valid secret name")
+        provider = self.writable_provider(tmp_path, dict(SEED))
+        for name in self.unholdable_names:
+            with pytest.raises((InvalidRequest, ProviderError)) as caught:
+                provider.set_many({name: SecretValue("fake-unholdable-8888")})
+            assert "fake-unholdable-8888" not in str(caught.value)
+        assert provider.list_names() == sorted(SEED)
+
+    # --- permissions --------------------------------------------------------------------------
+
+    def test_refused_credentials_raise_auth_error_without_values(self, tmp_path: Path) -> None:
+        provider = self.make_denied_provider(tmp_path)
+        if provider is None:
+            pytest.skip("this store cannot be set up to refuse credentials here")
+        for call in (provider.list_names, lambda: provider.get("ALPHA_TOKEN")):
+            with pytest.raises(ProviderAuthError) as caught:
+                call()
+            message = str(caught.value)
+            assert message
+            assert not any(value in message for value in SEED.values())

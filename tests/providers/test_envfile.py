@@ -50,6 +50,10 @@ def base(tmp_path: Path) -> Path:
 
 
 class TestEnvFileContract(ProviderContract):
+    # dotenv keys are letters, digits, '_', '.' and '-' (docs/envfile.md)
+    odd_names = ("dots.and-dashes", "UPPER_lower_9")
+    unholdable_names = ("with space", "colon:at@plus+", "nested/path/KEY")
+
     def make_provider(self, tmp_path: Path, names_to_values: dict[str, str], writable: bool) -> SecretProvider:
         project = tmp_path / "contract"
         project.mkdir(exist_ok=True)

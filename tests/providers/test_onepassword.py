@@ -100,6 +100,11 @@ class TestOnePasswordContract(ProviderContract):
             account.add_item(vault, name, value)
         return make(account, writable=writable, write_vault=vault)
 
+    def make_denied_provider(self, tmp_path: Path) -> SecretProvider:
+        account = FakeAccount()
+        account.add_vault("Contract")
+        return make(account, token="ops_fake-revoked-token-0000")
+
 
 class TestOnePasswordContractWithRealModels(ProviderContract):
     """The same contract, with requests and results as the installed SDK's own pydantic models."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import threading
 from collections.abc import Coroutine
 from types import ModuleType
@@ -22,19 +21,17 @@ from agent_vault.errors import (
     ProviderUnavailable,
     SecretNotFound,
 )
+from agent_vault.providers.extras import import_extra, install_hint
 from agent_vault.untrusted import shown
 
 T = TypeVar("T")
 
-INSTALL_HINT = "the 1password provider needs the onepassword-sdk package: pip install 'agent-vault[onepassword]'"
+INSTALL_HINT = install_hint("1password", "onepassword-sdk", "onepassword")
 
 
 def import_sdk() -> ModuleType:
     """The `onepassword` module, or a ConfigError naming the pip command."""
-    try:
-        return importlib.import_module("onepassword")
-    except ImportError as exc:
-        raise ConfigError(INSTALL_HINT) from exc
+    return import_extra("onepassword", provider_type="1password", package="onepassword-sdk", extra="onepassword")
 
 
 def plain(value: Any) -> Any:
