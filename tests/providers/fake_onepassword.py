@@ -147,6 +147,12 @@ NO_PERMISSION = "you don't have the right permissions to access this resource"
 RESOLVE = "error resolving secret reference: "
 NOT_FOUND = "resource not found"
 STALE = "The submitted item is not up to date. Refetch the item and retry the request."
+# desktop-app sign-in (onepassword/desktop_core.py)
+DESKTOP_MISSING = "1Password desktop application not found"
+DESKTOP_CLOSED = (
+    "desktop app connection channel is closed. Make sure Settings > Developer > Integrate with other apps is "
+    "enabled, or contact 1Password support"
+)
 _REF_CHARS = re.compile(r"[A-Za-z0-9_. -]+")
 
 
@@ -177,6 +183,11 @@ class FakeAccount:
     """What the service account sees; tests seed it, break it and inspect it."""
 
     token: str = "ops_fake-service-account-token-0000"
+    #: the account the desktop app is signed in to; how the app answers: running, closed or missing
+    desktop_account: str = "fake-family"
+    desktop_app: str = "running"
+    #: the DesktopAuth objects sign-ins were made with
+    desktop_sign_ins: list[Any] = field(default_factory=list)
     vaults: dict[str, str] = field(default_factory=dict)  # id -> title
     items: dict[str, _Stored] = field(default_factory=dict)  # id -> item
     #: vault ids the service account may read but not write
@@ -317,6 +328,13 @@ class Items:
         return _item(self._sdk, stored)
 
 
+class DesktopAuth:
+    """As `onepassword.DesktopAuth`: which desktop-app account to sign in to."""
+
+    def __init__(self, account_name: str):
+        self.account_name = account_name
+
+
 class Client:
     """As `onepassword.Client`: made only by `authenticate`."""
 
@@ -329,9 +347,17 @@ class Client:
     async def authenticate(cls, auth: Any, integration_name: str, integration_version: str) -> Client:
         account: FakeAccount = cls._sdk.account
         await account.enter("authenticate")
-        if not isinstance(auth, str) or not auth.startswith("ops_"):
+        if isinstance(auth, cls._sdk.DesktopAuth):
+            account.desktop_sign_ins.append(auth)
+            if account.desktop_app == "missing":
+                raise FileNotFoundError(DESKTOP_MISSING)
+            if account.desktop_app == "closed":
+                raise RuntimeError(DESKTOP_CLOSED)
+            if auth.account_name != account.desktop_account:
+                raise Exception(f"fake: no account {auth.account_name} in the desktop app")  # real text unknown
+        elif not isinstance(auth, str) or not auth.startswith("ops_"):
             raise Exception(BAD_TOKEN_FORMAT)
-        if auth != account.token:
+        elif auth != account.token:
             raise Exception(BAD_TOKEN)
         client = cls()
         client.secrets, client.items, client.vaults = Secrets(cls._sdk), Items(cls._sdk), Vaults(cls._sdk)
@@ -348,6 +374,7 @@ def make_sdk(account: FakeAccount, types: Any = None) -> Any:
     sdk.Client = type("Client", (Client,), {"_sdk": sdk})
     sdk.Secrets, sdk.Items, sdk.Vaults = Secrets, Items, Vaults
     sdk.RateLimitExceededException = RateLimitExceededException
+    sdk.DesktopAuth = types.DesktopAuth if types is not None else DesktopAuth
     return sdk
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import importlib
 import inspect
 import json
 import os
@@ -58,11 +59,14 @@ def make(
     vault_ids: tuple[str, ...] = (),
     write_vault: str | None = None,
     category: str = "login",
-    token: str = TOKEN,
+    token: str | None = TOKEN,
+    desktop_account: str | None = None,
     sdk: Any = None,
 ) -> OnePasswordProvider:
     write = OnePasswordWriteOptions(vault_id=write_vault, category=category) if write_vault else None
-    options = OnePasswordOptions(service_account_token=token, vault_ids=vault_ids, write=write)
+    if desktop_account is not None:
+        token = None
+    options = OnePasswordOptions(service_account_token=token, account=desktop_account, vault_ids=vault_ids, write=write)
     context = ProviderContext(vault="team", base_dir=Path("/nonexistent"), writable=writable)
     return OnePasswordProvider(options, context, sdk=sdk if sdk is not None else fake.make_sdk(account))
 
@@ -652,7 +656,6 @@ def test_config_errors_name_the_key_and_never_the_token(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path, ENV)
     message = str(caught.value)
-    assert "vaults.dev.serviceAccountToken: required key is missing" in message
     assert "vaults.dev.vaultID: unknown key. Fix: did you mean `vaultIds`?" in message
     path.write_text(json.dumps({"vaults": {"dev": {"type": "1password", "serviceAccountToken": ["ops_SECRET_x"]}}}))
     with pytest.raises(ConfigError) as caught:
@@ -753,6 +756,10 @@ def test_the_fake_has_the_real_sdks_shapes() -> None:
         real_values = {member.value for member in getattr(real, enum_class.__name__)}
         assert {member.value for member in enum_class} <= real_values, enum_class.__name__
     assert real.RateLimitExceededException.__name__ == fake.RateLimitExceededException.__name__
+    assert _shape(real.DesktopAuth.__init__) == _shape(fake.DesktopAuth.__init__)
+    real_desktop = inspect.getsource(importlib.import_module("onepassword.desktop_core"))
+    assert fake.DESKTOP_MISSING in real_desktop
+    assert fake.DESKTOP_CLOSED.split(". ")[0] in real_desktop
 
 
 def test_the_provider_uses_only_what_the_sdk_has() -> None:
@@ -838,3 +845,74 @@ def _live_delete(provider: OnePasswordProvider, vault_id: str, title: str) -> No
                 await client.items.delete(vault_id, item.id)
 
     provider._run(delete())
+
+
+# --- signing in through the desktop app ------------------------------------------------------------------------
+
+
+class TestOnePasswordDesktopContract(ProviderContract):
+    """The whole contract with `account` (desktop-app sign-in) instead of a service account token."""
+
+    def make_provider(self, tmp_path: Path, names_to_values: dict[str, str], writable: bool) -> SecretProvider:
+        account = FakeAccount()
+        vault = account.add_vault("Contract")
+        for name, value in names_to_values.items():
+            account.add_item(vault, name, value)
+        return make(account, writable=writable, write_vault=vault, desktop_account="fake-family")
+
+
+def test_desktop_sign_in_passes_the_account_to_the_sdks_desktop_auth(account: FakeAccount) -> None:
+    real = pytest.importorskip("onepassword")
+    vault = account.add_vault("Dev")
+    account.add_item(vault, "API_KEY", VALUE)
+    provider = make(account, desktop_account="fake-family", sdk=fake.make_sdk(account, types=real))
+    assert provider.get("API_KEY").reveal() == VALUE
+    [auth] = account.desktop_sign_ins
+    assert isinstance(auth, real.DesktopAuth) and auth.account_name == "fake-family"
+
+
+@pytest.mark.parametrize(
+    ("app", "kind", "fix"),
+    [
+        ("missing", ProviderUnavailable, "install 1Password"),
+        ("closed", ProviderUnavailable, "Integrate with other apps"),
+    ],
+)
+def test_desktop_app_problems_name_the_fix(account: FakeAccount, app: str, kind: type[Exception], fix: str) -> None:
+    account.add_vault("Dev")
+    account.desktop_app = app
+    with pytest.raises(kind) as caught:
+        make(account, desktop_account="fake-family").list_names()
+    assert fix in str(caught.value)
+    assert "serviceAccountToken" not in str(caught.value) or app == "missing"
+
+
+def test_desktop_sign_in_to_an_unknown_account_withholds_the_sdks_text(account: FakeAccount) -> None:
+    account.add_vault("Dev")
+    with pytest.raises(ProviderError) as caught:
+        make(account, desktop_account="fake-other").list_names()
+    assert "fake: no account" not in str(caught.value)
+    assert caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [{}, {"serviceAccountToken": "env:OP_DEV_TOKEN", "account": "fake-family"}],
+    ids=["neither", "both"],
+)
+def test_exactly_one_way_to_sign_in(tmp_path: Path, keys: dict[str, str]) -> None:
+    path = tmp_path / "agent-vault.config.json"
+    path.write_text(json.dumps({"vaults": {"dev": {"type": "1password", **keys}}}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV)
+    message = str(caught.value)
+    assert "exactly one way to sign in" in message and "vaults.dev" in message
+    assert not any(secret in message for secret in ENV.values())
+
+
+def test_a_desktop_config_loads_without_a_token(tmp_path: Path) -> None:
+    path = tmp_path / "agent-vault.toml"
+    path.write_text('[vaults.mine]\ntype = "1password"\naccount = "fake-family"\n')
+    options = load_config(path, {}).vaults["mine"].options
+    assert isinstance(options, OnePasswordOptions)
+    assert options.account == "fake-family" and options.service_account_token is None

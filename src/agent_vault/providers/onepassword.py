@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from agent_vault import __version__
 from agent_vault.errors import (
@@ -102,11 +102,18 @@ class OnePasswordOptions(ProviderOptions):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    service_account_token: str = Field(
+    service_account_token: str | None = Field(
+        default=None,
         alias="serviceAccountToken",
         min_length=1,
         repr=False,
         description='a 1Password service account token, normally "env:OP_SERVICE_ACCOUNT_TOKEN"',
+    )
+    account: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the account to sign in to through the 1Password desktop app (its name or ID), "
+        "instead of a service account token",
     )
     vault_ids: tuple[str, ...] = Field(
         default=(), alias="vaultIds", description="1Password vault IDs to expose; empty or absent means all accessible"
@@ -114,6 +121,15 @@ class OnePasswordOptions(ProviderOptions):
     write: OnePasswordWriteOptions | None = Field(
         default=None, description="a table with `vaultId` (and optionally `category`); needed when writable"
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_sign_in(self) -> OnePasswordOptions:
+        if (self.service_account_token is None) == (self.account is None):
+            raise ValueError(
+                'give exactly one way to sign in: serviceAccountToken = "env:OP_SERVICE_ACCOUNT_TOKEN" '
+                '(a service account), or account = "<account name>" (the 1Password desktop app)'
+            )
+        return self
 
 
 class OnePasswordProvider:
@@ -129,7 +145,8 @@ class OnePasswordProvider:
     def __init__(self, options: ProviderOptions, context: ProviderContext, *, sdk: ModuleType | None = None) -> None:
         if not isinstance(options, OnePasswordOptions):
             raise ConfigError(
-                f'vault {context.vault!r}: the 1password provider needs `serviceAccountToken = "env:VAR"`.'
+                f'vault {context.vault!r}: the 1password provider needs `serviceAccountToken = "env:VAR"` '
+                'or `account = "<account name>"`.'
             )
         if context.writable and options.write is None:
             raise ConfigError(
@@ -139,6 +156,8 @@ class OnePasswordProvider:
             )
         self._vault = context.vault
         self._options = options
+        #: signing in through the desktop app rather than with a service account token
+        self._desktop = options.account is not None
         #: where writes go; None when the vault is not writable
         self._write = options.write if context.writable else None
         self._sdk = sdk if sdk is not None else _import_sdk()
@@ -220,7 +239,7 @@ class OnePasswordProvider:
         except Exception as exc:
             if classify(exc) == "auth":
                 self._client = None  # sign in afresh next time
-            raise translate(exc, self._vault, action, name) from safe_cause(exc)
+            raise translate(exc, self._vault, action, name, desktop=self._desktop) from safe_cause(exc)
 
     async def _signed_in(self) -> Any:
         """The SDK client, signed in once and reused; a failed sign-in is tried again next call."""
@@ -229,13 +248,14 @@ class OnePasswordProvider:
         async with self._client_lock:
             if self._client is None:
                 try:
+                    account = self._options.account
                     self._client = await self._sdk.Client.authenticate(
-                        auth=self._options.service_account_token,
+                        auth=self._sdk.DesktopAuth(account) if account else self._options.service_account_token,
                         integration_name=INTEGRATION_NAME,
                         integration_version=__version__,
                     )
                 except Exception as exc:
-                    raise translate(exc, self._vault, "sign in", None) from safe_cause(exc)
+                    raise translate(exc, self._vault, "sign in", None, desktop=self._desktop) from safe_cause(exc)
             return self._client
 
     # --- listing ------------------------------------------------------------------------------

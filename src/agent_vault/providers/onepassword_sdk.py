@@ -84,6 +84,8 @@ class LoopThread:
 
 _KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rate_limit", ("rate limit",)),
+    ("desktop_missing", ("desktop application not found",)),
+    ("desktop_closed", ("connection channel is closed", "unexpectedly dropped by the desktop app")),
     (
         "auth",
         (
@@ -166,9 +168,35 @@ def not_found(vault: str, name: str) -> SecretNotFound:
     )
 
 
-def translate(exc: BaseException, vault: str, action: str, name: str | None) -> AgentVaultError:
-    """Our error for an SDK failure while doing `action` (for `name`, if one was asked for)."""
+def translate(
+    exc: BaseException, vault: str, action: str, name: str | None, *, desktop: bool = False
+) -> AgentVaultError:
+    """Our error for an SDK failure while doing `action` (for `name`, if one was asked for).
+
+    `desktop`: the provider signs in through the 1Password desktop app rather than a token.
+    """
     kind = classify(exc)
+    if kind == "desktop_missing":
+        return ProviderUnavailable(
+            f"vault {vault!r}: the 1Password desktop app is not installed on this machine (the vault signs "
+            "in with `account`). Fix: install 1Password and sign in, or use a service account "
+            "(serviceAccountToken) instead."
+        )
+    if kind == "desktop_closed":
+        return ProviderUnavailable(
+            f"vault {vault!r}: the 1Password desktop app did not answer. Fix: start and unlock 1Password, "
+            "turn on Settings > Developer > Integrate with other apps, then try again."
+        )
+    if kind == "auth" and desktop:
+        return ProviderAuthError(
+            f"vault {vault!r}: the 1Password desktop app refused or ended the session for `account`. "
+            "Fix: unlock 1Password, check the account name, allow agent-vault when the app asks, and try again."
+        )
+    if kind == "permission" and desktop:
+        return ProviderAuthError(
+            f"vault {vault!r}: your 1Password account may not {action}. "
+            "Fix: check your access to that vault in 1Password (write access for writes)."
+        )
     if kind == "auth":
         return ProviderAuthError(
             f"vault {vault!r}: 1Password did not accept the service account token (serviceAccountToken). "
