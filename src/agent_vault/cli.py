@@ -6,7 +6,6 @@ Nothing here prints to stdout in front-door mode: stdout is the MCP channel.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,13 +14,16 @@ from agent_vault import __version__
 from agent_vault.errors import AgentVaultError
 
 if TYPE_CHECKING:
-    from agent_vault.home import StatePaths
+    import argparse
 
-Handler = Callable[[argparse.Namespace], int]
+
+Handler = Callable[["argparse.Namespace"], int]
 T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="agent-vault",
         description="A human between your AI coding agent and your secrets. With no command: the MCP server.",
@@ -92,14 +94,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in ([], ["mcp"]):  # what MCP clients run: no argparse on the way to the first answer
+        return _guarded(lambda: _mcp(None))
     args = _parser().parse_args(argv)
     command = args.command or "mcp"
     handler = _handlers().get(command)
     if handler is None:
         _parser().print_help(sys.stderr)
         return 2
+    return _guarded(lambda: handler(args))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Run `command`; our errors become one line on stderr and exit status 1."""
     try:
-        return handler(args)
+        return command()
     except AgentVaultError as exc:
         print(f"agent-vault: {exc}", file=sys.stderr)
         return 1
@@ -124,25 +134,53 @@ def _handlers() -> dict[str, Handler]:
     }
 
 
-def _mcp(args: argparse.Namespace) -> int:
+def _mcp(args: argparse.Namespace | None) -> int:
     import threading
 
-    from agent_vault.home import state_paths
+    from agent_vault import mcp_opening
 
-    # The broker (if none runs) starts in parallel with the MCP SDK's import, the slow part of start-up.
-    threading.Thread(target=_prestart, args=(state_paths(),), daemon=True).start()
+    if not mcp_opening.enabled():
+        threading.Thread(target=_prestart, daemon=True).start()
+        return _serve_mcp(None)
+    # Answer the session's opening from the SDK's recorded replies while, in the background, the
+    # SDK loads and the broker (if none runs) starts. Everything the first answer needs is ready
+    # before those threads start, and they yield the interpreter every 0.5 ms meanwhile.
+    opening = mcp_opening.Opening(mcp_opening.claim_stdio(), mcp_opening.Replies.load())
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    threading.Thread(target=_prestart, daemon=True).start()
+    loading = threading.Thread(target=_load_mcp_server, daemon=True)
+    loading.start()
+    try:
+        if not opening.serve():
+            return 0  # the client left before it needed the real server
+        loading.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return _serve_mcp(opening.hand_over())
+
+
+def _serve_mcp(streams: tuple[Any, Any] | None) -> int:
     from agent_vault.frontdoor import AgentSession
+    from agent_vault.home import state_paths
     from agent_vault.mcp_server import serve_stdio
 
-    _arun(serve_stdio(AgentSession(state_paths())))
+    _arun(serve_stdio(AgentSession(state_paths()), streams))
     return 0
 
 
-def _prestart(paths: StatePaths) -> None:
+def _load_mcp_server() -> None:
+    import agent_vault.frontdoor
+    import agent_vault.mcp_server  # noqa: F401 (the import is the slow part being overlapped)
+
+
+def _prestart() -> None:
     from agent_vault.config import load_config
+    from agent_vault.home import state_paths
     from agent_vault.launcher import prestart
     from agent_vault.legacy_env import locate_config
 
+    paths = state_paths()
     try:
         port = load_config(locate_config()).port
     except AgentVaultError:  # no usable config: the first tool call says which file and key

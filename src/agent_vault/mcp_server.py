@@ -340,8 +340,12 @@ def _progress(ctx: Context) -> Callable[[float, float, str], Awaitable[None]]:
     return report
 
 
-async def serve_stdio(agent: AgentSession) -> None:
-    """Serve MCP on stdin/stdout until stdin closes; on SIGTERM/SIGINT, answer waiting calls first."""
+async def serve_stdio(agent: AgentSession, streams: tuple[Any, Any] | None = None) -> None:
+    """Serve MCP on stdin/stdout until stdin closes; on SIGTERM/SIGINT, answer waiting calls first.
+
+    `streams`: a (stdin, stdout) pair of text files to serve instead of the process's own, as
+    handed over by `mcp_opening` after it answered the session's opening messages.
+    """
     import signal
 
     import anyio
@@ -351,7 +355,15 @@ async def serve_stdio(agent: AgentSession) -> None:
         async with anyio.create_task_group() as tg:
 
             async def run() -> None:
-                await server.run_stdio_async()
+                if streams is None:
+                    await server.run_stdio_async()
+                else:
+                    from mcp.server.stdio import stdio_server
+
+                    stdin, stdout = streams
+                    lowlevel = server._lowlevel_server  # what run_stdio_async runs, on our streams
+                    async with stdio_server(anyio.wrap_file(stdin), anyio.wrap_file(stdout)) as (read, write):
+                        await lowlevel.run(read, write, lowlevel.create_initialization_options())
                 tg.cancel_scope.cancel()
 
             tg.start_soon(run)
