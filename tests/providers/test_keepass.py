@@ -392,13 +392,13 @@ def test_a_failure_while_writing_the_temp_file_leaves_the_database_as_it_was(
 ) -> None:
     provider = make(db, writable=True)
     assert provider.get("API_KEY").reveal() == "fake-api-1111"
-    real = keepass._write_and_sync
+    real = keepass.write_and_sync
 
     def half_then_fail(fd: int, data: bytes, mode: int) -> None:
         real(fd, data[: len(data) // 2], mode)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(keepass, "_write_and_sync", half_then_fail)
+    monkeypatch.setattr(keepass, "write_and_sync", half_then_fail)
     with pytest.raises(ProviderError) as caught:
         provider.set_many({"API_KEY": SecretValue("fake-lost-1"), "NEW": SecretValue("fake-lost-2")})
     assert "the database is unchanged" in str(caught.value)
@@ -408,7 +408,7 @@ def test_a_failure_while_writing_the_temp_file_leaves_the_database_as_it_was(
     # the half-applied change in memory was dropped: the provider reads the file again
     assert provider.get("API_KEY").reveal() == "fake-api-1111"
     assert "NEW" not in provider.list_names()
-    monkeypatch.setattr(keepass, "_write_and_sync", real)
+    monkeypatch.setattr(keepass, "write_and_sync", real)
     provider.set_many({"API_KEY": SecretValue("fake-after-1")})
     assert make(db).get("API_KEY").reveal() == "fake-after-1"
 

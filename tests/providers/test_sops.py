@@ -169,7 +169,7 @@ def test_listing_is_cached_per_version_of_the_file(
     log = tmp_path / "argv.log"
     wrapper = recording_wrapper(tmp_path / "bin", "sops", sops_program(), log)
     # every stamp counts as trusted: files written by a test are always fresh (see envfile's racy rule)
-    monkeypatch.setattr(sops_module, "_trusted_stamp", lambda st: (st.st_ino, st.st_size, st.st_mtime_ns))
+    monkeypatch.setattr(sops_module, "trusted_stamp", lambda st: (st.st_ino, st.st_size, st.st_mtime_ns))
     path = new_file(tmp_path, "dotenv", {"A": "fake-a"}, key)
     provider = make(path, key, writable=True, sops_binary=str(wrapper))
     runs = lambda: log.read_bytes().count(b"\0decrypt\0") if log.exists() else 0  # noqa: E731

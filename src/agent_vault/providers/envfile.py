@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import stat
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
@@ -24,13 +22,11 @@ from agent_vault.errors import ConfigError, ProviderError, ReadOnlyVault, Secret
 from agent_vault.providers import dotenv_format
 from agent_vault.providers.base import ProviderContext, ProviderOptions
 from agent_vault.providers.dotenv_format import Document
+from agent_vault.providers.files import fsync_directory, lock_directory, read_all, trusted_stamp, write_and_sync
 from agent_vault.secret import SecretValue
 
 log = logging.getLogger(__name__)
 
-#: a file changed less than this long ago may change again within the same timestamp tick,
-#: so its cached parse is not trusted (git's "racy clean" rule)
-_RACY_NS = 2_000_000_000
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _EMPTY = Document(())
 
@@ -175,7 +171,7 @@ class EnvFileProvider:
             os.close(fd)
 
     def _cached(self, path: Path, st: os.stat_result) -> _Snapshot | None:
-        stamp = _trusted_stamp(st)
+        stamp = trusted_stamp(st)
         with self._cache_lock:
             cached = self._snapshot
         if stamp and cached is not None and (cached.path, cached.stamp) == (path, stamp):
@@ -199,15 +195,15 @@ class EnvFileProvider:
         cached = self._cached(path, st)
         if cached is not None:
             return cached
-        data = _read_all(fd)
+        data = read_all(fd)
         with self._cache_lock:
             previous = self._snapshot
         if previous is not None and previous.path == path and previous.data == data:
-            snapshot = replace(previous, stamp=_trusted_stamp(st))
+            snapshot = replace(previous, stamp=trusted_stamp(st))
         else:
             document = dotenv_format.parse_document(self._decode(path, data))
             self._report(path, document.problems)
-            snapshot = _Snapshot(path, _trusted_stamp(st), data, document, document.values)
+            snapshot = _Snapshot(path, trusted_stamp(st), data, document, document.values)
         with self._cache_lock:
             self._snapshot = snapshot
         return snapshot
@@ -232,7 +228,7 @@ class EnvFileProvider:
 
     def _write(self, values: dict[str, str]) -> None:
         path = self._real_path()
-        lock = _lock_directory(path.parent, self._vault)
+        lock = lock_directory(path.parent, self._vault)
         try:
             st = self._stat_regular(path)
             snapshot = self._read(path)
@@ -253,7 +249,7 @@ class EnvFileProvider:
         except OSError as exc:
             raise ProviderError(f"vault {self._vault!r}: cannot write in {path.parent} ({exc.strerror}).") from None
         try:
-            _write_and_sync(fd, data, mode)
+            write_and_sync(fd, data, mode)
             os.replace(tmp, path)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -264,7 +260,7 @@ class EnvFileProvider:
                 ) from None
             raise
         try:
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
         except OSError as exc:
             raise ProviderError(
                 f"vault {self._vault!r}: {path} was written, but its directory could not be flushed "
@@ -273,63 +269,6 @@ class EnvFileProvider:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _trusted_stamp(st: os.stat_result) -> tuple[int, ...]:
-    """What identifies one version of a file; a just-modified file never matches a cached stamp."""
-    changed = max(st.st_mtime_ns, st.st_ctime_ns)
-    if time.time_ns() - changed < _RACY_NS:
-        return ()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _lock_directory(directory: Path, vault: str) -> int:
-    """An exclusive flock on the file's directory, held across read-modify-write.
-
-    The directory, not the file: the file is replaced on every write, so a lock on it would
-    be a lock on an inode that is about to disappear.
-    """
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ProviderError(f"vault {vault!r}: cannot open directory {directory} ({exc.strerror}).") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _write_and_sync(fd: int, data: bytes, mode: int) -> None:
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; a filesystem that cannot fsync a directory is accepted."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _describe(mode: int) -> str:

@@ -38,10 +38,10 @@ from agent_vault.errors import (
     SecretNotFound,
 )
 from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.extras import import_extra, install_hint
 
 # the env provider's file primitives: stat identity, whole-file read, synced write, durable rename
-from agent_vault.providers.envfile import _fsync_directory, _read_all, _trusted_stamp, _write_and_sync
-from agent_vault.providers.extras import import_extra, install_hint
+from agent_vault.providers.files import fsync_directory, read_all, trusted_stamp, write_and_sync
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
 
@@ -335,10 +335,10 @@ class KeePassProvider:
             raise ProviderError(f"vault {self._vault!r}: cannot open {path} ({exc.strerror}).") from None
         try:
             st = os.fstat(fd)  # before reading: a change made while we read gives a newer stamp later
-            stamp = _trusted_stamp(st)
+            stamp = trusted_stamp(st)
             if state is not None and stamp and (state.path, state.stamp) == (path, stamp):
                 return state
-            data = _read_all(fd)
+            data = read_all(fd)
         finally:
             os.close(fd)
         if state is not None and state.path == path and state.data == data:
@@ -595,7 +595,7 @@ class KeePassProvider:
         except OSError as exc:
             raise ProviderError(f"vault {self._vault!r}: cannot write in {path.parent} ({exc.strerror}).") from None
         try:
-            _write_and_sync(fd, data, mode)
+            write_and_sync(fd, data, mode)
             if self._bytes_of(path) != state.data:
                 raise _ChangedWhileSaving
             os.replace(tmp, path)
@@ -608,7 +608,7 @@ class KeePassProvider:
                 ) from None
             raise
         try:
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
         except OSError as exc:
             raise ProviderError(
                 f"vault {self._vault!r}: {path} was saved, but its directory could not be flushed "
@@ -621,7 +621,7 @@ class KeePassProvider:
         except FileNotFoundError:
             return None
         try:
-            return _read_all(fd)
+            return read_all(fd)
         finally:
             os.close(fd)
 

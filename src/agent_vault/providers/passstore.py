@@ -26,7 +26,7 @@ from agent_vault.errors import (
 )
 from agent_vault.providers.base import ProviderContext, ProviderOptions
 from agent_vault.providers.cli_tool import Rule, Tool, ToolFailed, environment, run
-from agent_vault.providers.envfile import _lock_directory
+from agent_vault.providers.files import lock_directory
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
 
@@ -168,7 +168,7 @@ class PassProvider:
             return
         self._require_store()
         with self._write_lock:
-            lock = _lock_directory(self._store, self._vault)
+            lock = lock_directory(self._store, self._vault)
             try:
                 entries = {name: self._new_entry(name, value) for name, value in plain.items()}
                 self._insert_all(entries)

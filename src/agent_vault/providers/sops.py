@@ -33,7 +33,7 @@ from agent_vault.errors import (
 )
 from agent_vault.providers.base import ProviderContext, ProviderOptions
 from agent_vault.providers.cli_tool import Completed, Rule, Tool, ToolFailed, environment, run
-from agent_vault.providers.envfile import _fsync_directory, _lock_directory, _trusted_stamp, _write_and_sync
+from agent_vault.providers.files import fsync_directory, lock_directory, trusted_stamp, write_and_sync
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
 
@@ -177,7 +177,7 @@ class SopsProvider:
         st = self._stat()
         if st is None:
             return self._absent()
-        stamp = _trusted_stamp(st)
+        stamp = trusted_stamp(st)
         with self._lock:
             cached = self._listing
         if stamp and cached is not None and cached.stamp == stamp:
@@ -190,7 +190,7 @@ class SopsProvider:
         if st is None:
             self._absent()
             raise self._not_found(name)
-        value = self._remember(self._decrypt(), _trusted_stamp(st)).get(name)
+        value = self._remember(self._decrypt(), trusted_stamp(st)).get(name)
         if value is None:
             raise self._not_found(name)
         return SecretValue(value)
@@ -220,7 +220,7 @@ class SopsProvider:
             return
         with self._write_lock:
             target = Path(os.path.realpath(self._path))
-            lock = _lock_directory(target.parent, self._vault)
+            lock = lock_directory(target.parent, self._vault)
             try:
                 st = self._stat()
                 if st is None:
@@ -348,7 +348,7 @@ class SopsProvider:
         tmp = self._temp_beside(target)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-            _write_and_sync(fd, encrypted, 0o600)  # sops must be able to rewrite it; the mode is set last
+            write_and_sync(fd, encrypted, 0o600)  # sops must be able to rewrite it; the mode is set last
             del encrypted
             tree = self._decrypt(tmp)  # the very bytes being changed
             self._place(tree, values)  # refuse before changing anything
@@ -380,7 +380,7 @@ class SopsProvider:
         tmp = self._temp_beside(target)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-            _write_and_sync(fd, encrypted, 0o600)
+            write_and_sync(fd, encrypted, 0o600)
             os.replace(tmp, target)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -410,7 +410,7 @@ class SopsProvider:
 
     def _sync_directory(self, target: Path) -> None:
         try:
-            _fsync_directory(target.parent)
+            fsync_directory(target.parent)
         except OSError as exc:
             raise ProviderError(
                 f"vault {self._vault!r}: {target} was written, but its directory could not be flushed "
