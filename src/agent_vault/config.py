@@ -49,6 +49,8 @@ Loc = tuple[str | int, ...]
 _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 _CREDENTIAL_KEYS = frozenset({"serviceaccounttoken", "ngrokauthtoken", "authorization", "signingsecret"})
 _CREDENTIAL_WORDS = ("token", "secret", "password", "key")
+#: keys that contain one of those words but name a file or an identifier, never a credential
+_NOT_CREDENTIAL_KEYS = frozenset({"keyfile", "agekeyfile", "kmskeyid"})
 _EXAMPLE = '[vaults.local]\ntype = "env"\nfile = ".env.secrets"\nttl = 15\n'
 
 
@@ -579,6 +581,8 @@ def _field_description(loc: Loc, raw: dict[str, Any]) -> str | None:
 
 def _is_credential_key(key: str) -> bool:
     lowered = key.lower()
+    if lowered in _NOT_CREDENTIAL_KEYS:
+        return False
     return lowered in _CREDENTIAL_KEYS or any(word in lowered for word in _CREDENTIAL_WORDS)
 
 

@@ -1,0 +1,26 @@
+"""`config check`'s redacted view of real provider sections: credentials hidden, paths and IDs shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent_vault.config import load_config, redacted_view
+
+
+def test_paths_and_ids_named_like_keys_are_shown_credentials_are_not(tmp_path: Path) -> None:
+    path = tmp_path / "agent-vault.toml"
+    path.write_text(
+        '[vaults.kp]\ntype = "keepass"\nfile = "team.kdbx"\nkeyFile = "team.keyx"\npassword = "env:KP_PASS"\n'
+        '[vaults.cloud]\ntype = "aws"\nregion = "eu-west-1"\nkmsKeyId = "alias/agents"\n'
+        'accessKeyId = "env:AWS_ID"\nsecretAccessKey = "env:AWS_SECRET"\n'
+    )
+    view = redacted_view(
+        load_config(path, {"KP_PASS": "fake-hidden-1", "AWS_ID": "AKIAFAKE", "AWS_SECRET": "fake-hidden-2"})
+    )
+    dumped = json.dumps(view)
+    assert "fake-hidden" not in dumped and "AKIAFAKE" not in dumped
+    assert view["vaults"]["kp"]["keyFile"] == "team.keyx"
+    assert view["vaults"]["kp"]["password"] == "<redacted: from env:KP_PASS>"
+    assert view["vaults"]["cloud"]["kmsKeyId"] == "alias/agents"
+    assert view["vaults"]["cloud"]["secretAccessKey"] == "<redacted: from env:AWS_SECRET>"
