@@ -123,18 +123,8 @@ class TestPassWholeEntryContract(_PassContract):
 class TestPassFirstLineContract(_PassContract):
     """The default mode: the contract, with the two value tests stated for first lines."""
 
-    @pytest.mark.parametrize("case", sorted(TRICKY))
-    def test_tricky_values_round_trip(self, tmp_path: Path, case: str) -> None:
-        provider = self.writable_provider(tmp_path, dict(SEED))
-        value = TRICKY[case]
-        if "\n" not in value:
-            super().test_tricky_values_round_trip(tmp_path, case)
-            return
-        with pytest.raises(InvalidRequest) as caught:
-            provider.set_many({"TRICKY": SecretValue(value), "ALPHA_TOKEN": SecretValue(value)})
-        assert value not in str(caught.value) and "firstLine" in str(caught.value)
-        assert provider.list_names() == sorted(SEED)
-        assert provider.get("ALPHA_TOKEN").reveal() == SEED["ALPHA_TOKEN"]
+    # a first line cannot hold a newline: those writes are refused
+    refused_values = tuple(case for case, value in TRICKY.items() if "\n" in value)
 
     def test_tricky_values_seeded(self, tmp_path: Path) -> None:
         seed = {f"K_{case}": value for case, value in TRICKY.items()}
