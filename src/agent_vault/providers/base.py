@@ -50,7 +50,9 @@ class SecretProvider(Protocol):
         ...
 
     # Optional: `has(name) -> bool` for names a provider accepts beyond `list_names()` (item ids,
-    # op:// references). The broker calls it, without reading a value, before asking anyone.
+    # op:// references, keys inside a structured secret). The broker calls it before asking anyone;
+    # it returns only whether the name exists (a store may have to read the secret to know, but the
+    # value goes no further).
 
     def supports_write(self) -> bool:
         """Whether `set_many` can work for this provider at all."""
