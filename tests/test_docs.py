@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 
 from agent_vault.audit import EVENTS
 from agent_vault.cli import _parser
-from agent_vault.config import Config, VaultConfig, WebhookConfig
+from agent_vault.config import Config, VaultConfig, WebhookConfig, load_config
+from agent_vault.providers.registry import provider_entry_points
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -72,3 +74,22 @@ def test_every_doc_page_is_linked_from_the_readme() -> None:
 @pytest.mark.parametrize("event", EVENTS)
 def test_every_audit_event_is_documented(event: str) -> None:
     assert f"`{event}`" in (ROOT / "docs" / "audit.md").read_text()
+
+
+PROVIDERS_DOC = (ROOT / "docs" / "providers.md").read_text()
+
+
+@pytest.mark.parametrize("type_name", sorted(provider_entry_points()))
+def test_every_provider_is_in_the_readme_table_and_has_a_section(type_name: str) -> None:
+    assert re.search(rf"^\| `{re.escape(type_name)}`", README, re.M) or f"/ `{type_name}` |" in README
+    headings = re.findall(r"^## (.*)$", PROVIDERS_DOC, re.M)
+    assert any(f"`{type_name}`" in h for h in headings) or f"(or `{type_name}`)" in PROVIDERS_DOC
+
+
+@pytest.mark.parametrize("block", re.findall(r"```toml\n(.*?)```", PROVIDERS_DOC, re.S))
+def test_every_provider_config_example_loads(block: str, tmp_path: Path) -> None:
+    path = tmp_path / "agent-vault.toml"
+    path.write_text(block)
+    env = {var: "fake-doc-value" for var in re.findall(r"env:([A-Za-z_][A-Za-z0-9_]*)", block)}
+    config = load_config(path, env)
+    assert config.vaults
