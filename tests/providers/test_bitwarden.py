@@ -42,6 +42,9 @@ from agent_vault.providers.bitwarden import (
     BitwardenOptions,
     BitwardenProvider,
     BitwardenWriteOptions,
+    Entry,
+    Index,
+    Project,
 )
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
@@ -611,6 +614,53 @@ def test_close_forgets_the_session(account: FakeAccount, dev: str) -> None:
     assert len(account.clients) == 2
 
 
+class DyingWorker:
+    """A worker whose process dies in every call."""
+
+    def __init__(self) -> None:
+        self.generation = 1
+        self.dead = False
+        self.ops: list[str] = []
+
+    def start(self) -> int:
+        if self.dead:  # a new process
+            self.generation += 1
+            self.dead = False
+        return self.generation
+
+    def call(self, op: str, args: dict[str, Any], timeout: float) -> Any:
+        self.ops.append(op)
+        self.dead = True
+        raise edge.WorkerGone()
+
+    def signed_in_afresh(self, provider: BitwardenProvider) -> None:
+        self.ops.clear()
+        self.dead = False
+        provider._signed_in = self.generation
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_read_is_tried_once_more_when_the_worker_dies_and_a_write_is_not(account: FakeAccount, dev: str) -> None:
+    provider = make(account, writable=True, write_project=dev)
+    provider._index = Index("team", [Entry(str(uuid.uuid4()), "KEY", None)], [Project(dev, "Dev")], Project(dev, "Dev"))
+    worker = DyingWorker()
+    provider._worker = worker  # type: ignore[assignment]
+    with pytest.raises(ProviderUnavailable) as caught:
+        provider.get("KEY")
+    assert "stopped unexpectedly" in str(caught.value)
+    assert worker.ops == ["login", "login"]  # each try signs in in a new worker
+    worker.signed_in_afresh(provider)
+    with pytest.raises(ProviderUnavailable):
+        provider._call("read a secret", "get_secrets", "KEY", ids=["x"])
+    assert worker.ops == ["get_secrets", "login"]
+    worker.signed_in_afresh(provider)
+    with pytest.raises(ProviderUnavailable):
+        provider._call("create a secret", "create_secret", organization_id=account.organization_id)
+    assert worker.ops == ["create_secret"]
+
+
 # --- secrets stay secret ---------------------------------------------------------------------------------
 
 
@@ -987,6 +1037,80 @@ class TestBitwardenContractRealSdk(BitwardenContract):
         provider = BitwardenProvider(options, ProviderContext(vault="contract", base_dir=tmp_path))
         self.providers.append(provider)
         return provider
+
+
+@pytest.mark.anyio
+async def test_through_the_broker_with_the_real_sdk(home: Any, server: Any, tmp_path: Path) -> None:
+    """A Bitwarden vault behind the real broker, the real SDK in its worker: list, read after approval, write."""
+    from agent_vault.approvals.request import Operation
+    from tests.test_broker import OK, Clock, make_broker
+
+    dev, prod = server.add_project("Dev"), server.add_project("Prod")
+    server.add_secret("DATABASE_URL", "fake-db-url-1111", dev)
+    server.add_secret("STRIPE_KEY", "fake-stripe-dev", dev)
+    server.add_secret("STRIPE_KEY", "fake-stripe-prod", prod)
+    project = tmp_path / "project"
+    project.mkdir()
+    section = {
+        "type": "bitwarden",
+        "accessToken": "env:BWS_ACCESS_TOKEN",
+        "organizationId": server.organization_id,
+        "apiUrl": f"{server.base}/api",
+        "identityUrl": f"{server.base}/identity",
+        "ttl": 0,
+        "writable": True,
+        "write": {"projectId": "Dev"},
+    }
+    config = project / "agent-vault.config.json"
+    config.write_text(json.dumps({"vaults": {"team": section}}))
+    broker = make_broker(home, Clock())
+    await broker.start()
+    try:
+        session = broker.open_session(config, {"BWS_ACCESS_TOKEN": server.token}, {"client_name": "pytest", "pid": 1})
+        listing = await broker.list_secrets(session)
+        assert listing == {"team": ["DATABASE_URL", "Dev/STRIPE_KEY", "Prod/STRIPE_KEY"]}
+
+        out = await broker.request_access(session, "team", ["DATABASE_URL", "Prod/STRIPE_KEY"], "run migration 42")
+        assert out.request is not None
+        await broker.decide(out.request.id, True, OK)
+        got = await broker.wait(session, out.request.id, 0)
+        assert got.values["DATABASE_URL"].reveal() == "fake-db-url-1111"
+        assert got.values["Prod/STRIPE_KEY"].reveal() == "fake-stripe-prod"
+
+        # an ambiguous key fails before anyone is asked, naming the choices
+        with pytest.raises(SecretNotFound) as caught:
+            await broker.request_access(session, "team", ["STRIPE_KEY"], "deploy")
+        assert "'Dev/STRIPE_KEY'" in str(caught.value)
+
+        values = {"NEW TOKEN": VALUE}
+        out = await broker.request_access(session, "team", ["NEW TOKEN"], "store", Operation.WRITE, values)
+        assert out.request is not None
+        await broker.decide(out.request.id, True, OK)
+        assert (await broker.wait(session, out.request.id, 0)).status == "written"
+        assert server.value("NEW TOKEN") == VALUE
+        assert "NEW TOKEN" in (await broker.list_secrets(session))["team"]
+        for record in broker.audit.list():
+            assert VALUE not in repr(record) and server.token not in repr(record)
+    finally:
+        await broker.stop()
+
+
+def test_a_worker_killed_from_outside_is_replaced(server: Any) -> None:
+    project = server.add_project("Dev")
+    server.add_secret("KEY", VALUE, project)
+    provider = _real_provider(server.organization_id, server.base, token=server.token)
+    try:
+        assert provider.get("KEY").reveal() == VALUE
+        pid = provider._worker.pid()  # type: ignore[union-attr]
+        assert pid is not None
+        os.kill(pid, 9)
+        assert provider.get("KEY").reveal() == VALUE  # a read is tried again in a new worker, signed in again
+        assert provider._worker.pid() not in (None, pid)  # type: ignore[union-attr]
+        assert [r for r in server.requests if r[1] == "/identity/connect/token"] == [
+            ("POST", "/identity/connect/token")
+        ] * 2
+    finally:
+        provider.close()
 
 
 # --- live: a real Secrets Manager organization, only when a token is given -------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field, field_validator
 
 from agent_vault import __version__
-from agent_vault.approvals.validation import check_name
+from agent_vault.approvals.validation import is_valid_name
 from agent_vault.errors import (
     AgentVaultError,
     ConfigError,
@@ -30,7 +30,7 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.bitwarden_sdk_edge import (
     INSTALL_HINT,
     EdgeError,
@@ -176,7 +176,7 @@ class Index:
     def name_of(self, entry: Entry) -> str:
         """The first of key, `<project name>/<key>`, `<project ID>/<key>`, ID that is a valid name meaning only it."""
         for candidate in _spellings(entry):
-            if _is_name(candidate) and self.matches(candidate) == [entry]:
+            if is_valid_name(candidate) and self.matches(candidate) == [entry]:
                 return candidate
         return entry.id
 
@@ -192,14 +192,6 @@ def _spellings(entry: Entry) -> list[str]:
     return spellings
 
 
-def _is_name(text: str) -> bool:
-    try:
-        check_name(text)
-    except InvalidRequest:
-        return False
-    return True
-
-
 def find_project(projects: list[Project], text: str) -> Project | None:
     """The project whose ID is `text`, else the only one named `text`; None when none or several."""
     wanted = _as_uuid(text)
@@ -209,6 +201,14 @@ def find_project(projects: list[Project], text: str) -> Project | None:
                 return project
     named = [p for p in projects if p.name == text]
     return named[0] if len(named) == 1 else None
+
+
+#: worker operations that change nothing, so may be sent again to a new worker
+_READS = frozenset({"list_secrets", "list_projects", "get_secrets"})
+
+
+class _WorkerDied(Exception):
+    """The worker process ended during a call."""
 
 
 class _Ambiguous(SecretNotFound):
@@ -254,7 +254,7 @@ class BitwardenProvider:
             self._worker = InlineWorker(sdk, settings)
         else:
             _import_sdk()  # a missing extra fails here, at start-up; the worker process imports it again
-            self._worker = ProcessWorker(settings, context.vault)
+            self._worker = ProcessWorker(settings)
         self._lock = threading.RLock()
         self._signed_in: int | None = None  # the worker generation that has signed in
         self._index: Index | None = None
@@ -296,10 +296,7 @@ class BitwardenProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Update each existing secret's value in place, or create the secret in `write.projectId`."""
         if self._write is None:
-            raise ReadOnlyVault(
-                f"vault {self._vault!r} is read-only. Fix: set `writable: true` and a `write.projectId` "
-                f"on vault {self._vault!r} in the agent-vault config if agents may store secrets there."
-            )
+            raise read_only(self._vault, "a `write.projectId`")
         for name, value in values.items():
             _check_value(name, value)
         if values:
@@ -316,7 +313,26 @@ class BitwardenProvider:
     # --- calling the SDK ------------------------------------------------------------------------
 
     def _call(self, action: str, op: str, name: str | None = None, **args: Any) -> Any:
-        """`op` in the worker, signed in first; every failure turned into one of our errors."""
+        """`op` in the worker, signed in first; every failure turned into one of our errors.
+
+        A read whose worker turns out to have died (killed from outside, say) is tried once more in a
+        new worker; a write is not, since it may have been carried out before the worker died.
+        """
+        with self._lock:
+            if op in _READS:
+                try:
+                    return self._call_once(action, op, name, args)
+                except _WorkerDied:
+                    pass
+            try:
+                return self._call_once(action, op, name, args)
+            except _WorkerDied:
+                raise ProviderUnavailable(
+                    f"vault {self._vault!r}: the Bitwarden SDK worker process stopped unexpectedly. "
+                    "Fix: try again; if it keeps failing, reinstall the SDK: pip install 'agent-vault[bitwarden]'."
+                ) from None
+
+    def _call_once(self, action: str, op: str, name: str | None, args: dict[str, Any]) -> Any:
         with self._lock:
             doing = "sign in"
             try:
@@ -340,10 +356,7 @@ class BitwardenProvider:
                 ) from None
             except WorkerGone:
                 self._signed_in = None
-                raise ProviderUnavailable(
-                    f"vault {self._vault!r}: the Bitwarden SDK worker process stopped unexpectedly. "
-                    "Fix: try again; if it keeps failing, reinstall the SDK: pip install 'agent-vault[bitwarden]'."
-                ) from None
+                raise _WorkerDied() from None
 
     def _translate(self, exc: EdgeError, action: str, name: str | None) -> AgentVaultError:
         vault, kind = self._vault, exc.kind

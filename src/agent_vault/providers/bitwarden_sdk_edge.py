@@ -251,9 +251,8 @@ class ProcessWorker:
     Not thread-safe by itself: the provider holds a lock around `start` and `call`.
     """
 
-    def __init__(self, settings: dict[str, str], name: str) -> None:
+    def __init__(self, settings: dict[str, str]) -> None:
         self._settings = settings
-        self._name = name
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
         self.generation = 0
