@@ -12,7 +12,9 @@ bitwarden.com:
   notes and project names travel as type-2 EncStrings (AES-256-CBC + HMAC-SHA256) under the
   organization key; the server decrypts what the SDK sends, so a test also checks the SDK encrypted it.
 
-Only what the provider uses is here; anything else is a 404. The certificate is self-signed for
+Only what the provider uses is here; anything else is a 404. The SDK must run in another process
+(the provider's worker does): its calls hold the GIL, so this server's thread could not answer a
+call made from the process it runs in. The certificate is self-signed for
 127.0.0.1 and is trusted by the worker through SSL_CERT_FILE.
 """
 
