@@ -70,7 +70,7 @@ class SecretServiceDaemon:
             ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=(self.root / "gnome-keyring.log").open("wb"),
             env=env,
         )
         self.processes.append(daemon)
@@ -101,7 +101,8 @@ class SecretServiceDaemon:
             except (secretstorage.exceptions.SecretStorageException, OSError):
                 pass
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
-                raise RuntimeError("gnome-keyring-daemon did not come up on the private bus")
+                log = (self.root / "gnome-keyring.log").read_text(errors="replace")[-600:]
+                raise RuntimeError(f"gnome-keyring-daemon did not come up on the private bus; its log: {log}")
             time.sleep(0.05)  # polling for readiness, with a deadline
 
     def connect(self) -> Any:

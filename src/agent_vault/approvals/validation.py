@@ -36,6 +36,15 @@ def check_name(name: object) -> str:
     return name
 
 
+def is_valid_name(name: str) -> bool:
+    """Whether an agent's request may carry `name`: providers list only names that pass this."""
+    try:
+        check_name(name)
+    except InvalidRequest:
+        return False
+    return True
+
+
 def check_names(names: Sequence[object]) -> tuple[str, ...]:
     if isinstance(names, str) or not isinstance(names, Sequence):
         raise InvalidRequest("names must be a list of secret names")

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from agent_vault import __version__
-from agent_vault.approvals.validation import check_name
+from agent_vault.approvals.validation import is_valid_name
 from agent_vault.errors import (
     AgentVaultError,
     ConfigError,
@@ -33,7 +33,7 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
@@ -279,7 +279,7 @@ class AwsSecretsManagerProvider:
             name = aws_name[len(self._prefix) :]
             if not name:
                 continue
-            if self._requestable(name):
+            if is_valid_name(name):
                 names.add(name)
             else:
                 skipped.add(name)
@@ -317,10 +317,7 @@ class AwsSecretsManagerProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Write every value as a new version (PutSecretValue), creating secrets that do not exist."""
         if not self._writable:
-            raise ReadOnlyVault(
-                f"vault {self._vault!r} is read-only. Fix: set `writable: true` (TOML: `writable = true`) on "
-                f"vault {self._vault!r} in the agent-vault config if agents may store secrets there."
-            )
+            raise read_only(self._vault)
         if not values:
             return
         batches = self._group_writes(values)
@@ -427,13 +424,6 @@ class AwsSecretsManagerProvider:
                 "Fix: choose a name without spaces or other characters."
             )
         return address
-
-    def _requestable(self, name: str) -> bool:
-        try:
-            check_name(name)
-        except InvalidRequest:
-            return False
-        return True
 
     def _report_skipped(self, skipped: set[str]) -> None:
         """Log, once per change, secrets that are not listed because no request could name them."""

@@ -7,6 +7,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from agent_vault.errors import ReadOnlyVault
 from agent_vault.secret import SecretValue
 
 
@@ -61,3 +62,16 @@ class SecretProvider(Protocol):
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Create or update all of `values` at once (all or nothing where the store allows)."""
         ...
+
+
+def read_only(vault: str, needs: str = "", config_dir: Path | None = None) -> ReadOnlyVault:
+    """The error for a write to a vault that is not configured writable.
+
+    `needs`: other keys writes need; `config_dir`: where the config file is, to name it.
+    """
+    also = f" and {needs}" if needs else ""
+    where = f" in {config_dir}" if config_dir is not None else ""
+    return ReadOnlyVault(
+        f"vault {vault!r} is read-only. Fix: set `writable: true` (TOML: `writable = true`){also} on vault "
+        f"{vault!r} in the agent-vault config{where} if agents may store secrets there."
+    )

@@ -18,9 +18,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from agent_vault.errors import ConfigError, ProviderError, ReadOnlyVault, SecretNotFound
+from agent_vault.errors import ConfigError, ProviderError, SecretNotFound
 from agent_vault.providers import dotenv_format
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.dotenv_format import Document
 from agent_vault.providers.files import fsync_directory, lock_directory, read_all, trusted_stamp, write_and_sync
 from agent_vault.secret import SecretValue
@@ -89,10 +89,7 @@ class EnvFileProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Write all `values` in one atomic replace of the file, under an exclusive lock."""
         if not self._writable:
-            raise ReadOnlyVault(
-                f"vault {self._vault!r} is read-only. Fix: set `writable: true` (TOML: `writable = true`) "
-                f"on vault {self._vault!r} in the agent-vault config in {self._base_dir}."
-            )
+            raise read_only(self._vault, config_dir=self._base_dir)
         plain = {name: value.reveal() for name, value in values.items()}
         for name, value in plain.items():
             dotenv_format.format_value(name, value)  # refuse a bad name or value before touching the file

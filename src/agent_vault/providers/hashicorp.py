@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from agent_vault.approvals.validation import check_name
+from agent_vault.approvals.validation import is_valid_name
 from agent_vault.config import Number
 from agent_vault.errors import (
     AgentVaultError,
@@ -30,10 +30,9 @@ from agent_vault.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
-    ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
@@ -195,14 +194,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _listable(name: str) -> bool:
-    try:
-        check_name(name)
-    except InvalidRequest:
-        return False
-    return True
-
-
 def _is_path(name: str) -> bool:
     """Whether `name` can be a secret path: no empty, '.' or '..' parts (nothing may climb out of `path`)."""
     return bool(name) and all(part not in ("", ".", "..") for part in name.split("/"))
@@ -321,10 +312,7 @@ class HashiCorpVaultProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Write each value into its secret: a new version on KV v2 (check-and-set), an overwrite on KV v1."""
         if not self._writable:
-            raise ReadOnlyVault(
-                f"vault {self._vault!r} is read-only. Fix: set `writable = true` on vault {self._vault!r} in the "
-                "agent-vault config if agents may store secrets there."
-            )
+            raise read_only(self._vault)
         for name in values:
             self._check_holdable(name)
         if not values:
@@ -696,7 +684,7 @@ class HashiCorpVaultProvider:
                 names.update(f"{path}:{key}" for key in data if key != self._field)
         if unreadable:
             log.info("vault %r: %d Vault secrets the token may not read are not listed", self._vault, unreadable)
-        listable = sorted(n for n in names if _listable(n))
+        listable = sorted(n for n in names if is_valid_name(n))
         if len(listable) < len(names):
             log.info(
                 "vault %r: %d Vault entries have names agents cannot ask for and are not listed",

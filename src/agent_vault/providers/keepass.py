@@ -34,10 +34,9 @@ from agent_vault.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
-    ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
 
 # the env provider's file primitives: stat identity, whole-file read, synced write, durable rename
@@ -244,10 +243,7 @@ class KeePassProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Update or create one entry per name, then save the database atomically under a lock."""
         if not self._writable:
-            raise ReadOnlyVault(
-                f"vault {self._vault!r} is read-only. Fix: set `writable: true` (TOML: `writable = true`) "
-                f"on vault {self._vault!r} in the agent-vault config in {self._base_dir}."
-            )
+            raise read_only(self._vault, config_dir=self._base_dir)
         plain: dict[str, str] = {}
         for name, value in values.items():
             check_name(name)

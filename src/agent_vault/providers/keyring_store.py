@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import ConfigDict, Field, field_validator
 
-from agent_vault.approvals.validation import check_name
+from agent_vault.approvals.validation import check_name, is_valid_name
 from agent_vault.errors import (
     AgentVaultError,
     ConfigError,
@@ -29,10 +29,9 @@ from agent_vault.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
-    ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import has_hidden, shown
@@ -479,10 +478,7 @@ class KeyringProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Store each value under the service, in order; keyring has no transactions."""
         if not self._writable:
-            raise ReadOnlyVault(
-                f"vault {self._vault!r} is read-only. Fix: set `writable: true` (TOML: `writable = true`) "
-                f"on vault {self._vault!r} in the agent-vault config if agents may store secrets there."
-            )
+            raise read_only(self._vault)
         if not values:
             return
         store = self._call("open", lambda store: store)
@@ -520,7 +516,7 @@ class KeyringProvider:
                 found.update(spelled.get(n, n) for n in stored)
             else:
                 found.update(stored)
-        return {name for name in found if _sendable(name)}
+        return {name for name in found if is_valid_name(name)}
 
     def _check_writable_names(self, store: _Backend, names: list[str]) -> None:
         """Refuse, before writing anything, a name a later listing would not show as written."""
@@ -699,12 +695,3 @@ class KeyringProvider:
                     f"vault {self._vault!r}: `names` has {other!r} and {name!r}, which are one entry in a keyring "
                     "that ignores case. Fix: keep one of them."
                 )
-
-
-def _sendable(name: str) -> bool:
-    """Whether an agent's request may carry `name` (the request name grammar)."""
-    try:
-        check_name(name)
-    except InvalidRequest:
-        return False
-    return True

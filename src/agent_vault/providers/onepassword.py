@@ -28,7 +28,7 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.onepassword_names import (
     PREFIX,
     Entry,
@@ -193,10 +193,7 @@ class OnePasswordProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Create or update one item per name in `write.vaultId`, the value in its password field."""
         if self._write is None:
-            raise ReadOnlyVault(
-                f"vault {self._vault!r} is read-only. Fix: set `writable: true` and a `write.vaultId` "
-                f"on vault {self._vault!r} in the agent-vault config if agents may store secrets there."
-            )
+            raise read_only(self._vault, "a `write.vaultId`")
         if values:
             self._run(self._set_many(values))
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_vault.approvals.validation import check_name
-from agent_vault.errors import InvalidRequest, SecretNotFound
+from agent_vault.approvals.validation import is_valid_name
+from agent_vault.errors import SecretNotFound
 from agent_vault.providers.onepassword_sdk import plain
 from agent_vault.untrusted import shown
 
@@ -136,9 +136,9 @@ def build_index(owner: str, vaults: list[Vault], entries: list[Entry], write_vau
     item_labels = {v.id: _labels((e.item_id, e.title) for e in entries if e.vault_id == v.id) for v in vaults}
     for entry in entries:
         name = entry.title if _owns_title(entry, owners[entry.title], write_vault) else None
-        if name is None or not _sendable(name) or name.lower().startswith(PREFIX) or name in index.by_name:
+        if name is None or not is_valid_name(name) or name.lower().startswith(PREFIX) or name in index.by_name:
             name = f"{PREFIX}{vault_labels[entry.vault_id]}/{item_labels[entry.vault_id][entry.item_id]}"
-        if not _sendable(name) or name in index.by_name:
+        if not is_valid_name(name) or name in index.by_name:
             name = f"{PREFIX}{entry.vault_id}/{entry.item_id}"
         index.by_name[name] = entry
         index.names[entry] = name
@@ -150,15 +150,6 @@ def _owns_title(entry: Entry, same_title: list[Entry], write_vault: str | None) 
         return True
     in_write_vault = [e for e in same_title if e.vault_id == write_vault]
     return len(in_write_vault) == 1 and in_write_vault[0] == entry
-
-
-def _sendable(name: str) -> bool:
-    """Whether an agent's request may carry `name` (the request name grammar)."""
-    try:
-        check_name(name)
-    except InvalidRequest:
-        return False
-    return True
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

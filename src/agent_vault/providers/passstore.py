@@ -14,17 +14,16 @@ from typing import ClassVar
 
 from pydantic import ConfigDict, Field, field_validator
 
-from agent_vault.approvals.validation import check_name
+from agent_vault.approvals.validation import check_name, is_valid_name
 from agent_vault.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
     ProviderError,
-    ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.cli_tool import Rule, Tool, ToolFailed, environment, run
 from agent_vault.providers.files import lock_directory
 from agent_vault.secret import SecretValue
@@ -157,10 +156,7 @@ class PassProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Insert or replace one entry per name; in firstLine mode only line 1 of an entry changes."""
         if not self._writable:
-            raise ReadOnlyVault(
-                f'vault {self._vault!r} is read-only. Fix: set `writable = true` (JSON: "writable": true) '
-                f"on vault {self._vault!r} in the agent-vault config if agents may store secrets in pass."
-            )
+            raise read_only(self._vault)
         plain = {name: value.reveal() for name, value in values.items()}
         for name, value in plain.items():
             self._check_write(name, value)
@@ -451,13 +447,7 @@ def _gpg_program(vault: str) -> str:
 
 def _listable(name: str) -> bool:
     """Whether an entry is listed: pass can hold it, and an agent can ask for it by that name."""
-    if _unholdable(name) is not None:
-        return False
-    try:
-        check_name(name)
-    except InvalidRequest:
-        return False
-    return True
+    return _unholdable(name) is None and is_valid_name(name)
 
 
 def _unholdable(name: str) -> str | None:

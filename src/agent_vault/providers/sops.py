@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from agent_vault.approvals.validation import check_name
+from agent_vault.approvals.validation import check_name, is_valid_name
 from agent_vault.errors import (
     AgentVaultError,
     ConfigError,
@@ -28,10 +28,9 @@ from agent_vault.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
-    ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers.base import ProviderContext, ProviderOptions
+from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.cli_tool import Completed, Rule, Tool, ToolFailed, environment, run
 from agent_vault.providers.files import fsync_directory, lock_directory, trusted_stamp, write_and_sync
 from agent_vault.secret import SecretValue
@@ -205,10 +204,7 @@ class SopsProvider:
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Set every value in one replacement of the file, keeping its recipients and sops metadata."""
         if not self._writable:
-            raise ReadOnlyVault(
-                f'vault {self._vault!r} is read-only. Fix: set `writable = true` (JSON: "writable": true) '
-                f"on vault {self._vault!r} in the agent-vault config if agents may store secrets in {self._path}."
-            )
+            raise read_only(self._vault)
         plain = {name: value.reveal() for name, value in values.items()}
         for name, value in plain.items():
             self._parts(name)
@@ -287,7 +283,7 @@ class SopsProvider:
     def _secrets(self, tree: dict[str, Any]) -> dict[str, str]:
         """Name -> value of every string or number leaf an agent can ask for by name."""
         if self._format == "dotenv":
-            return {k: v for k, v in tree.items() if isinstance(v, str) and _askable(k)}
+            return {k: v for k, v in tree.items() if isinstance(v, str) and is_valid_name(k)}
         found: dict[str, str] = {}
 
         def walk(node: dict[str, Any], prefix: str) -> None:
@@ -296,7 +292,7 @@ class SopsProvider:
                     continue  # could not be told apart from nesting
                 if isinstance(value, dict):
                     walk(value, f"{prefix}{key}/")
-                elif isinstance(value, str) and _askable(prefix + key):
+                elif isinstance(value, str) and is_valid_name(prefix + key):
                     found[prefix + key] = value
 
         walk(tree, "")
@@ -509,15 +505,6 @@ def _absolute(path: str, base: Path, vault: str, key: str) -> Path:
         raise ConfigError(f"vault {vault!r}: `{key}` contains a NUL byte. Fix: correct the path.")
     expanded = Path(path).expanduser()
     return Path(os.path.normpath(expanded if expanded.is_absolute() else base / expanded))
-
-
-def _askable(name: str) -> bool:
-    """Whether an agent can ask for `name` (the request name grammar)."""
-    try:
-        check_name(name)
-    except InvalidRequest:
-        return False
-    return True
 
 
 def _kind(value: Any) -> str:
