@@ -35,6 +35,22 @@ def missing_binaries() -> list[str]:
     return [b for b in ("dbus-daemon", "gnome-keyring-daemon") if shutil.which(b) is None]
 
 
+#: a session bus that starts no services by itself (no <servicedir>), open to this user
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={path}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+
 @dataclass
 class SecretServiceDaemon:
     root: Path
@@ -57,8 +73,18 @@ class SecretServiceDaemon:
             "XDG_RUNTIME_DIR": str(run),
             "LANG": "C.UTF-8",
         }
+        # A bus of our own without service activation: on a standard session bus, our own readiness
+        # check can make D-Bus start a second, locked gnome-keyring-daemon that takes the name first.
+        config = self.root / "bus.conf"
+        config.write_text(BUS_CONFIG.replace("{path}", str(self.root / "bus")))
         bus = subprocess.Popen(
-            ["dbus-daemon", "--session", "--nofork", f"--address=unix:path={self.root}/bus", "--print-address=1"],
+            [
+                "dbus-daemon",
+                f"--config-file={config}",
+                "--nofork",
+                f"--address=unix:path={self.root}/bus",
+                "--print-address=1",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,
