@@ -4,20 +4,19 @@ and until the first list_secrets answers, with the broker running and not runnin
 
 Also in the same run: `python -c pass` (the floor) and `python -c "import mcp.server.mcpserver"`
 (the SDK alone), both timed until they print a line, as the front door is timed until it answers;
-`agent-vault --version` and `agent-vault status`; two what-ifs: the broker spawned at the same
-moment as the front door (as a pre-start would do), and fastpath_proto.py (the handshake answered
-from recorded replies while the SDK loads in a thread). Then `python -X importtime` of a front
-door that answers initialize and tools/list: the top costs by package and by module.
+`agent-vault --version` and `agent-vault status`; the same front door with its early answers off
+(AGENT_VAULT_EARLY_MCP=0: everything waits for the SDK's import, as before mcp_opening) as the
+baseline in the same run; a what-if: the broker spawned at the same moment as the front door.
+Then `python -X importtime` of a front door with early answers off (so the whole SDK import is
+seen): the top costs by package and by module.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
 from collections import defaultdict
-from pathlib import Path
 from statistics import median
 
 import benchlib as b
@@ -40,10 +39,18 @@ def spawn_until_ready(code: str) -> float:
 
 
 def front_door(
-    box: b.Sandbox, kind: str, modern: bool = False, first_call: bool = True, broker_too: bool = False
+    box: b.Sandbox,
+    kind: str,
+    modern: bool = False,
+    first_call: bool = True,
+    broker_too: bool = False,
+    early: bool = True,
 ) -> dict[str, float]:
-    """Spawn, handshake, tools/list, (first list_secrets); times in ms from the spawn."""
+    """Spawn, handshake, tools/list, (first list_secrets); times in ms from the spawn.
+
+    `early=False` turns off the answers given while the SDK loads (the baseline)."""
     times: dict[str, float] = {}
+    env = {**box.env(), "AGENT_VAULT_EARLY_MCP": "1" if early else "0"}
     broker: subprocess.Popen[bytes] | None = None
     if broker_too:  # what-if: a pre-start spawns the broker as the front door starts
         broker = subprocess.Popen(
@@ -56,7 +63,7 @@ def front_door(
             start_new_session=True,
         )
         box.brokers.append(broker)
-    mcp = b.RawMcp(b.front_door_argv(kind), box.env(), box.project, stderr=box.root / "front-door.log")
+    mcp = b.RawMcp(b.front_door_argv(kind), env, box.project, stderr=box.root / "front-door.log")
     try:
         if modern:
             mcp.discover()
@@ -77,44 +84,11 @@ def front_door(
     return times
 
 
-def record_replies(box: b.Sandbox, path: Path) -> None:
-    """The real front door's replies to initialize, tools/list and server/discover, for the prototype."""
-    mcp = b.RawMcp(b.front_door_argv(), box.env(), box.project)
-    try:
-        cache = {"initialize": mcp.initialize(), "tools/list": mcp.call("tools/list")}
-    finally:
-        mcp.close()
-    mcp = b.RawMcp(b.front_door_argv(), box.env(), box.project)
-    try:
-        cache["server/discover"] = mcp.discover()
-    finally:
-        mcp.close()
-    path.write_text(json.dumps(cache))
-
-
-def fastpath(box: b.Sandbox, cache: Path) -> dict[str, float]:
-    """What-if: handshake from recorded replies while the SDK loads in a thread (fastpath_proto.py)."""
-    log = box.root / f"fastpath-{time.monotonic_ns()}.log"
-    mcp = b.RawMcp([b.PY, str(b.BENCH / "fastpath_proto.py"), str(cache)], box.env(), box.project, stderr=log)
-    times: dict[str, float] = {}
-    try:
-        mcp.initialize()
-        times["init"] = b.ms(time.perf_counter() - mcp.t_spawn)
-        mcp.call("tools/list")
-        times["tools"] = b.ms(time.perf_counter() - mcp.t_spawn)
-        deadline = time.monotonic() + 30
-        while "sdk-ready" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.002)
-        times["ready"] = b.ms(time.perf_counter() - mcp.t_spawn)
-    finally:
-        mcp.close()
-    return times
-
-
 def importtime(box: b.Sandbox) -> tuple[dict[str, float], dict[str, float], float]:
     """Self time per top-level package and per module (ms), and the total, for one front door start."""
     log = box.root / "importtime.log"
-    mcp = b.RawMcp([b.PY, "-X", "importtime", "-m", "agent_vault"], box.env(), box.project, stderr=log)
+    env = {**box.env(), "AGENT_VAULT_EARLY_MCP": "0"}  # answer only once everything is imported
+    mcp = b.RawMcp([b.PY, "-X", "importtime", "-m", "agent_vault"], env, box.project, stderr=log)
     try:
         mcp.initialize()
         mcp.call("tools/list")
@@ -180,11 +154,7 @@ def main() -> None:
         return
     samples: dict[str, list[float]] = defaultdict(list)
     with b.sandbox(secrets=20, totp=False) as box:
-        cache = box.root / "replies.json"
-        record_replies(box, cache)
         for _ in range(reps):
-            for k, v in fastpath(box, cache).items():
-                samples[f"fastpath.{k}"].append(v)
             samples["floor"].append(spawn_until_ready("pass"))
             samples["sdk"].append(spawn_until_ready("import mcp.server.mcpserver"))
             # broker not running: the first tool call starts it (and we stop it again afterwards)
@@ -202,6 +172,8 @@ def main() -> None:
                     samples[f"{kind}.{k}"].append(v)
             for k, v in front_door(box, "module", modern=True, first_call=False).items():
                 samples[f"modern.{k}"].append(v)
+            for k, v in front_door(box, "module", early=False).items():
+                samples[f"late.{k}"].append(v)
 
     rows = [
         ("floor", "python -c pass (spawn -> running)", None),
@@ -218,9 +190,9 @@ def main() -> None:
         ("auto.tools", "no broker: spawn -> tools/list", None),
         ("auto.list", "no broker: spawn -> first list_secrets (auto-starts the broker)", None),
         ("prestart.list", "what-if, broker spawned with the front door: -> first list_secrets", None),
-        ("fastpath.init", "what-if prototype, handshake from recorded replies: -> initialize", SEED_INIT),
-        ("fastpath.tools", "what-if prototype: -> tools/list", None),
-        ("fastpath.ready", "what-if prototype: -> SDK + mcp_server loaded in its thread", None),
+        ("late.init", "baseline, early answers off: spawn -> initialize", SEED_INIT),
+        ("late.tools", "baseline, early answers off: spawn -> tools/list", None),
+        ("late.list", "baseline, early answers off: spawn -> first list_secrets", None),
     ]
     for key, label, seed in rows:
         report.add(f"cold.{key}", label, samples[key], seed=seed)
@@ -235,7 +207,7 @@ def main() -> None:
     top_packages = sorted(packages.items(), key=lambda kv: -kv[1])[:12]
     top_modules = sorted(modules.items(), key=lambda kv: -kv[1])[:12]
     own = sum(v for k, v in packages.items() if k == "agent_vault")
-    report.value("cold.importtime.total", "python -X importtime: all imports of a front door", total, "ms")
+    report.value("cold.importtime.total", "python -X importtime: a front door's imports, SDK too", total, "ms")
     report.value("cold.importtime.agent_vault", "python -X importtime: agent_vault's own modules", own, "ms")
     print("  importtime self time by top-level package (ms):")
     for name, value in top_packages:

@@ -95,7 +95,7 @@ def test_runner_writes_json_and_a_table(ran: tuple[Path, dict[str, subprocess.Co
 
 def test_every_script_is_in_the_runner() -> None:
     runner = (BENCH / "run").read_text()
-    helpers = {"benchlib", "broker_proc", "waiters", "loadgen", "ab", "fastpath_proto", "profile_hot"}
+    helpers = {"benchlib", "broker_proc", "waiters", "loadgen", "ab", "profile_hot"}
     scripts = {p.stem for p in BENCH.glob("*.py")} - helpers
     assert scripts == set(SCRIPTS)
     assert all(f'"{name}"' in runner for name in SCRIPTS)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,57 +132,97 @@ def test_the_recording_matches_the_installed_sdk(home: StatePaths) -> None:
 # --- the pieces, in process ------------------------------------------------------------------------
 
 
-class Pipe:
-    """A wire whose client side the test writes and reads."""
+def wire_with(lines: list[Any], tmp_path: Path, kind: str = "pipe") -> tuple[mcp_opening.Wire, io.BytesIO]:
+    """A wire whose client has sent `lines` and closed its end, over a pipe or a regular file."""
+    data = b"".join((m if isinstance(m, str) else json.dumps(m)).encode() + b"\n" for m in lines)
+    if kind == "pipe":
+        read_end, write_end = os.pipe()
+        os.write(write_end, data)
+        os.close(write_end)
+    else:
+        path = tmp_path / "stdin"
+        path.write_bytes(data)
+        read_end = os.open(path, os.O_RDONLY)
+    sent = io.BytesIO()
+    return mcp_opening.Wire(read_end, sent), sent  # type: ignore[arg-type]
 
-    def __init__(self, lines: list[Any]) -> None:
-        data = b"".join((m if isinstance(m, str) else json.dumps(m)).encode() + b"\n" for m in lines)
-        self.sent = io.BytesIO()
-        self.wire = mcp_opening.Wire(io.BufferedReader(io.BytesIO(data)), self.sent)  # type: ignore[arg-type]
 
-    def replies(self) -> list[Any]:
-        return [json.loads(line) for line in self.sent.getvalue().splitlines()]
+def replies(sent: io.BytesIO) -> list[Any]:
+    return [json.loads(line) for line in sent.getvalue().splitlines()]
 
 
-def test_eof_before_any_request_needs_no_sdk() -> None:
-    pipe = Pipe([initialize(), INITIALIZED, request(2, "tools/list")])
-    opening = mcp_opening.Opening(pipe.wire, mcp_opening.Replies.load())
+def test_eof_before_any_request_needs_no_sdk(tmp_path: Path) -> None:
+    wire, sent = wire_with([initialize(), INITIALIZED, request(2, "tools/list")], tmp_path)
+    opening = mcp_opening.Opening(wire, mcp_opening.Replies.load())
     assert opening.serve() is False
-    assert [r["id"] for r in pipe.replies()] == [1, 2]
+    assert [r["id"] for r in replies(sent)] == [1, 2]
 
 
-def test_hand_over_replays_what_the_sdk_must_see_then_the_rest_of_the_wire() -> None:
-    pipe = Pipe([initialize(), INITIALIZED, request(2, "tools/list"), UNKNOWN_TOOL, request(10, "ping")])
-    opening = mcp_opening.Opening(pipe.wire, mcp_opening.Replies.load())
+async def read_all(stdin: Any) -> list[Any]:
+    return [json.loads(line) async for line in stdin]
+
+
+@pytest.mark.parametrize("kind", ["pipe", "file"])
+def test_hand_over_replays_what_the_sdk_must_see_then_the_rest_of_the_wire(kind: str, tmp_path: Path) -> None:
+    script = [initialize(), INITIALIZED, request(2, "tools/list"), UNKNOWN_TOOL, request(10, "ping")]
+    wire, _ = wire_with(script, tmp_path, kind)
+    wire.writer = open(os.devnull, "wb")  # noqa: SIM115 (a real descriptor, as the hand-over looks at it)
+    opening = mcp_opening.Opening(wire, mcp_opening.Replies.load())
     assert opening.serve() is True
     stdin, _ = opening.hand_over()
-    seen = [json.loads(line) for line in stdin]
+    if kind == "pipe":
+        assert isinstance(stdin, mcp_opening.LoopLines)  # served by the event loop, no worker threads
+        seen = anyio.run(read_all, stdin)
+    else:
+        assert isinstance(stdin, io.TextIOWrapper)  # a regular file: read by the transport's threads
+        seen = [json.loads(line) for line in stdin]
+    wire.writer.close()
     assert seen == [initialize(), INITIALIZED, UNKNOWN_TOOL, request(10, "ping")]
 
 
-def test_the_sdks_reply_to_a_replayed_request_is_dropped_once_and_checked() -> None:
-    warnings: list[str] = []
-    pipe = Pipe([initialize(), INITIALIZED, UNKNOWN_TOOL])
-    opening = mcp_opening.Opening(pipe.wire, mcp_opening.Replies.load())
+def opened(tmp_path: Path, script: list[Any]) -> tuple[mcp_opening.Opening, io.BytesIO]:
+    wire, sent = wire_with(script, tmp_path)
+    opening = mcp_opening.Opening(wire, mcp_opening.Replies.load())
     assert opening.serve() is True
-    sent_result = pipe.replies()[0]["result"]
-    _, stdout = opening.hand_over(warnings.append)
+    return opening, sent
+
+
+def test_the_sdks_reply_to_a_replayed_request_is_dropped_once_and_checked(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    opening, sent = opened(tmp_path, [initialize(), INITIALIZED, UNKNOWN_TOOL])
+    sent_result = replies(sent)[0]["result"]
+    stdout = mcp_opening.FilteredOut(sent, dict(opening.answered), warnings.append)
     stdout.write(json.dumps({"jsonrpc": "2.0", "id": 1, "result": sent_result}) + "\n")
     stdout.write(json.dumps({"jsonrpc": "2.0", "id": 9, "result": {"isError": True}}) + "\n")
     stdout.write(json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"later": True}}) + "\n")  # not dropped twice
-    assert [r["id"] for r in pipe.replies()] == [1, 9, 1]
+    assert [r["id"] for r in replies(sent)] == [1, 9, 1]
     assert warnings == []
 
 
-def test_a_stale_recording_is_reported_on_stderr() -> None:
+def test_a_stale_recording_is_reported_on_stderr(tmp_path: Path) -> None:
     warnings: list[str] = []
-    pipe = Pipe([initialize(), INITIALIZED, UNKNOWN_TOOL])
-    opening = mcp_opening.Opening(pipe.wire, mcp_opening.Replies.load())
-    opening.serve()
-    _, stdout = opening.hand_over(warnings.append)
+    opening, sent = opened(tmp_path, [initialize(), INITIALIZED, UNKNOWN_TOOL])
+    stdout = mcp_opening.FilteredOut(sent, dict(opening.answered), warnings.append)
     stdout.write(json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"protocolVersion": "other"}}) + "\n")
     assert len(warnings) == 1 and "AGENT_VAULT_EARLY_MCP=0" in warnings[0]
-    assert len(pipe.replies()) == 1  # the SDK's copy is still not sent twice
+    assert len(replies(sent)) == 1  # the SDK's copy is still not sent twice
+
+
+def test_a_line_split_across_reads_and_a_last_line_without_newline(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    wire = mcp_opening.Wire(read_end, io.BytesIO())  # type: ignore[arg-type]
+    text = json.dumps(initialize()).encode()
+
+    def client() -> None:
+        os.write(write_end, text[:10])
+        time.sleep(0.05)  # the rest arrives in a later read
+        os.write(write_end, text[10:] + b"\n" + json.dumps(INITIALIZED).encode())
+        os.close(write_end)
+
+    threading.Thread(target=client).start()
+    assert json.loads(wire.readline()) == initialize()
+    assert json.loads(wire.readline()) == INITIALIZED
+    assert wire.readline() == b""
 
 
 def test_stray_output_cannot_reach_the_client(tmp_path: Path) -> None:
@@ -192,7 +233,7 @@ def test_stray_output_cannot_reach_the_client(tmp_path: Path) -> None:
         "wire = mcp_opening.claim_stdio()\n"
         "print('stray print', flush=True)\n"
         "subprocess.run(['sh', '-c', 'echo stray child; cat'], check=True)\n"
-        "wire.writer.write(wire.reader.readline())\n"
+        "wire.writer.write(wire.readline())\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], input=b"the client line\n", capture_output=True, timeout=30, check=True

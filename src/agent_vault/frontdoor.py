@@ -27,7 +27,10 @@ from agent_vault.home import StatePaths, state_paths
 from agent_vault.launcher import connect
 from agent_vault.legacy_env import locate_config
 
+#: seconds between progress messages while a tool call waits
 WAIT_SLICE = 1.0
+#: the longest single wait asked of the broker (its API caps a wait at 60 s)
+LONG_POLL = 55.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 Progress = Callable[[float, float, str], Awaitable[None]]
@@ -90,9 +93,18 @@ class AgentSession:
             else:
                 message = f"Waiting for approval (code {req.get('match_code')}): {answer['url']}"
             await progress(elapsed, self.wait_timeout, message)
-            slice_wait = asyncio.ensure_future(client.wait(request_id, min(WAIT_SLICE, remaining)))
+            # A pending request is one long poll (the broker answers the moment it is decided), with
+            # progress sent from here every slice; a running command's output is fetched each slice.
+            poll = min(remaining, LONG_POLL) if answer["status"] == "pending" else min(WAIT_SLICE, remaining)
+            slice_wait = asyncio.ensure_future(client.wait(request_id, poll))
             stop_wait = asyncio.ensure_future(self.stopping.wait())
-            done, _ = await asyncio.wait({slice_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(
+                    {slice_wait, stop_wait}, timeout=WAIT_SLICE, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    break
+                await progress(time.monotonic() - start, self.wait_timeout, message)
             stop_wait.cancel()
             if slice_wait not in done:
                 slice_wait.cancel()

@@ -21,6 +21,7 @@ import fcntl
 import io
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -38,11 +39,32 @@ def enabled() -> bool:
 
 
 class Wire:
-    """The client's end of the session: private duplicates of fd 0 and fd 1."""
+    """The client's end of the session: private duplicates of fd 0 and fd 1.
 
-    def __init__(self, reader: io.BufferedReader, writer: BinaryIO) -> None:
-        self.reader = reader
+    Reads are unbuffered (`os.read` into our own buffer), so that at the hand-over we know exactly
+    which bytes the client sent that nobody has read yet.
+    """
+
+    def __init__(self, fd_in: int, writer: BinaryIO) -> None:
+        self.fd_in = fd_in
         self.writer = writer
+        #: bytes read from fd_in and not yet consumed as lines
+        self.pending = bytearray()
+
+    def readline(self) -> bytes:
+        """The next line, with its newline; what is left at end of input; b"" at end of input."""
+        while True:
+            end = self.pending.find(b"\n")
+            if end >= 0:
+                line = bytes(self.pending[: end + 1])
+                del self.pending[: end + 1]
+                return line
+            chunk = os.read(self.fd_in, 1 << 16)
+            if not chunk:
+                line = bytes(self.pending)
+                self.pending.clear()
+                return line
+            self.pending += chunk
 
 
 def claim_stdio() -> Wire:
@@ -57,7 +79,7 @@ def claim_stdio() -> Wire:
     os.dup2(null, 0)
     os.close(null)
     os.dup2(2, 1)
-    return Wire(reader=open(wire_in, "rb", closefd=False), writer=open(wire_out, "wb", buffering=0, closefd=False))
+    return Wire(wire_in, open(wire_out, "wb", buffering=0, closefd=False))
 
 
 class Replies:
@@ -91,7 +113,7 @@ class Opening:
     def serve(self) -> bool:
         """Answer what we can; True once the real server is needed, False if the client left."""
         while True:
-            line = self.wire.reader.readline()
+            line = self.wire.readline()
             if not line:
                 return False
             if not self._handle(line):
@@ -166,19 +188,98 @@ class Opening:
         reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
         self.wire.writer.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
 
-    def hand_over(self, warn: Callable[[str], object] = sys.stderr.write) -> tuple[io.TextIOWrapper, FilteredOut]:
-        """stdin and stdout for the SDK's stdio transport: replayed lines first, then the wire."""
-        raw = _Replayed(b"".join(self.replay), self.wire.reader)
-        stdin = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace")
-        return stdin, FilteredOut(self.wire.writer, dict(self.answered), warn)
+    def hand_over(self, warn: Callable[[str], object] = sys.stderr.write) -> tuple[Any, Any]:
+        """stdin and stdout for the SDK's stdio transport: replayed lines first, then the wire.
+
+        Both are served by the event loop itself (no worker thread per line) when the wire is a
+        pipe, a socket or a terminal; otherwise (a regular file, say) by blocking file objects,
+        which the transport reads and writes from worker threads.
+        """
+        first = b"".join(self.replay) + bytes(self.wire.pending)
+        self.wire.pending.clear()
+        stdout = FilteredOut(self.wire.writer, dict(self.answered), warn)
+        if _loop_can_watch(self.wire.fd_in) and _loop_can_watch(self.wire.writer.fileno()):
+            return LoopLines(first, self.wire.fd_in), LoopOut(stdout, self.wire.writer.fileno())
+        raw = _Replayed(first, self.wire.fd_in)
+        return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace"), stdout
+
+
+def _loop_can_watch(fd: int) -> bool:
+    """Whether an event loop can wait on `fd` (pipes, sockets and terminals; not regular files)."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+
+#: the longest line (one JSON-RPC message) the loop reader accepts; batches of large values fit
+MAX_LINE = 64 << 20
+
+
+class LoopLines:
+    """The SDK's stdin, read by the event loop: the replayed bytes, then the wire, line by line."""
+
+    def __init__(self, first: bytes, fd: int) -> None:
+        self._first = first
+        self._fd = fd
+        self._reader: Any = None
+
+    def __aiter__(self) -> LoopLines:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._reader is None:
+            self._reader = await self._open()
+        try:
+            line: bytes = await self._reader.readline()
+        except ValueError:  # a line over MAX_LINE: the SDK answers it as unparseable, as with its own stdin
+            line = b"{}\n"
+        if not line:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+    async def _open(self) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_LINE)
+        reader.feed_data(self._first)
+        pipe = open(self._fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 (the transport owns it)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        return reader
+
+
+class LoopOut:
+    """The SDK's stdout, written by the event loop (the transport buffers; `flush` waits for room)."""
+
+    def __init__(self, filtered: FilteredOut, fd: int) -> None:
+        self._filtered = filtered
+        self._fd = fd
+        self._writer: Any = None
+
+    async def write(self, text: str) -> int:
+        if self._writer is None:
+            self._writer = await self._open()
+            self._filtered.redirect(self._writer)
+        return self._filtered.write(text)
+
+    async def flush(self) -> None:
+        if self._writer is not None:
+            await self._writer.drain()
+
+    async def _open(self) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        pipe = open(self._fd, "wb", buffering=0, closefd=False)  # noqa: SIM115 (the transport owns it)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, pipe)
+        return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
 class _Replayed(io.RawIOBase):
     """The replayed lines, then whatever the client sends next."""
 
-    def __init__(self, first: bytes, rest: io.BufferedReader) -> None:
+    def __init__(self, first: bytes, fd: int) -> None:
         self._first = first
-        self._rest = rest
+        self._fd = fd
 
     def readable(self) -> bool:
         return True
@@ -190,7 +291,7 @@ class _Replayed(io.RawIOBase):
             view[:n] = self._first[:n]
             self._first = self._first[n:]
             return n
-        data = self._rest.read1(len(view))
+        data = os.read(self._fd, len(view))
         view[: len(data)] = data
         return len(data)
 
@@ -198,10 +299,14 @@ class _Replayed(io.RawIOBase):
 class FilteredOut:
     """The SDK's stdout: its replies to requests we already answered are dropped, once each."""
 
-    def __init__(self, writer: BinaryIO, answered: dict[Any, JsonObject], warn: Callable[[str], object]) -> None:
+    def __init__(self, writer: Any, answered: dict[Any, JsonObject], warn: Callable[[str], object]) -> None:
         self._writer = writer
         self._answered = answered
         self._warn = warn
+
+    def redirect(self, writer: Any) -> None:
+        """Write to `writer` (anything with `write(bytes)`) from now on."""
+        self._writer = writer
 
     def write(self, text: str) -> int:
         if self._answered:
@@ -221,7 +326,9 @@ class FilteredOut:
         return len(text)
 
     def flush(self) -> None:
-        self._writer.flush()
+        flush = getattr(self._writer, "flush", None)
+        if flush is not None:
+            flush()
 
 
 # --- recording the SDK's replies ---------------------------------------------------------------

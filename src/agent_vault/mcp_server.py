@@ -361,8 +361,10 @@ async def serve_stdio(agent: AgentSession, streams: tuple[Any, Any] | None = Non
                     from mcp.server.stdio import stdio_server
 
                     stdin, stdout = streams
+                    if not hasattr(stdin, "__aiter__"):  # blocking files: the transport's worker threads
+                        stdin, stdout = anyio.wrap_file(stdin), anyio.wrap_file(stdout)
                     lowlevel = server._lowlevel_server  # what run_stdio_async runs, on our streams
-                    async with stdio_server(anyio.wrap_file(stdin), anyio.wrap_file(stdout)) as (read, write):
+                    async with stdio_server(stdin, stdout) as (read, write):
                         await lowlevel.run(read, write, lowlevel.create_initialization_options())
                 tg.cancel_scope.cancel()
 
