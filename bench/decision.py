@@ -6,9 +6,10 @@ asks. When the front door reports the approval URL (MCP progress), a person open
 waits a random 0-1 s, and POSTs the approval with a fresh TOTP code. The clock runs from just
 before that POST until call_tool returns the value.
 
-The front door waits in 1 s long-poll slices. A polling design would add up to one slice
-(0.5 s on average) and the latency would follow the random offset; an event-driven one is
-flat. So the figures are also split by where in the slice the POST landed.
+The front door sends progress every second (and, until 2026-11-29, also polled the broker that
+often). A polling design would add up to one second (0.5 s on average) and the latency would
+follow the random offset; an event-driven one is flat. So the figures are also split by where
+in that second the POST landed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ async def one(box: b.Sandbox, agent: Client, codes: b.StepCodes, i: int, slice_s
             await seen.wait()
         async with b.abrowser(box) as browser:
             page = await browser.get(f"/approve/{rid[0]}")
-            offset = random.uniform(0.0, slice_s)  # where in the front door's 1 s wait slice we decide
+            offset = random.uniform(0.0, slice_s)  # where in the front door's progress second we decide
             await anyio.sleep(offset)
             form = b.decision_form(page.text, "approve", codes.next_code())
             t0 = time.perf_counter()
@@ -124,10 +125,10 @@ def main() -> None:
     half = 0.1 if args.quick else 0.5
     early = [r["value"] for r in runs if r["offset"] < half] or value
     late = [r["value"] for r in runs if r["offset"] >= half] or value
-    report.add("decision.value.early", "... POST in the first half of the 1 s wait slice", early)
-    report.add("decision.value.late", "... POST in the second half of the 1 s wait slice", late)
+    report.add("decision.value.early", "... POST in the first half of a progress second", early)
+    report.add("decision.value.late", "... POST in the second half of a progress second", late)
     report.note(
-        "event-driven: the latency does not grow with the POST's offset into the wait slice "
+        "event-driven: the latency does not grow with the POST's offset into the progress second "
         "(polling would add 0-1000 ms)"
     )
     report.save(args.json)
