@@ -49,6 +49,16 @@ ODD_NAMES = (
 )
 
 
+def everything_said(exc: BaseException) -> str:
+    """The text of an exception and of every exception it shows when printed (causes, contexts)."""
+    parts = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        parts += [str(seen), repr(seen)]
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return "\n".join(parts)
+
+
 class ProviderContract(abc.ABC):
     """Tests any provider must pass. Subclasses implement `make_provider`.
 

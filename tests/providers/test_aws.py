@@ -43,7 +43,7 @@ from tests.providers.aws_backend import (
     WireStub,
     isolated_environment,
 )
-from tests.providers.contract import SEED, ProviderContract
+from tests.providers.contract import SEED, ProviderContract, everything_said
 
 VALUE = "fake-aws-value-5555"
 
@@ -148,16 +148,6 @@ def iam_provider(world: IamWorld, user: str, **options: Any) -> AwsSecretsManage
         secret_access_key=keys["aws_secret_access_key"],
         **options,
     )
-
-
-def everything_said(exc: BaseException) -> str:
-    """The text of an exception and of every exception it shows when printed."""
-    parts = []
-    seen: BaseException | None = exc
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return "\n".join(parts)
 
 
 def current(store: Any, name: str, stage: str = "AWSCURRENT") -> str:

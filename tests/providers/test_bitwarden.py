@@ -49,7 +49,7 @@ from agent_vault.providers.bitwarden import (
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
 from tests.providers import fake_bitwarden as fake
-from tests.providers.contract import SEED, TRICKY, ProviderContract
+from tests.providers.contract import SEED, TRICKY, ProviderContract, everything_said
 from tests.providers.fake_bitwarden import FakeAccount
 
 VALUE = "fake-bw-value-5555"
@@ -90,16 +90,6 @@ def dev(account: FakeAccount) -> str:
 @pytest.fixture
 def prod(account: FakeAccount) -> str:
     return account.add_project("Prod")
-
-
-def everything_said(exc: BaseException) -> str:
-    """The text of an exception and of every exception it shows when printed."""
-    parts = []
-    seen: BaseException | None = exc
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return "\n".join(parts)
 
 
 class BitwardenContract(ProviderContract):

@@ -32,7 +32,7 @@ from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.hashicorp import INSTALL_HINT, HashiCorpVaultOptions, HashiCorpVaultProvider
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
-from tests.providers.contract import SEED, ProviderContract
+from tests.providers.contract import SEED, ProviderContract, everything_said
 from tests.providers.openbao_server import KV1_MOUNT, ROOT_TOKEN, VAULT_VARIABLES, OpenBaoServer, free_port
 
 VALUE = "fake-vault-value-5555"
@@ -83,16 +83,6 @@ def seed(server: OpenBaoServer, mount: str, prefix: str, secrets: dict[str, Any]
     for name, value in secrets.items():
         data = value if isinstance(value, dict) else {"value": value}
         server.put(mount, f"{prefix}/{name}", data, namespace=namespace)
-
-
-def everything_said(exc: BaseException) -> str:
-    """The text of an exception and of every exception it shows when printed."""
-    parts = []
-    seen: BaseException | None = exc
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return "\n".join(parts)
 
 
 # --- the contract, four ways --------------------------------------------------------------------

@@ -29,12 +29,12 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
-from agent_vault.providers import keepass
+from agent_vault.providers import files
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.keepass import INSTALL_HINT, KeePassOptions, KeePassProvider
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
-from tests.providers.contract import SEED, ProviderContract
+from tests.providers.contract import SEED, ProviderContract, everything_said
 
 pykeepass = pytest.importorskip("pykeepass", reason="install the extra: pip install 'agent-vault[keepass]'")
 
@@ -120,15 +120,6 @@ def make(
 def key_file_at(path: Path) -> Path:
     path.write_bytes(bytes(range(32)))  # a 32-byte binary key file, as KeePass accepts
     return path
-
-
-def everything_said(exc: BaseException) -> str:
-    parts = []
-    seen: BaseException | None = exc
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return "\n".join(parts)
 
 
 def temp_files(directory: Path) -> list[str]:
@@ -392,13 +383,13 @@ def test_a_failure_while_writing_the_temp_file_leaves_the_database_as_it_was(
 ) -> None:
     provider = make(db, writable=True)
     assert provider.get("API_KEY").reveal() == "fake-api-1111"
-    real = keepass.write_and_sync
+    real = files.write_and_sync
 
     def half_then_fail(fd: int, data: bytes, mode: int) -> None:
         real(fd, data[: len(data) // 2], mode)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(keepass, "write_and_sync", half_then_fail)
+    monkeypatch.setattr(files, "write_and_sync", half_then_fail)
     with pytest.raises(ProviderError) as caught:
         provider.set_many({"API_KEY": SecretValue("fake-lost-1"), "NEW": SecretValue("fake-lost-2")})
     assert "the database is unchanged" in str(caught.value)
@@ -408,7 +399,7 @@ def test_a_failure_while_writing_the_temp_file_leaves_the_database_as_it_was(
     # the half-applied change in memory was dropped: the provider reads the file again
     assert provider.get("API_KEY").reveal() == "fake-api-1111"
     assert "NEW" not in provider.list_names()
-    monkeypatch.setattr(keepass, "write_and_sync", real)
+    monkeypatch.setattr(files, "write_and_sync", real)
     provider.set_many({"API_KEY": SecretValue("fake-after-1")})
     assert make(db).get("API_KEY").reveal() == "fake-after-1"
 

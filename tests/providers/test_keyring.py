@@ -42,7 +42,7 @@ from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.keyring_store import INSTALL_HINT, KeyringOptions, KeyringProvider
 from agent_vault.providers.registry import provider_class
 from agent_vault.secret import SecretValue
-from tests.providers.contract import ODD_NAMES, SEED, ProviderContract
+from tests.providers.contract import ODD_NAMES, SEED, ProviderContract, everything_said
 from tests.providers.keyring_backends import (
     INSTALL,
     LOGIN_COLLECTION,
@@ -71,16 +71,6 @@ def make(
 ) -> KeyringProvider:
     options = KeyringOptions(service=service, names=names, backend=backend)
     return KeyringProvider(options, ProviderContext(vault=vault, base_dir=Path("/nonexistent"), writable=writable))
-
-
-def everything_said(exc: BaseException) -> str:
-    """The text of an exception and of every exception it shows when printed."""
-    parts = []
-    seen: BaseException | None = exc
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return "\n".join(parts)
 
 
 def unique_service() -> str:

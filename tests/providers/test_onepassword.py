@@ -44,7 +44,7 @@ from agent_vault.providers.onepassword import (
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
 from tests.providers import fake_onepassword as fake
-from tests.providers.contract import ProviderContract
+from tests.providers.contract import ProviderContract, everything_said
 from tests.providers.fake_onepassword import FakeAccount
 from tests.seed_configs import SEED_1PASSWORD_EXAMPLES
 
@@ -84,16 +84,6 @@ def dev(account: FakeAccount) -> str:
 @pytest.fixture
 def prod(account: FakeAccount) -> str:
     return account.add_vault("Prod")
-
-
-def everything_said(exc: BaseException) -> str:
-    """The text of an exception and of every exception it shows when printed."""
-    parts = []
-    seen: BaseException | None = exc
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return "\n".join(parts)
 
 
 class TestOnePasswordContract(ProviderContract):

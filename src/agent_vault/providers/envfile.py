@@ -5,12 +5,10 @@ Path rules, write behaviour and the accepted format are described in docs/envfil
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +20,7 @@ from agent_vault.errors import ConfigError, ProviderError, SecretNotFound
 from agent_vault.providers import dotenv_format
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.dotenv_format import Document
-from agent_vault.providers.files import fsync_directory, lock_directory, read_all, trusted_stamp, write_and_sync
+from agent_vault.providers.files import lock_directory, read_all, replace_durably, trusted_stamp
 from agent_vault.secret import SecretValue
 
 log = logging.getLogger(__name__)
@@ -240,29 +238,8 @@ class EnvFileProvider:
             self._snapshot = None
 
     def _replace(self, path: Path, data: bytes, mode: int) -> None:
-        """Write a temp file beside `path`, fsync it, rename it over `path`, fsync the directory."""
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise ProviderError(f"vault {self._vault!r}: cannot write in {path.parent} ({exc.strerror}).") from None
-        try:
-            write_and_sync(fd, data, mode)
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise ProviderError(
-                    f"vault {self._vault!r}: could not write {path} ({exc.strerror}); the file is unchanged."
-                ) from None
-            raise
-        try:
-            fsync_directory(path.parent)
-        except OSError as exc:
-            raise ProviderError(
-                f"vault {self._vault!r}: {path} was written, but its directory could not be flushed "
-                f"({exc.strerror}); the change may not survive a crash."
-            ) from None
+        """Replace `path` with `data` durably (files.replace_durably)."""
+        replace_durably(path, data, mode, self._vault)
 
 
 # --- helpers ----------------------------------------------------------------------------------

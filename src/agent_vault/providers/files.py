@@ -1,15 +1,19 @@
 """File handling shared by the providers that keep secrets in local files (env, KeePass, sops, pass).
 
 Versions of a file told apart by their stat stamp, whole-file reads, a directory lock held across
-read-modify-write, and durable writes (fsync of the file and of its directory after a rename).
+read-modify-write, and durable replacement (a temp file beside it, fsynced, renamed over it, and
+the directory fsynced).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent_vault.errors import ProviderError
@@ -74,3 +78,38 @@ def fsync_directory(directory: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def replace_durably(
+    path: Path, data: bytes, mode: int, vault: str, what: str = "file", before_rename: Callable[[], None] | None = None
+) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, rename it over `path`, fsync the directory.
+
+    `before_rename` runs last before the rename and may raise to abandon the write (the temp file is
+    removed, `path` untouched). OS failures become a ProviderError naming `path`; `what` is what the
+    file is to the user ("file", "database").
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ProviderError(f"vault {vault!r}: cannot write in {path.parent} ({exc.strerror}).") from None
+    try:
+        write_and_sync(fd, data, mode)
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ProviderError(
+                f"vault {vault!r}: could not write {path} ({exc.strerror}); the {what} is unchanged."
+            ) from None
+        raise
+    try:
+        fsync_directory(path.parent)
+    except OSError as exc:
+        raise ProviderError(
+            f"vault {vault!r}: {path} was written, but its directory could not be flushed "
+            f"({exc.strerror}); the change may not survive a crash."
+        ) from None

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,7 @@ from agent_vault.providers.base import ProviderContext, ProviderOptions, read_on
 from agent_vault.providers.extras import import_extra, install_hint
 
 # the env provider's file primitives: stat identity, whole-file read, synced write, durable rename
-from agent_vault.providers.files import fsync_directory, read_all, trusted_stamp, write_and_sync
+from agent_vault.providers.files import read_all, replace_durably, trusted_stamp
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
 
@@ -586,30 +585,12 @@ class KeePassProvider:
         """
         path = state.path
         mode = stat.S_IMODE(self._regular_file(path).st_mode)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise ProviderError(f"vault {self._vault!r}: cannot write in {path.parent} ({exc.strerror}).") from None
-        try:
-            write_and_sync(fd, data, mode)
+
+        def still_ours() -> None:
             if self._bytes_of(path) != state.data:
                 raise _ChangedWhileSaving
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise ProviderError(
-                    f"vault {self._vault!r}: could not write {path} ({exc.strerror}); the database is unchanged."
-                ) from None
-            raise
-        try:
-            fsync_directory(path.parent)
-        except OSError as exc:
-            raise ProviderError(
-                f"vault {self._vault!r}: {path} was saved, but its directory could not be flushed "
-                f"({exc.strerror}); the change may not survive a crash."
-            ) from None
+
+        replace_durably(path, data, mode, self._vault, "database", still_ours)
 
     def _bytes_of(self, path: Path) -> bytes | None:
         try:

@@ -32,7 +32,7 @@ from agent_vault.errors import (
 )
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.cli_tool import Completed, Rule, Tool, ToolFailed, environment, run
-from agent_vault.providers.files import fsync_directory, lock_directory, trusted_stamp, write_and_sync
+from agent_vault.providers.files import fsync_directory, lock_directory, replace_durably, trusted_stamp, write_and_sync
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
 
@@ -373,18 +373,7 @@ class SopsProvider:
             args += ["--age", ",".join(self._recipients)]
         encrypted = self._sops_run(args, "create", None, json.dumps(tree).encode()).stdout
         del tree
-        tmp = self._temp_beside(target)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-            write_and_sync(fd, encrypted, 0o600)
-            os.replace(tmp, target)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise self._write_failed(target, exc) from None
-            raise
-        self._sync_directory(target)
+        replace_durably(target, encrypted, 0o600, self._vault)
 
     def _read_bytes(self, target: Path) -> bytes:
         try:
