@@ -13,7 +13,7 @@ import pytest
 
 from agent_vault.audit import AuditEvent, AuditLog
 from agent_vault.home import StatePaths
-from tests.conftest import write_project
+from tests.conftest import FAKE_DB, FAKE_KEY, write_project
 
 
 def cli(home: StatePaths, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -102,3 +102,23 @@ def test_status_when_no_broker_runs(home: StatePaths) -> None:
 def test_init_refuses_without_a_terminal(home: StatePaths) -> None:
     out = cli(home, "init")
     assert out.returncode == 1 and "terminal" in out.stderr
+
+
+def test_config_check_probe_asks_every_store_for_names_only(home: StatePaths, tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write_project(
+        project,
+        {
+            "dev": {"type": "env", "file": ".env.secrets"},
+            "vault": {"type": "hashicorp", "address": "http://127.0.0.1:1", "token": "env:FAKE_VAULT_TOKEN"},
+        },
+    )
+    out = cli(home, "config", "check", "--probe", cwd=project, env={"FAKE_VAULT_TOKEN": "fake-vault-token-3333"})
+    assert out.returncode == 1  # one store could not be reached
+    assert "dev (env): ok, 2 names" in out.stdout
+    assert "vault (hashicorp): FAILED, ProviderUnavailable:" in out.stdout and "127.0.0.1:1" in out.stdout
+    assert FAKE_KEY not in out.stdout and FAKE_DB not in out.stdout
+    assert "fake-vault-token-3333" not in out.stdout + out.stderr
+    write_project(project)  # only the env vault: every probe succeeds
+    good = cli(home, "config", "check", "--probe", cwd=project)
+    assert good.returncode == 0 and "dev (env): ok, 2 names" in good.stdout

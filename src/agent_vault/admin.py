@@ -13,11 +13,12 @@ from pathlib import Path
 
 from agent_vault.audit import AuditLog
 from agent_vault.client import BrokerClient
-from agent_vault.config import load_config, redacted_view
-from agent_vault.errors import BrokerUnavailable, InvalidRequest
+from agent_vault.config import VaultConfig, load_config, redacted_view
+from agent_vault.errors import AgentVaultError, BrokerUnavailable, InvalidRequest
 from agent_vault.home import state_paths
 from agent_vault.legacy_env import locate_config
 from agent_vault.store.sqlite import StateStore, Window
+from agent_vault.workspace import build_provider
 
 
 async def broker_status(as_json: bool = False) -> str:
@@ -59,11 +60,35 @@ async def stop_broker() -> str:
     return "broker: stopping"
 
 
-def config_check(path: str | None) -> str:
+def config_check(path: str | None, probe: bool = False) -> tuple[str, bool]:
+    """The resolved config (credentials redacted); with `probe`, each vault's store asked for its
+    names (never a value). Returns the text and whether every probe succeeded."""
     source = Path(path).expanduser() if path else locate_config()
     config = load_config(source)
     view = redacted_view(config)
-    return f"config file: {config.source}\n" + json.dumps(view, indent=2, default=str)
+    text = f"config file: {config.source}\n" + json.dumps(view, indent=2, default=str)
+    if not probe:
+        return text, True
+    lines, ok = ["", "probe: each vault lists its names (no value is read):"], True
+    for name, vault in config.vaults.items():
+        line, good = _probe(name, vault)
+        lines.append(line)
+        ok = ok and good
+    return text + "\n".join(lines), ok
+
+
+def _probe(name: str, vault: VaultConfig) -> tuple[str, bool]:
+    provider = None
+    try:
+        provider = build_provider(name, vault)
+        count = len(provider.list_names())
+    except AgentVaultError as exc:
+        return f"  {name} ({vault.type}): FAILED, {type(exc).__name__}: {exc}", False
+    finally:
+        close = getattr(provider, "close", None)
+        if close is not None:
+            close()
+    return f"  {name} ({vault.type}): ok, {count} name{'s' if count != 1 else ''}", True
 
 
 def _windows() -> list[Window]:

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", metavar="ACTION")
     check = config.add_parser("check", help="show the resolved config (credentials redacted) and its file")
     check.add_argument("--config", help="check this file instead of searching")
+    check.add_argument(
+        "--probe", action="store_true", help="also ask each vault's store for its names (no value is read)"
+    )
 
     grants = sub.add_parser("grants", help="approval windows").add_subparsers(dest="action", metavar="ACTION")
     glist = grants.add_parser("list", help="list active approval windows")
@@ -225,9 +228,10 @@ def _config(args: argparse.Namespace) -> int:
     from agent_vault.admin import config_check
 
     if args.action != "check":
-        raise AgentVaultError("usage: agent-vault config check [--config PATH]")
-    print(config_check(args.config))
-    return 0
+        raise AgentVaultError("usage: agent-vault config check [--config PATH] [--probe]")
+    text, ok = config_check(args.config, args.probe)
+    print(text)
+    return 0 if ok else 1
 
 
 def _grants(args: argparse.Namespace) -> int:

@@ -53,12 +53,16 @@ class Workspace:
     def provider(self, name: str) -> SecretProvider:
         provider = self._providers.get(name)
         if provider is None:
-            vault = self.vault(name)
-            cls = provider_class(vault.type)
-            ctx = ProviderContext(vault=name, base_dir=vault.base_dir, writable=vault.writable)
-            provider = cls(vault.options, ctx)  # type: ignore[call-arg]
+            provider = build_provider(name, self.vault(name))
             self._providers[name] = provider
         return provider
+
+
+def build_provider(name: str, vault: VaultConfig) -> SecretProvider:
+    """The provider for vault `name` as configured (its SDK is imported here, if it has one)."""
+    cls = provider_class(vault.type)
+    ctx = ProviderContext(vault=name, base_dir=vault.base_dir, writable=vault.writable)
+    return cls(vault.options, ctx)  # type: ignore[call-arg]
 
 
 def env_fingerprint(env: Mapping[str, str]) -> str:
