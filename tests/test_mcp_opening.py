@@ -240,3 +240,14 @@ def test_stray_output_cannot_reach_the_client(tmp_path: Path) -> None:
     )
     assert done.stdout == b"the client line\n"
     assert b"stray print" in done.stderr and b"stray child" in done.stderr
+
+
+def test_another_installed_sdk_turns_the_early_answers_off(tmp_path: Path) -> None:
+    replies = mcp_opening.Replies.load()
+    assert replies.fit()  # the SDK this checkout runs with is the one recorded from
+    newer = tmp_path / "site"
+    (newer / "mcp-99.0.0.dist-info").mkdir(parents=True)
+    (newer / "mcp_types-99.0.0.dist-info").mkdir()
+    assert mcp_opening.installed_sdk_version([str(newer), *sys.path]) == "99.0.0"
+    assert not replies.fit([str(newer), *sys.path])
+    assert mcp_opening.installed_sdk_version([str(tmp_path / "nowhere")]) is None

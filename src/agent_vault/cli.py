@@ -142,13 +142,14 @@ def _mcp(args: argparse.Namespace | None) -> int:
 
     from agent_vault import mcp_opening
 
-    if not mcp_opening.enabled():
+    replies = mcp_opening.Replies.load() if mcp_opening.enabled() else None
+    if replies is None or not replies.fit():
         threading.Thread(target=_prestart, daemon=True).start()
         return _serve_mcp(None)
     # Answer the session's opening from the SDK's recorded replies while, in the background, the
     # SDK loads and the broker (if none runs) starts. Everything the first answer needs is ready
     # before those threads start, and they yield the interpreter every 0.5 ms meanwhile.
-    opening = mcp_opening.Opening(mcp_opening.claim_stdio(), mcp_opening.Replies.load())
+    opening = mcp_opening.Opening(mcp_opening.claim_stdio(), replies)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     threading.Thread(target=_prestart, daemon=True).start()

@@ -12,7 +12,8 @@ rest of stdin and stdout are its own from then on.
 The recording must match what the installed SDK would answer: `python -m agent_vault.mcp_opening
 --record` writes it, tests/test_mcp_opening.py fails when it is stale, and at run time the SDK's
 dropped `initialize` reply is compared with the one sent, with a warning on stderr if they differ.
-`AGENT_VAULT_EARLY_MCP=0` turns all of this off.
+`AGENT_VAULT_EARLY_MCP=0` turns all of this off, and so does an installed `mcp` other than the one
+recorded from (everything then waits for the SDK, as without this module).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Replies:
     """What the SDK answered, by protocol version and method (see `record`)."""
 
     def __init__(self, data: JsonObject) -> None:
+        #: the version of the `mcp` package the replies were recorded from
+        self.sdk_version: str = data["sdkVersion"]
         self.meta_keys: dict[str, str] = data["metaKeys"]
         self.latest_handshake: str = data["latestHandshake"]
         self.handshake: dict[str, dict[str, JsonObject]] = data["handshake"]
@@ -95,6 +98,27 @@ class Replies:
     def load(cls, path: str = REPLIES) -> Replies:
         with open(path, "rb") as f:
             return cls(json.load(f))
+
+    def fit(self, search: list[str] | None = None) -> bool:
+        """Whether the installed `mcp` is the one recorded from (another may answer differently)."""
+        return installed_sdk_version(search) == self.sdk_version
+
+
+def installed_sdk_version(search: list[str] | None = None) -> str | None:
+    """The installed `mcp` distribution's version, from its dist-info directory name.
+
+    importlib.metadata would cost more than the rest of the opening; the directory name is what
+    pip and uv write (`mcp-2.3.0.dist-info`).
+    """
+    for entry in sys.path if search is None else search:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("mcp-") and name.endswith(".dist-info"):
+                return name[len("mcp-") : -len(".dist-info")]
+    return None
 
 
 class Opening:
@@ -396,7 +420,10 @@ async def record() -> JsonObject:
             ]
         )
         modern[version] = {"server/discover": got[1], "tools/list": got[2]}
+    from importlib.metadata import version as dist_version
+
     return {
+        "sdkVersion": dist_version("mcp"),
         "metaKeys": meta_keys,
         "latestHandshake": LATEST_HANDSHAKE_VERSION,
         "handshake": handshake,
