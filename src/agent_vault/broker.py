@@ -44,7 +44,7 @@ from agent_vault.errors import (
 )
 from agent_vault.generate import GenerationSpec
 from agent_vault.generate import generate as generate_value
-from agent_vault.policy import Clock, WindowPolicy, refuse_inject_only, utc_now
+from agent_vault.policy import DEFINITION, Clock, WindowPolicy, refuse_inject_only, utc_now
 from agent_vault.previews import mask_preview
 from agent_vault.recorder import Recorder
 from agent_vault.runner import RunResult
@@ -53,6 +53,8 @@ from agent_vault.secret import SecretValue
 from agent_vault.store.sqlite import StateStore, Window
 from agent_vault.workspace import Workspace, env_fingerprint
 
+#: why a request is cancelled when its vault's config section changed after it was made
+VAULT_CHANGED = "was changed in the config after the request (it may point at another store now)"
 log = logging.getLogger("agent_vault.broker")
 
 
@@ -208,7 +210,7 @@ class Broker:
         elif purpose == "value":
             refuse_inject_only(vcfg, vault, checked)
 
-        windowed, ask = self.policy.split(ws.key, vault, checked, operation)
+        windowed, ask = self.policy.split(ws.key, vault, checked, operation, ws.definitions[vault])
         if not ask and run is None:
             return await self._auto_approve(session, vault, windowed, why)  # checks names as it reads
         if operation is Operation.READ:
@@ -216,7 +218,8 @@ class Broker:
         if not ask and run is not None:
             return await self._auto_approve_run(session, vault, windowed, why, run, base_env)
 
-        extra = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
+        extra: dict[str, Any] = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
+        extra[DEFINITION] = ws.definitions[vault]
         key = (session.id, ws.key, vault, ask, windowed, operation, why, json.dumps(extra, sort_keys=True))
         existing = self.live.coalesced(key) if operation is Operation.READ else None
         if existing is not None:
@@ -292,7 +295,11 @@ class Broker:
     async def _auto_approve(self, session: Session, vault: str, names: tuple[str, ...], reason: str) -> Outcome:
         """Every name is inside a window: check the names and read them in one trip to a thread."""
         ws = session.workspace
-        end = max((self.policy.window_end(ws.key, vault, n) for n in names), default=None, key=_sort_key)
+        end = max(
+            (self.policy.window_end(ws.key, vault, n, ws.definitions[vault]) for n in names),
+            default=None,
+            key=_sort_key,
+        )
         provider = ws.provider(vault)
 
         def check_and_read() -> dict[str, SecretValue]:
@@ -318,11 +325,16 @@ class Broker:
         """A window allows every secret of the command: record it as approved and let it run."""
         ws = session.workspace
         now = self.clock()
-        req = self._new_request(session, vault, (), names, Operation.READ, reason, None, {"run": dict(run)})
+        extra = {"run": dict(run), DEFINITION: ws.definitions[vault]}
+        req = self._new_request(session, vault, (), names, Operation.READ, reason, None, extra)
         req = req.with_status(Status.APPROVED, now)
         self.store.insert_request(req)
         self.live.add(req.id, Live(asyncio.Event(), ws, base_env=dict(base_env or {})))
-        end = max((self.policy.window_end(ws.key, vault, n) for n in names), default=None, key=_sort_key)
+        end = max(
+            (self.policy.window_end(ws.key, vault, n, ws.definitions[vault]) for n in names),
+            default=None,
+            key=_sort_key,
+        )
         await self._audit(ws, "auto_approved", req, names=names, window_end=end, detail={"run": dict(run)})
         return await self._run_outcome(session, req, 0)
 
@@ -353,6 +365,7 @@ class Broker:
         """Start the approved command once, then report its progress and, at the end, its result."""
         if req.status is Status.APPROVED and not self.runs.started(req.id):
             ws = session.workspace
+            await self._refuse_if_vault_changed(ws, req)
             values = await self._fetch(ws, req.vault, req.all_names)
             if not self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
                 raise InvalidRequest(f"the command of request {req.id} was already started")
@@ -404,6 +417,7 @@ class Broker:
 
     async def _deliver(self, session: Session, req: AccessRequest) -> Outcome:
         ws = session.workspace
+        await self._refuse_if_vault_changed(ws, req)
         values = await self._fetch(ws, req.vault, req.all_names)
         if not self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
             raise InvalidRequest(f"the values of request {req.id} were already delivered; they are handed over once")
@@ -411,6 +425,18 @@ class Broker:
         await self._audit(ws, "delivered", req, names=req.all_names, window_end=end)
         self.live.forget(req.id)
         return Outcome("delivered", req, values=values, window_end=end)
+
+    def _vault_unchanged(self, ws: Workspace, req: AccessRequest) -> bool:
+        """Whether the request's vault still reads from what it did when the request was made."""
+        ws.refresh()
+        return ws.definitions.get(req.vault) == req.extra.get(DEFINITION)
+
+    async def _refuse_if_vault_changed(self, ws: Workspace, req: AccessRequest) -> None:
+        if not self._vault_unchanged(ws, req):
+            self.store.transition(req.id, [Status.APPROVED], Status.CANCELLED, self.clock())
+            await self._audit(ws, "cancelled", req, detail={"why": VAULT_CHANGED})
+            self.live.forget(req.id)
+            raise ApprovalError(f"vault {req.vault!r} {VAULT_CHANGED}; nothing was released. Ask again.")
 
     def _window_end_for(self, req: AccessRequest) -> datetime | None:
         if req.ttl_minutes <= 0 or req.decided_at is None:
@@ -437,6 +463,9 @@ class Broker:
             raise RequestExpired("this request expired before the decision; nothing was released")
         live = self.live.get(req.id)
         factor = None
+        if approve and live is not None and not self._vault_unchanged(live.workspace, req):
+            await self._finish(req.id, Status.CANCELLED, "cancelled", why=VAULT_CHANGED)
+            raise ApprovalError(f"vault {req.vault!r} {VAULT_CHANGED}; this request was cancelled, nothing released")
         if approve:
             try:
                 factor = self.approver.verify(req, proof)
@@ -469,6 +498,10 @@ class Broker:
 
     async def _write(self, req: AccessRequest) -> None:
         live = self.live.get(req.id)
+        if live is not None and not self._vault_unchanged(live.workspace, req):
+            self._record_write_error(req, f"vault {req.vault!r} {VAULT_CHANGED}; nothing was written")
+            await self._audit(live.workspace, "cancelled", req, detail={"why": VAULT_CHANGED})
+            return
         if live is not None and live.generate is not None:
             live.values = {name: generate_value(live.generate) for name in req.names}
         if live is None or live.values is None:

@@ -23,19 +23,26 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: the key of a request's `extra` that holds its vault's definition digest at request time
+DEFINITION = "vault_definition"
+
+
 class WindowPolicy:
     def __init__(self, store: StateStore, clock: Clock = utc_now) -> None:
         self._store = store
         self._clock = clock
 
     def split(
-        self, workspace: str, vault: str, names: Sequence[str], operation: Operation
+        self, workspace: str, vault: str, names: Sequence[str], operation: Operation, definition: str
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(names a window already allows, names that need the human). Writes always need the human."""
+        """(names a window already allows, names that need the human). Writes always need the human.
+
+        Only windows opened while the vault had this `definition` count: one the config has since
+        pointed at another store allows nothing."""
         if operation is not Operation.READ:
             return (), tuple(names)
         now = self._clock()
-        windows = self._store.active_windows(now, workspace, vault)
+        windows = [w for w in self._store.active_windows(now, workspace, vault) if w.definition == definition]
         allowed = tuple(n for n in names if any(w.covers(n, now) for w in windows))
         return allowed, tuple(n for n in names if n not in allowed)
 
@@ -56,6 +63,7 @@ class WindowPolicy:
                 created_at=decided_at,
                 ends_at=ends,
                 request_id=request.id,
+                definition=str(request.extra.get(DEFINITION, "")),
             )
             self._store.add_window(window)
             opened.append(window)
@@ -78,9 +86,10 @@ class WindowPolicy:
     def now(self) -> datetime:
         return self._clock()
 
-    def window_end(self, workspace: str, vault: str, name: str) -> datetime | None:
+    def window_end(self, workspace: str, vault: str, name: str, definition: str) -> datetime | None:
         now = self._clock()
-        ends = [w.ends_at for w in self._store.active_windows(now, workspace, vault) if w.covers(name, now)]
+        windows = self._store.active_windows(now, workspace, vault)
+        ends = [w.ends_at for w in windows if w.definition == definition and w.covers(name, now)]
         return max(ends) if ends else None
 
 

@@ -33,6 +33,8 @@ class Workspace:
         config = load_config(self.path, self._env)
         self._stamp = (st.st_mtime_ns, st.st_size)
         self._providers = {}
+        #: vault name -> a digest of what the vault reads from (type, options, directory)
+        self.definitions = {name: _definition(vault) for name, vault in config.vaults.items()}
         return config
 
     def refresh(self) -> bool:
@@ -63,6 +65,14 @@ def build_provider(name: str, vault: VaultConfig) -> SecretProvider:
     cls = provider_class(vault.type)
     ctx = ProviderContext(vault=name, base_dir=vault.base_dir, writable=vault.writable)
     return cls(vault.options, ctx)  # type: ignore[call-arg]
+
+
+def _definition(vault: VaultConfig) -> str:
+    """A digest of which store a vault section points at: requests and windows are bound to it, so an
+    edit that points a vault name at another store (or file, account, path) unlocks nothing approved
+    before. Credentials enter the digest (another token may be another account); only the digest is kept."""
+    what = {"type": vault.type, "options": vault.options.model_dump(mode="json"), "dir": str(vault.base_dir)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def env_fingerprint(env: Mapping[str, str]) -> str:

@@ -80,6 +80,10 @@ MIGRATIONS: list[str] = [
         used_at TEXT
     );
     """,
+    # 3: windows are bound to the vault's definition (what it reads from) when they were opened
+    """
+    ALTER TABLE windows ADD COLUMN definition TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 
@@ -97,6 +101,8 @@ class Window:
     ends_at: datetime
     request_id: str
     revoked_at: datetime | None = None
+    #: digest of the vault's definition when the window opened (see workspace._definition)
+    definition: str = ""
 
     def covers(self, name: str, now: datetime) -> bool:
         return self.revoked_at is None and now < self.ends_at and self.name in (None, name)
@@ -230,7 +236,7 @@ class StateStore:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO windows (id, workspace, vault, name, scope, created_at, ends_at, revoked_at,"
-                " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " request_id, definition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     window.id,
                     window.workspace,
@@ -241,6 +247,7 @@ class StateStore:
                     _ts(window.ends_at),
                     _ts(window.revoked_at),
                     window.request_id,
+                    window.definition,
                 ),
             )
 
@@ -322,4 +329,5 @@ def _window_from_row(row: dict[str, Any]) -> Window:
         ends_at=ends,
         request_id=row["request_id"],
         revoked_at=_dt(row["revoked_at"]),
+        definition=row["definition"],
     )

@@ -1,0 +1,110 @@
+"""An approval covers a vault as it was when asked: an edit of the (agent-editable) project config
+that points a vault name at another store, file or account unlocks nothing approved before."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from agent_vault.approvals.request import Operation, Status
+from agent_vault.broker import Broker
+from agent_vault.errors import ApprovalError
+from agent_vault.home import StatePaths
+from tests.conftest import FAKE_KEY
+from tests.test_broker import OK, Clock, make_broker, open_session
+
+pytestmark = pytest.mark.anyio
+
+OTHER_KEY = "fake-other-store-key-7777"
+
+
+@pytest.fixture
+async def broker(home: StatePaths) -> Broker:
+    started = make_broker(home, Clock())
+    await started.start()
+    return started
+
+
+def repoint(root: Path, **changes: object) -> None:
+    """Edit the project's config as an agent could: the `dev` vault now reads elsewhere."""
+    (root / "elsewhere.env").write_text(f"API_KEY={OTHER_KEY}\nDATABASE_URL=fake-other-db\n")
+    os.chmod(root / "elsewhere.env", 0o600)
+    config = root / "agent-vault.config.json"
+    data = json.loads(config.read_text())
+    data["vaults"]["dev"].update(changes)
+    config.write_text(json.dumps(data, indent=2))  # another size: the broker sees the edit at once
+
+
+async def test_a_window_does_not_follow_the_vault_to_another_store(broker: Broker, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    session = open_session(broker, root, ttl=30, ttlScope="vault")
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    await broker.decide(out.request.id, True, OK)
+    assert (await broker.wait(session, out.request.id, 0)).values["API_KEY"].reveal() == FAKE_KEY
+    again = await broker.request_access(session, "dev", ["API_KEY"], "deploy again")
+    assert again.status == "delivered"  # the window works while the vault is unchanged
+
+    repoint(root, file="elsewhere.env")
+    moved = await broker.request_access(session, "dev", ["API_KEY"], "deploy once more")
+    assert moved.status == "pending"  # the human is asked, with the vault as it is now
+    assert OTHER_KEY not in repr(moved)
+
+
+async def test_settings_that_do_not_move_the_vault_keep_its_window(broker: Broker, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    session = open_session(broker, root, ttl=30, ttlScope="vault")
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    await broker.decide(out.request.id, True, OK)
+    await broker.wait(session, out.request.id, 0)
+    repoint(root, ttl=20)  # same store, another ttl for the next approval
+    assert (await broker.request_access(session, "dev", ["API_KEY"], "deploy again")).status == "delivered"
+
+
+async def test_an_edit_before_the_decision_cancels_the_request(broker: Broker, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    session = open_session(broker, root)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "run migration 42")
+    assert out.request is not None
+    repoint(root, file="elsewhere.env")
+    with pytest.raises(ApprovalError, match="changed in the config"):
+        await broker.decide(out.request.id, True, OK)
+    assert broker.get_request(out.request.id).status is Status.CANCELLED  # type: ignore[union-attr]
+    with pytest.raises(ApprovalError):
+        await broker.wait(session, out.request.id, 0)
+    assert not broker.policy.active()  # no window was opened
+
+
+async def test_an_edit_between_approval_and_delivery_releases_nothing(broker: Broker, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    session = open_session(broker, root, ttl=30)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "run migration 42")
+    assert out.request is not None
+    await broker.decide(out.request.id, True, OK)
+    repoint(root, file="elsewhere.env")
+    with pytest.raises(ApprovalError, match="nothing was released"):
+        await broker.wait(session, out.request.id, 0)
+    assert broker.get_request(out.request.id).status is Status.CANCELLED  # type: ignore[union-attr]
+    events = [r.event for r in broker.audit.list()]
+    assert "cancelled" in events and "delivered" not in events
+    for record in broker.audit.list():
+        assert OTHER_KEY not in repr(record) and FAKE_KEY not in repr(record)
+
+
+async def test_an_approved_write_is_not_carried_out_on_a_moved_vault(broker: Broker, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    session = open_session(broker, root, writable=True)
+    out = await broker.request_access(
+        session, "dev", ["NEW_TOKEN"], "store the token", operation=Operation.WRITE,
+        values={"NEW_TOKEN": "fake-written-8888"},
+    )  # fmt: skip
+    assert out.request is not None
+    repoint(root, file="elsewhere.env", writable=True)
+    with pytest.raises(ApprovalError):
+        await broker.decide(out.request.id, True, OK)
+    assert "fake-written-8888" not in (root / "elsewhere.env").read_text()
+    assert "fake-written-8888" not in (root / ".env.secrets").read_text()
