@@ -13,7 +13,7 @@ from agent_vault.approvals.request import Operation, Status
 from agent_vault.broker import Broker
 from agent_vault.errors import ApprovalError
 from agent_vault.home import StatePaths
-from tests.conftest import FAKE_KEY
+from tests.conftest import FAKE_KEY, write_project
 from tests.test_broker import OK, Clock, make_broker, open_session
 
 pytestmark = pytest.mark.anyio
@@ -108,3 +108,40 @@ async def test_an_approved_write_is_not_carried_out_on_a_moved_vault(broker: Bro
         await broker.decide(out.request.id, True, OK)
     assert "fake-written-8888" not in (root / "elsewhere.env").read_text()
     assert "fake-written-8888" not in (root / ".env.secrets").read_text()
+
+
+async def test_the_page_says_which_store_a_vault_reads(home: StatePaths, tmp_path: Path) -> None:
+    from agent_vault.daemon import BrokerServer
+    from tests.web_helpers import Visitor
+
+    server = BrokerServer(home, 0)
+    await server.start()
+    try:
+        config = write_project(tmp_path / "p", {"dev": {"type": "env", "file": ".env.secrets"}})
+        session = server.broker.open_session(config, {}, {"client_name": "pytest", "pid": 1})
+        out = await server.broker.request_access(session, "dev", ["API_KEY"], "deploy")
+        assert out.request is not None
+        visitor = Visitor(server.url)
+        try:
+            page = (await visitor.get(f"/approve/{out.request.id}")).text
+        finally:
+            await visitor.aclose()
+        assert "Store: <code>env: file .env.secrets</code>" in page
+    finally:
+        await server.stop()
+
+
+def test_the_store_line_leaves_out_credentials_and_values_from_env(tmp_path: Path) -> None:
+    from agent_vault.config import load_config
+    from agent_vault.workspace import Workspace
+
+    path = tmp_path / "agent-vault.toml"
+    path.write_text(
+        '[vaults.team]\ntype = "hashicorp"\naddress = "env:FAKE_ADDR"\ntoken = "env:FAKE_TOKEN"\n'
+        'mount = "kv"\npath = "agents"\n'
+    )
+    env = {"FAKE_ADDR": "https://fake-vault.example:8200", "FAKE_TOKEN": "fake-token-4444"}
+    load_config(path, env)  # valid as written
+    line = Workspace(path, env).stores["team"]
+    assert line.startswith("hashicorp: ") and "mount kv" in line and "path agents" in line
+    assert "fake-token-4444" not in line and "fake-vault.example" not in line

@@ -44,7 +44,7 @@ from agent_vault.errors import (
 )
 from agent_vault.generate import GenerationSpec
 from agent_vault.generate import generate as generate_value
-from agent_vault.policy import DEFINITION, Clock, WindowPolicy, refuse_inject_only, utc_now
+from agent_vault.policy import DEFINITION, STORE, Clock, WindowPolicy, refuse_inject_only, utc_now
 from agent_vault.previews import mask_preview
 from agent_vault.recorder import Recorder
 from agent_vault.runner import RunResult
@@ -220,6 +220,7 @@ class Broker:
 
         extra: dict[str, Any] = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
         extra[DEFINITION] = ws.definitions[vault]
+        extra[STORE] = ws.stores[vault]
         key = (session.id, ws.key, vault, ask, windowed, operation, why, json.dumps(extra, sort_keys=True))
         existing = self.live.coalesced(key) if operation is Operation.READ else None
         if existing is not None:
@@ -325,7 +326,7 @@ class Broker:
         """A window allows every secret of the command: record it as approved and let it run."""
         ws = session.workspace
         now = self.clock()
-        extra = {"run": dict(run), DEFINITION: ws.definitions[vault]}
+        extra = {"run": dict(run), DEFINITION: ws.definitions[vault], STORE: ws.stores[vault]}
         req = self._new_request(session, vault, (), names, Operation.READ, reason, None, extra)
         req = req.with_status(Status.APPROVED, now)
         self.store.insert_request(req)

@@ -25,6 +25,8 @@ def utc_now() -> datetime:
 
 #: the key of a request's `extra` that holds its vault's definition digest at request time
 DEFINITION = "vault_definition"
+#: the key of a request's `extra` that says, for the page, where its vault reads from
+STORE = "store"
 
 
 class WindowPolicy:

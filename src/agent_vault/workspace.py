@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from agent_vault.config import Config, VaultConfig, load_config
+from agent_vault.config import Config, VaultConfig, load_config, redacted_view
 from agent_vault.errors import InvalidRequest
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.registry import provider_class
@@ -35,6 +35,9 @@ class Workspace:
         self._providers = {}
         #: vault name -> a digest of what the vault reads from (type, options, directory)
         self.definitions = {name: _definition(vault) for name, vault in config.vaults.items()}
+        #: vault name -> where it reads from, for the approval page (no credential, nothing from env:)
+        views = redacted_view(config)["vaults"]
+        self.stores = {name: _store_line(vault.type, views[name]) for name, vault in config.vaults.items()}
         return config
 
     def refresh(self) -> bool:
@@ -73,6 +76,28 @@ def _definition(vault: VaultConfig) -> str:
     before. Credentials enter the digest (another token may be another account); only the digest is kept."""
     what = {"type": vault.type, "options": vault.options.model_dump(mode="json"), "dir": str(vault.base_dir)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+#: keys every vault has: not part of where it reads from
+_COMMON_KEYS = {"type", "ttl", "ttlScope", "writable", "delivery", "secrets"}
+
+
+def _store_line(type_name: str, view: Mapping[str, object]) -> str:
+    """`pass: storeDir ~/.password-store, prefix agents`: the provider and its plain settings."""
+    parts = []
+    for key, value in view.items():
+        if (
+            key in _COMMON_KEYS
+            or value in (None, "", [], {})
+            or (isinstance(value, str) and value.startswith("<redacted"))
+        ):
+            continue
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        if isinstance(shown, dict):
+            continue
+        parts.append(f"{key} {shown}")
+    line = f"{type_name}: {', '.join(parts)}" if parts else type_name
+    return line if len(line) <= 300 else line[:299] + "…"
 
 
 def env_fingerprint(env: Mapping[str, str]) -> str:

@@ -161,6 +161,7 @@ class WebApp:
             "expires": req.expires_at.astimezone(UTC).strftime("%H:%M:%S UTC"),
             "state": req.status.value,
             "run": _run_view(req.extra.get("run")),
+            "store": req.extra.get("store"),
         }
 
     def asgi(self) -> ASGIApp:
