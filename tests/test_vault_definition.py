@@ -145,3 +145,33 @@ def test_the_store_line_leaves_out_credentials_and_values_from_env(tmp_path: Pat
     line = Workspace(path, env).stores["team"]
     assert line.startswith("hashicorp: ") and "mount kv" in line and "path agents" in line
     assert "fake-token-4444" not in line and "fake-vault.example" not in line
+
+
+async def test_an_edit_while_the_approval_is_recorded_still_stops_the_write(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last check is right before the store is written, after the approval's audit row."""
+    root = tmp_path / "p"
+    session = open_session(broker, root, writable=True)
+    out = await broker.request_access(
+        session,
+        "dev",
+        ["NEW_TOKEN"],
+        "store the token",
+        operation=Operation.WRITE,
+        values={"NEW_TOKEN": "fake-raced-5555"},
+    )
+    assert out.request is not None
+    record = broker._audit
+
+    async def edit_as_it_is_recorded(*args: object, **kwargs: object) -> object:
+        result = await record(*args, **kwargs)  # type: ignore[arg-type]
+        if args[1] == "approved":
+            repoint(root, file="elsewhere.env", writable=True)
+        return result
+
+    monkeypatch.setattr(broker, "_audit", edit_as_it_is_recorded)
+    await broker.decide(out.request.id, True, OK)
+    assert broker.get_request(out.request.id).status is Status.CANCELLED  # type: ignore[union-attr]
+    assert "fake-raced-5555" not in (root / "elsewhere.env").read_text()
+    assert "fake-raced-5555" not in (root / ".env.secrets").read_text()
