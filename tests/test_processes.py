@@ -17,13 +17,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from agent_vault.home import StatePaths
-from tests.conftest import write_project
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_port, write_project
 
 
 def env_for(home: StatePaths) -> dict[str, str]:

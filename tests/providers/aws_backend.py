@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import free_port, stop_process
+
 REGION = "us-east-1"
 #: moto's fake root credentials; the IAM-enforcing server refuses them once auth is on
 FAKE_ROOT = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -48,13 +50,6 @@ AWS_VARIABLES = (
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def isolated_environment(aws_dir: Path) -> dict[str, str]:
@@ -134,13 +129,7 @@ class MotoServer:
         return boto3.client(service, endpoint_url=self.url, region_name=REGION, **keys)
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
+        stop_process(self._process)
         self._log.close()
 
 

@@ -25,6 +25,8 @@ from keyring.compat import properties
 from keyring.errors import PasswordSetError
 from secretstorage.util import DBusAddressWrapper, format_secret, open_session
 
+from tests.conftest import stop_process
+
 LOGIN_COLLECTION = "/org/freedesktop/secrets/collection/login"
 #: gnome-keyring's own interface for creating and unlocking collections without a prompt
 INTERNAL = "org.gnome.keyring.InternalUnsupportedGuiltRiddenInterface"
@@ -161,13 +163,7 @@ class SecretServiceDaemon:
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop_process(process)
             if process.stdout is not None:
                 process.stdout.close()
         self.processes.clear()

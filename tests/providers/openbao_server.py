@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import free_port, stop_process
 
 #: variables that would point the server or a client at a real Vault, or a real login
 VAULT_VARIABLES = tuple(
@@ -46,13 +47,6 @@ READ_ONLY = """
 path "secret/data/*" { capabilities = ["read"] }
 path "secret/metadata/*" { capabilities = ["list"] }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def bao_binary() -> Path:
@@ -184,11 +178,5 @@ class OpenBaoServer:
         return int(meta["data"]["current_version"])
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
+        stop_process(self._process)
         self._log.close()
