@@ -6,7 +6,10 @@ A subclass named `Test...` implements `make_provider`; pytest then runs all of t
 from __future__ import annotations
 
 import abc
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +60,26 @@ def everything_said(exc: BaseException) -> str:
         parts += [str(seen), repr(seen)]
         seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
     return "\n".join(parts)
+
+
+def in_threads(work: Callable[[Any], object], args: Iterable[Any], timeout: float = 60) -> None:
+    """Run `work(arg)` for every arg, each on its own thread, all at once; fail with the first error."""
+    errors: list[BaseException] = []
+
+    def run(arg: Any) -> None:
+        try:
+            work(arg)
+        except BaseException as exc:  # raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(arg,)) for arg in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), f"a thread was still running after {timeout} s"
+    if errors:
+        raise errors[0]
 
 
 class ProviderContract(abc.ABC):

@@ -13,7 +13,6 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from tests.providers.aws_backend import (
     WireStub,
     isolated_environment,
 )
-from tests.providers.contract import SEED, ProviderContract, everything_said
+from tests.providers.contract import SEED, ProviderContract, everything_said, in_threads
 
 VALUE = "fake-aws-value-5555"
 
@@ -329,20 +328,7 @@ def test_whole_and_key_writes_to_one_secret_in_one_batch_are_refused(store: Any,
 def test_concurrent_key_writes_through_one_provider_all_land(store: Any, moto: MotoServer) -> None:
     store.create_secret(Name="shared", SecretString="{}")
     provider = make(moto.url)
-    errors: list[BaseException] = []
-
-    def write(i: int) -> None:
-        try:
-            provider.set_many({f"shared:k{i}": SecretValue(f"fake-v{i}")})
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
+    in_threads(lambda i: provider.set_many({f"shared:k{i}": SecretValue(f"fake-v{i}")}), range(8))
     assert json.loads(current(store, "shared")) == {f"k{i}": f"fake-v{i}" for i in range(8)}
 
 

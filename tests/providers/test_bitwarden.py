@@ -49,7 +49,7 @@ from agent_vault.providers.bitwarden import (
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
 from tests.providers import fake_bitwarden as fake
-from tests.providers.contract import ProviderContract, everything_said
+from tests.providers.contract import ProviderContract, everything_said, in_threads
 from tests.providers.fake_bitwarden import FakeAccount
 
 VALUE = "fake-bw-value-5555"
@@ -558,20 +558,11 @@ def test_concurrent_reads_sign_in_once(account: FakeAccount, dev: str) -> None:
     provider = make(account)
     assert account.calls == [] and account.clients == []  # nothing happens until the first call
     results: dict[int, str] = {}
-    errors: list[BaseException] = []
 
     def worker(i: int) -> None:
-        try:
-            results[i] = provider.get(f"KEY_{i}").reveal()
-        except BaseException as exc:
-            errors.append(exc)
+        results[i] = provider.get(f"KEY_{i}").reveal()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert errors == []
+    in_threads(worker, range(20), timeout=10)
     assert results == {i: f"fake-{i}" for i in range(20)}
     assert account.methods().count("auth.login_access_token") == 1
     assert account.methods().count("secrets.list") == 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.hashicorp import INSTALL_HINT, HashiCorpVaultOptions, HashiCorpVaultProvider
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
-from tests.providers.contract import SEED, ProviderContract, everything_said
+from tests.providers.contract import SEED, ProviderContract, everything_said, in_threads
 from tests.providers.openbao_server import KV1_MOUNT, ROOT_TOKEN, VAULT_VARIABLES, OpenBaoServer, free_port
 
 VALUE = "fake-vault-value-5555"
@@ -616,22 +615,13 @@ def test_concurrent_reads_from_worker_threads(bao: OpenBaoServer) -> None:
     seed(bao, "secret", prefix, secrets)
     provider = make(bao, path=prefix)
     results: dict[str, str] = {}
-    failures: list[BaseException] = []
 
     def read(name: str) -> None:
-        try:
-            for _ in range(5):
-                results[name] = provider.get(name).reveal()
-                provider.list_names()
-        except BaseException as exc:  # reported below
-            failures.append(exc)
+        for _ in range(5):
+            results[name] = provider.get(name).reveal()
+            provider.list_names()
 
-    threads = [threading.Thread(target=read, args=(name,)) for name in secrets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not failures
+    in_threads(read, secrets)
     assert results == secrets
 
 

@@ -34,7 +34,7 @@ from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.keepass import INSTALL_HINT, KeePassOptions, KeePassProvider
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
-from tests.providers.contract import SEED, ProviderContract, everything_said
+from tests.providers.contract import SEED, ProviderContract, everything_said, in_threads
 
 pykeepass = pytest.importorskip("pykeepass", reason="install the extra: pip install 'agent-vault[keepass]'")
 
@@ -527,23 +527,14 @@ def test_concurrent_writers_lose_nothing(db: Path) -> None:
 
 def test_one_provider_is_safe_across_threads(db: Path) -> None:
     provider = make(db, writable=True)
-    errors: list[BaseException] = []
 
     def work(index: int) -> None:
-        try:
-            for i in range(5):
-                provider.set_many({f"T{index}": SecretValue(f"fake-t{index}-{i}")})
-                assert provider.get(f"T{index}").reveal() == f"fake-t{index}-{i}"
-                assert "API_KEY" in provider.list_names()
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(5):
+            provider.set_many({f"T{index}": SecretValue(f"fake-t{index}-{i}")})
+            assert provider.get(f"T{index}").reveal() == f"fake-t{index}-{i}"
+            assert "API_KEY" in provider.list_names()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert errors == []
+    in_threads(work, range(4), timeout=120)
 
 
 # --- the cache ------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from agent_vault.providers.onepassword import (
 from agent_vault.providers.registry import provider_class, provider_entry_points
 from agent_vault.secret import SecretValue
 from tests.providers import fake_onepassword as fake
-from tests.providers.contract import ProviderContract, everything_said
+from tests.providers.contract import ProviderContract, everything_said, in_threads
 from tests.providers.fake_onepassword import FakeAccount
 from tests.seed_configs import SEED_1PASSWORD_EXAMPLES
 
@@ -488,20 +487,11 @@ def test_construction_is_quiet_and_the_client_is_made_once(account: FakeAccount,
     assert account.calls == []
     assert provider._thread is None  # no thread, no sign-in until the first call
     results: dict[int, str] = {}
-    errors: list[BaseException] = []
 
     def worker(i: int) -> None:
-        try:
-            results[i] = provider.get(f"KEY_{i}").reveal()
-        except BaseException as exc:
-            errors.append(exc)
+        results[i] = provider.get(f"KEY_{i}").reveal()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert errors == []
+    in_threads(worker, range(20), timeout=10)
     assert results == {i: f"fake-{i}" for i in range(20)}
     assert account.methods().count("authenticate") == 1
     assert account.methods().count("vaults.list") == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from tests.providers.cli_backends import (
     require,
     script,
 )
-from tests.providers.contract import SEED, TRICKY, ProviderContract
+from tests.providers.contract import SEED, TRICKY, ProviderContract, in_threads
 
 PREFIX = "agents"
 VALUE = "fake-pass-value-5555"
@@ -350,20 +349,7 @@ def test_values_never_reach_a_command_line_or_the_environment(
 def test_concurrent_writes_from_threads_all_land(tmp_path: Path, key: GpgKey) -> None:
     store = new_store(tmp_path, key)
     provider = make(store, key, writable=True)
-    errors: list[BaseException] = []
-
-    def write(i: int) -> None:
-        try:
-            provider.set_many({f"thread-{i}": SecretValue(f"fake-thread-{i}")})
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    in_threads(lambda i: provider.set_many({f"thread-{i}": SecretValue(f"fake-thread-{i}")}), range(6))
     assert provider.list_names() == [f"thread-{i}" for i in range(6)]
     assert [provider.get(f"thread-{i}").reveal() for i in range(6)] == [f"fake-thread-{i}" for i in range(6)]
 
