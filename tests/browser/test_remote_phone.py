@@ -6,7 +6,6 @@ through the same tunnel gets 421."""
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 import time
 from collections.abc import Callable
@@ -14,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent_vault.approvals.request import Status
 from agent_vault.home import StatePaths
 from tests.browser.conftest import ARGS, CHROMIUM, PHONE, BackgroundBroker
+from tests.certs import self_signed
 from tests.conftest import FAKE_KEY, StepClock, enrol_totp
 from tests.test_channels import Stub, make_stub, toml_list, write_settings
 
@@ -63,29 +60,6 @@ asyncio.run(main())
 """
 
 
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PUBLIC)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"*.{PUBLIC.split('.', 1)[1]}")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "edge.crt", tmp_path / "edge.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 def wait_until(check: Callable[[], Any], what: str) -> Any:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -102,7 +76,7 @@ def test_approve_on_a_phone_through_the_public_tunnel_host(
     stub = make_stub()
     relay = tmp_path / "tls_relay.py"
     relay.write_text(TLS_RELAY)
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, PUBLIC, [x509.DNSName(f"*.{PUBLIC.split('.', 1)[1]}")])
     write_settings(
         home,
         f"""
