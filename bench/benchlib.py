@@ -245,6 +245,9 @@ class Sandbox:
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")
         env = {k: os.environ[k] for k in keep if k in os.environ}
         env["AGENT_VAULT_HOME"] = str(self.home)
+        # the sandbox is not the default home, so each front door writes a `home_used` row to the
+        # default home's audit log (home_use.py): keep that in the sandbox, not in the real ~
+        env["HOME"] = str(self.root)
         env.update(extra)
         return env
 
@@ -271,12 +274,16 @@ class Sandbox:
         return project
 
     def enrol_totp(self) -> None:
+        """As `agent-vault factors add --totp` does: audited, so the broker counts it as the user's."""
         from agent_vault.approvals.factors import FactorStore
+        from agent_vault.enrol import record_factor_change
+        from agent_vault.home import StatePaths
         from agent_vault.store.sqlite import StateStore
 
         store = StateStore(self.home / "state.db")
         try:
-            FactorStore(store).add_totp(TOTP_SECRET)
+            factors = FactorStore(store)
+            record_factor_change(StatePaths(self.home), "factor_added", factors, factors.add_totp(TOTP_SECRET), "bench")
         finally:
             store.close()
 
@@ -585,8 +592,9 @@ async def decide(box: Sandbox, rid: str, action: str, codes: StepCodes | None) -
         if done.status_code != 303:
             raise RuntimeError(f"the decision was not taken ({done.status_code})")
         after = await person.get(f"/approve/{rid}")
-        if 'role="alert"' in after.text:
-            raise RuntimeError("the approval page reported an error (wrong TOTP step?)")
+        alert = re.search(r'role="alert">(.*?)<', after.text, re.S)
+        if alert:
+            raise RuntimeError(f"the approval page reported an error: {alert.group(1).strip()}")
 
 
 # -- measuring a fixed revision (other people may be editing the working tree meanwhile) -------------

@@ -1,7 +1,7 @@
 """The broker the benchmarks approve against: the real `BrokerServer` in its own process.
 
 The one difference from `agent-vault serve`: the TOTP checker's clock moves one 30 s step per
-approval (as the tests' StepClock does), so a benchmark can approve hundreds of times in a
+accepted approval (as the tests' StepClock does), so a benchmark can approve hundreds of times in a
 row with fresh codes (bench.benchlib.StepCodes computes the same codes).
 
 --fix-nodelay is a what-if for a proposed one-line fix in daemon.py: create the listening TCP
@@ -26,18 +26,33 @@ from agent_vault.store.sqlite import StateStore
 
 
 class StepClock:
-    """Called once per approval (FactorApprover asks the time once per successful check)."""
+    """Now plus one 30 s step per approval taken so far, plus one: the n-th approval's code is the one
+    for now + 30 s * n, however often the broker reads the clock while it decides."""
 
     def __init__(self) -> None:
-        self.calls = 0
+        self.approvals = 0
 
     def __call__(self) -> float:
-        self.calls += 1
-        return time.time() + 30 * self.calls
+        return time.time() + 30 * (self.approvals + 1)
+
+
+class SteppingFactors(FactorStore):
+    """The real factor store; each accepted code moves the clock on to the next approval's step."""
+
+    def __init__(self, store: StateStore, clock: StepClock) -> None:
+        super().__init__(store)
+        self._step_clock = clock
+
+    def use_step(self, factor_id: str, step: int) -> bool:
+        accepted = super().use_step(factor_id, step)
+        if accepted:
+            self._step_clock.approvals += 1
+        return accepted
 
 
 def approvers(store: StateStore) -> Approver:
-    return FactorApprover(FactorStore(store), clock=StepClock())
+    clock = StepClock()
+    return FactorApprover(SteppingFactors(store, clock), clock=clock)
 
 
 def fix_nodelay() -> None:

@@ -70,6 +70,10 @@ def main() -> None:
     report = b.Report("pending", args.quick)
     codes = b.StepCodes()
     with b.sandbox(secrets=20) as box:
+        # The user's cap on pending requests (100 by default) would refuse most of this many.
+        settings = box.home / "settings.toml"
+        settings.write_text(f"[policy]\nmaxPendingTotal = {count}\n")
+        settings.chmod(0o600)
         box.start_broker()
         broker = box.broker_pid()
         assert broker is not None

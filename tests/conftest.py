@@ -29,6 +29,23 @@ FAKE_DB = "postgresql://fake:fake-password-1111@localhost:5432/fakedb"
 TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def user_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """HOME for the whole run, so the user's default state home is a temp dir. A front door whose
+    state home is not the default records that in the default home's audit log (home_use.py): a test
+    must never write into the real ~ of whoever runs it."""
+    saved = {name: os.environ.get(name) for name in ("HOME", "XDG_DATA_HOME")}
+    home = tmp_path_factory.mktemp("user-home")
+    os.environ["HOME"] = str(home)
+    os.environ.pop("XDG_DATA_HOME", None)
+    yield home
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -79,8 +96,12 @@ def step_clock() -> StepClock:
 
 
 def enrol_totp(paths: StatePaths) -> None:
+    """Enrol the test authenticator app the way `agent-vault factors add --totp` does: audited."""
+    from agent_vault.enrol import record_factor_change
+
     store = StateStore(paths.state_db)
-    FactorStore(store).add_totp(TOTP_SECRET)
+    factors = FactorStore(store)
+    record_factor_change(paths, "factor_added", factors, factors.add_totp(TOTP_SECRET), via="test set-up")
     store.close()
 
 

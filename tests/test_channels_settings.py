@@ -84,6 +84,9 @@ def test_missing_env_variable_is_named_and_no_value_echoed(home: StatePaths) -> 
         ("[notify]\ncoalesceSeconds = true\n", "expected a number"),
         ('[passkeys]\nrpId = "https://x"\n', "host name"),
         ("[tunnel\n", "invalid TOML"),
+        ("[policy]\nmaxPendingPerSession = 0\n", "policy.maxPendingPerSession: Input should be greater than"),
+        ("[policy]\nrequestBurst = true\n", "policy.requestBurst: expected a number"),
+        ("[policy]\nmaxRequestTimeoutSeconds = 100000\n", "policy.maxRequestTimeoutSeconds: Input should be less than"),
     ],
 )
 def test_bad_settings_say_where_and_why(home: StatePaths, text: str, message: str) -> None:

@@ -31,6 +31,12 @@ def test_config_check_shows_file_and_redacts(home: StatePaths, tmp_path: Path) -
     project = tmp_path / "p"
     write_project(project, webhooks=[{"url": "https://hooks.example.com/x", "authorization": "env:HOOK_TOKEN"}])
     out = cli(home, "config", "check", cwd=project, env={"HOOK_TOKEN": "fake-hook-token-2222"})
+    # a project webhook may carry a credential from the environment only with the user's consent
+    assert out.returncode == 1 and "webhooks[0].authorization" in out.stderr and "allowEnv" in out.stderr
+    assert "fake-hook-token-2222" not in out.stdout + out.stderr
+    (home.root / "settings.toml").write_text('[webhooks]\nallowEnv = ["HOOK_TOKEN"]\n')
+    (home.root / "settings.toml").chmod(0o600)
+    out = cli(home, "config", "check", cwd=project, env={"HOOK_TOKEN": "fake-hook-token-2222"})
     assert out.returncode == 0, out.stderr
     assert str(project / "agent-vault.config.json") in out.stdout
     assert "fake-hook-token-2222" not in out.stdout and "redacted" in out.stdout

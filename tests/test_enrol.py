@@ -22,6 +22,7 @@ import pytest
 from agent_vault.approvals.factors import FactorStore
 from agent_vault.audit import AuditLog
 from agent_vault.daemon import BrokerServer
+from agent_vault.enrol import record_factor_change
 from agent_vault.home import StatePaths
 from agent_vault.store.sqlite import StateStore
 from tests.conftest import TOTP_SECRET, enrol_totp
@@ -188,7 +189,8 @@ def test_removing_a_factor_needs_proof_and_never_the_last(home: StatePaths) -> N
     assert term.wait() == 1 and len(factors(home)) == 1
 
     store = StateStore(home.state_db)
-    FactorStore(store).add_totp(pyotp.random_base32(), "second phone")
+    fs = FactorStore(store)
+    record_factor_change(home, "factor_added", fs, fs.add_totp(pyotp.random_base32(), "second phone"), "test")
     store.close()
     term = Terminal(home, "factors", "remove", only)
     term.expect("Prove it is you")
@@ -196,6 +198,10 @@ def test_removing_a_factor_needs_proof_and_never_the_last(home: StatePaths) -> N
     assert term.wait() == 0, term.seen
     assert factors(home) == [("totp", "second phone")]
     removed = audit_details(home, "factor_removed")
+    store = StateStore(home.state_db)
+    left = sorted(FactorStore(store).fingerprints().values())
+    store.close()
+    assert removed[0].pop("factor_set") == left  # the factor set after the change is hashed into the chain
     assert removed == [{"kind": "totp", "factor": only, "label": "authenticator app", "via": "recovery code"}]
 
 

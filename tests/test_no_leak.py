@@ -61,6 +61,9 @@ def stop_broker(home: StatePaths) -> Iterator[None]:
 @pytest.mark.usefixtures("stop_broker")
 async def test_value_appears_only_in_the_tool_result(home: StatePaths, tmp_path: Path, sink: str) -> None:
     enrol_totp(home)
+    # the sink runs on this machine: allowed the way a user allows their own endpoint
+    (home.root / "settings.toml").write_text(f'[webhooks]\nallowPrivate = ["{sink.split("/")[2]}"]\n')
+    (home.root / "settings.toml").chmod(0o600)
     project = tmp_path / "p"
     write_project(project, port=free_port(), webhooks=[{"url": sink, "events": "all"}])
     stderr_file = tmp_path / "frontdoor.stderr"

@@ -118,5 +118,6 @@ async def test_status_without_settings_and_with_a_broken_file(home: StatePaths, 
 
 
 async def test_status_when_no_broker_runs(home: StatePaths) -> None:
-    assert json.loads(await cli(home, "status", "--json")) == {"running": False, "state_dir": str(home.root)}
+    expected = {"running": False, "state_dir": str(home.root), "default_home": False}  # a temp home, not ~
+    assert json.loads(await cli(home, "status", "--json")) == expected
     assert (await cli(home, "status")).startswith("broker: not running")

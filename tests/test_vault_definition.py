@@ -126,7 +126,8 @@ async def test_the_page_says_which_store_a_vault_reads(home: StatePaths, tmp_pat
             page = (await visitor.get(f"/approve/{out.request.id}")).text
         finally:
             await visitor.aclose()
-        assert "Store: <code>env: file .env.secrets</code>" in page
+        real = os.path.realpath(tmp_path / "p" / ".env.secrets")
+        assert f"Store: <code>env: file .env.secrets → {real}</code>" in page  # as written, and where it leads
     finally:
         await server.stop()
 

@@ -23,7 +23,9 @@ def factors_of(live: Live) -> FactorStore:
 
 
 def added(live: Live) -> list[dict[str, object]]:
-    return [dict(r.detail) for r in live.server.broker.audit.list(event="factor_added", newest_first=False)]
+    """factor_added rows from the pages (not the fixture's authenticator app), without their factor set."""
+    rows = live.server.broker.audit.list(event="factor_added", newest_first=False)
+    return [{k: v for k, v in r.detail.items() if k != "factor_set"} for r in rows if r.detail["kind"] == "passkey"]
 
 
 def passkey_count(live: Live) -> int:

@@ -19,6 +19,7 @@ import pytest
 
 from agent_vault import __version__
 from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
+from agent_vault.destinations import parse_allowance
 from agent_vault.webhooks import (
     WebhookDispatcher,
     WebhookSink,
@@ -164,8 +165,12 @@ async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
             await anyio.sleep(0.01)
 
 
+#: the sinks here run on this machine: allowed the way a user allows them in settings.toml
+LOOPBACK = (parse_allowance("127.0.0.1"),)
+
+
 def dispatcher(sinks: list[WebhookSink], reports: Reports, **kwargs: Any) -> WebhookDispatcher:
-    return WebhookDispatcher(sinks, report=reports, base_delay=0.01, max_delay=0.05, **kwargs)
+    return WebhookDispatcher(sinks, report=reports, base_delay=0.01, max_delay=0.05, allow_private=LOOPBACK, **kwargs)
 
 
 # -- payload --------------------------------------------------------------------------------
@@ -421,7 +426,9 @@ async def test_submit_from_another_thread(audit: AuditLog, make_sink: Callable[.
 async def test_close_reports_what_was_not_delivered(audit: AuditLog, make_sink: Callable[..., Sink]) -> None:
     sink = make_sink(default=500)
     reports = Reports()
-    hooks = WebhookDispatcher([WebhookSink(sink.url)], report=reports, base_delay=5, max_attempts=5)
+    hooks = WebhookDispatcher(
+        [WebhookSink(sink.url)], report=reports, base_delay=5, max_attempts=5, allow_private=LOOPBACK
+    )
     await hooks.start()
     for _ in range(3):
         hooks.submit(record(audit))

@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent_vault.audit import AuditLog
+from agent_vault.boundaries import ProjectLimits, project_problems
 from agent_vault.client import BrokerClient
 from agent_vault.config import VaultConfig, load_config, redacted_view
-from agent_vault.errors import AgentVaultError, BrokerUnavailable, InvalidRequest
-from agent_vault.home import state_paths
+from agent_vault.errors import AgentVaultError, BrokerUnavailable, ConfigError, InvalidRequest
+from agent_vault.home import default_root, is_default, state_paths
 from agent_vault.legacy_env import locate_config
 from agent_vault.store.sqlite import StateStore, Window
+from agent_vault.untrusted import shown, visible
 from agent_vault.workspace import build_provider
 
 
@@ -25,20 +27,22 @@ async def broker_status(as_json: bool = False) -> str:
     from agent_vault.tunnels.view import remote_lines
 
     paths = state_paths()
+    default = is_default(paths.root)
+    where = f"{paths.root}" if default else f"{paths.root}, NOT your default home {default_root()}"
     async with BrokerClient(paths.socket) as client:
         try:
             data = await client.status()
         except BrokerUnavailable:
             if as_json:
-                return json.dumps({"running": False, "state_dir": str(paths.root)}, indent=2)
-            return f"broker: not running (state dir {paths.root}). It starts with the first MCP session."
+                return json.dumps({"running": False, "state_dir": str(paths.root), "default_home": default}, indent=2)
+            return f"broker: not running (state dir {where}). It starts with the first MCP session."
     if as_json:
-        return json.dumps({"running": True, "state_dir": str(paths.root), **data}, indent=2)
+        return json.dumps({"running": True, "state_dir": str(paths.root), "default_home": default, **data}, indent=2)
     lines = [
         f"broker: running, pid {data['pid']}, version {data['version']}",
         f"approval pages: {data['url']}",
         *remote_lines(data),
-        f"state dir: {paths.root}",
+        f"state dir: {where}",
         f"pending requests: {len(data['pending'])}",
     ]
     for req in data["pending"]:
@@ -46,6 +50,9 @@ async def broker_status(as_json: bool = False) -> str:
             f"  {req['id']}  {req['operation'].upper()} {', '.join(req['names'])} in {req['vault']} "
             f"(code {req['match_code']}, expires {req['expires_at']})"
         )
+        claimed = (req.get("requester") or {}).get("client") or "unknown client"
+        # one short line, whatever line breaks the agent put in: shown() escapes them
+        lines.append(f'    {shown(claimed, 100)} (as it claims) says: "{shown(req["reason"], 200)}"')
     lines.append(f"active windows: {len(data['windows'])}")
     return "\n".join(lines)
 
@@ -65,6 +72,9 @@ def config_check(path: str | None, probe: bool = False) -> tuple[str, bool]:
     names (never a value). Returns the text and whether every probe succeeded."""
     source = Path(path).expanduser() if path else locate_config()
     config = load_config(source)
+    refused = project_problems(config, ProjectLimits.load(state_paths()))
+    if refused:  # what the broker would answer the agent
+        raise ConfigError("\n".join(f"{config.source}: {problem}" for problem in refused))
     view = redacted_view(config)
     text = f"config file: {config.source}\n" + json.dumps(view, indent=2, default=str)
     if not probe:
@@ -109,8 +119,10 @@ def grants_list(as_json: bool = False) -> str:
     lines = []
     for w in windows:
         what = f"vault {w.vault} (every secret)" if w.name is None else f"{w.vault}/{w.name}"
+        what += {"read": ": reads", "run": ": runs of one command"}.get(w.action, ": nothing (older version)")
         left = int((w.ends_at - now).total_seconds())
-        lines.append(f"{w.id}  {what}  ends {w.ends_at.isoformat(timespec='seconds')} ({left}s left)  [{w.workspace}]")
+        line = f"{w.id}  {what}  ends {w.ends_at.isoformat(timespec='seconds')} ({left}s left)  [{w.workspace}]"
+        lines.append(visible(line))  # a project path can hold any character but NUL and /
     return "\n".join(lines)
 
 
@@ -160,13 +172,21 @@ def audit_list(args: argparse.Namespace) -> str:
         names = ",".join(r.names)
         target = f"{r.vault}/{names}" if r.vault else names
         reason = f'  "{r.reason}"' if r.reason else ""
-        out.append(f"{r.id:>6}  {r.ts.isoformat(timespec='seconds')}  {r.event:<14} {target}{reason}")
+        out.append(visible(f"{r.id:>6}  {r.ts.isoformat(timespec='seconds')}  {r.event:<14} {target}{reason}"))
     return "\n".join(out)
 
 
 def audit_verify() -> tuple[bool, str]:
-    with AuditLog(state_paths().audit_db) as log:
+    from agent_vault.integrity import audit_problem
+
+    paths = state_paths()
+    problem = audit_problem(paths)  # the chain against the checkpoint state.db keeps of it
+    if problem is not None and not paths.audit_db.exists():
+        return False, f"audit log BROKEN: {problem}"
+    with AuditLog(paths.audit_db) as log:
         result = log.verify()
-    if result.ok:
-        return True, f"audit log intact: {result.rows} rows, hash chain verified"
-    return False, f"audit log BROKEN at row {result.first_bad_id}: {result.problem}"
+    if not result.ok:
+        return False, f"audit log BROKEN at row {result.first_bad_id}: {result.problem}"
+    if problem is not None:
+        return False, f"audit log BROKEN: {problem}"
+    return True, f"audit log intact: {result.rows} rows, hash chain verified"

@@ -26,11 +26,15 @@ EVENTS = (
     "listed", "requested", "approved", "denied", "auto_approved", "expired", "delivered",
     "written", "write_failed", "window_revoked", "cancelled", "factor_added", "factor_removed",
     "auth_failed", "channel_failed", "webhook_failed", "broker_started",
-    "command_finished", "masked_output", "tunnel_up", "tunnel_down",
+    "command_finished", "masked_output", "tunnel_up", "tunnel_down", "clock_went_back",
+    "tamper_detected", "factors_recorded", "settings_changed", "settings_accepted",
+    "flood_refused", "home_used",
 )  # fmt: skip
 OPERATIONS = ("read", "write")
 SCOPES = ("secret", "vault")
 GENESIS_HASH = "0" * 64
+#: seconds a row may be dated before the row above it (NTP steps) before `verify` calls it back-dated
+CLOCK_STEP_TOLERANCE = 2.0
 
 # Keys that suggest someone is about to store a secret value in `detail`. Compared after
 # lower-casing and dropping everything but letters and digits ("Secret-Value" -> "secretvalue").
@@ -62,6 +66,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     ),
+    # 2: rare events (factor changes, settings, tamper reports) are looked up by event
+    ("CREATE INDEX audit_event ON audit (event)",),
 )
 
 _COLUMNS = (
@@ -156,6 +162,8 @@ class AuditLog:
         self._clock = clock or _utc_now
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
+        #: called with each committed row (integrity keeps a checkpoint of the chain in state.db)
+        self.listeners: builtins.list[Callable[[AuditRecord], None]] = []
         _create_private_file(self.path)
         self._conn: sqlite3.Connection | None = self._connect()
         try:
@@ -186,6 +194,8 @@ class AuditLog:
                     raise
             except sqlite3.Error as exc:
                 raise AuditError(_explain(self.path, "write", exc)) from exc
+        for listener in self.listeners:
+            listener(record)
         return record
 
     def list(
@@ -226,6 +236,32 @@ class AuditLog:
             raise AuditError(_explain(self.path, "read", exc)) from exc
         finally:
             conn.close()
+
+    def approval(self, request_id: str) -> AuditRecord | None:
+        """The `approved` (or `auto_approved`) row of a request, if the log has one (an indexed lookup)."""
+        rows = self._select("WHERE request_id = ? AND event IN ('approved', 'auto_approved') ORDER BY id", request_id)
+        return rows[0] if rows else None
+
+    def latest_with(self, key: str, events: Iterable[str]) -> AuditRecord | None:
+        """The newest row of one of `events` whose detail has `key` (rare events: by the event index)."""
+        names = tuple(events)
+        marks = ", ".join("?" for _ in names)
+        where = f"WHERE event IN ({marks}) AND json_extract(detail, ?) IS NOT NULL ORDER BY id DESC"
+        rows = self._select(where, *names, f'$."{key}"')
+        return rows[0] if rows else None
+
+    def row(self, row_id: int) -> AuditRecord | None:
+        rows = self._select("WHERE id = ?", row_id)
+        return rows[0] if rows else None
+
+    def _select(self, where: str, *params: Any) -> builtins.list[AuditRecord]:
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                rows = conn.execute(f"{_SELECT} {where} LIMIT 1", params).fetchall()
+            except sqlite3.Error as exc:
+                raise AuditError(_explain(self.path, "read", exc)) from exc
+        return [_record_from_row(row) for row in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -341,13 +377,30 @@ def _record_from_row(row: tuple[Any, ...]) -> AuditRecord:
 
 def _walk(rows: Iterable[tuple[Any, ...]]) -> VerifyResult:
     expected, prev_hash, count = 1, GENESIS_HASH, 0
+    prev_ts: datetime | None = None
     for row in rows:
         count += 1
-        problem = _check_row(row, expected, prev_hash)
+        problem = _check_row(row, expected, prev_hash) or _check_time(row, prev_ts)
         if problem is not None:
             return VerifyResult(False, count, problem[0], problem[1])
-        expected, prev_hash = row[0] + 1, row[-1]
+        expected, prev_hash, prev_ts = row[0] + 1, row[-1], datetime.fromisoformat(row[1])
     return VerifyResult(True, count)
+
+
+def _check_time(row: tuple[Any, ...], prev_ts: datetime | None) -> tuple[int, str] | None:
+    """Rows are appended in time order: a row dated before the one above it was back-dated."""
+    row_id = row[0]
+    try:
+        ts = datetime.fromisoformat(row[1])
+        behind = (prev_ts - ts).total_seconds() if prev_ts is not None else 0.0
+    except (TypeError, ValueError):
+        return row_id, f"row {row_id} has no valid time ({row[1]!r}): it was written by hand"
+    if behind > CLOCK_STEP_TOLERANCE:
+        return row_id, (
+            f"row {row_id} is dated {row[1]}, {behind:.0f} s before row {row_id - 1}: rows were back-dated "
+            f"(a faked clock, or rewritten with a recomputed chain), or the system clock was set back"
+        )
+    return None
 
 
 def _check_row(row: tuple[Any, ...], expected: int, prev_hash: str) -> tuple[int, str] | None:

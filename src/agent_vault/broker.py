@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from agent_vault.approvals.request import (
 )
 from agent_vault.approvals.validation import check_names, check_reason, check_value
 from agent_vault.audit import AuditLog
+from agent_vault.boundaries import ProjectLimits
 from agent_vault.errors import (
     ApprovalError,
     AuditError,
@@ -44,11 +46,13 @@ from agent_vault.errors import (
 )
 from agent_vault.generate import GenerationSpec
 from agent_vault.generate import generate as generate_value
-from agent_vault.policy import DEFINITION, STORE, Clock, WindowPolicy, refuse_inject_only, utc_now
+from agent_vault.integrity import UNAUDITED_APPROVAL, Integrity, approved_window_end
+from agent_vault.limits import Refusal, RequestLimiter
+from agent_vault.policy import DEFINITION, STORE, Clock, Split, WindowPolicy, refuse_inject_only, utc_now
 from agent_vault.previews import mask_preview
 from agent_vault.recorder import Recorder
 from agent_vault.runner import RunResult
-from agent_vault.runs import RunManager, RunSpec, parse_run
+from agent_vault.runs import RunManager, RunSpec, command_digest, parse_run, what_runs
 from agent_vault.secret import SecretValue
 from agent_vault.store.sqlite import StateStore, Window
 from agent_vault.workspace import Workspace, env_fingerprint
@@ -97,7 +101,10 @@ class Broker:
         self.approver = approver
         self.base_url = base_url.rstrip("/")
         self.clock = clock
-        self.policy = WindowPolicy(store, clock)
+        #: state.db is trusted only where the audit log vouches for it (tampering is seen)
+        self.integrity = Integrity(store, audit)
+        self.integrity.guard(approver)
+        self.policy = WindowPolicy(store, clock, vouch=self.integrity.window)
         self._workspaces: dict[tuple[str, str], Workspace] = {}
         self._sessions: dict[str, Session] = {}
         self.live = LiveRequests()
@@ -109,19 +116,44 @@ class Broker:
         self.runs = RunManager()
         #: the user's ceiling on approval windows (settings.toml `[policy] maxTtlMinutes`)
         self.max_ttl_minutes: float | None = None
+        #: what project configs may point at beyond their directory and public hosts (settings.toml)
+        self.project_limits = ProjectLimits()
+        #: the user's ceiling on how long a request stays pending (`[policy] maxRequestTimeoutSeconds`)
+        self.max_request_timeout: float | None = None
+        #: how much agents may ask: pending caps and a pace (`[policy]` in settings.toml)
+        self.limiter = RequestLimiter()
         #: rewrites links to our pages (the tunnel sets it to use the public origin while up)
         self.link_for: Callable[[str], str] = lambda url: url
+        self._ticker: asyncio.Future[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Expire whatever a previous broker left open: a restart never approves anything."""
         await self._audit(None, "broker_started", None, detail={"url": self.base_url})
+        behind = self.policy.clock_went_back()
+        if behind is not None:
+            why = f"the clock is behind {behind.isoformat()}, a time a broker already saw; older windows are ignored"
+            log.warning("%s", why)
+            await self._audit(None, "clock_went_back", None, detail={"why": why, "seen": behind.isoformat()})
+        self.policy.mark_time()
+        self._ticker = asyncio.ensure_future(self._mark_time_every(60.0))
         for req in self.store.requests_with_status(Status.PENDING, Status.APPROVED):
             if self.store.transition(req.id, [req.status], Status.EXPIRED, self.clock()):
                 await self._audit(None, "expired", req, detail={"why": "broker restarted"})
 
+    async def _mark_time_every(self, seconds: float) -> None:
+        """Keep the clock's high-water mark fresh, so a clock set back later is noticed."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                self.policy.mark_time()
+            except Exception:  # a busy database now and then must not end the ticker
+                log.exception("could not record the time")
+
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         await self.runs.stop()
         for rid in self.live.ids():
             await self._finish(rid, Status.CANCELLED, "cancelled", why="broker stopped")
@@ -137,7 +169,7 @@ class Broker:
         key = (str(path), env_fingerprint(env))
         workspace = self._workspaces.get(key)
         if workspace is None:
-            workspace = Workspace(path, env)
+            workspace = Workspace(path, env, self.project_limits)
             self._workspaces[key] = workspace
         else:
             workspace.refresh()
@@ -151,6 +183,7 @@ class Broker:
 
     async def close_session(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+        self.limiter.forget(session.id)
         for rid in self.live.ids():
             req = self.store.get_request(rid)
             if req is not None and req.requester.session_id == session.id and req.status is Status.PENDING:
@@ -191,7 +224,8 @@ class Broker:
         ws.refresh()
         if run is not None:
             spec = parse_run(run, session.requester.project_dir)
-            run = spec.to_json()
+            # shown on the page and bound into the approval: the program found and PATH & co.
+            run = {**spec.to_json(), **what_runs(spec, base_env or {})}
             names = list(spec.names)
         checked = check_names(names)
         why = check_reason(reason)
@@ -210,13 +244,16 @@ class Broker:
         elif purpose == "value":
             refuse_inject_only(vcfg, vault, checked)
 
-        windowed, ask = self.policy.split(ws.key, vault, checked, operation, ws.definitions[vault])
+        action = "write" if operation is Operation.WRITE else "run" if run is not None else "read"
+        subject = command_digest(run) if run is not None else ""
+        split = self.policy.split(ws.key, vault, checked, ws.definitions[vault], action, subject)
+        windowed, ask = split.allowed, split.ask
         if not ask and run is None:
-            return await self._auto_approve(session, vault, windowed, why)  # checks names as it reads
+            return await self._auto_approve(session, vault, split, why)  # checks names as it reads
         if operation is Operation.READ:
             await self._require_existing(provider, vault, checked)
         if not ask and run is not None:
-            return await self._auto_approve_run(session, vault, windowed, why, run, base_env)
+            return await self._auto_approve_run(session, vault, split, why, run, base_env)
 
         extra: dict[str, Any] = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
         extra[DEFINITION] = ws.definitions[vault]
@@ -229,10 +266,19 @@ class Broker:
                 return Outcome("pending", req, url=self.approval_url(req.id))
 
         # From the coalescing check to registering the new request there is no await, so identical
-        # concurrent calls of one session always find each other.
+        # concurrent calls of one session always find each other (and the limits count them all).
+        refusal = self._admit(session)
+        if refusal is not None:
+            if refusal.audit is not None:
+                await self._audit(
+                    ws, "flood_refused", None, requester=session.requester, vault=vault, detail=refusal.audit
+                )
+            raise refusal.error
         req = self._new_request(session, vault, ask, windowed, operation, why, write_values, extra)
         self.store.insert_request(req)
+        delay = (req.expires_at - self.clock()).total_seconds()
         live = Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {}))
+        live.deadline = time.monotonic() + delay
         self.live.add(req.id, live, key if operation is Operation.READ else None)
         try:
             await self._audit(ws, "requested", req)
@@ -240,7 +286,6 @@ class Broker:
             self.store.transition(req.id, [Status.PENDING], Status.CANCELLED, self.clock())
             self.live.forget(req.id)
             raise
-        delay = (req.expires_at - self.clock()).total_seconds()
         self.live.expire_at(req.id, delay, self._expire_soon)
         url = self.approval_url(req.id)
         for notify in self.notifiers:
@@ -249,6 +294,12 @@ class Broker:
             except Exception:  # a channel must never block the request
                 log.exception("notification channel failed")
         return Outcome("pending", req, url=url)
+
+    def _admit(self, session: Session) -> Refusal | None:
+        """The limiter's verdict on one more pending request from `session` (no await: see request_access)."""
+        pending = self.store.requests_with_status(Status.PENDING)
+        mine = sum(1 for r in pending if r.requester.session_id == session.id)
+        return self.limiter.admit(session.id, mine, len(pending))
 
     async def _require_existing(self, provider: Any, vault: str, names: Sequence[str]) -> None:
         await asyncio.to_thread(_require_existing, provider, vault, names)
@@ -266,7 +317,9 @@ class Broker:
     ) -> AccessRequest:
         vcfg = session.workspace.vault(vault)
         now = self.clock()
-        timeout = session.workspace.config.request_timeout
+        timeout: float = session.workspace.config.request_timeout
+        if self.max_request_timeout is not None:
+            timeout = min(timeout, self.max_request_timeout)
         previews = tuple(mask_preview(write_values[n]) for n in ask) if write_values else ()
         if "generate" in extra:
             spec = GenerationSpec(**extra["generate"])
@@ -293,14 +346,10 @@ class Broker:
         """The project's window, never longer than the user's ceiling."""
         return configured if self.max_ttl_minutes is None else min(configured, self.max_ttl_minutes)
 
-    async def _auto_approve(self, session: Session, vault: str, names: tuple[str, ...], reason: str) -> Outcome:
-        """Every name is inside a window: check the names and read them in one trip to a thread."""
+    async def _auto_approve(self, session: Session, vault: str, split: Split, reason: str) -> Outcome:
+        """Every name is inside a read window: check the names and read them in one trip to a thread."""
         ws = session.workspace
-        end = max(
-            (self.policy.window_end(ws.key, vault, n, ws.definitions[vault]) for n in names),
-            default=None,
-            key=_sort_key,
-        )
+        names, end = split.allowed, split.window_end
         provider = ws.provider(vault)
 
         def check_and_read() -> dict[str, SecretValue]:
@@ -318,24 +367,20 @@ class Broker:
         self,
         session: Session,
         vault: str,
-        names: tuple[str, ...],
+        split: Split,
         reason: str,
         run: Mapping[str, Any],
         base_env: Mapping[str, str] | None,
     ) -> Outcome:
-        """A window allows every secret of the command: record it as approved and let it run."""
+        """A window opened for this very command allows all its secrets: record it as approved and run it."""
         ws = session.workspace
+        names, end = split.allowed, split.window_end
         now = self.clock()
         extra = {"run": dict(run), DEFINITION: ws.definitions[vault], STORE: ws.stores[vault]}
         req = self._new_request(session, vault, (), names, Operation.READ, reason, None, extra)
         req = req.with_status(Status.APPROVED, now)
         self.store.insert_request(req)
         self.live.add(req.id, Live(asyncio.Event(), ws, base_env=dict(base_env or {})))
-        end = max(
-            (self.policy.window_end(ws.key, vault, n, ws.definitions[vault]) for n in names),
-            default=None,
-            key=_sort_key,
-        )
         await self._audit(ws, "auto_approved", req, names=names, window_end=end, detail={"run": dict(run)})
         return await self._run_outcome(session, req, 0)
 
@@ -366,6 +411,8 @@ class Broker:
         """Start the approved command once, then report its progress and, at the end, its result."""
         if req.status is Status.APPROVED and not self.runs.started(req.id):
             ws = session.workspace
+            if not await self._audited(req):
+                return Outcome("pending", req, url=self.approval_url(req.id))
             await self._refuse_if_vault_changed(ws, req)
             values = await self._fetch(ws, req.vault, req.all_names)
             if not self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
@@ -389,7 +436,7 @@ class Broker:
     async def _outcome(self, session: Session, req: AccessRequest) -> Outcome:
         what = "write" if req.operation is Operation.WRITE else "access"
         names = ", ".join(req.names)
-        if req.status is Status.PENDING and self.clock() >= req.expires_at:
+        if req.status is Status.PENDING and self._expired(req):
             await self._finish(req.id, Status.EXPIRED, "expired")
             req = self.request_for(session, req.id)
         if req.status is Status.PENDING:
@@ -418,6 +465,8 @@ class Broker:
 
     async def _deliver(self, session: Session, req: AccessRequest) -> Outcome:
         ws = session.workspace
+        if not await self._audited(req):
+            return Outcome("pending", req, url=self.approval_url(req.id))
         await self._refuse_if_vault_changed(ws, req)
         values = await self._fetch(ws, req.vault, req.all_names)
         if not self.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
@@ -439,10 +488,25 @@ class Broker:
             self.live.forget(req.id)
             raise ApprovalError(f"vault {req.vault!r} {VAULT_CHANGED}; nothing was released. Ask again.")
 
+    def _expired(self, req: AccessRequest) -> bool:
+        """Past its expiry by the wall clock or, for a request this process holds, the monotonic one."""
+        live = self.live.get(req.id)
+        return self.clock() >= req.expires_at or (live is not None and time.monotonic() >= live.deadline)
+
     def _window_end_for(self, req: AccessRequest) -> datetime | None:
-        if req.ttl_minutes <= 0 or req.decided_at is None:
-            return None
-        return req.decided_at + timedelta(minutes=req.ttl_minutes)
+        return approved_window_end(req)
+
+    async def _audited(self, req: AccessRequest) -> bool:
+        """Whether the audit log holds the decision that approved `req` (False while this broker is still
+        writing it); an approval made by editing state.db is cancelled and reported, nothing released."""
+        live = self.live.get(req.id)
+        in_flight = live is not None and not live.decided.is_set()
+        verdict = await asyncio.to_thread(self.integrity.approval, req, in_flight=in_flight)
+        if verdict is False:
+            self.store.transition(req.id, [Status.APPROVED], Status.CANCELLED, self.clock())
+            self.live.forget(req.id)
+            raise ApprovalError(UNAUDITED_APPROVAL.format(id=req.id))
+        return verdict is True
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -459,7 +523,7 @@ class Broker:
         if req.status is not Status.PENDING:
             raise ApprovalError(f"this request is already {req.status.value}; nothing changed")
         now = self.clock()
-        if now >= req.expires_at:
+        if self._expired(req):
             await self._finish(req.id, Status.EXPIRED, "expired")
             raise RequestExpired("this request expired before the decision; nothing was released")
         live = self.live.get(req.id)
@@ -481,6 +545,8 @@ class Broker:
         decided = req.with_status(status, now)
         end = self._window_end_for(decided) if approve else None
         detail = {"via": via, "factor": factor} if factor else {"via": via}
+        if approve:
+            detail["action"] = decided.action  # a window is trusted only for what was approved
         ws = live.workspace if live else None
         try:
             await self._audit(ws, "approved" if approve else "denied", decided, window_end=end, detail=detail)
@@ -597,10 +663,6 @@ def _require_existing(provider: Any, vault: str, names: Sequence[str]) -> None:
             f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
             "Call list_secrets for the exact names; nobody was asked to approve."
         )
-
-
-def _sort_key(value: datetime | None) -> float:
-    return value.timestamp() if value else 0.0
 
 
 def _log_task_error(task: asyncio.Future[None]) -> None:

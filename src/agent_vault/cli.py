@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     fremove.add_argument("factor", help="factor id from `factors list`")
     factors.add_parser("recovery-codes", help="replace your recovery codes (needs proof)")
     sub.add_parser("doctor", help="show which protections are in force, and what is not protected")
+    settings = sub.add_parser("settings", help="your settings.toml").add_subparsers(dest="action", metavar="ACTION")
+    settings.add_parser("accept", help="record settings.toml as yours after you changed it (needs proof)")
     run = sub.add_parser(
         "run",
         help="run a command with secrets in its environment, after approval; output masked",
@@ -114,10 +116,20 @@ def _guarded(command: Callable[[], int]) -> int:
     try:
         return command()
     except AgentVaultError as exc:
-        print(f"agent-vault: {exc}", file=sys.stderr)
+        from agent_vault.untrusted import terminal
+
+        print(terminal(f"agent-vault: {exc}"), file=sys.stderr)  # errors can quote what an agent sent
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _show(text: str) -> None:
+    """Print what a command shows: agent-written text in it cannot move the cursor, erase rows or
+    hide itself (JSON output is already escaped, so it stays exact)."""
+    from agent_vault.untrusted import terminal
+
+    print(terminal(text))
 
 
 def _handlers() -> dict[str, Handler]:
@@ -132,6 +144,7 @@ def _handlers() -> dict[str, Handler]:
         "init": _init,
         "factors": _factors,
         "doctor": _doctor,
+        "settings": _settings,
         "demo": _demo,
         "run": _run,
     }
@@ -214,14 +227,14 @@ def _config_port() -> int:
 def _status(args: argparse.Namespace) -> int:
     from agent_vault.admin import broker_status
 
-    print(_arun(broker_status(as_json=args.json)))
+    _show(_arun(broker_status(as_json=args.json)))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     from agent_vault.admin import stop_broker
 
-    print(_arun(stop_broker()))
+    _show(_arun(stop_broker()))
     return 0
 
 
@@ -231,7 +244,7 @@ def _config(args: argparse.Namespace) -> int:
     if args.action != "check":
         raise AgentVaultError("usage: agent-vault config check [--config PATH] [--probe]")
     text, ok = config_check(args.config, args.probe)
-    print(text)
+    _show(text)
     return 0 if ok else 1
 
 
@@ -239,11 +252,11 @@ def _grants(args: argparse.Namespace) -> int:
     from agent_vault.admin import grants_list, grants_revoke
 
     if args.action == "list":
-        print(grants_list(as_json=args.json))
+        _show(grants_list(as_json=args.json))
     elif args.action == "revoke":
         if not args.window and not args.all:
             raise AgentVaultError("name a window id (see `agent-vault grants list`) or pass --all")
-        print(_arun(grants_revoke(args.window, every=args.all)))
+        _show(_arun(grants_revoke(args.window, every=args.all)))
     else:
         raise AgentVaultError("usage: agent-vault grants list|revoke")
     return 0
@@ -253,11 +266,11 @@ def _audit(args: argparse.Namespace) -> int:
     from agent_vault.admin import audit_list, audit_verify
 
     if args.action == "list":
-        print(audit_list(args))
+        _show(audit_list(args))
         return 0
     if args.action == "verify":
         ok, text = audit_verify()
-        print(text)
+        _show(text)
         return 0 if ok else 1
     raise AgentVaultError("usage: agent-vault audit list|verify")
 
@@ -272,7 +285,7 @@ def _factors(args: argparse.Namespace) -> int:
     from agent_vault import enrol
 
     if args.action == "list":
-        print(enrol.factors_list())
+        _show(enrol.factors_list())
         return 0
     if args.action == "add":
         return enrol.factors_add(passkey=args.passkey, totp=args.totp)
@@ -287,6 +300,16 @@ def _doctor(args: argparse.Namespace) -> int:
     from agent_vault.doctor import run_doctor
 
     return run_doctor()
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from agent_vault.home import state_paths
+    from agent_vault.integrity import accept_settings
+
+    if args.action != "accept":
+        raise AgentVaultError("usage: agent-vault settings accept")
+    print(accept_settings(state_paths()))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

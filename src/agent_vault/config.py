@@ -329,6 +329,11 @@ def _resolve(node: Any, loc: Loc, environ: Mapping[str, str], refs: dict[Loc, st
     return node
 
 
+def env_references(config: Config) -> Mapping[Loc, str]:
+    """Key path as written (e.g. `("webhooks", 0, "authorization")`) -> the variable its `env:` named."""
+    return dict(config._env_refs)
+
+
 def referenced_env_vars(path: Path) -> set[str]:
     """Names of all `env:VAR` references in the file, so a front door can forward just those."""
     refs: dict[Loc, str] = {}
@@ -661,6 +666,7 @@ __all__ = [
     "VaultConfig",
     "WebhookConfig",
     "config_search_path",
+    "env_references",
     "find_config",
     "load_config",
     "redacted_view",

@@ -31,11 +31,14 @@ from agent_vault import __version__
 from agent_vault.approvals.approver import Approver
 from agent_vault.approvals.factors import FactorApprover, FactorStore
 from agent_vault.audit import AuditLog
+from agent_vault.boundaries import ProjectLimits
 from agent_vault.broker import Broker
 from agent_vault.brokerapi import PEER_KEY, create_api
 from agent_vault.errors import AgentVaultError, ConfigError
 from agent_vault.forwarding import WebhookHub
 from agent_vault.home import StatePaths, private_file
+from agent_vault.limits import RequestLimiter
+from agent_vault.settings import settings_path
 from agent_vault.store.sqlite import StateStore
 from agent_vault.tunnels.remote import RemoteAccess
 from agent_vault.web.app import WebApp
@@ -194,10 +197,15 @@ class BrokerServer:
         hub = WebhookHub(self.broker.audit)
         self.broker.recorder.webhook_sink = hub.submit
         await self.broker.start()
+        # Tampering with state.db, audit.db or settings.toml since the last run is reported (integrity.py).
+        self.tampering = await asyncio.to_thread(self.broker.integrity.on_start, settings_path(self.paths))
         # Channels, tunnel and the public host come from the user's settings in the state dir.
         self.remote = RemoteAccess.load(self.broker, self.paths)
         self.broker.max_ttl_minutes = self.remote.settings.policy.max_ttl
-        self.web = WebApp(self.broker, public_hosts=self.remote.public_hosts())
+        self.broker.project_limits = ProjectLimits.from_settings(self.remote.settings, self.paths)
+        self.broker.max_request_timeout = self.remote.settings.policy.max_request_timeout
+        self.broker.limiter = RequestLimiter(self.remote.settings.policy.limits())
+        self.web = WebApp(self.broker, public_hosts=self.remote.public_hosts(), state_home=self.paths.root)
         # Passkeys work on a tunnel's origin only with a configured RP ID that covers it.
         self.web.passkeys.extra_origins = self.remote.passkey_origins
         if self.remote.rp_id:

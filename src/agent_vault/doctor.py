@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_vault.home import StatePaths, state_paths
+from agent_vault.untrusted import visible
 
 STATE_FILES = ("state.db", "audit.db", "broker.json", "broker.lock", "spawn.lock", "broker.log")
 SIDE_FILES = ("-wal", "-shm")
@@ -99,7 +100,13 @@ def factor_checks(paths: StatePaths) -> list[Check]:
             )
         )
     if any(f.disabled for f in totps):
-        checks.append(Check("warn", "authenticator codes are disabled after too many failures today; use a passkey"))
+        checks.append(
+            Check(
+                "warn",
+                "authenticator codes are disabled after too many wrong codes today; they come back at 00:00 UTC,"
+                " or earlier once you use a passkey",
+            )
+        )
     checks.append(Check("ok" if left else "warn", f"{left} unused recovery code(s)"))
     return checks
 
@@ -231,6 +238,46 @@ def remote_checks(paths: StatePaths) -> list[Check]:
     return checks
 
 
+def tamper_checks(paths: StatePaths) -> list[Check]:
+    """Signs that state.db, audit.db or settings.toml were changed outside agent-vault (integrity.py)."""
+    from agent_vault.errors import AgentVaultError
+    from agent_vault.integrity import inspect
+    from agent_vault.settings import settings_path
+
+    try:
+        return [Check(level, text) for level, text in inspect(paths, settings_path(paths))]
+    except AgentVaultError as exc:
+        return [Check("FAIL", f"cannot compare state.db with the audit log: {exc}")]
+
+
+def home_checks() -> list[Check]:
+    """Every state home in use (home_use.py): the default, those front doors recorded, running brokers."""
+    from shlex import quote
+
+    from agent_vault.errors import AgentVaultError
+    from agent_vault.home_use import homes_in_use
+
+    try:
+        homes = homes_in_use()
+    except AgentVaultError as exc:
+        return [Check("FAIL", f"cannot read the state homes recorded in your default audit log: {exc}")]
+    checks = []
+    for home in homes:
+        seen = "; ".join(home.seen)
+        if home.default:
+            checks.append(Check("ok", f"state home {home.path} ({seen})"))
+        else:
+            checks.append(
+                Check(
+                    "warn",
+                    f"state home {home.path} is NOT your default home ({seen}). If you did not set AGENT_VAULT_HOME "
+                    "for it, an agent did, and approvals there were not yours. Fix: remove AGENT_VAULT_HOME from the "
+                    f"MCP client's config and stop that broker (AGENT_VAULT_HOME={quote(home.path)} agent-vault stop).",
+                )
+            )
+    return checks
+
+
 def gather(paths: StatePaths) -> list[Check]:
     return [
         *state_checks(paths),
@@ -238,12 +285,15 @@ def gather(paths: StatePaths) -> list[Check]:
         *broker_checks(paths),
         *remote_checks(paths),
         *audit_checks(paths),
+        *tamper_checks(paths),
+        *home_checks(),
         *config_checks(),
     ]
 
 
 def report(checks: list[Check]) -> str:
-    lines = [f"[{c.level:^4}] {c.text}" for c in checks]
+    # one line per check, whatever a path, a client or a channel error holds (untrusted.visible)
+    lines = [f"[{c.level:^4}] {visible(c.text)}" for c in checks]
     return "\n".join(["agent-vault doctor", *lines, "", LIMITS])
 
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import pyotp
 
 from agent_vault.approvals.factors import (
+    Factor,
     FactorApprover,
     FactorStore,
     looks_like_totp,
@@ -28,6 +29,7 @@ from agent_vault.approvals.factors import (
 from agent_vault.audit import AuditEvent, AuditLog
 from agent_vault.errors import AgentVaultError, NotAuthorized
 from agent_vault.home import StatePaths, state_paths
+from agent_vault.integrity import guard_at, next_factor_set, recorded_factors_at
 from agent_vault.store.sqlite import StateStore
 
 MCP_SNIPPET = """Add agent-vault to your MCP client:
@@ -55,9 +57,18 @@ def _factors(paths: StatePaths) -> Iterator[FactorStore]:
         store.close()
 
 
-def _audit(paths: StatePaths, event: str, **detail: str) -> None:
+def _audit(paths: StatePaths, event: str, **detail: str | list[str]) -> None:
     with AuditLog(paths.audit_db) as log:
         log.append(AuditEvent(event=event, detail=detail))
+
+
+def record_factor_change(paths: StatePaths, event: str, factors: FactorStore, factor: Factor, via: str) -> None:
+    """Audit a factor added or removed, with the factor set as it is after the change (see integrity.py)."""
+    change = {"removed": factor.id} if event == "factor_removed" else {"added": factor.id}
+    _audit(
+        paths, event, kind=factor.kind, factor=factor.id, label=factor.label, via=via,
+        factor_set=next_factor_set(factors, recorded_factors_at(paths), **change),
+    )  # fmt: skip
 
 
 # -- init -------------------------------------------------------------------------------------
@@ -146,7 +157,7 @@ def _enrol_totp(paths: StatePaths, factors: FactorStore, via: str) -> None:
         code = input("Type the 6-digit code the app shows now: ").strip().replace(" ", "")
         if pyotp.TOTP(secret).verify(code, valid_window=1):
             factor = factors.add_totp(secret)
-            _audit(paths, "factor_added", kind="totp", factor=factor.id, label=factor.label, via=via)
+            record_factor_change(paths, "factor_added", factors, factor, via)
             print("Authenticator app enrolled.")
             return
         print("That code does not match; check the phone's clock and try again.")
@@ -162,7 +173,9 @@ def _prove(paths: StatePaths, factors: FactorStore, port: int | None) -> str:
         "Prove it is you: authenticator code or recovery code (or press Enter to use your passkey): "
     ).strip()
     if looks_like_totp(answer):
-        return FactorApprover(factors).check_code(answer, "cli")
+        approver = FactorApprover(factors)
+        guard_at(paths, approver)
+        return approver.check_code(answer, "cli")
     if answer:
         if factors.use_recovery_code(answer):
             return "recovery code"
@@ -205,7 +218,7 @@ def factors_remove(factor_id: str, port: int | None = None) -> int:
         if len(factors.all()) == 1:
             raise AgentVaultError("that is your only factor: enrol another first (`agent-vault factors add`)")
         via = _prove(paths, factors, port)
-        _audit(paths, "factor_removed", kind=found[0].kind, factor=factor_id, label=found[0].label, via=via)
+        record_factor_change(paths, "factor_removed", factors, found[0], via)
         factors.remove(factor_id)
     print(f"Removed {factor_id}.")
     return 0

@@ -63,6 +63,12 @@ class RequestExpired(ApprovalError):
     code = "expired"
 
 
+class TooManyRequests(ApprovalError):
+    """An agent asked more, or faster, than the user's limits allow; nothing new was opened."""
+
+    code = "too_many_requests"
+
+
 class NotAuthorized(ApprovalError):
     """The approver's proof (passkey, TOTP code, session) was missing or wrong."""
 
@@ -100,6 +106,7 @@ CODES: dict[str, type[AgentVaultError]] = {
         ApprovalError,
         RequestDenied,
         RequestExpired,
+        TooManyRequests,
         NotAuthorized,
         AuditError,
         BrokerUnavailable,

@@ -15,6 +15,7 @@ from typing import Any
 from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
 from agent_vault.config import Config
 from agent_vault.errors import AuditError
+from agent_vault.untrusted import visible
 from agent_vault.webhooks import WebhookDispatcher, WebhookSink
 from agent_vault.workspace import Workspace
 
@@ -42,7 +43,8 @@ class WebhookHub:
                 )
                 for h in ws.config.webhooks
             ]
-            dispatcher = WebhookDispatcher(sinks, report=self._report)
+            # the hosts the user's settings allow although private: checked again on every send
+            dispatcher = WebhookDispatcher(sinks, report=self._report, allow_private=ws.limits.allow_private)
             self._spawn(dispatcher.start())
             current = (ws.config, dispatcher)
             self._dispatchers[ws.key] = current
@@ -54,7 +56,8 @@ class WebhookHub:
         task.add_done_callback(self._tasks.discard)
 
     def _report(self, url: str, message: str) -> None:
-        print(f"agent-vault: webhook {url} failed: {message}", file=sys.stderr, flush=True)
+        # the URL comes from a project config, which an agent can edit
+        print(visible(f"agent-vault: webhook {url} failed: {message}"), file=sys.stderr, flush=True)
         event = AuditEvent(event="webhook_failed", detail={"url": url, "error": message})
         try:
             loop = asyncio.get_running_loop()

@@ -24,8 +24,10 @@ from agent_vault.client import BrokerClient
 from agent_vault.config import load_config, referenced_env_vars
 from agent_vault.errors import AgentVaultError, InvalidRequest, RequestExpired
 from agent_vault.home import StatePaths, state_paths
+from agent_vault.home_use import HomeNotice
 from agent_vault.launcher import connect
 from agent_vault.legacy_env import locate_config
+from agent_vault.untrusted import visible
 
 #: seconds between progress messages while a tool call waits
 WAIT_SLICE = 1.0
@@ -50,8 +52,11 @@ class AgentSession:
         self.wait_timeout = 50.0
         self._lock = asyncio.Lock()
         self.stopping = asyncio.Event()
+        #: says so (stderr, the default home's audit log) when `paths` is not the user's default home
+        self.home_notice = HomeNotice(paths, self.cwd, locate_config)
 
     async def ensure(self, info: ClientInfo) -> BrokerClient:
+        self.home_notice.start(info.name, info.version)
         async with self._lock:
             if self.client is not None and self.client.session:
                 return self.client
@@ -188,7 +193,8 @@ async def run_for_cli(
     sys.stdout.write(run["stdout"])
     sys.stderr.write(run["stderr"])
     if run["masked"]:
-        print(f"agent-vault: the output contained {', '.join(run['masked'])} (masked); rotate it if the output "
+        masked = visible(", ".join(run["masked"]))
+        print(f"agent-vault: the output contained {masked} (masked); rotate it if the output "
               "could have gone elsewhere. See docs/inject.md.", file=sys.stderr)  # fmt: skip
     if run["timed_out"]:
         print("agent-vault: the command timed out and was stopped", file=sys.stderr)

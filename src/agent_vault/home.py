@@ -64,9 +64,19 @@ def state_root(environ: Mapping[str, str] | None = None) -> Path:
     explicit = env.get(HOME_ENV)
     if explicit:
         return Path(explicit).expanduser().absolute()
+    return default_root()
+
+
+def default_root() -> Path:
+    """The user's default state home, from HOME and XDG_DATA_HOME only (never AGENT_VAULT_HOME)."""
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("agent-vault", appauthor=False))
+
+
+def is_default(root: Path) -> bool:
+    """Whether `root` is the user's default state home (the one `agent-vault` uses without AGENT_VAULT_HOME)."""
+    return os.path.realpath(root) == os.path.realpath(default_root())
 
 
 def ensure_private_dir(path: Path) -> Path:

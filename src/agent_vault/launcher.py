@@ -15,11 +15,14 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from agent_vault.broker_env import broker_environment
 from agent_vault.client import BrokerClient
 from agent_vault.errors import AgentVaultError, BrokerUnavailable
 from agent_vault.home import StatePaths, private_file
 
 START_TIMEOUT = 20.0
+#: the directory holding this agent_vault package (a site-packages, or a checkout's src)
+CODE_DIR = Path(__file__).absolute().parent.parent
 
 
 async def connect(paths: StatePaths, port: int | None = None, *, autostart: bool = True) -> BrokerClient:
@@ -73,21 +76,34 @@ def _spawn_once(paths: StatePaths, port: int | None) -> None:
 
 
 def _spawn(paths: StatePaths, port: int | None) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "agent_vault", "serve"]
+    flags, cwd = _isolation(paths)
+    args = [sys.executable, *flags, "-m", "agent_vault", "serve"]
     if port is not None:
         args += ["--port", str(port)]
-    env = dict(os.environ, AGENT_VAULT_HOME=str(paths.root))
+    env = broker_environment(paths)
     private_file(paths.broker_log)
     with open(paths.broker_log, "ab") as log:
         return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
             args,
-            cwd=paths.root,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
             start_new_session=True,
         )
+
+
+def _isolation(paths: StatePaths) -> tuple[list[str], Path]:
+    """The broker interpreter's flags and working directory: -I (no PYTHON* variables, no user
+    site-packages, no working directory on sys.path; see broker_env.py), run in the state home. When
+    this agent_vault itself was found through PYTHONPATH (a source checkout, the protection tests'
+    copy), -E -s instead, run from its directory, which `-m` puts first on sys.path: the broker runs
+    the front door's own code, and still nothing else PYTHONPATH names."""
+    via_pythonpath = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    if str(CODE_DIR) in via_pythonpath:
+        return ["-E", "-s"], CODE_DIR
+    return ["-I"], paths.root
 
 
 def _wait_for_socket(paths: StatePaths, proc: subprocess.Popen[bytes]) -> None:

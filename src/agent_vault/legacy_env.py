@@ -53,9 +53,14 @@ def _config_for(env: Mapping[str, str], cwd: Path) -> dict[str, Any]:
     raise ConfigError(f"{PROVIDER_ENV}={provider!r} is not a provider; use env or 1password, or a config file")
 
 
+def generated_configs(root: Path) -> Path:
+    """Where the configs made from the seed's variables are kept, in the state home `root`."""
+    return root / "env-configs"
+
+
 def _write(config: dict[str, Any], env: Mapping[str, str]) -> Path:
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    folder = ensure_private_dir(state_root(env) / "env-configs")
+    folder = ensure_private_dir(generated_configs(state_root(env)))
     path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if not path.exists():
         private_file(path)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from agent_vault import __version__
 from agent_vault.errors import AgentVaultError
 from agent_vault.frontdoor import AgentSession, ClientInfo, run_request
+from agent_vault.untrusted import visible
 
 INSTRUCTIONS = (
     "agent-vault gives you secrets only with the user's approval. Call list_secrets to see names. "
@@ -233,8 +234,9 @@ def _announce(answer: dict[str, Any]) -> None:
     req = answer["request"]
     what = "WRITE" if req["operation"] == "write" else "READ"
     names = ", ".join(req["names"])
+    line = f"agent-vault: approval needed ({what} {names} in {req['vault']}, code {req['match_code']}): {answer['url']}"
     print(
-        f"agent-vault: approval needed ({what} {names} in {req['vault']}, code {req['match_code']}): {answer['url']}",
+        visible(line),
         file=sys.stderr,
         flush=True,
     )

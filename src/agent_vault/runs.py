@@ -8,6 +8,9 @@ A finished run is kept (masked output only) until the session that asked has col
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +49,35 @@ class RunSpec:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(name for _, name in self.env))
+
+
+def command_digest(run: Mapping[str, Any]) -> str:
+    """A digest of an approved command as the page showed it (argv, directory, which secret goes
+    where, shell, timeout): a window opened for one command lets only the very same one run again."""
+    blob = json.dumps(dict(run), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+#: variables of the environment a command starts in that decide which program runs or what code it
+#: loads. They come from the front door (an agent can set them), so the page shows their values and
+#: the approval is bound to them. None of them holds a vault's secret.
+STEERING = (
+    "PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "DYLD_INSERT_LIBRARIES", "DYLD_LIBRARY_PATH",
+    "BASH_ENV", "ENV", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "NODE_OPTIONS", "NODE_PATH",
+    "PERL5OPT", "PERL5LIB", "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "GIT_EXEC_PATH",
+)  # fmt: skip
+
+
+def what_runs(spec: RunSpec, base_env: Mapping[str, str]) -> dict[str, Any]:
+    """What the page must show besides argv: the program `argv[0]` resolves to in the command's
+    directory with its PATH (None when nothing is found), and the steering variables it inherits."""
+    injected = {var for var, _ in spec.env}
+    inherits = [[var, base_env[var]] for var in STEERING if var in base_env and var not in injected]
+    argv = check_command(spec.argv, spec.shell)
+    where = [""] if "/" in argv[0] else os.get_exec_path(dict(base_env))
+    found = (Path(spec.cwd) / folder / argv[0] for folder in where)
+    program = next((str(p) for p in found if p.is_file() and os.access(p, os.X_OK)), None)
+    return {"program": program, "inherits": inherits}
 
 
 def parse_run(data: Mapping[str, Any], project_dir: str | None) -> RunSpec:

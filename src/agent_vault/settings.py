@@ -9,7 +9,7 @@ import re
 import shlex
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -28,8 +28,10 @@ from pydantic_core import PydanticCustomError
 
 from agent_vault.channels.base import ChannelOptions
 from agent_vault.channels.registry import channel_class
+from agent_vault.destinations import parse_allowance
 from agent_vault.errors import ConfigError
 from agent_vault.home import StatePaths
+from agent_vault.limits import Limits
 
 SETTINGS_FILE = "settings.toml"
 _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -49,6 +51,7 @@ def _reject_bool(value: Any) -> Any:
 
 
 Number = Annotated[float, BeforeValidator(_reject_bool)]
+Count = Annotated[int, BeforeValidator(_reject_bool)]
 
 
 class _Model(BaseModel):
@@ -167,6 +170,50 @@ class PolicySettings(_Model):
 
     #: no approval window lasts longer than this, whatever a project's `ttl` says
     max_ttl: float | None = Field(default=None, alias="maxTtlMinutes", ge=0, allow_inf_nan=False)
+    #: no request stays approvable (and pending) longer than this, whatever a project's `requestTimeout` says
+    max_request_timeout: Number = Field(default=900, alias="maxRequestTimeoutSeconds", ge=10, le=86400)
+    #: how much agents may ask (see `agent_vault.limits`)
+    max_pending_per_session: Count = Field(default=20, alias="maxPendingPerSession", ge=1, le=10_000)
+    max_pending_total: Count = Field(default=100, alias="maxPendingTotal", ge=1, le=100_000)
+    requests_per_minute: Number = Field(default=30, alias="requestsPerMinute", gt=0, le=10_000)
+    request_burst: Count = Field(default=10, alias="requestBurst", ge=1, le=10_000)
+
+    def limits(self) -> Limits:
+        """The limits on asking these settings give (`agent_vault.limits`)."""
+        return Limits(
+            self.max_pending_per_session, self.max_pending_total, self.requests_per_minute, self.request_burst
+        )
+
+
+class WebhookSettings(_Model):
+    """What a project's webhooks may reach and carry beyond the default (public hosts, no `env:` credential)."""
+
+    #: `host`, `host:port` or `[v6]:port` a project webhook may reach although it is loopback or private
+    allow_private: tuple[str, ...] = Field(default=(), alias="allowPrivate")
+    #: variables a project webhook may send as its `authorization` or sign with (`signingSecret`)
+    allow_env: tuple[str, ...] = Field(default=(), alias="allowEnv")
+
+    @field_validator("allow_private")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_allowance(entry)
+        return value
+
+    @field_validator("allow_env")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a variable name (write LOG_TOKEN, not env:LOG_TOKEN)")
+        return value
+
+
+class PathSettings(_Model):
+    """Where, outside its own directory, a project config may point a vault's file or store."""
+
+    #: directories (or files) outside the project that a project config may read stores from; `~` allowed
+    allow_outside_project: tuple[str, ...] = Field(default=(), alias="allowOutsideProject")
 
 
 class UserSettings(_Model):
@@ -175,6 +222,8 @@ class UserSettings(_Model):
     tunnel: TunnelSettings = NoTunnel()
     passkeys: PasskeySettings = PasskeySettings()
     policy: PolicySettings = PolicySettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    paths: PathSettings = PathSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -218,6 +267,22 @@ def _channel_problem(index: int, reason: str) -> PydanticCustomError:
 
 def settings_path(paths: StatePaths) -> Path:
     return paths.root / SETTINGS_FILE
+
+
+def referenced_env_vars(paths: StatePaths) -> set[str]:
+    """Names of the `env:VAR` references in the user's settings (the broker is started with these)."""
+    try:
+        raw = tomllib.loads(settings_path(paths).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return set()  # no file, or a broken one: load_settings reports it where it is used
+    return set(_env_names(raw))
+
+
+def _env_names(node: Any) -> Iterator[str]:
+    if isinstance(node, str) and (match := _ENV_REF.fullmatch(node)):
+        yield match[1]
+    for child in node.values() if isinstance(node, dict) else node if isinstance(node, list) else ():
+        yield from _env_names(child)
 
 
 def _resolve(node: Any, loc: tuple[str | int, ...], environ: Mapping[str, str], missing: list[str]) -> Any:

@@ -1,6 +1,8 @@
 """Observability webhooks: POST audit records (names only, never values) to outside endpoints.
 
 One queue and worker per sink, bounded retries with backoff, optional Standard Webhooks signatures.
+Each attempt resolves the host, refuses this machine and private networks unless allowed (see
+`destinations`), and connects to the address it checked.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import httpx2
 
 from agent_vault import __version__
 from agent_vault.audit import EVENTS, AuditRecord
+from agent_vault.destinations import Allowance, RefusedDestination, resolve_checked
 
 USER_AGENT = f"agent-vault/{__version__}"
 #: how far a receiver should let `webhook-timestamp` drift before refusing (Standard Webhooks' 5 min)
 SIGNATURE_TOLERANCE = 300.0
 
 Report = Callable[[str, str], None]
+_PORTS = {"http": 80, "https": 443}
 
 
 def webhook_payload(record: AuditRecord) -> dict[str, Any]:
@@ -162,7 +166,9 @@ class WebhookDispatcher:
         max_delay: float = 30.0,
         queue_size: int = 1000,
         transport: httpx2.AsyncBaseTransport | None = None,
+        allow_private: Sequence[Allowance] = (),
     ) -> None:
+        """`allow_private`: the hosts the user allows although they are loopback or private."""
         if max_attempts < 1 or queue_size < 1:
             raise ValueError("max_attempts and queue_size must be at least 1")
         self._workers = [_Worker(sink, asyncio.Queue(queue_size)) for sink in sinks]
@@ -172,6 +178,7 @@ class WebhookDispatcher:
         self._max_delay = max_delay
         self._queue_size = queue_size
         self._transport = transport
+        self._allow_private = tuple(allow_private)
         self._client: httpx2.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -260,21 +267,33 @@ class WebhookDispatcher:
 
     async def _attempt(self, sink: WebhookSink, delivery: _Delivery) -> _Failure | None:
         assert self._client is not None
+        target = pinned = httpx2.URL(sink.url)
         try:
             async with asyncio.timeout(sink.timeout):  # a hard cap, even for a trickling server
+                # resolve once, check every address, then connect to the one checked (no rebinding)
+                address = await resolve_checked(target.host, target.port or _PORTS[target.scheme], self._allow_private)
+                pinned = target.copy_with(host=address)
                 request = self._client.stream(
                     "POST",
-                    sink.url,
+                    pinned,
                     content=delivery.body,
-                    headers=_headers(sink, delivery),
+                    headers={**_headers(sink, delivery), "Host": target.netloc.decode("ascii")},
                     timeout=sink.timeout,
+                    extensions={"sni_hostname": target.host} if target.scheme == "https" else None,
                 )
                 async with request as response:  # the body is never read: we only need the status
                     return _classify(response.status_code, response.headers.get("retry-after"))
+        except RefusedDestination as exc:
+            return _Failure(
+                f"refused: {exc}; nothing was sent. Fix: if this endpoint is yours, add its host:port to "
+                "`allowPrivate` under [webhooks] in your settings.toml",
+                retry=False,
+            )
         except (TimeoutError, httpx2.TimeoutException):
             return _Failure(f"no answer within {sink.timeout:g}s", retry=True)
         except (httpx2.HTTPError, httpx2.InvalidURL, OSError) as exc:
-            return _Failure(f"connection failed: {_scrub(str(exc) or type(exc).__name__, sink)}", retry=True)
+            text = (str(exc) or type(exc).__name__).replace(str(pinned), sink.url)
+            return _Failure(f"connection failed: {_scrub(text, sink)}", retry=True)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = min(self._max_delay, self._base_delay * 2.0 ** (attempt - 1))

@@ -2,19 +2,22 @@
 
 TOTP (RFC 6238, 30 s steps): a code is accepted within one step either side, each step at
 most once across all uses (so a code seen on one request is useless on another), five
-wrong answers on a request deny it, and twenty failures in a UTC day disable TOTP until a
-passkey is used. Passkey assertions are checked by `approvals.passkeys` (the hook below).
+wrong answers on a request deny it, and twenty failures in a UTC day switch TOTP off until
+the next UTC day begins, or earlier when a passkey is used. The lockout is worked out from the
+day's failure count (never a flag that outlives the day). Passkey assertions are checked by
+`approvals.passkeys` (the hook below).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NoReturn
 
 import pyotp
@@ -68,6 +71,25 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def utc_day(timestamp: float) -> date:
+    """The UTC day of a Unix time: failures are counted, and TOTP is locked out, per such day."""
+    return datetime.fromtimestamp(timestamp, UTC).date()
+
+
+def codes_back_at(day: date) -> datetime:
+    """When a lockout made on `day` ends: the start of the next UTC day."""
+    return datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+
+
+def lockout_message(day: date) -> str:
+    """The refusal while codes are locked out: what happened, when they come back, what to do now."""
+    back = codes_back_at(day).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"authenticator codes are disabled after {FAILURES_PER_DAY} wrong codes today; they come back at {back}"
+        " (the next UTC day), or earlier once you approve or sign in with a passkey"
+    )
+
+
 def token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -81,12 +103,13 @@ class FactorStore:
             db.execute(_TOKENS_TABLE)
 
     def all(self) -> list[Factor]:
+        """Every factor; an authenticator app shows as disabled while today's lockout lasts."""
+        locked = self.totp_locked(_now().date())
         with self._state.transaction() as db:
             rows = db.execute(
-                "SELECT id, kind, label, created_at, disabled, sign_count, credential_id"
-                " FROM factors ORDER BY created_at"
+                "SELECT id, kind, label, created_at, sign_count, credential_id FROM factors ORDER BY created_at"
             ).fetchall()
-        return [Factor(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
+        return [Factor(r[0], r[1], r[2], r[3], r[1] == "totp" and locked, r[4], r[5]) for r in rows]
 
     def kinds(self) -> set[str]:
         return {f.kind for f in self.all()}
@@ -116,6 +139,18 @@ class FactorStore:
         with self._state.transaction() as db:
             return db.execute("DELETE FROM factors WHERE id = ?", (factor_id,)).rowcount == 1
 
+    def fingerprints(self) -> dict[str, str]:
+        """factor id -> digest of what makes it a factor (id, kind, credential, public key, a digest of a
+        TOTP secret; never the secret itself), for the audited factor set (see `integrity`)."""
+        with self._state.transaction() as db:
+            rows = db.execute("SELECT id, kind, secret, credential_id, public_key FROM factors").fetchall()
+        out = {}
+        for fid, kind, secret, credential_id, public_key in rows:
+            secret_digest = hashlib.sha256(secret.encode()).hexdigest() if secret else None
+            identity = json.dumps([fid, kind, secret_digest, credential_id, public_key])
+            out[fid] = hashlib.sha256(identity.encode()).hexdigest()
+        return out
+
     def passkey(self, credential_id: str) -> tuple[str, str, int] | None:
         """(factor id, public key, sign count) of a passkey."""
         with self._state.transaction() as db:
@@ -134,11 +169,11 @@ class FactorStore:
             cur = db.execute("UPDATE factors SET sign_count = ? WHERE id = ? AND sign_count = ?", (new, factor_id, old))
             return cur.rowcount == 1
 
-    def totp_secrets(self) -> list[tuple[str, str, int, bool]]:
-        """(factor id, secret, last accepted step, disabled) for each TOTP factor."""
+    def totp_secrets(self) -> list[tuple[str, str, int]]:
+        """(factor id, secret, last accepted step) for each TOTP factor."""
         with self._state.transaction() as db:
-            rows = db.execute("SELECT id, secret, last_step, disabled FROM factors WHERE kind = 'totp'").fetchall()
-        return [(r[0], r[1], int(r[2]), bool(r[3])) for r in rows]
+            rows = db.execute("SELECT id, secret, last_step FROM factors WHERE kind = 'totp'").fetchall()
+        return [(r[0], r[1], int(r[2])) for r in rows]
 
     def use_step(self, factor_id: str, step: int) -> bool:
         """Accept `step` once: only if it is later than every step accepted before."""
@@ -157,9 +192,22 @@ class FactorStore:
                 db.execute("SELECT count FROM factor_failures WHERE day = ? AND kind = ?", (day, kind)).fetchone()[0]
             )
 
-    def set_totp_disabled(self, disabled: bool) -> None:
+    def totp_locked(self, day: date) -> bool:
+        """Whether `day` saw the daily cap of TOTP failures (codes are off for the rest of that day)."""
         with self._state.transaction() as db:
-            db.execute("UPDATE factors SET disabled = ? WHERE kind = 'totp'", (int(disabled),))
+            row = db.execute(
+                "SELECT count FROM factor_failures WHERE day = ? AND kind = 'totp'", (day.isoformat(),)
+            ).fetchone()
+        return row is not None and int(row[0]) >= FAILURES_PER_DAY
+
+    def lift_totp_lockout(self) -> None:
+        """A passkey was used: forget TOTP failures, so codes work again at once with a fresh budget.
+
+        Also clears the `disabled` flag older versions set, which never ended by itself.
+        """
+        with self._state.transaction() as db:
+            db.execute("DELETE FROM factor_failures WHERE kind = 'totp'")
+            db.execute("UPDATE factors SET disabled = 0 WHERE kind = 'totp'")
 
     # -- recovery codes -------------------------------------------------------------------------
 
@@ -272,9 +320,20 @@ class FactorApprover:
         self._wrong: dict[str, int] = {}
         #: set by the web app (`approvals.passkeys.Passkeys.check_for_request`) once it knows its origin
         self.passkey_check: PasskeyCheck | None = None
+        #: the audited factor set's fingerprints (None: nothing recorded yet); set by `integrity.Integrity`
+        self.recorded: Callable[[], Collection[str] | None] | None = None
 
     def enrolled(self) -> bool:
         return any(not f.disabled for f in self.factors.all())
+
+    def codes_off(self, now: float | None = None) -> str | None:
+        """Why authenticator codes are refused today (the lockout, and when it ends), or None."""
+        today = utc_day(self._clock() if now is None else now)
+        return lockout_message(today) if self.factors.totp_locked(today) else None
+
+    def codes_usable(self) -> bool:
+        """Whether an authenticator code can be accepted now (one is enrolled and no lockout holds)."""
+        return bool(self.factors.totp_secrets()) and self.codes_off() is None
 
     def verify(self, request: AccessRequest, proof: Proof | None) -> str:
         if not self.factors.all():
@@ -288,10 +347,12 @@ class FactorApprover:
             return self.check_code(str(proof.data.get("code", "")), request.id, deny_after=WRONG_PER_REQUEST)
         if proof.kind == "passkey" and self.passkey_check is not None:
             try:
-                return self.passkey_check(request, proof.data)
+                factor = self.passkey_check(request, proof.data)
             except NotAuthorized as exc:
                 self._count_wrong(request.id, str(exc), "passkey", deny_after=WRONG_PER_REQUEST)
                 raise
+            self.refuse_unrecorded(factor.partition(":")[2], request.id, "passkey", WRONG_PER_REQUEST)
+            return factor
         raise NotAuthorized("unsupported proof; use your passkey or an authenticator code")
 
     def check_code(self, code: str, subject: str, deny_after: int | None = None) -> str:
@@ -300,21 +361,37 @@ class FactorApprover:
         Raises NotAuthorized (with deny=True once `deny_after` wrong answers were given for `subject`).
         """
         code = code.strip().replace(" ", "")
-        candidates = [t for t in self.factors.totp_secrets() if not t[3]]
+        candidates = self.factors.totp_secrets()
         if not candidates:
             raise NotAuthorized(
-                "authenticator codes are disabled (not enrolled, or too many wrong codes today); use a passkey"
+                "no authenticator app is enrolled; use your passkey (or add an app: `agent-vault factors add --totp`)"
             )
-        current = int(self._clock() // TOTP_STEP)
-        for factor_id, secret, _last, _off in candidates:
+        now = self._clock()  # once: one check, one moment (and one step of the benchmarks' stepping clock)
+        off = self.codes_off(now)
+        if off is not None:
+            raise NotAuthorized(off)
+        current = int(now // TOTP_STEP)
+        for factor_id, secret, _last in candidates:
             totp = pyotp.TOTP(secret, interval=TOTP_STEP)
             for step in range(current - TOTP_WINDOW, current + TOTP_WINDOW + 1):
                 if code.isdigit() and hmac.compare_digest(totp.at(step * TOTP_STEP), code):
+                    self.refuse_unrecorded(factor_id, subject, "totp", deny_after)
                     if self.factors.use_step(factor_id, step):
                         self._wrong.pop(subject, None)
                         return f"totp:{factor_id}"
                     self._count_wrong(subject, "that code was already used; wait for the next one", "totp", deny_after)
         self._count_wrong(subject, "wrong code", "totp", deny_after)
+
+    def refuse_unrecorded(self, factor_id: str, subject: str, kind: str, deny_after: int | None) -> None:
+        """A factor missing from the audited factor set was put into state.db outside agent-vault: refused."""
+        recorded = self.recorded() if self.recorded is not None else None
+        if recorded is not None and self.factors.fingerprints().get(factor_id) not in recorded:
+            message = (
+                f"factor {factor_id} was added or changed outside agent-vault (it is not in the factor set the "
+                "audit log recorded), so it cannot approve. Fix: run `agent-vault doctor`; remove it with "
+                "`agent-vault factors remove` and enrol yours again."
+            )
+            self._count_wrong(subject, message, kind, deny_after)
 
     def _count_wrong(self, subject: str, message: str, kind: str, deny_after: int | None) -> NoReturn:
         """Count one wrong answer, then raise NotAuthorized(message) (denying when it was one too many)."""
@@ -322,9 +399,7 @@ class FactorApprover:
         self._wrong[subject] = wrong
         if len(self._wrong) > 10_000:  # bounded: forget the oldest subjects
             self._wrong.pop(next(iter(self._wrong)))
-        day = datetime.fromtimestamp(self._clock(), UTC).date().isoformat()
-        if self.factors.record_failure(kind, day) >= FAILURES_PER_DAY and kind == "totp":
-            self.factors.set_totp_disabled(True)
+        self.factors.record_failure(kind, utc_day(self._clock()).isoformat())  # the cap locks TOTP for the day
         if deny_after is not None and wrong >= deny_after:
             raise NotAuthorized(f"{deny_after} wrong answers on this request: it has been denied", deny=True)
         raise NotAuthorized(message)

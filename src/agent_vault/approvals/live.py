@@ -7,6 +7,7 @@ The store holds the lifecycle; this table only holds what must not outlive the p
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ class Live:
     #: the front door's environment, for a command run with injected secrets
     base_env: dict[str, str] | None = None
     timer: asyncio.TimerHandle | None = None
+    #: when the request expires by the monotonic clock (a wall clock set back does not extend it)
+    deadline: float = math.inf
 
 
 class LiveRequests:

@@ -170,7 +170,7 @@ class Passkeys:
             raise NotAuthorized(f"the passkey check failed: {_short(exc)}") from exc
         if not self.factors.bump_sign_count(factor_id, count, verified.new_sign_count):
             raise NotAuthorized("that passkey was used at the same moment elsewhere; try again")
-        self.factors.set_totp_disabled(False)  # a passkey re-enables a locked-out authenticator app
+        self.factors.lift_totp_lockout()  # a passkey ends an authenticator-app lockout at once
         return f"passkey:{factor_id}"
 
     # -- registration ---------------------------------------------------------------------------

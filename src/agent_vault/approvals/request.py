@@ -90,6 +90,13 @@ class AccessRequest:
     def all_names(self) -> tuple[str, ...]:
         return self.windowed + self.names
 
+    @property
+    def action(self) -> str:
+        """What approving lets happen: "read" (values to the agent), "run" (one command), "write"."""
+        if self.operation is Operation.WRITE:
+            return "write"
+        return "run" if "run" in self.extra else "read"
+
 
 _CODE_ALPHABET = "ACDEFHJKLMNPRTUVWXY34679"  # no look-alikes (0/O, 1/I/L, 2/Z, 5/S, 8/B)
 

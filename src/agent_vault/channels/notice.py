@@ -3,7 +3,8 @@ Agent-written text goes through `untrusted.shown`; the link is a pointer only.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 from agent_vault.approvals.request import AccessRequest, Operation
 from agent_vault.channels.base import Notice
@@ -11,6 +12,8 @@ from agent_vault.untrusted import shown
 
 #: requests listed one by one in a coalesced message; the rest are counted
 MAX_LISTED = 5
+#: clients named in the count of the rest (a flood shows who is flooding)
+MAX_CLIENTS = 3
 FOOTER = "Approving needs your passkey or authenticator code on that page. If you did not expect this, deny it."
 
 
@@ -49,6 +52,13 @@ def _lines(req: AccessRequest, link: str) -> list[str]:
     ]
 
 
+def _who(requests: Iterable[AccessRequest]) -> str:
+    """Who asked the requests a notice only counts: "95 from claude-code, 3 from cursor"."""
+    counts = Counter(req.requester.client for req in requests)
+    top = [f"{n} from {shown(client, 40)}" for client, n in counts.most_common(MAX_CLIENTS)]
+    return ", ".join(top + (["…"] if len(counts) > MAX_CLIENTS else []))
+
+
 def build_notice(items: Sequence[tuple[AccessRequest, str]], dashboard: str) -> Notice:
     """One notice for `items` (request, link to its page); several share one message."""
     if not items:
@@ -62,7 +72,8 @@ def build_notice(items: Sequence[tuple[AccessRequest, str]], dashboard: str) -> 
     for req, link in items[:MAX_LISTED]:
         parts += [*_lines(req, link), ""]
     if len(items) > MAX_LISTED:
-        parts += [f"… and {len(items) - MAX_LISTED} more: see {dashboard}", ""]
+        rest = items[MAX_LISTED:]
+        parts += [f"… and {len(rest)} more ({_who(req for req, _ in rest)}): see {dashboard}", ""]
     title = f"agent-vault: {len(items)} requests wait for you"
     return Notice(
         title,

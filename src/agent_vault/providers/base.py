@@ -15,6 +15,9 @@ class ProviderOptions(BaseModel):
     """Provider-specific keys of one vault section. Subclasses add their own fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    #: fields naming the file or directory the secrets are in: an approval is bound to where they
+    #: resolve, and they must stay inside the project unless the user's settings allow otherwise
+    store_paths: ClassVar[tuple[str, ...]] = ()
 
 
 class ProviderContext(BaseModel):

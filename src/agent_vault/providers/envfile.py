@@ -32,6 +32,7 @@ _EMPTY = Document(())
 class EnvFileOptions(ProviderOptions):
     """`file`: the dotenv file; a relative path is relative to the config file's directory."""
 
+    store_paths: ClassVar[tuple[str, ...]] = ("file",)
     file: str = Field(min_length=1)
 
 

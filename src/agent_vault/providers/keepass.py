@@ -61,6 +61,7 @@ class KeePassOptions(ProviderOptions):
     """A KeePass vault section: the database, its master key, and which group and field are exposed."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    store_paths: ClassVar[tuple[str, ...]] = ("file",)
 
     file: str = Field(
         min_length=1, description="the .kdbx database; a relative path is relative to the config file's directory"

@@ -70,6 +70,7 @@ class PassOptions(ProviderOptions):
     """A pass vault section: which store, which folder of it, and how an entry maps to a value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    store_paths: ClassVar[tuple[str, ...]] = ("store_dir",)
 
     store_dir: str | None = Field(
         default=None,

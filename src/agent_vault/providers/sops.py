@@ -98,6 +98,7 @@ class SopsOptions(ProviderOptions):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
+    store_paths: ClassVar[tuple[str, ...]] = ("file",)
     file: str = Field(min_length=1, description="the sops-encrypted file; relative to the config file's directory")
     format: Format | None = Field(
         default=None, description="dotenv, json or yaml; default: from the file's extension (.env, .json, .yaml/.yml)"

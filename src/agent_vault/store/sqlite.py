@@ -84,6 +84,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE windows ADD COLUMN definition TEXT NOT NULL DEFAULT '';
     """,
+    # 4: windows remember what was approved ("read", or "run" of one command, its digest in `subject`);
+    # older windows have no action and let nothing through
+    """
+    ALTER TABLE windows ADD COLUMN action TEXT NOT NULL DEFAULT '';
+    ALTER TABLE windows ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+    CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -103,9 +113,17 @@ class Window:
     revoked_at: datetime | None = None
     #: digest of the vault's definition when the window opened (see workspace._definition)
     definition: str = ""
+    #: what the approval was for: "read" (values to the agent) or "run" (one command, see `subject`)
+    action: str = ""
+    #: for "run": the digest of the approved command (runs.command_digest); empty for reads
+    subject: str = ""
 
     def covers(self, name: str, now: datetime) -> bool:
         return self.revoked_at is None and now < self.ends_at and self.name in (None, name)
+
+    def allows(self, action: str, subject: str = "") -> bool:
+        """Whether this window was opened for `action` (and, for runs, this very command)."""
+        return self.action == action and (action != "run" or self.subject == subject)
 
     def to_json(self) -> dict[str, Any]:
         """What `grants list --json` and the broker's status show."""
@@ -117,6 +135,7 @@ class Window:
             "config": self.workspace,
             "ends_at": self.ends_at.isoformat(),
             "request_id": self.request_id,
+            "allows": self.action or "nothing (opened by an older version)",
         }
 
 
@@ -230,13 +249,25 @@ class StateStore:
         with self._tx() as db:
             db.execute("UPDATE requests SET extra = ? WHERE id = ?", (json.dumps(extra), request_id))
 
+    # -- small named values (the clock's high-water mark, ...) -----------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
+                       (key, value, value))  # fmt: skip
+
     # -- windows ----------------------------------------------------------------------------
 
     def add_window(self, window: Window) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO windows (id, workspace, vault, name, scope, created_at, ends_at, revoked_at,"
-                " request_id, definition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " request_id, definition, action, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     window.id,
                     window.workspace,
@@ -248,6 +279,8 @@ class StateStore:
                     _ts(window.revoked_at),
                     window.request_id,
                     window.definition,
+                    window.action,
+                    window.subject,
                 ),
             )
 
@@ -330,4 +363,6 @@ def _window_from_row(row: dict[str, Any]) -> Window:
         request_id=row["request_id"],
         revoked_at=_dt(row["revoked_at"]),
         definition=row["definition"],
+        action=row["action"],
+        subject=row["subject"],
     )

@@ -27,6 +27,7 @@ from agent_vault.tunnels.base import Tunnel, TunnelStatus, origin_of, public_hos
 from agent_vault.tunnels.command import CommandTunnel
 from agent_vault.tunnels.ngrok_sdk import NgrokTunnel
 from agent_vault.tunnels.static import NoTunnel, PublicUrl
+from agent_vault.untrusted import visible
 
 STATUS_FILE = "remote.json"
 DASHBOARD_PATH = "/dashboard"
@@ -46,7 +47,7 @@ def build_tunnel(settings: UserSettings) -> Tunnel:
 
 
 def _say(message: str) -> None:
-    print(f"agent-vault: {message}", file=sys.stderr, flush=True)
+    print(visible(f"agent-vault: {message}"), file=sys.stderr, flush=True)
 
 
 class RemoteAccess:

@@ -9,7 +9,6 @@ signed-in dashboard live in `web.enrolment` and `web.dashboard`; every route is 
 from __future__ import annotations
 
 import asyncio
-import shlex
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -30,7 +29,10 @@ from agent_vault.approvals.request import AccessRequest, Operation, Status
 from agent_vault.audit import AuditEvent
 from agent_vault.broker import Broker
 from agent_vault.errors import AgentVaultError
-from agent_vault.untrusted import visible
+from agent_vault.home import is_default
+from agent_vault.policy import what_approval_allows
+from agent_vault.untrusted import pieces, visible
+from agent_vault.web.claims import claim, command_view
 from agent_vault.web.csrf import COOKIE, CsrfTokens
 from agent_vault.web.hardening import ASGIApp, HostAllowlist, hardened, same_origin_post
 from agent_vault.web.sessions import ApproverSessions
@@ -43,12 +45,15 @@ MAX_FLASH = 256
 def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
     env.filters["visible"] = lambda s: visible(str(s), keep="\n")
+    env.filters["pieces"] = lambda s: pieces(str(s))  # for claims.html's marked(): one line, markers
     return env
 
 
 class WebApp:
-    def __init__(self, broker: Broker, public_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(self, broker: Broker, public_hosts: tuple[str, ...] = (), state_home: Path | None = None) -> None:
         self.broker = broker
+        #: named on the approval page when it is not the user's default home (home_use.py)
+        self.other_home = str(state_home) if state_home is not None and not is_default(state_home) else None
         self.csrf = CsrfTokens()
         self.templates = _templates()
         self.public_hosts = public_hosts
@@ -96,9 +101,9 @@ class WebApp:
     def signed_in(self, request: Request) -> bool:
         return self.sessions.valid(request.cookies.get(self.sessions.cookie))
 
-    def factor_kinds(self) -> dict[str, bool]:
-        totp = [t for t in self.factors.totp_secrets() if not t[3]]
-        return {"has_passkey": self.passkeys.enrolled(), "has_totp": bool(totp)}
+    def factor_kinds(self) -> dict[str, Any]:
+        off = self.codes.codes_off() if self.factors.totp_secrets() else None
+        return {"has_passkey": self.passkeys.enrolled(), "has_totp": self.codes.codes_usable(), "codes_off": off}
 
     async def audit(self, event: str, **detail: Any) -> None:
         await asyncio.to_thread(self.broker.audit.append, AuditEvent(event=event, detail=detail))
@@ -121,7 +126,10 @@ class WebApp:
         if req is None:
             return self.not_found(request)
         error = self.take_flash(request, req.id)
-        return self.render("approve.html", request, **self._view(req), **self.factor_kinds(), error=error)
+        tampering = self.broker.integrity.warnings  # state edited outside agent-vault (integrity.py)
+        return self.render(
+            "approve.html", request, **self._view(req), **self.factor_kinds(), error=error, tampering=tampering
+        )
 
     async def passkey_options(self, request: Request) -> Response:
         rid = request.path_params["rid"]
@@ -144,24 +152,22 @@ class WebApp:
         return RedirectResponse(f"/approve/{rid}", status_code=303)
 
     def _view(self, req: AccessRequest) -> dict[str, Any]:
-        if req.operation is Operation.WRITE:
-            unlocks = "Writes these values once. Writes never open an approval window."
-        elif req.ttl_minutes > 0 and req.scope == "vault":
-            unlocks = f"Every secret in vault “{req.vault}” for {_minutes(req.ttl_minutes)} (any session of yours)."
-        elif req.ttl_minutes > 0:
-            unlocks = f"These secrets for {_minutes(req.ttl_minutes)}; other secrets still ask."
-        else:
-            unlocks = "These secrets, this one time."
         return {
             "req": req,
             "pending": req.status is Status.PENDING,
             "write": req.operation is Operation.WRITE,
             "previews": list(zip(req.names, req.previews, strict=False)),
-            "unlocks": unlocks,
+            "unlocks": what_approval_allows(req),
             "expires": req.expires_at.astimezone(UTC).strftime("%H:%M:%S UTC"),
             "state": req.status.value,
-            "run": _run_view(req.extra.get("run")),
+            "run": command_view(req.extra.get("run")),
+            # agent- and client-written text, shown as labelled claims (web.claims)
+            "reason": claim(req.reason),
+            "client": claim(req.requester.client),
+            "project": pieces(req.requester.project_dir or ""),
+            "remote": pieces(req.requester.git_remote or ""),
             "store": req.extra.get("store"),
+            "other_home": self.other_home,
         }
 
     def asgi(self) -> ASGIApp:
@@ -193,16 +199,3 @@ def _proof(form: FormData) -> Proof | None:
     if code:
         return Proof("totp", {"code": code})
     return None
-
-
-def _run_view(run: Any) -> dict[str, Any] | None:
-    """The command an inject request will run, as the approver should read it."""
-    if not isinstance(run, dict):
-        return None
-    argv = [str(a) for a in run.get("argv", [])]
-    line = argv[0] if run.get("shell") and argv else shlex.join(argv)
-    return {"line": line, "cwd": run.get("cwd"), "env": run.get("env", []), "shell": bool(run.get("shell"))}
-
-
-def _minutes(value: float) -> str:
-    return f"{value:g} minute" + ("" if value == 1 else "s")

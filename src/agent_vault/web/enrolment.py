@@ -18,6 +18,7 @@ from starlette.routing import Route
 from agent_vault.approvals.factors import EnrolToken, looks_like_totp
 from agent_vault.approvals.passkeys import purpose_binding
 from agent_vault.errors import AgentVaultError, NotAuthorized
+from agent_vault.integrity import next_factor_set
 from agent_vault.untrusted import visible
 from agent_vault.web.app import options_response
 
@@ -103,7 +104,9 @@ class EnrolPages:
         code = str(form.get("code", "")).strip()
         if assertion:
             binding = purpose_binding("enrolproof", token.key)
-            return self.app.passkeys.verify_assertion(f"enrolproof:{token.key}", binding, assertion)
+            factor = self.app.passkeys.verify_assertion(f"enrolproof:{token.key}", binding, assertion)
+            self.app.codes.refuse_unrecorded(factor.partition(":")[2], f"enrol:{token.key}", "passkey", None)
+            return factor
         if looks_like_totp(code):
             return self.app.codes.check_code(code, f"enrol:{token.key}")
         if code and self.app.factors.use_recovery_code(code):
@@ -125,7 +128,10 @@ class EnrolPages:
         label = visible(str(form.get("label", "")).strip()[:MAX_LABEL]) or "passkey"
         factor = self.app.passkeys.store(credential, label)
         try:
-            await self.app.audit("factor_added", kind="passkey", factor=factor.id, label=label, via=via)
+            await self.app.audit(
+                "factor_added", kind="passkey", factor=factor.id, label=label, via=via,
+                factor_set=next_factor_set(self.app.factors, self.app.broker.integrity.recorded_factors(), factor.id),
+            )  # fmt: skip
         except AgentVaultError:
             self.app.factors.remove(factor.id)  # fail closed: no unaudited factor
             raise

@@ -1,0 +1,67 @@
+"""What an agent or its client wrote, laid out for the approval page so it cannot pass for the page.
+
+Each claim is shown on one line: line breaks, tabs and runs of spaces become markers (⏎×60), other
+hidden characters visible escapes (`untrusted.pieces`). A reason is bounded; a command never is,
+since the approver must read all of it, but one that is long or hides text is flagged.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from agent_vault.untrusted import Piece, hides_text, pieces
+
+#: what of a reason the page shows; the audit log keeps all of it
+MAX_LINES = 8
+MAX_CHARS = 600
+#: a command line longer than this is flagged: read all of it
+LONG_COMMAND = 160
+
+_CONTENT = re.compile(r"[^\r\n]+")
+
+
+@dataclass(frozen=True)
+class Claim:
+    pieces: list[Piece]
+    #: what was left out, e.g. "… 3 more lines (240 characters) not shown", or ""
+    more: str = ""
+
+
+def claim(text: str, max_lines: int = MAX_LINES, max_chars: int = MAX_CHARS) -> Claim:
+    """`text` on one line with visible markers, cut after `max_lines` lines or `max_chars` characters."""
+    cut = text[:max_chars]
+    lines = list(_CONTENT.finditer(cut))
+    if len(lines) > max_lines:
+        cut = cut[: lines[max_lines].start()]
+    rest = text[len(cut) :]
+    if not rest.strip():
+        return Claim(pieces(text.rstrip()))
+    extra = len(_CONTENT.findall(rest))
+    return Claim(pieces(cut), f"… {extra} more line{'s' if extra != 1 else ''} ({len(rest)} characters) not shown")
+
+
+def command_view(run: Any) -> dict[str, Any] | None:
+    """The command an inject request will run, as the approver must read it: all of it."""
+    if not isinstance(run, dict):
+        return None
+    argv = [str(a) for a in run.get("argv", [])]
+    shell = bool(run.get("shell"))
+    line = argv[0] if shell and argv else shlex.join(argv)
+    flags = []
+    if len(line) > LONG_COMMAND:
+        flags.append(f"it is long ({len(line)} characters)")
+    if hides_text(line):
+        flags.append("it contains line breaks, tabs, runs of spaces or hidden characters (marked ⏎ ⇥ ␣ or \\x..)")
+    return {
+        "line": pieces(line),
+        "flags": flags,
+        "cwd": pieces(str(run.get("cwd") or "")),
+        "env": run.get("env", []),
+        "shell": shell,
+        "program": pieces(run["program"]) if isinstance(run.get("program"), str) else None,
+        "knows_program": "program" in run,
+        "inherits": [(var, pieces(str(value))) for var, value in run.get("inherits", [])],
+    }
