@@ -18,7 +18,7 @@ from mcp import Client
 
 from agent_vault import policy
 from agent_vault.approvals.request import Status
-from agent_vault.broker import Broker
+from agent_vault.broker import Broker, Session
 from agent_vault.daemon import BrokerServer
 from agent_vault.errors import RequestExpired
 from agent_vault.frontdoor import AgentSession
@@ -188,6 +188,14 @@ def monotonic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Monotonic]:
     yield fake
 
 
+async def read_approved(broker: Broker, session: Session) -> None:
+    """The human approves one read of dev/API_KEY, which opens the vault's window."""
+    out = await broker.request_access(session, "dev", ["API_KEY"], "debug")
+    assert out.request is not None
+    await broker.decide(out.request.id, True, OK)
+    await broker.wait(session, out.request.id, 0)
+
+
 async def test_setting_the_clock_back_does_not_reopen_a_window(
     home: StatePaths, tmp_path: Path, monotonic: Monotonic
 ) -> None:
@@ -195,10 +203,7 @@ async def test_setting_the_clock_back_does_not_reopen_a_window(
     broker = make_broker(home, clock)
     await broker.start()
     session = open_session(broker, tmp_path / "p", ttl=1)
-    out = await broker.request_access(session, "dev", ["API_KEY"], "debug")
-    assert out.request is not None
-    await broker.decide(out.request.id, True, OK)
-    await broker.wait(session, out.request.id, 0)
+    await read_approved(broker, session)
     clock.advance(minutes=2)
     monotonic.now += 120
     assert (await broker.request_access(session, "dev", ["API_KEY"], "again")).status == "pending"
@@ -215,10 +220,7 @@ async def test_a_restarted_broker_with_its_clock_set_back_ignores_older_windows(
     first = make_broker(home, clock)
     await first.start()
     session = open_session(first, tmp_path / "p", ttl=15)
-    out = await first.request_access(session, "dev", ["API_KEY"], "debug")
-    assert out.request is not None
-    await first.decide(out.request.id, True, OK)
-    await first.wait(session, out.request.id, 0)
+    await read_approved(first, session)
     clock.advance(minutes=30)
     first.policy.mark_time()  # what the broker's ticker does while it runs
     await first.stop()
