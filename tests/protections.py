@@ -314,4 +314,14 @@ PROTECTIONS: tuple[Protection, ...] = (
         "        if False:\n            found.append",
         ("tests/attacks/test_state_tampering.py::test_approval_links_pointed_elsewhere_are_flagged_by_doctor",),
     ),
+    Protection(
+        "a decision row appended to audit.db from outside while the broker runs vouches for nothing",
+        "integrity.py",
+        "return row is not None and first is not None and row.id > first and row.id not in self._own_decisions",
+        "return False",
+        (
+            "tests/attacks/test_state_tampering.py::"
+            "test_a_decision_appended_to_the_audit_log_while_the_broker_runs_vouches_for_nothing",
+        ),
+    ),
 )

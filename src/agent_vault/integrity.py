@@ -45,6 +45,8 @@ FACTOR_SET = "factor_set"
 SETTINGS_DIGEST = "settings_digest"
 SETTINGS_KEYS = "settings_keys"
 FACTOR_EVENTS = ("factor_added", "factor_removed", "factors_recorded")
+#: rows only a running broker writes, each the decision behind an approval or window
+DECISION_EVENTS = frozenset({"approved", "auto_approved"})
 #: rows that leave the checkpoint where it is: the hot path of windowed reads, listings, deliveries
 _HOT_EVENTS = frozenset({"auto_approved", "listed", "delivered", "command_finished"})
 #: settings whose new value is safe to print (no credentials); everything else is named only
@@ -113,6 +115,12 @@ class Integrity:
         self.warnings: list[str] = []
         # Before anything is appended: a checkpoint moved past a re-created log would hide it.
         self.audit_problem = checkpoint_problem(store, audit)
+        #: the first row this broker appended, and the decision rows it appended since: while it runs it
+        #: writes every decision, so a decision row after its first that it did not write was appended
+        #: to audit.db from outside (by someone who can compute the chain, e.g. with our own code)
+        self._first_own: int | None = None
+        self._own_decisions: set[int] = set()
+        audit.listeners.append(self._note_own)
         audit.listeners.append(self._checkpoint)
 
     def guard(self, approver: Approver) -> None:
@@ -126,7 +134,8 @@ class Integrity:
         """Whether the audit log holds the approval that opened `window` (cached per window)."""
         verdict = self._windows.get(window.id)
         if verdict is None:
-            verdict = window_audited(window, self._audit.approval(window.request_id))
+            row = self._audit.approval(window.request_id)
+            verdict = window_audited(window, row) and not self._appended_outside(row)
             if len(self._windows) >= _MAX_CACHED:
                 self._windows.pop(next(iter(self._windows)))
             self._windows[window.id] = verdict
@@ -138,12 +147,24 @@ class Integrity:
     def approval(self, req: AccessRequest, *, in_flight: bool = False) -> bool | None:
         """Whether the audit log holds the decision that approved `req`; None while this broker is still
         writing it (`in_flight`); False (reported) when state.db was edited to approve it."""
-        if request_audited(req, self._audit.approval(req.id)):
+        row = self._audit.approval(req.id)
+        if request_audited(req, row) and not self._appended_outside(row):
             return True
         if in_flight:
             return None
         self.report(req.id, f"request {req.id} was marked approved without an audited decision; nothing released")
         return False
+
+    def _note_own(self, record: AuditRecord) -> None:
+        if self._first_own is None:
+            self._first_own = record.id
+        if record.event in DECISION_EVENTS and record.request_id is not None:  # not every windowed read
+            self._own_decisions.add(record.id)
+
+    def _appended_outside(self, row: AuditRecord | None) -> bool:
+        """A decision row written after this broker started, but not by it."""
+        first = self._first_own
+        return row is not None and first is not None and row.id > first and row.id not in self._own_decisions
 
     def report(self, object_id: str, why: str) -> None:
         """One `tamper_detected` row per object and broker run (never per read)."""

@@ -239,3 +239,39 @@ async def test_only_the_user_with_a_factor_can_accept_changed_settings(
     term.send("aaaa-bbbb-cccc")
     assert await anyio.to_thread.run_sync(term.wait) == 0, term.seen
     assert not any("settings.toml" in p for p in problems(home))
+
+
+async def test_a_decision_appended_to_the_audit_log_while_the_broker_runs_vouches_for_nothing(
+    home: StatePaths, project: Path, broker_server: BrokerServer, step_clock: StepClock
+) -> None:
+    """The agent writes the `approved` row itself, chained correctly with agent-vault's own code, and a
+    window to match: the running broker knows it wrote no such row."""
+    from agent_vault.audit import AuditEvent, AuditLog
+
+    agent = AgentSession(home, project)
+    async with Client(build_server(agent)) as client:
+        got = await approved(
+            client, broker_server, step_clock, "get_secret", {"vault": "dev", "name": "API_KEY", "reason": "debug"}
+        )
+        assert FAKE_KEY in text(got)
+        rid = str(sql(home.state_db, "SELECT request_id FROM windows WHERE name = 'API_KEY'")[0][0])
+        real = broker_server.broker.audit.approval(rid)
+        assert real is not None
+        with AuditLog(home.audit_db) as forger:
+            forger.append(
+                AuditEvent(
+                    event="approved", vault=real.vault, names=("DATABASE_URL",), operation=real.operation,
+                    reason=real.reason, scope=real.scope, window_end=real.window_end, request_id="forged-request",
+                    client=real.client, detail=dict(real.detail),
+                )
+            )  # fmt: skip
+        columns = [row[1] for row in sql(home.state_db, "PRAGMA table_info(windows)")]
+        forged = {"id": "'w_forged'", "name": "'DATABASE_URL'", "request_id": "'forged-request'"}
+        picked = ", ".join(forged.get(c, c) for c in columns)
+        sql(home.state_db, f"INSERT INTO windows SELECT {picked} FROM windows WHERE name = 'API_KEY'")
+        read, asked = await without_human(
+            client, broker_server, "get_secret", {"vault": "dev", "name": "DATABASE_URL", "reason": "as approved"}
+        )
+    await agent.close()
+    assert asked and FAKE_DB not in text(read), "a decision row appended from outside opened a window"
+    assert any("w_forged" in why for why in tamper_rows(broker_server))
