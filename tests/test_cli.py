@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -91,6 +93,10 @@ async def test_grants_list_and_revoke(home: StatePaths, tmp_path: Path, anyio_ba
     broker.audit.close()
     listed = json.loads(cli(home, "grants", "list", "--json").stdout)
     assert [(w["vault"], w["name"]) for w in listed] == [("dev", "API_KEY")]
+    header, row = cli(home, "grants", "list").stdout.rstrip("\n").split("\n")
+    assert header.split() == ["ID", "VAULT/SECRET", "ALLOWS", "ENDS", "(UTC)", "LEFT", "PROJECT", "CONFIG"]
+    assert row.split()[:3] == [listed[0]["id"], "dev/API_KEY", "reads"] and row.index("reads") == header.index("ALLOWS")
+    assert re.search(r" 1[45]m \d\ds  ", row) and row.endswith(str(tmp_path / "p" / "agent-vault.config.json"))
     revoked = cli(home, "grants", "revoke", listed[0]["id"])
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     assert json.loads(cli(home, "grants", "list", "--json").stdout) == []
@@ -128,3 +134,72 @@ def test_config_check_probe_asks_every_store_for_names_only(home: StatePaths, tm
     write_project(project)  # only the env vault: every probe succeeds
     good = cli(home, "config", "check", "--probe", cwd=project)
     assert good.returncode == 0 and "dev (env): ok, 2 names" in good.stdout
+
+
+def test_audit_list_is_an_aligned_table_whatever_the_agent_wrote(home: StatePaths) -> None:
+    from agent_vault.table import width
+
+    with AuditLog(home.audit_db) as log:
+        log.append(AuditEvent(event="requested", vault="dev", names=("API_KEY",), reason="R: deploy"))
+        log.append(AuditEvent(event="denied", vault="dev", names=("名前\x1b[2J",), reason="R: line\nbreak"))
+        log.append(AuditEvent(event="requested", vault="dev", names=("A" * 90,), reason="R: " + "long " * 40))
+        log.append(AuditEvent(event="delivered", vault="dev", names=("API_KEY",)))
+        log.append(AuditEvent(event="requested", vault="dev", names=("名" * 30,), reason="R: wide"))
+    out = cli(home, "audit", "list")
+    assert out.returncode == 0, out.stderr
+    header, *lines = out.stdout.rstrip("\n").split("\n")
+    assert header.split()[:4] == ["ID", "TIME", "(UTC)", "EVENT"] and len(lines) == 5
+    column = header.index("REASON")
+    reasons = [line for line in lines if "R: " in line]
+    assert len(reasons) == 4
+    for line in reasons:  # the reason starts under its heading on every row: nothing pushed it
+        assert width(line[: line.index("R: ")]) == column, out.stdout
+    assert "名前\\x1b[2J" in out.stdout and "R: line\\x0abreak" in out.stdout  # escaped, then measured
+    long_row = next(line for line in lines if "AAAA" in line)
+    assert "dev/" + "A" * 35 + "…  R: " in long_row and long_row.endswith("…") and width(long_row) < 200
+    assert "dev/" + "名" * 17 + "…   R: wide" in lines[0]  # cut to 39 columns: a wide character takes two
+    assert lines[1].split()[2] == "delivered" and lines[1].rstrip().endswith("dev/API_KEY")  # no reason, no padding
+    typo = cli(home, "audit", "list", "--event", "aproved")
+    assert typo.returncode == 1 and "Traceback" not in typo.stderr
+    assert "unknown audit event 'aproved'; expected one of" in typo.stderr and "approved" in typo.stderr
+    zero = cli(home, "audit", "list", "--limit", "0")
+    assert zero.returncode == 2 and "--limit: '0' is not a whole number of 1 or more" in zero.stderr
+    whole = json.loads(cli(home, "audit", "list", "--json").stdout)
+    assert whole[2]["reason"] == "R: " + "long " * 40 and whole[2]["names"] == ["A" * 90]  # --json stays exact
+
+
+def every_parser(
+    parser: argparse.ArgumentParser, prefix: str = "agent-vault"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    found = [(prefix, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.extend(every_parser(sub, f"{prefix} {name}"))
+    return found
+
+
+def test_every_command_and_option_says_what_it_does() -> None:
+    from agent_vault.cli import _parser
+
+    missing = []
+    for name, parser in every_parser(_parser()):
+        if not (parser.description or "").strip():
+            missing.append(f"{name}: no description")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                listed = {a.dest: a.help for a in action._choices_actions}
+                missing += [
+                    f"{name} {sub}: no line in `{name} --help`" for sub in action.choices if not listed.get(sub)
+                ]
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}: no help")
+    assert not missing, "\n".join(missing)
+    top = subprocess.run(
+        [sys.executable, "-m", "agent_vault", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert re.search(r"^\s+grants\s+approval windows", top, re.M)  # one line each in the list
+    sub = subprocess.run(
+        [sys.executable, "-m", "agent_vault", "audit", "list", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "list audit events, newest first" in sub and re.search(r"--vault VAULT\s+only events about", sub)

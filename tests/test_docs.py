@@ -11,6 +11,7 @@ import pytest
 from agent_vault.audit import EVENTS
 from agent_vault.cli import _parser
 from agent_vault.config import Config, VaultConfig, WebhookConfig, load_config
+from agent_vault.home import StatePaths
 from agent_vault.providers.registry import provider_entry_points
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +94,34 @@ def test_every_provider_config_example_loads(block: str, tmp_path: Path) -> None
     env = {var: "fake-doc-value" for var in re.findall(r"env:([A-Za-z_][A-Za-z0-9_]*)", block)}
     config = load_config(path, env)
     assert config.vaults
+
+
+def test_the_readme_client_snippets_are_the_ones_init_prints() -> None:
+    from agent_vault.enrol import mcp_snippet
+
+    printed = mcp_snippet(["/path/to/.venv/bin/agent-vault"])
+    for line in printed.splitlines():
+        found = re.search(r"(\{.*\}|claude mcp add .*)$", line)
+        if found:
+            assert f"`{found.group(1)}`" in README, found.group(1)
+    assert "uvx agent-vault" in printed and "once agent-vault is\npublished" in printed  # only as a future
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_address_in_the_readme_answers(home: StatePaths) -> None:
+    from agent_vault.daemon import DEFAULT_PORT, BrokerServer
+    from tests.web_helpers import Visitor
+
+    paths = set(re.findall(rf"http://localhost:{DEFAULT_PORT}(/[a-z]+)(?![\w/.])", README))  # whole addresses
+    assert "/dashboard" in paths
+    server = BrokerServer(home, 0)
+    await server.start()
+    visitor = Visitor(server.url)
+    try:
+        for path in paths:
+            page = await visitor.get(path)
+            assert page.status_code in (200, 303), f"{path}: {page.status_code}"  # 303: to sign-in first
+        assert (await visitor.get("/dashboard")).headers["location"] == "/signin"
+    finally:
+        await visitor.aclose()
+        await server.stop()

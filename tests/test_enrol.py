@@ -9,12 +9,14 @@ import os
 import pty
 import re
 import select
+import shlex
 import stat
 import subprocess
 import sys
 import termios
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pyotp
 import pytest
@@ -116,6 +118,14 @@ def test_init_with_an_authenticator_app(home: StatePaths) -> None:
     assert term.wait() == 0, term.seen
     assert factors(home) == [("totp", "authenticator app")]
     assert [d["via"] for d in audit_details(home, "factor_added")] == ["init"]
+    # the client snippet names a command that runs here, before anything is published
+    line = re.search(r"claude mcp add agent-vault -- (.+?)\r?\n", term.seen)
+    assert line is not None, term.seen
+    command = shlex.split(line.group(1))
+    assert command == [str(Path(sys.executable).absolute().parent / "agent-vault")]
+    ran = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30, env={})
+    assert ran.returncode == 0 and ran.stdout.startswith("agent-vault "), ran.stderr
+    assert "uvx" not in term.seen.replace("once agent-vault is\r\npublished on PyPI, `uvx agent-vault`", "")
     db = b"".join(p.read_bytes() for p in home.root.glob("state.db*"))
     assert codes.group(1).encode() not in db and secret.encode() in db
     assert stat.S_IMODE(home.root.stat().st_mode) == 0o700
@@ -157,6 +167,20 @@ async def test_init_enrols_a_passkey_through_the_one_time_link(home: StatePaths,
         assert (await again.get(f"/enroll?token={token}")).status_code == 404  # single use
     finally:
         await again.aclose()
+
+
+@pytest.mark.anyio
+async def test_init_with_passkey_and_totp_enrols_both(home: StatePaths, broker: BrokerServer) -> None:
+    import anyio
+
+    term = Terminal(home, "init", "--passkey", "--totp")  # `--totp` alone: the app instead (above)
+    base, token = (await anyio.to_thread.run_sync(term.expect, LINK)).groups()
+    assert "Passkey enrolled" in (await enrol_passkey(base, token, SoftAuthenticator())).text
+    secret = (await anyio.to_thread.run_sync(term.expect, r"Key: ([A-Z2-7]+)")).group(1)
+    term.send(pyotp.TOTP(secret).now())
+    await anyio.to_thread.run_sync(term.expect, rf"(?s)Recovery codes.*{CODE}")
+    assert await anyio.to_thread.run_sync(term.wait) == 0, term.seen
+    assert [kind for kind, _ in factors(home)] == ["passkey", "totp"]
 
 
 def test_adding_an_authenticator_later_needs_proof(home: StatePaths) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +75,7 @@ urlPattern = 'https://[a-z.]+\\.test'
     assert lines[0].startswith("broker: running, pid ")
     assert f"approval pages: {server.url}" in lines
     assert any(line.startswith("tunnel: command UP, public URL https://tunnel.example.test (since ") for line in lines)
-    assert "channels: 2 configured" in lines
+    assert "push channels: 2 configured" in lines
     phone = next(line for line in lines if line.startswith("  phone "))
     assert phone.startswith(f"  phone (apprise: ntfy://127.0.0.1:{stub.port}): last delivery ok at ")
     assert "(1 sent, 0 failed)" in phone and "secret-topic" not in text
@@ -108,7 +109,8 @@ async def test_status_without_settings_and_with_a_broken_file(home: StatePaths, 
     server = await start_broker()
     text = await broker_status()
     assert "tunnel: none (approval pages on this machine only)" in text
-    assert "channels: 0 configured (settings: [[channels]])" in text
+    settings = home.root / "settings.toml"
+    assert f"push channels: none — add [[channels]] to {settings} to get approval links on your phone" in text
     await server.stop()
 
     write_settings(home, '[tunnel]\ntype = "warp-drive"\n')
@@ -121,3 +123,26 @@ async def test_status_when_no_broker_runs(home: StatePaths) -> None:
     expected = {"running": False, "state_dir": str(home.root), "default_home": False}  # a temp home, not ~
     assert json.loads(await cli(home, "status", "--json")) == expected
     assert (await cli(home, "status")).startswith("broker: not running")
+
+
+async def test_status_lists_each_active_window(home: StatePaths, tmp_path: Path, start_broker: Any) -> None:
+    from agent_vault.approvals.approver import Proof
+    from tests.test_broker import YesApprover
+
+    server = await start_broker()
+    server.broker.approver = YesApprover()
+    session = session_for(server, tmp_path / "p")  # ttl 15: an approval opens a window
+    out = await server.broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    await server.broker.decide(out.request.id, True, Proof("ok"))
+    window = server.broker.windows()[0]
+
+    lines = (await cli(home, "status")).splitlines()
+    at = lines.index("active windows: 1")
+    header, row = lines[at + 1], lines[at + 2]
+    assert header.split() == ["ID", "VAULT/SECRET", "ALLOWS", "ENDS", "(UTC)", "LEFT", "PROJECT", "CONFIG"]
+    assert row.startswith(f"  {window.id}  dev/API_KEY ")
+    assert " reads " in row and window.ends_at.strftime("%Y-%m-%dT%H:%M:%SZ") in row
+    assert re.search(r"  1[45]m \d\ds  ", row), row  # time left, from ttl 15
+    assert row.endswith(str(tmp_path / "p" / "agent-vault.config.json"))
+    assert row.index("reads") == header.index("ALLOWS")  # aligned under its heading

@@ -10,6 +10,7 @@ import argparse
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from agent_vault.audit import AuditLog
 from agent_vault.boundaries import ProjectLimits, project_problems
@@ -19,11 +20,13 @@ from agent_vault.errors import AgentVaultError, BrokerUnavailable, ConfigError, 
 from agent_vault.home import default_root, is_default, state_paths
 from agent_vault.legacy_env import locate_config
 from agent_vault.store.sqlite import StateStore, Window
-from agent_vault.untrusted import shown, visible
+from agent_vault.table import table
+from agent_vault.untrusted import shown
 from agent_vault.workspace import build_provider
 
 
 async def broker_status(as_json: bool = False) -> str:
+    from agent_vault.settings import settings_path
     from agent_vault.tunnels.view import remote_lines
 
     paths = state_paths()
@@ -41,7 +44,7 @@ async def broker_status(as_json: bool = False) -> str:
     lines = [
         f"broker: running, pid {data['pid']}, version {data['version']}",
         f"approval pages: {data['url']}",
-        *remote_lines(data),
+        *remote_lines(data, settings_path(paths)),
         f"state dir: {where}",
         f"pending requests: {len(data['pending'])}",
     ]
@@ -54,6 +57,8 @@ async def broker_status(as_json: bool = False) -> str:
         # one short line, whatever line breaks the agent put in: shown() escapes them
         lines.append(f'    {shown(claimed, 100)} (as it claims) says: "{shown(req["reason"], 200)}"')
     lines.append(f"active windows: {len(data['windows'])}")
+    if data["windows"]:
+        lines.append(window_table(data["windows"], indent="  "))
     return "\n".join(lines)
 
 
@@ -110,20 +115,45 @@ def _windows() -> list[Window]:
 
 
 def grants_list(as_json: bool = False) -> str:
-    windows = _windows()
+    windows = [w.to_json() for w in _windows()]
     if as_json:
-        return json.dumps([w.to_json() for w in windows], indent=2)
+        return json.dumps(windows, indent=2)
     if not windows:
         return "no active approval windows"
+    return window_table(windows)
+
+
+#: what a window's "allows" (Window.to_json) means, in a few words
+_ALLOWS = {"read": "reads", "run": "runs of one command"}
+
+
+def window_table(windows: list[dict[str, Any]], indent: str = "") -> str:
+    """Windows as `Window.to_json` (or the broker's status) gives them, one aligned row each: id,
+    what it covers, what it allows, when it ends and how long that is, and the project it is for."""
     now = datetime.now(UTC)
-    lines = []
+    rows = []
     for w in windows:
-        what = f"vault {w.vault} (every secret)" if w.name is None else f"{w.vault}/{w.name}"
-        what += {"read": ": reads", "run": ": runs of one command"}.get(w.action, ": nothing (older version)")
-        left = int((w.ends_at - now).total_seconds())
-        line = f"{w.id}  {what}  ends {w.ends_at.isoformat(timespec='seconds')} ({left}s left)  [{w.workspace}]"
-        lines.append(visible(line))  # a project path can hold any character but NUL and /
-    return "\n".join(lines)
+        what = f"{w['vault']}/{w['name']}" if w.get("name") else f"{w['vault']}/* (every secret)"
+        ends = datetime.fromisoformat(str(w["ends_at"]))
+        left = _duration(int((ends - now).total_seconds()))
+        allows = _ALLOWS.get(str(w.get("allows")), str(w.get("allows")))
+        rows.append([w["id"], what, allows, _utc(ends), left, str(w.get("config", ""))])
+    header = ["ID", "VAULT/SECRET", "ALLOWS", "ENDS (UTC)", "LEFT", "PROJECT CONFIG"]
+    return table(header, rows, caps={1: 48}, right=[4], indent=indent)
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _duration(seconds: int) -> str:
+    if seconds <= 0:
+        return "ending"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 async def grants_revoke(window_id: str | None, every: bool = False) -> str:
@@ -154,26 +184,34 @@ def _when(text: str | None) -> datetime | None:
 
 def audit_list(args: argparse.Namespace) -> str:
     with AuditLog(state_paths().audit_db) as log:
-        rows = log.list(
-            since=_when(args.since),
-            until=_when(args.until),
-            vault=args.vault,
-            name=args.name,
-            event=args.event,
-            request_id=args.request,
-            limit=args.limit,
-        )
+        try:
+            rows = log.list(
+                since=_when(args.since),
+                until=_when(args.until),
+                vault=args.vault,
+                name=args.name,
+                event=args.event,
+                request_id=args.request,
+                limit=args.limit,
+            )
+        except ValueError as exc:  # an unknown --event, a --limit below 1: say which, not a traceback
+            raise InvalidRequest(f"audit list: {exc}") from exc
     if args.json:
         return json.dumps([r.to_json() for r in rows], indent=2)
     if not rows:
         return "no audit events match"
-    out = []
-    for r in rows:
-        names = ",".join(r.names)
-        target = f"{r.vault}/{names}" if r.vault else names
-        reason = f'  "{r.reason}"' if r.reason else ""
-        out.append(visible(f"{r.id:>6}  {r.ts.isoformat(timespec='seconds')}  {r.event:<14} {target}{reason}"))
-    return "\n".join(out)
+    body = [
+        [
+            str(r.id),
+            _utc(r.ts),
+            r.event,
+            f"{r.vault}/{','.join(r.names)}" if r.vault else ",".join(r.names),
+            r.reason or "",
+        ]
+        for r in rows
+    ]
+    header = ["ID", "TIME (UTC)", "EVENT", "VAULT/SECRETS", "REASON (as the agent gave it; --json has it whole)"]
+    return table(header, body, caps={3: 40, 4: 72}, right=[0])
 
 
 def audit_verify() -> tuple[bool, str]:

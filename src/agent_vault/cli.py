@@ -31,71 +31,102 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"agent-vault {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("mcp", help="run the MCP server on stdio (what MCP clients launch; the default)")
-    serve = sub.add_parser("serve", help="run the broker in the foreground")
+    def command(group: Any, name: str, text: str, **kw: Any) -> argparse.ArgumentParser:
+        """A subcommand whose one line in the list above it is also its own `--help` description."""
+        parser: argparse.ArgumentParser = group.add_parser(name, help=text, description=text, **kw)
+        return parser
+
+    def actions(parser: argparse.ArgumentParser) -> Any:
+        return parser.add_subparsers(dest="action", metavar="ACTION")
+
+    command(sub, "mcp", "run the MCP server on stdio (what MCP clients launch; the default)")
+    serve = command(sub, "serve", "run the broker in the foreground (approval pages, dashboard, channels, tunnel)")
     serve.add_argument("--port", type=int, help="approval page port on 127.0.0.1 (default: config port or 9999)")
-    status = sub.add_parser(
-        "status", help="show the broker, its URLs, tunnel, channels, pending requests and active windows"
+    status = command(
+        sub, "status", "show the broker, its URLs, tunnel, push channels, pending requests and active windows"
     )
     status.add_argument("--json", action="store_true", help="the broker's whole status as JSON")
-    sub.add_parser("stop", help="stop the running broker")
+    command(sub, "stop", "stop the running broker")
 
-    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", metavar="ACTION")
-    check = config.add_parser("check", help="show the resolved config (credentials redacted) and its file")
+    config = actions(command(sub, "config", "check the configuration agent-vault would use here"))
+    check = command(config, "check", "show the resolved config (credentials redacted) and its file")
     check.add_argument("--config", help="check this file instead of searching")
     check.add_argument(
         "--probe", action="store_true", help="also ask each vault's store for its names (no value is read)"
     )
 
-    grants = sub.add_parser("grants", help="approval windows").add_subparsers(dest="action", metavar="ACTION")
-    glist = grants.add_parser("list", help="list active approval windows")
-    glist.add_argument("--json", action="store_true")
-    grevoke = grants.add_parser("revoke", help="end an approval window now")
+    grants = actions(command(sub, "grants", "approval windows: list them, end them now"))
+    glist = command(grants, "list", "list active approval windows: what each allows and how long it has left")
+    glist.add_argument("--json", action="store_true", help="print the windows as JSON (exact text, for scripts)")
+    grevoke = command(grants, "revoke", "end an approval window now")
     grevoke.add_argument("window", nargs="?", help="window id from `grants list`")
     grevoke.add_argument("--all", action="store_true", help="end every active window")
 
-    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="action", metavar="ACTION")
-    alist = audit.add_parser("list", help="list audit events, newest first")
-    alist.add_argument("--since", help="ISO date or datetime (UTC)")
-    alist.add_argument("--until", help="ISO date or datetime (UTC)")
-    alist.add_argument("--vault")
-    alist.add_argument("--name", help="secret name")
-    alist.add_argument("--event")
-    alist.add_argument("--request", help="request id")
-    alist.add_argument("--limit", type=int, default=50)
-    alist.add_argument("--json", action="store_true")
-    audit.add_parser("verify", help="check the hash chain; names the first altered or missing row")
+    audit = actions(command(sub, "audit", "the audit log: list events, verify the hash chain"))
+    alist = command(audit, "list", "list audit events, newest first")
+    alist.add_argument("--since", help="only events at or after this ISO date or datetime (UTC)")
+    alist.add_argument("--until", help="only events before this ISO date or datetime (UTC)")
+    alist.add_argument("--vault", help="only events about this vault")
+    alist.add_argument("--name", help="only events about this secret name")
+    alist.add_argument("--event", help="only this event, e.g. approved, denied, delivered (docs/audit.md)")
+    alist.add_argument("--request", help="only events of this request id")
+    alist.add_argument("--limit", type=_positive, default=50, help="show at most this many events (default 50)")
+    alist.add_argument("--json", action="store_true", help="print the events as JSON (exact text, for scripts)")
+    command(audit, "verify", "check the hash chain; names the first altered or missing row")
 
-    init = sub.add_parser("init", help="one-time set-up on a terminal: enrol how you approve")
+    init = command(sub, "init", "one-time set-up on a terminal: enrol how you approve, get recovery codes")
     init.add_argument("--passkey", action="store_true", help="enrol a passkey via a one-time link (the default)")
-    init.add_argument("--totp", action="store_true", help="enrol an authenticator app (TOTP) instead, or as well")
-    init.add_argument("--port", type=int, help="broker port if init has to start it (default: config or 9999)")
-    factors = sub.add_parser("factors", help="how you approve: list, add, remove").add_subparsers(
-        dest="action", metavar="ACTION"
+    init.add_argument(
+        "--totp",
+        action="store_true",
+        help="enrol an authenticator app (TOTP) instead of a passkey, e.g. on a remote machine; with --passkey, both",
     )
-    factors.add_parser("list", help="list enrolled passkeys and authenticator apps")
-    fadd = factors.add_parser("add", help="enrol another factor (needs proof from an existing one)")
-    fadd.add_argument("--passkey", action="store_true")
-    fadd.add_argument("--totp", action="store_true")
-    fremove = factors.add_parser("remove", help="remove a factor (needs proof from an existing one)")
+    init.add_argument("--port", type=int, help="broker port if init has to start it (default: config or 9999)")
+    factors = actions(command(sub, "factors", "how you approve: list, add, remove, new recovery codes"))
+    command(factors, "list", "list enrolled passkeys and authenticator apps")
+    fadd = command(factors, "add", "enrol another factor (needs proof from an existing one)")
+    fadd.add_argument("--passkey", action="store_true", help="add a passkey, through a one-time link")
+    fadd.add_argument("--totp", action="store_true", help="add an authenticator app (TOTP), by scanning a QR code")
+    fremove = command(factors, "remove", "remove a factor (needs proof from an existing one)")
     fremove.add_argument("factor", help="factor id from `factors list`")
-    factors.add_parser("recovery-codes", help="replace your recovery codes (needs proof)")
-    sub.add_parser("doctor", help="show which protections are in force, and what is not protected")
-    settings = sub.add_parser("settings", help="your settings.toml").add_subparsers(dest="action", metavar="ACTION")
-    settings.add_parser("accept", help="record settings.toml as yours after you changed it (needs proof)")
-    run = sub.add_parser(
+    command(factors, "recovery-codes", "replace your recovery codes (needs proof)")
+    command(sub, "doctor", "show which protections are in force, and what is not protected")
+    settings = actions(command(sub, "settings", "your settings.toml in the state directory"))
+    command(settings, "accept", "record settings.toml as yours after you changed it (needs proof)")
+    run = command(
+        sub,
         "run",
-        help="run a command with secrets in its environment, after approval; output masked",
+        "run a command with secrets in its environment, after approval; output masked",
         usage="agent-vault run --env VAR=vault/secret [--env ...] [--reason TEXT] [--timeout S] -- command [args ...]",
     )
-    run.add_argument("--env", action="append", required=True, metavar="VAR=vault/secret")
-    run.add_argument("--reason", default="run by hand with agent-vault run")
+    run.add_argument(
+        "--env",
+        action="append",
+        required=True,
+        metavar="VAR=vault/secret",
+        help="put this secret in the command's environment as VAR (repeat for more)",
+    )
+    run.add_argument("--reason", default="run by hand with agent-vault run", help="why, as the approval page shows it")
     run.add_argument("--timeout", type=float, help="seconds before the command is stopped (default 300)")
     run.add_argument("--shell", action="store_true", help="run the single command string with /bin/sh -c")
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="command")
-    demo = sub.add_parser("demo", help="try the whole flow in a sandbox with a scripted agent")
+    run.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="command", help="the command and its arguments, after --"
+    )
+    demo = command(sub, "demo", "try the whole flow in a sandbox with a scripted agent")
     demo.add_argument("--yes", action="store_true", help="approve automatically (no browser needed)")
     return p
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pyotp
 
@@ -32,12 +36,32 @@ from agent_vault.home import StatePaths, state_paths
 from agent_vault.integrity import guard_at, next_factor_set, recorded_factors_at
 from agent_vault.store.sqlite import StateStore
 
-MCP_SNIPPET = """Add agent-vault to your MCP client:
-  Claude Code:  claude mcp add agent-vault -- uvx agent-vault
-  Cursor:       ~/.cursor/mcp.json  {"mcpServers": {"agent-vault": {"command": "uvx", "args": ["agent-vault"]}}}
-  VS Code:      .vscode/mcp.json
-                {"servers": {"agent-vault": {"type": "stdio", "command": "uvx", "args": ["agent-vault"]}}}"""
 POLL = 0.5
+
+
+def local_command() -> list[str]:
+    """The command that starts agent-vault on this machine, whatever PATH an MCP client has: the
+    `agent-vault` executable installed next to this Python (a venv's bin), or this Python with `-m`."""
+    beside = Path(sys.executable).absolute().parent / "agent-vault"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    return [str(Path(sys.executable).absolute()), "-m", "agent_vault"]
+
+
+def mcp_snippet(command: list[str] | None = None) -> str:
+    """How to add agent-vault to each MCP client, with the command that works on this machine."""
+    command = command or local_command()
+    program, args = command[0], command[1:]
+    cursor = json.dumps({"mcpServers": {"agent-vault": {"command": program, "args": args}}})
+    vscode = json.dumps({"servers": {"agent-vault": {"type": "stdio", "command": program, "args": args}}})
+    return (
+        "Add agent-vault to your MCP client (this command works on this machine; once agent-vault is\n"
+        "published on PyPI, `uvx agent-vault` works in its place):\n"
+        f"  Claude Code:  claude mcp add agent-vault -- {shlex.join(command)}\n"
+        f"  Cursor:       ~/.cursor/mcp.json  {cursor}\n"
+        f"  VS Code:      .vscode/mcp.json\n"
+        f"                {vscode}"
+    )
 
 
 def require_terminal() -> None:
@@ -90,7 +114,7 @@ def run_init(passkey: bool = False, totp: bool = False, port: int | None = None)
         codes = new_recovery_codes()
         factors.set_recovery_codes(codes)
     _print_codes(codes)
-    print(f"\nState directory: {paths.root}\n\n{MCP_SNIPPET}\n\nCheck your set-up any time: agent-vault doctor")
+    print(f"\nState directory: {paths.root}\n\n{mcp_snippet()}\n\nCheck your set-up any time: agent-vault doctor")
     return 0
 
 

@@ -62,7 +62,7 @@ def test_an_assertion_without_user_verification_is_refused(phone: Any, broker: B
 
     phone.goto(f"{broker.url}/approve/{req.id}")
     phone.evaluate(FORCE_NO_UV)  # a tampered page that asks the authenticator to skip UV
-    phone.wait_for_selector("text=User verification is required", timeout=15_000)
+    phone.wait_for_selector("text=the authenticator did not verify you", timeout=15_000)
     broker.assert_nothing_released(req.id)
     assert "auth_failed" in broker.events(req.id)
 

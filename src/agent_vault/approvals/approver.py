@@ -27,3 +27,11 @@ class Approver(Protocol):
         Raises NotAuthorized when the proof is missing, wrong, replayed or for another request.
         """
         ...
+
+    def own_code_label(self) -> str | None:
+        """The label of a code field the approval page must offer for this approver's own code, or None.
+
+        None for the real approver (`FactorApprover`): the page offers only enrolled factors. The demo's
+        sandbox approver names its one-time demo code here, so its page shows a field for it.
+        """
+        ...

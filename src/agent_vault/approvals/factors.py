@@ -335,6 +335,10 @@ class FactorApprover:
         """Whether an authenticator code can be accepted now (one is enrolled and no lockout holds)."""
         return bool(self.factors.totp_secrets()) and self.codes_off() is None
 
+    def own_code_label(self) -> None:
+        """No code of its own: the approval page offers the enrolled factors only."""
+        return None
+
     def verify(self, request: AccessRequest, proof: Proof | None) -> str:
         if not self.factors.all():
             raise NotAuthorized(

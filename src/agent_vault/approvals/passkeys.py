@@ -4,12 +4,16 @@ Every challenge is random, remembered here for a few minutes and usable once. Fo
 also carries a digest of the request (id, vault, names, operation, reason hash, expiry), so an
 assertion made for one request is useless for any other. User verification is required, the
 origin and RP ID are pinned, and the sign count must move forward.
+
+A refused answer is explained in our words (`_refusal`): what it means for the person and what to
+do. py_webauthn's own text is written for developers and is only logged, at debug level.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -26,14 +30,19 @@ from webauthn import (
 from webauthn.helpers import (
     base64url_to_bytes,
     bytes_to_base64url,
+    parse_attestation_object,
     parse_authentication_credential_json,
+    parse_authenticator_data,
     parse_client_data_json,
     parse_registration_credential_json,
 )
 from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
+    AuthenticationCredential,
+    AuthenticatorData,
     AuthenticatorSelectionCriteria,
     PublicKeyCredentialDescriptor,
+    RegistrationCredential,
     ResidentKeyRequirement,
     UserVerificationRequirement,
 )
@@ -48,6 +57,7 @@ CHALLENGE_TTL = 300.0
 MAX_CHALLENGES = 256
 TIMEOUT_MS = 120_000
 REQUIRED = UserVerificationRequirement.REQUIRED
+log = logging.getLogger(__name__)
 
 
 def request_binding(req: AccessRequest) -> bytes:
@@ -154,7 +164,11 @@ class Passkeys:
         self._redeem(challenge, purpose, binding)
         stored = self.factors.passkey(parsed.id)
         if stored is None:
-            raise NotAuthorized("that passkey is not enrolled here")
+            raise NotAuthorized(
+                "this passkey is not enrolled here (it may have been removed, or made for another agent-vault"
+                " home or site). Use an enrolled passkey or a code from your authenticator app;"
+                " `agent-vault factors list` shows what is enrolled"
+            )
         factor_id, public_key, count = stored
         try:
             verified = verify_authentication_response(
@@ -167,7 +181,8 @@ class Passkeys:
                 require_user_verification=True,
             )
         except WebAuthnException as exc:
-            raise NotAuthorized(f"the passkey check failed: {_short(exc)}") from exc
+            log.debug("passkey assertion refused by py_webauthn: %s", exc)
+            raise NotAuthorized(self._refusal(parsed, factor_id, count)) from exc
         if not self.factors.bump_sign_count(factor_id, count, verified.new_sign_count):
             raise NotAuthorized("that passkey was used at the same moment elsewhere; try again")
         self.factors.lift_totp_lockout()  # a passkey ends an authenticator-app lockout at once
@@ -209,12 +224,55 @@ class Passkeys:
                 require_user_verification=True,
             )
         except WebAuthnException as exc:
-            raise NotAuthorized(f"the new passkey was refused: {_short(exc)}") from exc
+            log.debug("passkey registration refused by py_webauthn: %s", exc)
+            raise NotAuthorized(self._refusal(parsed)) from exc
         return (
             bytes_to_base64url(verified.credential_id),
             bytes_to_base64url(verified.credential_public_key),
             verified.sign_count,
         )
+
+    def _refusal(
+        self, parsed: AuthenticationCredential | RegistrationCredential, factor_id: str = "", count: int = 0
+    ) -> str:
+        """Why py_webauthn refused an answer, said for the person at the browser, with what to do.
+
+        The answer is re-read here in the library's order of checks (origin, RP ID, presence and
+        verification, sign count); whatever is left is a bad signature or a malformed answer.
+        """
+        new = isinstance(parsed, RegistrationCredential)
+        what = "the new passkey was refused" if new else "the passkey check failed"
+        try:
+            origin = parse_client_data_json(bytes(parsed.response.client_data_json)).origin
+            auth = _auth_data(parsed)
+        except Exception:  # the library already refused it; we only pick the words
+            return f"{what}: the browser's answer is malformed. Try again, or use another factor"
+        if origin not in self.origins():
+            return (
+                f"{what}: this page was opened through another address than the one your passkeys are for."
+                f" Open the link at {' or '.join(self.origins())} (passkeys work only on their site, {self.rp_id})"
+            )
+        if auth.rp_id_hash != hashlib.sha256(self.rp_id.encode()).digest():
+            return (
+                f"{what}: this passkey was made for another site than {self.rp_id}."
+                f" Use a passkey enrolled for {self.rp_id} or a code from your authenticator app"
+                " (see passkeys.rpId in docs/remote.md)"
+            )
+        if not (auth.flags.up and auth.flags.uv):
+            return (
+                f"{what}: the authenticator did not verify you (no PIN, fingerprint or face check)."
+                " Try again and confirm with your PIN, fingerprint or face when asked,"
+                " or use a code from your authenticator app"
+            )
+        if not new and (auth.sign_count > 0 or count > 0) and auth.sign_count <= count:
+            return (
+                "this passkey's counter went backwards: it may have been copied, or an old answer was replayed."
+                " Approve with another factor and remove this passkey if you did not expect this"
+                f" (agent-vault factors remove {factor_id})"
+            )
+        if new:
+            return f"{what}: the authenticator's answer could not be verified. Try again, or use another passkey"
+        return f"{what}: its signature does not match the enrolled passkey. Try again, or use another factor"
 
     def store(self, credential: tuple[str, str, int], label: str) -> Factor:
         credential_id, public_key, sign_count = credential
@@ -230,5 +288,7 @@ def _json_text(credential: object) -> str:
     raise ValueError("no credential")
 
 
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+def _auth_data(parsed: AuthenticationCredential | RegistrationCredential) -> AuthenticatorData:
+    if isinstance(parsed, RegistrationCredential):
+        return parse_attestation_object(bytes(parsed.response.attestation_object)).auth_data
+    return parse_authenticator_data(bytes(parsed.response.authenticator_data))

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
-def remote_lines(data: dict[str, Any]) -> list[str]:
-    """Lines about reachability and channels from a `/v1/status` body (empty for an older broker)."""
+def remote_lines(data: dict[str, Any], settings_file: Path | str = "settings.toml") -> list[str]:
+    """Lines about reachability and channels from a `/v1/status` body (empty for an older broker);
+    `settings_file` is the user's settings file, named where a missing setting is explained."""
     tunnel = data.get("tunnel")
     if not isinstance(tunnel, dict):
         return []
     lines = [_tunnel_line(tunnel, str(data.get("local_url") or data.get("url") or ""))]
     channels = data.get("channels") or []
-    lines.append(f"channels: {len(channels)} configured" + ("" if channels else " (settings: [[channels]])"))
+    if channels:
+        lines.append(f"push channels: {len(channels)} configured")
+    else:
+        lines.append(f"push channels: none — add [[channels]] to {settings_file} to get approval links on your phone")
     for ch in channels:
         lines.append(f"  {ch['name']} ({ch['type']}: {ch['description']}): {_last(ch)}")
     lines.append(f"  always: {data.get('built_in_channels', 'the link in the tool result')}")

@@ -46,6 +46,7 @@ def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
     env.filters["visible"] = lambda s: visible(str(s), keep="\n")
     env.filters["pieces"] = lambda s: pieces(str(s))  # for claims.html's marked(): one line, markers
+    env.filters["utc"] = lambda at, fmt="%H:%M:%S UTC": at.astimezone(UTC).strftime(fmt)  # times.html
     return env
 
 
@@ -127,8 +128,16 @@ class WebApp:
             return self.not_found(request)
         error = self.take_flash(request, req.id)
         tampering = self.broker.integrity.warnings  # state edited outside agent-vault (integrity.py)
+        # own_code: a code field for the approver's own code (only the demo's sandbox has one; see Approver)
+        own_code = self.broker.approver.own_code_label()
         return self.render(
-            "approve.html", request, **self._view(req), **self.factor_kinds(), error=error, tampering=tampering
+            "approve.html",
+            request,
+            **self._view(req),
+            **self.factor_kinds(),
+            own_code=own_code,
+            error=error,
+            tampering=tampering,
         )
 
     async def passkey_options(self, request: Request) -> Response:
@@ -158,7 +167,7 @@ class WebApp:
             "write": req.operation is Operation.WRITE,
             "previews": list(zip(req.names, req.previews, strict=False)),
             "unlocks": what_approval_allows(req),
-            "expires": req.expires_at.astimezone(UTC).strftime("%H:%M:%S UTC"),
+            "expires": req.expires_at,
             "state": req.status.value,
             "run": command_view(req.extra.get("run")),
             # agent- and client-written text, shown as labelled claims (web.claims)
