@@ -140,14 +140,14 @@ PROTECTIONS: tuple[Protection, ...] = (
     ),
     Protection(
         "agent-written text is shown with hidden characters made visible",
-        "untrusted.py",
+        "domain/untrusted.py",
         'return cat in ("Cc", "Cf", "Zl", "Zp", "Co", "Cs") or (cat == "Zs" and ch != " ")',
         "return False",
         ("tests/test_web_attacks.py::test_agent_text_is_inert_and_visibly_escaped",),
     ),
     Protection(
         "reasons have a size cap",
-        "approvals/validation.py",
+        "domain/grammar.py",
         "if len(reason) > MAX_REASON:",
         "if False:",
         ("tests/test_broker.py::test_bad_names_rejected_before_any_provider_call",),
@@ -206,7 +206,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     # -- what a person reads ------------------------------------------------------------------
     Protection(
         "commands print agent-written text with escape sequences made visible",
-        "untrusted.py",
+        "domain/untrusted.py",
         'return visible(text, keep="\\n")',
         "return text",
         ("tests/attacks/test_terminal_injection.py::test_config_check_and_its_errors_escape_a_hostile_project_path",),

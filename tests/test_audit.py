@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from agent_vault.audit import EVENTS, GENESIS_HASH, AuditEvent, AuditLog, AuditRecord
-from agent_vault.errors import AuditError
-from agent_vault.secret import SecretValue
+from agent_vault.domain.errors import AuditError
+from agent_vault.domain.secret import SecretValue
 
 T0 = datetime(2026, 4, 10, 14, 32, 1, tzinfo=UTC)
 FAKE_VALUE = "s3cr3t-FAKE-VALUE-never-stored"

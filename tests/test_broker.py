@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from agent_vault.approvals.approver import Proof
-from agent_vault.approvals.request import AccessRequest, Operation, Status
 from agent_vault.audit import AuditLog
 from agent_vault.broker import Broker, Session
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ApprovalError,
     AuditError,
     InvalidRequest,
@@ -22,6 +21,7 @@ from agent_vault.errors import (
     RequestExpired,
     SecretNotFound,
 )
+from agent_vault.domain.request import AccessRequest, Operation, Status
 from agent_vault.home import StatePaths
 from tests.conftest import FAKE_DB, FAKE_KEY, write_project
 
@@ -324,7 +324,7 @@ async def test_no_value_in_audit_rows(broker: Broker, tmp_path: Path) -> None:
 async def test_socket_api_refuses_an_oversized_body_and_stays_responsive(home: StatePaths) -> None:
     from agent_vault.client import BrokerClient
     from agent_vault.daemon import BrokerServer
-    from agent_vault.errors import InvalidRequest as Invalid
+    from agent_vault.domain.errors import InvalidRequest as Invalid
 
     server = BrokerServer(home, 0)
     await server.start()

@@ -22,7 +22,7 @@ from agent_vault.config import (
     redacted_view,
     referenced_env_vars,
 )
-from agent_vault.errors import ConfigError
+from agent_vault.domain.errors import ConfigError
 from agent_vault.providers import registry
 from agent_vault.providers.base import ProviderOptions
 from tests.seed_configs import SEED_EXAMPLES

@@ -12,7 +12,7 @@ import pytest
 
 from agent_vault.approvals.approver import Proof
 from agent_vault.demo import DemoApprover
-from agent_vault.errors import NotAuthorized
+from agent_vault.domain.errors import NotAuthorized
 from tests.conftest import decide_on_page
 from tests.test_factors import make_request
 

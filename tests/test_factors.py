@@ -14,8 +14,8 @@ import pytest
 from agent_vault.approvals.approver import Proof
 from agent_vault.approvals.factors import FAILURES_PER_DAY, FactorApprover, FactorStore, token_key
 from agent_vault.approvals.passkeys import Passkeys, purpose_binding
-from agent_vault.approvals.request import AccessRequest, Operation, Requester, new_match_code, new_request_id
-from agent_vault.errors import NotAuthorized
+from agent_vault.domain.errors import NotAuthorized
+from agent_vault.domain.request import AccessRequest, Operation, Requester, new_match_code, new_request_id
 from agent_vault.home import StatePaths
 from agent_vault.store.sqlite import StateStore
 from tests.conftest import TOTP_SECRET, StepClock

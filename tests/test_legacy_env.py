@@ -12,7 +12,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from agent_vault.daemon import BrokerServer
-from agent_vault.errors import ConfigError
+from agent_vault.domain.errors import ConfigError
 from agent_vault.home import StatePaths
 from agent_vault.legacy_env import locate_config
 from tests.conftest import FAKE_KEY, write_project

@@ -12,8 +12,8 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from agent_vault.approvals.request import Status
 from agent_vault.daemon import BrokerServer
+from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
 from tests.conftest import (
     FAKE_DB,

@@ -12,8 +12,8 @@ import mcp_types as t
 import pytest
 from mcp import Client
 
-from agent_vault.approvals.request import Status
 from agent_vault.daemon import BrokerServer
+from agent_vault.domain.request import Status
 from agent_vault.frontdoor import AgentSession
 from agent_vault.home import StatePaths
 from agent_vault.mcp_server import build_server

@@ -15,8 +15,8 @@ import pytest
 
 from agent_vault.approvals.factors import FactorStore
 from agent_vault.approvals.passkeys import Passkeys
-from agent_vault.approvals.request import Status
-from agent_vault.errors import NotAuthorized
+from agent_vault.domain.errors import NotAuthorized
+from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
 from agent_vault.store.sqlite import StateStore
 from tests import web_helpers

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from agent_vault.domain.secret import SecretValue
 from agent_vault.previews import mask_preview
-from agent_vault.secret import SecretValue
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.approvals.request import Operation, Status
 from agent_vault.broker import Broker
-from agent_vault.errors import ApprovalError
+from agent_vault.domain.errors import ApprovalError
+from agent_vault.domain.request import Operation, Status
 from agent_vault.home import StatePaths
 from tests.conftest import FAKE_KEY, write_project
 from tests.test_broker import OK, Clock, make_broker, open_session

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.approvals.request import Status
 from agent_vault.daemon import BrokerServer
+from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
 from agent_vault.web.app import NOT_FOUND
 from tests import web_helpers
@@ -248,7 +248,7 @@ async def test_agent_text_is_inert_and_visibly_escaped(live: Live, visitor: Visi
 
 @pytest.mark.parametrize("name", ["../x", "a\x00b", "x" * 10_000, "<script>", "A\u202eB"])
 async def test_hostile_secret_names_never_reach_a_page(live: Live, name: str) -> None:
-    from agent_vault.errors import InvalidRequest
+    from agent_vault.domain.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest):
         await live.server.broker.request_access(live.session, "dev", [name], "deploy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent_vault.approvals.request import Status
+from agent_vault.domain.request import Status
 from tests import web_helpers
 from tests.web_helpers import Live, Visitor
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent_vault.approvals.request import Status
+from agent_vault.domain.request import Status
 from tests import web_helpers
 from tests.web_helpers import Live, Visitor
 

@@ -13,9 +13,9 @@ import httpx2
 import pytest
 
 from agent_vault.approvals.factors import FactorStore
-from agent_vault.approvals.request import AccessRequest, Status
 from agent_vault.broker import Session
 from agent_vault.daemon import BrokerServer
+from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.home import StatePaths
 from tests.conftest import StepClock, enrol_totp, totp_approvers, write_project
 from tests.softauthn import SoftAuthenticator

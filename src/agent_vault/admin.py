@@ -16,12 +16,12 @@ from agent_vault.audit import AuditLog
 from agent_vault.boundaries import ProjectLimits, project_problems
 from agent_vault.client import BrokerClient
 from agent_vault.config import VaultConfig, load_config, redacted_view
-from agent_vault.errors import AgentVaultError, BrokerUnavailable, ConfigError, InvalidRequest
+from agent_vault.domain.errors import AgentVaultError, BrokerUnavailable, ConfigError, InvalidRequest
+from agent_vault.domain.untrusted import shown
 from agent_vault.home import default_root, is_default, state_paths
 from agent_vault.legacy_env import locate_config
 from agent_vault.store.sqlite import StateStore, Window
 from agent_vault.table import table
-from agent_vault.untrusted import shown
 from agent_vault.workspace import build_provider
 
 

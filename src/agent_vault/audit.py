@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent_vault.errors import AuditError
+from agent_vault.domain.errors import AuditError
 
 EVENTS = (
     "listed", "requested", "approved", "denied", "auto_approved", "expired", "delivered",

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from agent_vault.config import Config, VaultConfig, env_references
 from agent_vault.destinations import Allowance, parse_allowance, written_problem
-from agent_vault.errors import ConfigError
+from agent_vault.domain.errors import ConfigError
 from agent_vault.home import StatePaths
 from agent_vault.legacy_env import generated_configs
 from agent_vault.providers.files import configured_path

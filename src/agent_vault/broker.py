@@ -22,18 +22,9 @@ from typing import Any
 
 from agent_vault.approvals.approver import Approver, Proof
 from agent_vault.approvals.live import Live, LiveRequests
-from agent_vault.approvals.request import (
-    AccessRequest,
-    Operation,
-    Requester,
-    Status,
-    new_match_code,
-    new_request_id,
-)
-from agent_vault.approvals.validation import check_names, check_reason, check_value
 from agent_vault.audit import AuditLog
 from agent_vault.boundaries import ProjectLimits
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ApprovalError,
     AuditError,
     InvalidRequest,
@@ -44,6 +35,16 @@ from agent_vault.errors import (
     RequestExpired,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import check_names, check_reason, check_value
+from agent_vault.domain.request import (
+    AccessRequest,
+    Operation,
+    Requester,
+    Status,
+    new_match_code,
+    new_request_id,
+)
+from agent_vault.domain.secret import SecretValue
 from agent_vault.generate import GenerationSpec
 from agent_vault.generate import generate as generate_value
 from agent_vault.integrity import UNAUDITED_APPROVAL, Integrity, approved_window_end
@@ -53,7 +54,6 @@ from agent_vault.previews import mask_preview
 from agent_vault.recorder import Recorder
 from agent_vault.runner import RunResult
 from agent_vault.runs import RunManager, RunSpec, command_digest, parse_run, what_runs
-from agent_vault.secret import SecretValue
 from agent_vault.store.sqlite import StateStore, Window
 from agent_vault.workspace import Workspace, env_fingerprint
 

@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent_vault import __version__
-from agent_vault.approvals.request import AccessRequest, Operation
 from agent_vault.broker import Broker, Outcome, Session
-from agent_vault.errors import AgentVaultError, InvalidRequest
+from agent_vault.domain.errors import AgentVaultError, InvalidRequest
+from agent_vault.domain.request import AccessRequest, Operation
 from agent_vault.generate import parse_spec
 
 SESSION_HEADER = "x-agent-vault-session"

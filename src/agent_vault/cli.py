@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_vault import __version__
-from agent_vault.errors import AgentVaultError
+from agent_vault.domain.errors import AgentVaultError
 
 if TYPE_CHECKING:
     import argparse
@@ -147,7 +147,7 @@ def _guarded(command: Callable[[], int]) -> int:
     try:
         return command()
     except AgentVaultError as exc:
-        from agent_vault.untrusted import terminal
+        from agent_vault.domain.untrusted import terminal
 
         print(terminal(f"agent-vault: {exc}"), file=sys.stderr)  # errors can quote what an agent sent
         return 1
@@ -158,7 +158,7 @@ def _guarded(command: Callable[[], int]) -> int:
 def _show(text: str) -> None:
     """Print what a command shows: agent-written text in it cannot move the cursor, erase rows or
     hide itself (JSON output is already escaped, so it stays exact)."""
-    from agent_vault.untrusted import terminal
+    from agent_vault.domain.untrusted import terminal
 
     print(terminal(text))
 
@@ -334,12 +334,15 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> int:
+    from agent_vault import enrol
     from agent_vault.home import state_paths
     from agent_vault.integrity import accept_settings
 
     if args.action != "accept":
         raise AgentVaultError("usage: agent-vault settings accept")
-    print(accept_settings(state_paths()))
+    enrol.require_terminal()
+    paths = state_paths()
+    print(accept_settings(paths, lambda factors: enrol.prove(paths, factors)))
     return 0
 
 

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from agent_vault.errors import CODES, AgentVaultError, BrokerUnavailable, InvalidRequest
+from agent_vault.domain.errors import CODES, AgentVaultError, BrokerUnavailable, InvalidRequest
 
 #: the header the broker API reads the session from. It is brokerapi.SESSION_HEADER, written out
 #: here because importing brokerapi would load the whole broker core into every front door.

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -32,9 +31,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from agent_vault.errors import ConfigError
+from agent_vault.domain.errors import ConfigError
 from agent_vault.providers.base import ProviderOptions
 from agent_vault.providers.registry import provider_class
+from agent_vault.strict_numbers import Number, WholeNumber
 
 CONFIG_ENV = "AGENT_VAULT_CONFIG"
 WebhookEvent = Literal[
@@ -54,15 +54,6 @@ _NOT_CREDENTIAL_KEYS = frozenset({"keyfile", "agekeyfile", "kmskeyid"})
 _EXAMPLE = '[vaults.local]\ntype = "env"\nfile = ".env.secrets"\nttl = 15\n'
 
 
-def _reject_bool(value: Any) -> Any:
-    # lax pydantic turns `true` into 1; in a config file that is always a mistake
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_type", "expected a number, got boolean")
-    return value
-
-
-Number = Annotated[float, BeforeValidator(_reject_bool)]
-WholeNumber = Annotated[int, BeforeValidator(_reject_bool)]
 VaultName = Annotated[str, StringConstraints(pattern=VAULT_NAME_PATTERN)]
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from agent_vault.approvals.approver import Proof
-from agent_vault.approvals.request import AccessRequest
 from agent_vault.audit import AuditLog
 from agent_vault.broker import Broker
-from agent_vault.errors import AgentVaultError, NotAuthorized
+from agent_vault.domain.errors import AgentVaultError, NotAuthorized
+from agent_vault.domain.request import AccessRequest
 from agent_vault.home import StatePaths, ensure_private_dir
 
 SECRETS = "# Demo vault: fake values only\nTEST_API_KEY=test-key-12345\nTEST_DATABASE_URL=postgresql://test:test@localhost:5432/testdb\n"

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, state_paths
-from agent_vault.untrusted import visible
 
 STATE_FILES = ("state.db", "audit.db", "broker.json", "broker.lock", "spawn.lock", "broker.log")
 SIDE_FILES = ("-wal", "-shm")
@@ -191,7 +191,7 @@ def audit_checks(paths: StatePaths) -> list[Check]:
     if not paths.audit_db.exists():
         return [Check("info", "audit log not created yet")]
     from agent_vault.audit import AuditLog
-    from agent_vault.errors import AuditError
+    from agent_vault.domain.errors import AuditError
 
     try:
         with AuditLog(paths.audit_db) as log:
@@ -240,7 +240,7 @@ def remote_checks(paths: StatePaths) -> list[Check]:
 
 def tamper_checks(paths: StatePaths) -> list[Check]:
     """Signs that state.db, audit.db or settings.toml were changed outside agent-vault (integrity.py)."""
-    from agent_vault.errors import AgentVaultError
+    from agent_vault.domain.errors import AgentVaultError
     from agent_vault.integrity import inspect
     from agent_vault.settings import settings_path
 
@@ -254,7 +254,7 @@ def home_checks() -> list[Check]:
     """Every state home in use (home_use.py): the default, those front doors recorded, running brokers."""
     from shlex import quote
 
-    from agent_vault.errors import AgentVaultError
+    from agent_vault.domain.errors import AgentVaultError
     from agent_vault.home_use import homes_in_use
 
     try:

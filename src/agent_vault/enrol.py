@@ -31,7 +31,7 @@ from agent_vault.approvals.factors import (
     token_key,
 )
 from agent_vault.audit import AuditEvent, AuditLog
-from agent_vault.errors import AgentVaultError, NotAuthorized
+from agent_vault.domain.errors import AgentVaultError, NotAuthorized
 from agent_vault.home import StatePaths, state_paths
 from agent_vault.integrity import guard_at, next_factor_set, recorded_factors_at
 from agent_vault.store.sqlite import StateStore
@@ -191,7 +191,7 @@ def _enrol_totp(paths: StatePaths, factors: FactorStore, via: str) -> None:
 # -- later changes ----------------------------------------------------------------------------
 
 
-def _prove(paths: StatePaths, factors: FactorStore, port: int | None) -> str:
+def prove(paths: StatePaths, factors: FactorStore, port: int | None = None) -> str:
     """Proof from an existing factor, typed here or given on a one-time confirm link."""
     answer = getpass.getpass(
         "Prove it is you: authenticator code or recovery code (or press Enter to use your passkey): "
@@ -228,7 +228,7 @@ def factors_add(passkey: bool, totp: bool, port: int | None = None) -> int:
         if passkey:  # the enrolment page itself asks for proof from an existing factor
             _enrol_passkey(paths, factors, port, needs_proof=True, via="factors add")
         else:
-            _enrol_totp(paths, factors, via=_prove(paths, factors, port))
+            _enrol_totp(paths, factors, via=prove(paths, factors, port))
     return 0
 
 
@@ -241,7 +241,7 @@ def factors_remove(factor_id: str, port: int | None = None) -> int:
             raise AgentVaultError(f"no factor {factor_id!r}; see `agent-vault factors list`")
         if len(factors.all()) == 1:
             raise AgentVaultError("that is your only factor: enrol another first (`agent-vault factors add`)")
-        via = _prove(paths, factors, port)
+        via = prove(paths, factors, port)
         record_factor_change(paths, "factor_removed", factors, found[0], via)
         factors.remove(factor_id)
     print(f"Removed {factor_id}.")
@@ -253,7 +253,7 @@ def recovery_codes(port: int | None = None) -> int:
     paths = state_paths()
     with _factors(paths) as factors:
         _enrolled(factors)
-        via = _prove(paths, factors, port)
+        via = prove(paths, factors, port)
         codes = new_recovery_codes()
         _audit(paths, "factor_added", kind="recovery codes", factor="recovery", label=f"{len(codes)} codes", via=via)
         factors.set_recovery_codes(codes)

@@ -14,8 +14,8 @@ from typing import Any
 
 from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
 from agent_vault.config import Config
-from agent_vault.errors import AuditError
-from agent_vault.untrusted import visible
+from agent_vault.domain.errors import AuditError
+from agent_vault.domain.untrusted import visible
 from agent_vault.webhooks import WebhookDispatcher, WebhookSink
 from agent_vault.workspace import Workspace
 

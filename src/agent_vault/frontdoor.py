@@ -22,12 +22,12 @@ from typing import Any
 from agent_vault import __version__
 from agent_vault.client import BrokerClient
 from agent_vault.config import load_config, referenced_env_vars
-from agent_vault.errors import AgentVaultError, InvalidRequest, RequestExpired
+from agent_vault.domain.errors import AgentVaultError, InvalidRequest, RequestExpired
+from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, state_paths
 from agent_vault.home_use import HomeNotice
 from agent_vault.launcher import connect
 from agent_vault.legacy_env import locate_config
-from agent_vault.untrusted import visible
 
 #: seconds between progress messages while a tool call waits
 WAIT_SLICE = 1.0

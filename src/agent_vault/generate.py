@@ -13,8 +13,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from agent_vault.errors import InvalidRequest
-from agent_vault.secret import SecretValue
+from agent_vault.domain.errors import InvalidRequest
+from agent_vault.domain.secret import SecretValue
 
 FORMATS = ("password", "hex", "base64", "urlsafe", "alphanumeric", "uuid")
 MIN_LENGTH, MAX_LENGTH, DEFAULT_LENGTH = 12, 256, 32

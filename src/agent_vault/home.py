@@ -14,7 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_vault.errors import BrokerUnavailable
+from agent_vault.domain.errors import BrokerUnavailable
 
 HOME_ENV = "AGENT_VAULT_HOME"
 #: sun_path is 108 bytes on Linux (104 on macOS); keep a margin

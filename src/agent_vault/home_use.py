@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from agent_vault.audit import AuditEvent, AuditLog
-from agent_vault.errors import AgentVaultError
+from agent_vault.domain.errors import AgentVaultError
+from agent_vault.domain.untrusted import visible
 from agent_vault.home import HOME_ENV, StatePaths, default_root, ensure_private_dir, is_default
-from agent_vault.untrusted import visible
 
 EVENT = "home_used"
 #: seconds to wait for the default audit log when its broker is busy writing

@@ -22,7 +22,7 @@ import json
 import logging
 import sqlite3
 import tomllib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,9 +30,9 @@ from typing import Any
 
 from agent_vault.approvals.approver import Approver
 from agent_vault.approvals.factors import FactorApprover, FactorStore
-from agent_vault.approvals.request import AccessRequest, Status
 from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
-from agent_vault.errors import AuditError
+from agent_vault.domain.errors import AuditError
+from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.home import StatePaths
 from agent_vault.store.sqlite import StateStore, Window
 
@@ -383,12 +383,11 @@ def settings_change(path: Path, audit: AuditLog) -> SettingsChange | None:
     return None if accepted is None else SettingsChange(path, accepted)
 
 
-def accept_settings(paths: StatePaths) -> str:
-    """`agent-vault settings accept`: on a terminal, with proof from a factor, record settings.toml as yours."""
-    from agent_vault.enrol import _prove, require_terminal
+def accept_settings(paths: StatePaths, prove: Callable[[FactorStore], str]) -> str:
+    """`agent-vault settings accept`: with proof from a factor (`prove`, on the user's terminal), record
+    settings.toml as the user's."""
     from agent_vault.settings import load_settings, settings_path
 
-    require_terminal()
     path = settings_path(paths)
     load_settings(paths)  # refuse a file the broker would refuse (syntax, keys, permissions)
     digest, keys = settings_snapshot(path)
@@ -400,7 +399,7 @@ def accept_settings(paths: StatePaths) -> str:
             return f"{path.name} is unchanged since {change.since.isoformat(timespec='seconds')}; nothing to accept"
         print(change.describe() if change is not None else f"{path.name} was never recorded")
         factors = FactorStore(store)
-        via = _prove(paths, factors, None) if factors.all() else "no factor enrolled"
+        via = prove(factors) if factors.all() else "no factor enrolled"
         if checkpoint_problem(store, audit) is None:  # never move a checkpoint past a broken log
             audit.listeners.append(lambda row: store.set_meta(CHECKPOINT, _mark(row)))
         audit.append(AuditEvent(event="settings_accepted", detail={SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys,

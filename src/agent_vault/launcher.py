@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent_vault.broker_env import broker_environment
 from agent_vault.client import BrokerClient
-from agent_vault.errors import AgentVaultError, BrokerUnavailable
+from agent_vault.domain.errors import AgentVaultError, BrokerUnavailable
 from agent_vault.home import StatePaths, private_file
 
 START_TIMEOUT = 20.0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_vault.config import find_config
-from agent_vault.errors import ConfigError
+from agent_vault.domain.errors import ConfigError
 from agent_vault.home import ensure_private_dir, private_file, state_root
 
 PROVIDER_ENV = "AGENT_VAULT_PROVIDER"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent_vault.errors import TooManyRequests
+from agent_vault.domain.errors import TooManyRequests
 
 #: at most one `flood_refused` audit row per session in this many seconds
 AUDIT_EVERY = 60.0

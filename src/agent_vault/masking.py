@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from urllib.parse import quote, quote_plus
 
-from agent_vault.secret import SecretValue
+from agent_vault.domain.secret import SecretValue
 
 #: encodings shorter than this are not searched (too many false hits); the raw value always is
 MIN_ENCODED = 8

@@ -20,9 +20,9 @@ from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel, Field
 
 from agent_vault import __version__
-from agent_vault.errors import AgentVaultError
+from agent_vault.domain.errors import AgentVaultError
+from agent_vault.domain.untrusted import visible
 from agent_vault.frontdoor import AgentSession, ClientInfo, run_request
-from agent_vault.untrusted import visible
 
 INSTRUCTIONS = (
     "agent-vault gives you secrets only with the user's approval. Call list_secrets to see names. "

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
-from agent_vault.errors import ConfigError
+from agent_vault.domain.errors import ConfigError
 
 
 @cache

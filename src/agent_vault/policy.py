@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from agent_vault.approvals.request import AccessRequest
 from agent_vault.config import VaultConfig
-from agent_vault.errors import InvalidRequest
+from agent_vault.domain.errors import InvalidRequest
+from agent_vault.domain.request import AccessRequest
 from agent_vault.runs import command_digest
 from agent_vault.store.sqlite import StateStore, Window
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import has_hidden
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import has_hidden
 
 _MASK = "•" * 10
 _PREFIX_MIN_LEN = 16

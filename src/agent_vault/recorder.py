@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent_vault.approvals.request import AccessRequest, Operation, Requester
 from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
 from agent_vault.config import WEBHOOK_EVENTS
+from agent_vault.domain.request import AccessRequest, Operation, Requester
 from agent_vault.workspace import Workspace
 
 WebhookSink = Callable[[Workspace, AuditRecord], None]

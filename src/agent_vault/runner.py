@@ -16,9 +16,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_vault.errors import InvalidRequest
+from agent_vault.domain.errors import InvalidRequest
+from agent_vault.domain.secret import SecretValue
 from agent_vault.masking import StreamMasker
-from agent_vault.secret import SecretValue
 
 DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 3600.0

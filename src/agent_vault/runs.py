@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_vault.errors import InvalidRequest
+from agent_vault.domain.errors import InvalidRequest
+from agent_vault.domain.secret import SecretValue
 from agent_vault.runner import DEFAULT_TIMEOUT, MAX_TIMEOUT, RunResult, check_command, run_with_env
-from agent_vault.secret import SecretValue
 
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SerializeAsAny,
@@ -29,9 +28,10 @@ from pydantic_core import PydanticCustomError
 from agent_vault.channels.base import ChannelOptions
 from agent_vault.channels.registry import channel_class
 from agent_vault.destinations import parse_allowance
-from agent_vault.errors import ConfigError
+from agent_vault.domain.errors import ConfigError
 from agent_vault.home import StatePaths
 from agent_vault.limits import Limits
+from agent_vault.strict_numbers import Number, WholeNumber
 
 SETTINGS_FILE = "settings.toml"
 _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -42,16 +42,6 @@ GENERIC_PATTERN = r"https://[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?"
 
 class SettingsError(ConfigError):
     code = "settings"
-
-
-def _reject_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_type", "expected a number, got boolean")
-    return value
-
-
-Number = Annotated[float, BeforeValidator(_reject_bool)]
-Count = Annotated[int, BeforeValidator(_reject_bool)]
 
 
 class _Model(BaseModel):
@@ -173,10 +163,10 @@ class PolicySettings(_Model):
     #: no request stays approvable (and pending) longer than this, whatever a project's `requestTimeout` says
     max_request_timeout: Number = Field(default=900, alias="maxRequestTimeoutSeconds", ge=10, le=86400)
     #: how much agents may ask (see `agent_vault.limits`)
-    max_pending_per_session: Count = Field(default=20, alias="maxPendingPerSession", ge=1, le=10_000)
-    max_pending_total: Count = Field(default=100, alias="maxPendingTotal", ge=1, le=100_000)
+    max_pending_per_session: WholeNumber = Field(default=20, alias="maxPendingPerSession", ge=1, le=10_000)
+    max_pending_total: WholeNumber = Field(default=100, alias="maxPendingTotal", ge=1, le=100_000)
     requests_per_minute: Number = Field(default=30, alias="requestsPerMinute", gt=0, le=10_000)
-    request_burst: Count = Field(default=10, alias="requestBurst", ge=1, le=10_000)
+    request_burst: WholeNumber = Field(default=10, alias="requestBurst", ge=1, le=10_000)
 
     def limits(self) -> Limits:
         """The limits on asking these settings give (`agent_vault.limits`)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Mapping, Sequence
 
-from agent_vault.untrusted import visible
+from agent_vault.domain.untrusted import visible
 
 ELLIPSIS = "…"
 GAP = "  "

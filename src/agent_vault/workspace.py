@@ -28,7 +28,7 @@ from agent_vault.boundaries import (
     resolved_paths,
 )
 from agent_vault.config import Config, VaultConfig, load_config, redacted_view
-from agent_vault.errors import ConfigError, InvalidRequest
+from agent_vault.domain.errors import ConfigError, InvalidRequest
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.registry import provider_class
 

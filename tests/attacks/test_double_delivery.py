@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.errors import InvalidRequest
+from agent_vault.domain.errors import InvalidRequest
 from agent_vault.home import StatePaths
 from tests.conftest import FAKE_KEY
 from tests.test_broker import OK, Clock, make_broker, open_session

@@ -15,7 +15,7 @@ import pyotp
 import pytest
 
 from agent_vault.approvals.factors import FAILURES_PER_DAY, FactorStore
-from agent_vault.approvals.request import Status
+from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
 from agent_vault.store.sqlite import StateStore
 from tests import web_helpers

@@ -15,9 +15,9 @@ import httpx2
 import pytest
 from mcp import Client
 
-from agent_vault.approvals.request import Operation, Status
 from agent_vault.daemon import BrokerServer
-from agent_vault.errors import ApprovalError, ConfigError
+from agent_vault.domain.errors import ApprovalError, ConfigError
+from agent_vault.domain.request import Operation, Status
 from agent_vault.frontdoor import AgentSession
 from agent_vault.home import StatePaths
 from agent_vault.mcp_server import build_server

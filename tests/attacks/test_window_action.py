@@ -17,10 +17,10 @@ import pytest
 from mcp import Client
 
 from agent_vault import policy
-from agent_vault.approvals.request import Status
 from agent_vault.broker import Broker, Session
 from agent_vault.daemon import BrokerServer
-from agent_vault.errors import RequestExpired
+from agent_vault.domain.errors import RequestExpired
+from agent_vault.domain.request import Status
 from agent_vault.frontdoor import AgentSession
 from agent_vault.home import StatePaths
 from agent_vault.mcp_server import build_server

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import pytest
 
 from agent_vault.approvals.factors import FactorStore
-from agent_vault.approvals.request import AccessRequest
 from agent_vault.daemon import BrokerServer
+from agent_vault.domain.request import AccessRequest
 from agent_vault.home import StatePaths
 from tests.conftest import StepClock, enrol_totp, totp_approvers, write_project
 from tests.web_helpers import ReleaseChecks

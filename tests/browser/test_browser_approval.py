@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent_vault.approvals.request import Status
+from agent_vault.domain.request import Status
 from tests.browser.conftest import BackgroundBroker, virtual_authenticator
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography import x509
 
-from agent_vault.approvals.request import Status
+from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
 from tests.browser.conftest import ARGS, CHROMIUM, PHONE, BackgroundBroker
 from tests.certs import self_signed

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from agent_vault.errors import InvalidRequest, ProviderAuthError, ProviderError, ReadOnlyVault, SecretNotFound
+from agent_vault.domain.errors import InvalidRequest, ProviderAuthError, ProviderError, ReadOnlyVault, SecretNotFound
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers.base import SecretProvider
-from agent_vault.secret import SecretValue
 
 #: obviously fake values; the tests check that none of them leaks into names or messages
 SEED = {

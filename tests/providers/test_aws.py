@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import pytest
 
 from agent_vault.config import load_config, redacted_view
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
@@ -30,10 +30,10 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers.aws import INSTALL_HINT, AwsOptions, AwsSecretsManagerProvider
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.registry import provider_class, provider_entry_points
-from agent_vault.secret import SecretValue
 from tests.providers.aws_backend import (
     AWS_VARIABLES,
     REGION,
@@ -726,7 +726,7 @@ def test_credentials_never_show_in_reprs(moto: MotoServer) -> None:
 @pytest.mark.anyio
 async def test_through_the_broker(home: Any, tmp_path: Path, store: Any, moto: MotoServer) -> None:
     """List plain names, ask for a JSON key by NAME:KEY (known through has()), write a key as a new version."""
-    from agent_vault.approvals.request import Operation
+    from agent_vault.domain.request import Operation
     from tests.test_broker import OK, Clock, make_broker
 
     store.create_secret(Name="app/db", SecretString=json.dumps({"username": "fake-user", "password": "fake-pw-1"}))

@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 
-from agent_vault.approvals.validation import check_name
 from agent_vault.config import load_config, redacted_view
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
@@ -35,6 +34,8 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import check_name
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import bitwarden_sdk_edge as edge
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.bitwarden import (
@@ -47,7 +48,6 @@ from agent_vault.providers.bitwarden import (
     Project,
 )
 from agent_vault.providers.registry import provider_class, provider_entry_points
-from agent_vault.secret import SecretValue
 from tests.providers import fake_bitwarden as fake
 from tests.providers.contract import ProviderContract, everything_said, in_threads
 from tests.providers.fake_bitwarden import FakeAccount
@@ -1007,7 +1007,7 @@ class TestBitwardenContractRealSdk(BitwardenContract):
 @pytest.mark.anyio
 async def test_through_the_broker_with_the_real_sdk(home: Any, server: Any, tmp_path: Path) -> None:
     """A Bitwarden vault behind the real broker, the real SDK in its worker: list, read after approval, write."""
-    from agent_vault.approvals.request import Operation
+    from agent_vault.domain.request import Operation
     from tests.test_broker import OK, Clock, make_broker
 
     dev, prod = server.add_project("Dev"), server.add_project("Prod")

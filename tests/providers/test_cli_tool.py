@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.errors import ConfigError, ProviderError, ProviderUnavailable
+from agent_vault.domain.errors import ConfigError, ProviderError, ProviderUnavailable
 from agent_vault.providers.cli_tool import Completed, Rule, Tool, ToolFailed, classify, environment, run
 from tests.providers.cli_backends import script
 

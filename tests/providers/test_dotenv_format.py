@@ -9,7 +9,7 @@ import random
 import pytest
 from dotenv import dotenv_values
 
-from agent_vault.errors import InvalidRequest, ProviderError
+from agent_vault.domain.errors import InvalidRequest, ProviderError
 from agent_vault.providers.dotenv_format import format_value, is_valid_key, parse, parse_document, update
 
 #: characters that have a meaning somewhere in the format, plus unicode and controls we can escape

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
-from agent_vault.errors import ConfigError, InvalidRequest, ProviderError, ReadOnlyVault, SecretNotFound
+from agent_vault.domain.errors import ConfigError, InvalidRequest, ProviderError, ReadOnlyVault, SecretNotFound
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import dotenv_format, envfile
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.envfile import EnvFileOptions, EnvFileProvider
-from agent_vault.secret import SecretValue
 from tests.providers.contract import SEED, ProviderContract
 
 HOUR_AGO = time.time() - 3600
@@ -437,7 +437,7 @@ import sys
 from pathlib import Path
 from agent_vault.providers.base import ProviderContext
 from agent_vault.providers.envfile import EnvFileOptions, EnvFileProvider
-from agent_vault.secret import SecretValue
+from agent_vault.domain.secret import SecretValue
 
 base, prefix, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 context = ProviderContext(vault="test", base_dir=base, writable=True)

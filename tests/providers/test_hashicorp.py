@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent_vault.config import load_config
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
@@ -26,11 +26,11 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import hashicorp
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.hashicorp import INSTALL_HINT, HashiCorpVaultOptions, HashiCorpVaultProvider
 from agent_vault.providers.registry import provider_class, provider_entry_points
-from agent_vault.secret import SecretValue
 from tests.providers.contract import SEED, ProviderContract, everything_said, in_threads
 from tests.providers.openbao_server import KV1_MOUNT, ROOT_TOKEN, VAULT_VARIABLES, OpenBaoServer, free_port
 
@@ -800,7 +800,7 @@ def test_loading_a_vault_config_does_not_import_hvac(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_through_the_broker(bao: OpenBaoServer, home: Any, tmp_path: Path) -> None:
     """Two Vault vaults behind the real broker: one listed, one asked by exact name (`list = false`)."""
-    from agent_vault.approvals.request import Operation
+    from agent_vault.domain.request import Operation
     from tests.test_broker import OK, Clock, make_broker
 
     prefix = folder()

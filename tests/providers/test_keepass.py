@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from agent_vault.config import load_config, redacted_view
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
@@ -29,11 +29,11 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import files
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.keepass import INSTALL_HINT, KeePassOptions, KeePassProvider
 from agent_vault.providers.registry import provider_class, provider_entry_points
-from agent_vault.secret import SecretValue
 from tests.providers.contract import SEED, ProviderContract, everything_said, in_threads
 
 pykeepass = pytest.importorskip("pykeepass", reason="install the extra: pip install 'agent-vault[keepass]'")
@@ -425,7 +425,7 @@ import os, sys
 from pathlib import Path
 from agent_vault.providers.base import ProviderContext
 from agent_vault.providers.keepass import KeePassOptions, KeePassProvider
-from agent_vault.secret import SecretValue
+from agent_vault.domain.secret import SecretValue
 provider = KeePassProvider(
     KeePassOptions(file=sys.argv[1], password=sys.argv[2], group="Agents/dev"),
     ProviderContext(vault="kp", base_dir=Path(sys.argv[1]).parent, writable=True),

@@ -29,7 +29,7 @@ from keyring.errors import KeyringLocked
 from keyrings.alt.file import EncryptedKeyring, PlaintextKeyring
 
 from agent_vault.config import load_config
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
@@ -38,10 +38,10 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.keyring_store import INSTALL_HINT, KeyringOptions, KeyringProvider
 from agent_vault.providers.registry import provider_class
-from agent_vault.secret import SecretValue
 from tests.providers.contract import ODD_NAMES, SEED, ProviderContract, everything_said
 from tests.providers.keyring_backends import (
     INSTALL,

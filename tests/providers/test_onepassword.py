@@ -21,9 +21,8 @@ from typing import Any
 
 import pytest
 
-from agent_vault.approvals.validation import check_name
 from agent_vault.config import load_config, redacted_view
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
@@ -32,6 +31,8 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import check_name
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import onepassword
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.onepassword import (
@@ -41,7 +42,6 @@ from agent_vault.providers.onepassword import (
     OnePasswordWriteOptions,
 )
 from agent_vault.providers.registry import provider_class, provider_entry_points
-from agent_vault.secret import SecretValue
 from tests.providers import fake_onepassword as fake
 from tests.providers.contract import ProviderContract, everything_said, in_threads
 from tests.providers.fake_onepassword import FakeAccount
@@ -649,7 +649,7 @@ def test_config_errors_name_the_key_and_never_the_token(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_through_the_broker(home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A seed-style 1Password vault behind the real broker: list, read after approval, write."""
-    from agent_vault.approvals.request import Operation
+    from agent_vault.domain.request import Operation
     from tests.test_broker import OK, Clock, make_broker
 
     account = FakeAccount()

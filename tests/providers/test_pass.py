@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent_vault.config import load_config
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
@@ -24,10 +24,10 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.passstore import PassOptions, PassProvider
 from agent_vault.providers.registry import provider_class
-from agent_vault.secret import SecretValue
 from tests.providers.cli_backends import (
     GpgKey,
     isolated_environment,

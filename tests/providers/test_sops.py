@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent_vault.config import load_config
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
     ProviderAuthError,
@@ -27,12 +27,12 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import sops as sops_module
 from agent_vault.providers.base import ProviderContext, SecretProvider
 from agent_vault.providers.cli_tool import classify
 from agent_vault.providers.registry import provider_class
 from agent_vault.providers.sops import RULES, SopsOptions, SopsProvider
-from agent_vault.secret import SecretValue
 from tests.providers.cli_backends import (
     AgeKey,
     isolated_environment,

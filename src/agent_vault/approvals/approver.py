@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent_vault.approvals.request import AccessRequest
+from agent_vault.domain.request import AccessRequest
 
 
 @dataclass(frozen=True)

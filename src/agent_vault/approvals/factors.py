@@ -23,8 +23,8 @@ from typing import Any, NoReturn
 import pyotp
 
 from agent_vault.approvals.approver import Proof
-from agent_vault.approvals.request import AccessRequest
-from agent_vault.errors import NotAuthorized
+from agent_vault.domain.errors import NotAuthorized
+from agent_vault.domain.request import AccessRequest
 from agent_vault.store.sqlite import StateStore
 
 TOTP_STEP = 30

@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from agent_vault.domain.secret import SecretValue
 from agent_vault.generate import GenerationSpec
-from agent_vault.secret import SecretValue
 from agent_vault.workspace import Workspace
 
 

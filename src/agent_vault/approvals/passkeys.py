@@ -48,8 +48,8 @@ from webauthn.helpers.structs import (
 )
 
 from agent_vault.approvals.factors import Factor, FactorStore
-from agent_vault.approvals.request import AccessRequest
-from agent_vault.errors import NotAuthorized
+from agent_vault.domain.errors import NotAuthorized
+from agent_vault.domain.request import AccessRequest
 
 RP_ID = "localhost"
 RP_NAME = "agent-vault"

@@ -7,7 +7,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from agent_vault.errors import AgentVaultError
+from agent_vault.domain.errors import AgentVaultError
 
 
 class ChannelError(AgentVaultError):

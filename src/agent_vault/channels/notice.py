@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from agent_vault.approvals.request import AccessRequest, Operation
 from agent_vault.channels.base import Notice
-from agent_vault.untrusted import shown
+from agent_vault.domain.request import AccessRequest, Operation
+from agent_vault.domain.untrusted import shown
 
 #: requests listed one by one in a coalesced message; the rest are counted
 MAX_LISTED = 5

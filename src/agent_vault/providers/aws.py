@@ -22,8 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from agent_vault import __version__
-from agent_vault.approvals.validation import is_valid_name
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
@@ -33,10 +32,11 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import is_valid_name
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import shown
 
 __all__ = ["INSTALL_HINT", "AwsOptions", "AwsSecretsManagerProvider"]
 

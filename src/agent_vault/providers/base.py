@@ -7,8 +7,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from agent_vault.errors import ReadOnlyVault
-from agent_vault.secret import SecretValue
+from agent_vault.domain.errors import ReadOnlyVault
+from agent_vault.domain.secret import SecretValue
 
 
 class ProviderOptions(BaseModel):
@@ -37,7 +37,7 @@ class SecretProvider(Protocol):
     """A store of named secrets.
 
     Implementations are constructed with `(options, context)` and must never put a value in
-    an exception message or a log line. Errors are the ones in `agent_vault.errors`.
+    an exception message or a log line. Errors are the ones in `agent_vault.domain.errors`.
     """
 
     #: the `type` key in config that selects this provider

@@ -19,8 +19,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field, field_validator
 
 from agent_vault import __version__
-from agent_vault.approvals.validation import is_valid_name
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
@@ -30,6 +29,9 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import is_valid_name
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.bitwarden_sdk_edge import (
     INSTALL_HINT,
@@ -40,8 +42,6 @@ from agent_vault.providers.bitwarden_sdk_edge import (
     WorkerTimeout,
 )
 from agent_vault.providers.bitwarden_sdk_edge import import_sdk as _import_sdk
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import shown
 
 __all__ = ["INSTALL_HINT", "BitwardenOptions", "BitwardenProvider", "BitwardenWriteOptions"]
 

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_vault.errors import ConfigError, ProviderError, ProviderUnavailable
+from agent_vault.domain.errors import ConfigError, ProviderError, ProviderUnavailable
 
 #: seconds to wait for a killed tool's pipes to close before giving up on them
 _REAP_SECONDS = 5.0

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent_vault.errors import InvalidRequest, ProviderError
+from agent_vault.domain.errors import InvalidRequest, ProviderError
 
 Kind = Literal["blank", "comment", "binding", "invalid"]
 

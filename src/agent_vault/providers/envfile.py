@@ -16,12 +16,12 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from agent_vault.errors import ConfigError, ProviderError, SecretNotFound
+from agent_vault.domain.errors import ConfigError, ProviderError, SecretNotFound
+from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import dotenv_format
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.dotenv_format import Document
 from agent_vault.providers.files import lock_directory, read_all, replace_durably, trusted_stamp
-from agent_vault.secret import SecretValue
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from agent_vault.errors import ConfigError
+from agent_vault.domain.errors import ConfigError
 
 
 def install_hint(provider_type: str, package: str, extra: str) -> str:

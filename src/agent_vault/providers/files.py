@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent_vault.errors import ConfigError, ProviderError
+from agent_vault.domain.errors import ConfigError, ProviderError
 
 #: a file changed less than this long ago may change again within the same timestamp tick,
 #: so its cached parse is not trusted (git's "racy clean" rule)

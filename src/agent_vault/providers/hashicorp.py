@@ -21,9 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from agent_vault.approvals.validation import is_valid_name
-from agent_vault.config import Number
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
@@ -32,10 +30,12 @@ from agent_vault.errors import (
     ProviderUnavailable,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import is_valid_name
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import shown
+from agent_vault.strict_numbers import Number
 
 __all__ = ["INSTALL_HINT", "AppRoleOptions", "HashiCorpVaultOptions", "HashiCorpVaultProvider"]
 

@@ -25,8 +25,7 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from agent_vault.approvals.validation import check_name
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
@@ -35,13 +34,14 @@ from agent_vault.errors import (
     ProviderUnavailable,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import check_name
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
 
 # the env provider's file primitives: stat identity, whole-file read, synced write, durable rename
 from agent_vault.providers.files import configured_path, read_all, replace_durably, trusted_stamp
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import shown
 
 __all__ = ["INSTALL_HINT", "KeePassOptions", "KeePassProvider"]
 

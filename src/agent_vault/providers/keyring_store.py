@@ -21,8 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import ConfigDict, Field, field_validator
 
-from agent_vault.approvals.validation import check_name, is_valid_name
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
@@ -31,10 +30,11 @@ from agent_vault.errors import (
     ProviderUnavailable,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import check_name, is_valid_name
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import has_hidden, shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import has_hidden, shown
 
 __all__ = ["INSTALL_HINT", "KeyringOptions", "KeyringProvider"]
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from agent_vault import __version__
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
@@ -28,6 +28,8 @@ from agent_vault.errors import (
     ReadOnlyVault,
     SecretNotFound,
 )
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.onepassword_names import (
     PREFIX,
@@ -50,8 +52,6 @@ from agent_vault.providers.onepassword_sdk import (
     translate,
 )
 from agent_vault.providers.onepassword_sdk import import_sdk as _import_sdk
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import shown
 
 __all__ = ["INSTALL_HINT", "OnePasswordOptions", "OnePasswordProvider", "OnePasswordWriteOptions"]
 

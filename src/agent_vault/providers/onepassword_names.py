@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_vault.approvals.validation import is_valid_name
-from agent_vault.errors import SecretNotFound
+from agent_vault.domain.errors import SecretNotFound
+from agent_vault.domain.grammar import is_valid_name
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.onepassword_sdk import plain
-from agent_vault.untrusted import shown
 
 PREFIX = "op://"
 #: fields tried, in order, when a name does not say which field it means

@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from types import ModuleType
 from typing import Any, TypeVar
 
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     ProviderAuthError,
@@ -21,8 +21,8 @@ from agent_vault.errors import (
     ProviderUnavailable,
     SecretNotFound,
 )
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.extras import import_extra, install_hint
-from agent_vault.untrusted import shown
 
 T = TypeVar("T")
 

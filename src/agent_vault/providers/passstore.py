@@ -14,8 +14,7 @@ from typing import ClassVar
 
 from pydantic import ConfigDict, Field, field_validator
 
-from agent_vault.approvals.validation import check_name, is_valid_name
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
@@ -23,11 +22,12 @@ from agent_vault.errors import (
     ProviderError,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import check_name, is_valid_name
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.cli_tool import Rule, Tool, ToolFailed, environment, run
 from agent_vault.providers.files import configured_path, lock_directory
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import shown
 
 PASS = Tool(
     provider_type="pass",

@@ -20,8 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from agent_vault.approvals.validation import check_name, is_valid_name
-from agent_vault.errors import (
+from agent_vault.domain.errors import (
     AgentVaultError,
     ConfigError,
     InvalidRequest,
@@ -30,6 +29,9 @@ from agent_vault.errors import (
     ProviderUnavailable,
     SecretNotFound,
 )
+from agent_vault.domain.grammar import check_name, is_valid_name
+from agent_vault.domain.secret import SecretValue
+from agent_vault.domain.untrusted import shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.cli_tool import Completed, Rule, Tool, ToolFailed, environment, run
 from agent_vault.providers.files import (
@@ -40,8 +42,6 @@ from agent_vault.providers.files import (
     trusted_stamp,
     write_and_sync,
 )
-from agent_vault.secret import SecretValue
-from agent_vault.untrusted import shown
 
 Format = Literal["dotenv", "json", "yaml"]
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent_vault.approvals.request import AccessRequest, Operation, Requester, Status
+from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
 from agent_vault.home import private_file
 
 MIGRATIONS: list[str] = [

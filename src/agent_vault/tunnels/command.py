@@ -11,8 +11,8 @@ import signal
 from contextlib import suppress
 from urllib.parse import urlsplit
 
+from agent_vault.domain.untrusted import shown
 from agent_vault.tunnels.base import Report, State, TunnelStatus, backoff
-from agent_vault.untrusted import shown
 
 STOP_GRACE = 5.0
 

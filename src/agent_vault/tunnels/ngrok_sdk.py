@@ -7,8 +7,8 @@ import asyncio
 from contextlib import suppress
 from typing import Any
 
+from agent_vault.domain.untrusted import shown
 from agent_vault.tunnels.base import Report, State, TunnelStatus, backoff
-from agent_vault.untrusted import shown
 
 INSTALL_HINT = "pip install 'agent-vault[ngrok]'"
 CONNECT_TIMEOUT = 30.0

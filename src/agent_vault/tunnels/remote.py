@@ -11,13 +11,14 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from agent_vault.approvals.request import Status
 from agent_vault.audit import AuditEvent
 from agent_vault.broker import Broker
 from agent_vault.channels.base import Channel, Notice
 from agent_vault.channels.hub import ChannelHub
 from agent_vault.channels.registry import channel_class
-from agent_vault.errors import AuditError, ConfigError
+from agent_vault.domain.errors import AuditError, ConfigError
+from agent_vault.domain.request import Status
+from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file
 from agent_vault.settings import CommandTunnel as CommandSettings
 from agent_vault.settings import NgrokTunnel as NgrokSettings
@@ -27,7 +28,6 @@ from agent_vault.tunnels.base import Tunnel, TunnelStatus, origin_of, public_hos
 from agent_vault.tunnels.command import CommandTunnel
 from agent_vault.tunnels.ngrok_sdk import NgrokTunnel
 from agent_vault.tunnels.static import NoTunnel, PublicUrl
-from agent_vault.untrusted import visible
 
 STATUS_FILE = "remote.json"
 DASHBOARD_PATH = "/dashboard"

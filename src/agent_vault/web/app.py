@@ -25,16 +25,17 @@ from starlette.staticfiles import StaticFiles
 from agent_vault.approvals.approver import Proof
 from agent_vault.approvals.factors import FactorApprover, FactorStore
 from agent_vault.approvals.passkeys import Passkeys
-from agent_vault.approvals.request import AccessRequest, Operation, Status
 from agent_vault.audit import AuditEvent
 from agent_vault.broker import Broker
-from agent_vault.errors import AgentVaultError
+from agent_vault.domain.errors import AgentVaultError
+from agent_vault.domain.request import AccessRequest, Operation, Status
+from agent_vault.domain.untrusted import pieces, visible
 from agent_vault.home import is_default
 from agent_vault.policy import what_approval_allows
-from agent_vault.untrusted import pieces, visible
 from agent_vault.web.claims import claim, command_view
 from agent_vault.web.csrf import COOKIE, CsrfTokens
 from agent_vault.web.hardening import ASGIApp, HostAllowlist, hardened, same_origin_post
+from agent_vault.web.passkey_options import options_response
 from agent_vault.web.sessions import ApproverSessions
 
 HERE = Path(__file__).parent
@@ -192,12 +193,6 @@ class WebApp:
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return hardened(Starlette(routes=routes), self.hosts)
-
-
-def options_response(**blobs: str) -> Response:
-    """WebAuthn options for the page script: {"get": ..., "create": ...}, each already JSON text."""
-    body = "{" + ", ".join(f'"{key}": {blob}' for key, blob in blobs.items()) + "}"
-    return Response(body, media_type="application/json")
 
 
 def _proof(form: FormData) -> Proof | None:

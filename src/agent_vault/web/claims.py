@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from agent_vault.untrusted import Piece, hides_text, pieces
+from agent_vault.domain.untrusted import Piece, hides_text, pieces
 
 #: what of a reason the page shows; the audit log keeps all of it
 MAX_LINES = 8

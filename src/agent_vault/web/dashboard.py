@@ -13,9 +13,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from agent_vault.approvals.passkeys import purpose_binding
-from agent_vault.errors import AgentVaultError, NotAuthorized
-from agent_vault.web.app import options_response
+from agent_vault.domain.errors import AgentVaultError, NotAuthorized
 from agent_vault.web.csrf import COOKIE
+from agent_vault.web.passkey_options import options_response
 
 if TYPE_CHECKING:
     from agent_vault.web.app import WebApp

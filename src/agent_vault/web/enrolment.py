@@ -17,10 +17,10 @@ from starlette.routing import Route
 
 from agent_vault.approvals.factors import EnrolToken, looks_like_totp
 from agent_vault.approvals.passkeys import purpose_binding
-from agent_vault.errors import AgentVaultError, NotAuthorized
+from agent_vault.domain.errors import AgentVaultError, NotAuthorized
+from agent_vault.domain.untrusted import visible
 from agent_vault.integrity import next_factor_set
-from agent_vault.untrusted import visible
-from agent_vault.web.app import options_response
+from agent_vault.web.passkey_options import options_response
 
 if TYPE_CHECKING:
     from agent_vault.web.app import WebApp

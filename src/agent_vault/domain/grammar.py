@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from agent_vault.errors import InvalidRequest
-from agent_vault.untrusted import shown
+from agent_vault.domain.errors import InvalidRequest
+from agent_vault.domain.untrusted import shown
 
 MAX_NAME = 256
 MAX_REASON = 2000
