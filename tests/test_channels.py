@@ -19,10 +19,11 @@ import anyio
 import pytest
 
 from agent_vault.broker import Session
-from agent_vault.channels.base import ChannelError, ChannelOptions, Notice
+from agent_vault.channels.base import ChannelOptions, Notice
 from agent_vault.channels.hub import ChannelHub
 from agent_vault.channels.push import AppriseChannel
 from agent_vault.daemon import BrokerServer
+from agent_vault.domain.errors import ChannelError
 from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
 from agent_vault.home import StatePaths
 from tests.conftest import FAKE_DB, FAKE_KEY, StepClock, decide_on_page, enrol_totp, totp_approvers, write_project

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.channels.base import ChannelError
 from agent_vault.channels.desktop import DesktopChannel
 from agent_vault.channels.notice import build_notice
 from agent_vault.channels.push import AppriseChannel, safe_label, with_view_action
-from agent_vault.domain.errors import ConfigError
+from agent_vault.domain.errors import ChannelError, ConfigError
 from agent_vault.home import StatePaths
 from agent_vault.settings import (
     CommandTunnel,

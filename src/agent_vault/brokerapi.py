@@ -23,9 +23,9 @@ from agent_vault import __version__
 from agent_vault.broker import Broker, Outcome, Session
 from agent_vault.domain.errors import AgentVaultError, InvalidRequest
 from agent_vault.domain.request import AccessRequest, Operation
+from agent_vault.domain.wire import SESSION_HEADER
 from agent_vault.generate import parse_spec
 
-SESSION_HEADER = "x-agent-vault-session"
 PEER_KEY = "agent_vault.peer"
 MAX_WAIT = 60.0
 #: a batch of 100 values of 64 KiB each, with room for JSON escaping

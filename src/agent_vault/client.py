@@ -15,10 +15,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from agent_vault.domain.errors import CODES, AgentVaultError, BrokerUnavailable, InvalidRequest
+from agent_vault.domain.wire import SESSION_HEADER
 
-#: the header the broker API reads the session from. It is brokerapi.SESSION_HEADER, written out
-#: here because importing brokerapi would load the whole broker core into every front door.
-SESSION_HEADER = "x-agent-vault-session"
 #: reuse an idle connection only while it is younger than this; uvicorn drops idle ones after 5 s
 _IDLE_REUSE = 2.0
 _MAX_IDLE = 4

@@ -34,7 +34,7 @@ from agent_vault.audit import AuditLog
 from agent_vault.boundaries import ProjectLimits
 from agent_vault.broker import Broker
 from agent_vault.brokerapi import PEER_KEY, create_api
-from agent_vault.domain.errors import AgentVaultError, ConfigError
+from agent_vault.domain.errors import BrokerRunning, ConfigError
 from agent_vault.forwarding import WebhookHub
 from agent_vault.home import StatePaths, private_file
 from agent_vault.limits import RequestLimiter
@@ -50,10 +50,6 @@ LOOPBACK = "127.0.0.1"
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
-
-
-class BrokerRunning(AgentVaultError):
-    code = "broker_running"
 
 
 class _PeerCredProtocol(H11Protocol):

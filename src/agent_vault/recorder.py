@@ -16,14 +16,15 @@ from agent_vault.config import WEBHOOK_EVENTS
 from agent_vault.domain.request import AccessRequest, Operation, Requester
 from agent_vault.workspace import Workspace
 
-WebhookSink = Callable[[Workspace, AuditRecord], None]
+#: hands a record of a webhook event, with the workspace whose webhooks apply, to the forwarding
+ForwardEvent = Callable[[Workspace, AuditRecord], None]
 
 
 class Recorder:
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
         #: receives every record of a webhook event, with the workspace whose webhooks apply
-        self.webhook_sink: WebhookSink | None = None
+        self.webhook_sink: ForwardEvent | None = None
 
     async def record(
         self,

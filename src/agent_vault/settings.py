@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from agent_vault.channels.base import ChannelOptions
 from agent_vault.channels.registry import channel_class
 from agent_vault.destinations import parse_allowance
-from agent_vault.domain.errors import ConfigError
+from agent_vault.domain.errors import ConfigError, SettingsError
 from agent_vault.home import StatePaths
 from agent_vault.limits import Limits
 from agent_vault.strict_numbers import Number, WholeNumber
@@ -38,10 +38,6 @@ _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 CLOUDFLARED_PATTERN = r"https://[a-z0-9-]+\.trycloudflare\.com"
 GENERIC_PATTERN = r"https://[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?"
-
-
-class SettingsError(ConfigError):
-    code = "settings"
 
 
 class _Model(BaseModel):

@@ -186,7 +186,8 @@ async def test_the_user_allows_their_own_endpoint_and_credential(
 
 
 def test_the_settings_refuse_a_malformed_allowance(home: StatePaths) -> None:
-    from agent_vault.settings import SettingsError, load_settings
+    from agent_vault.domain.errors import SettingsError
+    from agent_vault.settings import load_settings
 
     allow(home, '[webhooks]\nallowPrivate = ["http://127.0.0.1/x"]\n')
     with pytest.raises(SettingsError, match="allowPrivate"):

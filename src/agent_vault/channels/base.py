@@ -7,14 +7,6 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from agent_vault.domain.errors import AgentVaultError
-
-
-class ChannelError(AgentVaultError):
-    """A channel could not deliver. The message is safe to show: no URL credentials, no values."""
-
-    code = "channel"
-
 
 class ChannelOptions(BaseModel):
     """A channel's own keys in its `[[channels]]` section. Subclasses add fields."""

@@ -10,7 +10,8 @@ import shutil
 import sys
 from typing import ClassVar
 
-from agent_vault.channels.base import ChannelError, ChannelOptions, Notice
+from agent_vault.channels.base import ChannelOptions, Notice
+from agent_vault.domain.errors import ChannelError
 
 TIMEOUT = 10.0
 # Title and body come in as argv items, so nothing the agent wrote is parsed as AppleScript.

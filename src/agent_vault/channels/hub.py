@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agent_vault.channels.base import Channel, ChannelError, Notice
+from agent_vault.channels.base import Channel, Notice
 from agent_vault.channels.notice import build_notice
+from agent_vault.domain.errors import ChannelError
 from agent_vault.domain.request import AccessRequest
 from agent_vault.domain.untrusted import shown
 

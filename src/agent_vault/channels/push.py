@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field
 
-from agent_vault.channels.base import ChannelError, ChannelOptions, Notice
-from agent_vault.domain.errors import ConfigError
+from agent_vault.channels.base import ChannelOptions, Notice
+from agent_vault.domain.errors import ChannelError, ConfigError
 
 NTFY_SCHEMES = ("ntfy", "ntfys")
 #: schemes whose host part is a server name, safe to show; for all others only the scheme is shown

@@ -21,6 +21,12 @@ class ConfigError(AgentVaultError):
     code = "config"
 
 
+class SettingsError(ConfigError):
+    """The user's settings.toml is missing a piece, malformed, or not private."""
+
+    code = "settings"
+
+
 class ProviderError(AgentVaultError):
     """A secret store failed or refused."""
 
@@ -92,6 +98,18 @@ class BrokerUnavailable(AgentVaultError):
     code = "broker_unavailable"
 
 
+class BrokerRunning(AgentVaultError):
+    """Another broker already serves this state home."""
+
+    code = "broker_running"
+
+
+class ChannelError(AgentVaultError):
+    """A channel could not deliver. The message is safe to show: no URL credentials, no values."""
+
+    code = "channel"
+
+
 CODES: dict[str, type[AgentVaultError]] = {
     cls.code: cls
     for cls in (
@@ -110,5 +128,8 @@ CODES: dict[str, type[AgentVaultError]] = {
         NotAuthorized,
         AuditError,
         BrokerUnavailable,
+        SettingsError,
+        BrokerRunning,
+        ChannelError,
     )
 }
