@@ -324,4 +324,11 @@ PROTECTIONS: tuple[Protection, ...] = (
             "test_a_decision_appended_to_the_audit_log_while_the_broker_runs_vouches_for_nothing",
         ),
     ),
+    Protection(
+        "a store server named by the project config gets no credential without the user's allowance",
+        "boundaries.py",
+        "    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)\n",
+        "    return webhook_problems(config, limits) + stores\n",
+        ("tests/attacks/test_store_endpoint.py",),
+    ),
 )

@@ -51,6 +51,18 @@ class YesApprover:
 OK = Proof("ok")
 
 
+def allow_store_servers(broker: Broker, *urls: str) -> None:
+    """What the user's settings.toml `[stores] allowHosts` does: a project may send a store's
+    credentials to these servers (the tests' local Vault, moto, Bitwarden stand-in)."""
+    from urllib.parse import urlsplit
+
+    from agent_vault.boundaries import ProjectLimits
+    from agent_vault.destinations import parse_allowance
+
+    hosts = tuple(parse_allowance(urlsplit(url).netloc) for url in urls)
+    broker.project_limits = ProjectLimits(allow_store_hosts=hosts)
+
+
 def make_broker(paths: StatePaths, clock: Clock) -> Broker:
     from agent_vault.store.sqlite import StateStore
 

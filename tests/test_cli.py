@@ -125,6 +125,12 @@ def test_config_check_probe_asks_every_store_for_names_only(home: StatePaths, tm
             "vault": {"type": "hashicorp", "address": "http://127.0.0.1:1", "token": "env:FAKE_VAULT_TOKEN"},
         },
     )
+    refused = cli(home, "config", "check", "--probe", cwd=project, env={"FAKE_VAULT_TOKEN": "fake-vault-token-3333"})
+    assert refused.returncode == 1 and "vaults.vault.address" in refused.stdout + refused.stderr
+    assert "allowHosts" in refused.stdout + refused.stderr  # a server the project chose: the user's word first
+    settings = home.root / "settings.toml"
+    settings.write_text('[stores]\nallowHosts = ["127.0.0.1:1"]\n')
+    settings.chmod(0o600)
     out = cli(home, "config", "check", "--probe", cwd=project, env={"FAKE_VAULT_TOKEN": "fake-vault-token-3333"})
     assert out.returncode == 1  # one store could not be reached
     assert "dev (env): ok, 2 names" in out.stdout

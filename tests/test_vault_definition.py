@@ -133,7 +133,10 @@ async def test_the_page_says_which_store_a_vault_reads(home: StatePaths, tmp_pat
 
 
 def test_the_store_line_leaves_out_credentials_and_values_from_env(tmp_path: Path) -> None:
+    from agent_vault.boundaries import ProjectLimits
     from agent_vault.config import load_config
+    from agent_vault.destinations import parse_allowance
+    from agent_vault.domain.errors import ConfigError
     from agent_vault.workspace import Workspace
 
     path = tmp_path / "agent-vault.toml"
@@ -143,7 +146,11 @@ def test_the_store_line_leaves_out_credentials_and_values_from_env(tmp_path: Pat
     )
     env = {"FAKE_ADDR": "https://fake-vault.example:8200", "FAKE_TOKEN": "fake-token-4444"}
     load_config(path, env)  # valid as written
-    line = Workspace(path, env).stores["team"]
+    with pytest.raises(ConfigError, match="allowHosts") as refused:  # a server the project chose
+        Workspace(path, env)
+    assert "env:FAKE_ADDR" in str(refused.value) and "fake-vault.example" not in str(refused.value)
+    allowed = ProjectLimits(allow_store_hosts=(parse_allowance("fake-vault.example:8200"),))
+    line = Workspace(path, env, allowed).stores["team"]
     assert line.startswith("hashicorp: ") and "mount kv" in line and "path agents" in line
     assert "fake-token-4444" not in line and "fake-vault.example" not in line
 

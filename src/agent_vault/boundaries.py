@@ -37,6 +37,8 @@ class ProjectLimits:
     allow_env: frozenset[str] = frozenset()
     #: real paths a store may be under besides the config's own directory
     allow_outside: tuple[Path, ...] = ()
+    #: servers a project config may send a store's credentials to
+    allow_store_hosts: tuple[Allowance, ...] = ()
     #: where the user changes these, for the fix in an error
     settings_file: str = _DEFAULT_SETTINGS
     #: the configs made from the seed's variables (`AGENT_VAULT_ENV_FILE`): their file is named by the
@@ -51,6 +53,7 @@ class ProjectLimits:
             allow_outside=tuple(
                 Path(os.path.realpath(Path(p).expanduser())) for p in settings.paths.allow_outside_project
             ),
+            allow_store_hosts=tuple(parse_allowance(entry) for entry in settings.stores.allow_hosts),
             settings_file=str(settings_path(paths)),
             generated_configs=generated_configs(paths.root),
         )
@@ -72,7 +75,44 @@ def project_problems(
     if located is None:
         located = {name: locate_stores(name, vault, limits) for name, vault in config.vaults.items()}
     stores = [loc.problem for locations in located.values() for loc in locations if loc.problem]
-    return webhook_problems(config, limits) + stores
+    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)
+
+
+# -- store servers --------------------------------------------------------------------------------
+
+
+def endpoint_problems(config: Config, limits: ProjectLimits) -> list[str]:
+    """Each store server a project config names (rather than the store's default) that the user has
+    not allowed: the store's token, from `env:` or the broker's environment, would be sent there
+    before anyone approves anything (listing names already signs in)."""
+    refs = env_references(config)
+    problems = []
+    for name, vault in config.vaults.items():
+        options = vault.options
+        fields = type(options).model_fields
+        for field in type(options).store_endpoints:
+            value = getattr(options, field, None)
+            if field not in options.model_fields_set or not isinstance(value, str) or not value:
+                continue
+            key = fields[field].alias or field
+            parts = urlsplit(value)
+            try:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError:
+                continue  # the provider's own validation names a bad URL
+            host = parts.hostname or ""
+            if any(entry.covers(host, port) for entry in limits.allow_store_hosts):
+                continue
+            var = refs.get(("vaults", name, key))
+            # a server taken from the environment is not repeated (the store line leaves env: values out too)
+            where, entry = (f"the server in env:{var}", "host:port") if var else (_host_port(host, port),) * 2
+            problems.append(
+                f"vaults.{name}.{key}: this project config sends vault {name!r}'s credentials to {where}, a "
+                "server it chose (and an agent can edit it). Fix: if that server is yours, add "
+                f"{entry!r} to `allowHosts` under [stores] in {limits.settings_file}; or leave `{key}` out to "
+                "use the store's default server."
+            )
+    return problems
 
 
 # -- webhooks -------------------------------------------------------------------------------------

@@ -202,6 +202,21 @@ class PathSettings(_Model):
     allow_outside_project: tuple[str, ...] = Field(default=(), alias="allowOutsideProject")
 
 
+class StoreSettings(_Model):
+    """Which servers a project config may send a store's credentials to (Vault `address`, AWS
+    `endpointUrl`, Bitwarden `apiUrl`/`identityUrl`); a store's default servers need no entry."""
+
+    #: `host`, `host:port` or `[v6]:port`
+    allow_hosts: tuple[str, ...] = Field(default=(), alias="allowHosts")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_allowance(entry)
+        return value
+
+
 class UserSettings(_Model):
     channels: tuple[ChannelSettings, ...] = ()
     notify: NotifySettings = NotifySettings()
@@ -210,6 +225,7 @@ class UserSettings(_Model):
     policy: PolicySettings = PolicySettings()
     webhooks: WebhookSettings = WebhookSettings()
     paths: PathSettings = PathSettings()
+    stores: StoreSettings = StoreSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -105,6 +105,8 @@ class AwsOptions(ProviderOptions):
     profile: str | None = Field(
         default=None, min_length=1, description="a profile in ~/.aws/config (SSO, assumed role, keys)"
     )
+    store_endpoints: ClassVar[tuple[str, ...]] = ("endpoint_url",)
+
     endpoint_url: str | None = Field(
         default=None,
         alias="endpointUrl",

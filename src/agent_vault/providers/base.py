@@ -18,6 +18,9 @@ class ProviderOptions(BaseModel):
     #: fields naming the file or directory the secrets are in: an approval is bound to where they
     #: resolve, and they must stay inside the project unless the user's settings allow otherwise
     store_paths: ClassVar[tuple[str, ...]] = ()
+    #: fields naming the server the store's credentials are sent to: a project config may name one only
+    #: where the user's settings allow it (`[stores] allowHosts`), or a token goes where an agent chose
+    store_endpoints: ClassVar[tuple[str, ...]] = ()
 
 
 class ProviderContext(BaseModel):

@@ -98,6 +98,8 @@ class BitwardenOptions(ProviderOptions):
         alias="projectIds",
         description="project IDs (or names) to expose; empty or absent means every secret the machine account sees",
     )
+    store_endpoints: ClassVar[tuple[str, ...]] = ("api_url", "identity_url")
+
     api_url: str = Field(default=US_API, alias="apiUrl", description="the API server; the US cloud by default")
     identity_url: str = Field(
         default=US_IDENTITY, alias="identityUrl", description="the identity server; the US cloud by default"

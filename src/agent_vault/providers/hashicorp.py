@@ -105,6 +105,8 @@ class HashiCorpVaultOptions(ProviderOptions):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
+    store_endpoints: ClassVar[tuple[str, ...]] = ("address",)
+
     address: str | None = Field(
         default=None, description="the server's URL; absent means VAULT_ADDR (or BAO_ADDR) of the broker"
     )
