@@ -63,7 +63,6 @@ class WindowPolicy:
         self._deadlines: dict[str, float] = {}
         #: the latest wall time a broker has seen (kept in the store): an earlier clock is suspect
         self._high_water = _parse(store.get_meta(_HIGH_WATER))
-        self._started = time.monotonic()
 
     def split(
         self, workspace: str, vault: str, names: Sequence[str], definition: str, action: str, subject: str = ""

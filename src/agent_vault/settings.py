@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -171,20 +172,23 @@ class PolicySettings(_Model):
         )
 
 
+def _allowances(value: tuple[str, ...]) -> tuple[str, ...]:
+    for entry in value:
+        parse_allowance(entry)  # raises ValueError naming the entry and the forms it may take
+    return value
+
+
+#: `host`, `host:port` or `[v6]:port` entries of an allow list (webhooks.allowPrivate, stores.allowHosts)
+HostAllowances = Annotated[tuple[str, ...], AfterValidator(_allowances)]
+
+
 class WebhookSettings(_Model):
     """What a project's webhooks may reach and carry beyond the default (public hosts, no `env:` credential)."""
 
     #: `host`, `host:port` or `[v6]:port` a project webhook may reach although it is loopback or private
-    allow_private: tuple[str, ...] = Field(default=(), alias="allowPrivate")
+    allow_private: HostAllowances = Field(default=(), alias="allowPrivate")
     #: variables a project webhook may send as its `authorization` or sign with (`signingSecret`)
     allow_env: tuple[str, ...] = Field(default=(), alias="allowEnv")
-
-    @field_validator("allow_private")
-    @classmethod
-    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for entry in value:
-            parse_allowance(entry)
-        return value
 
     @field_validator("allow_env")
     @classmethod
@@ -207,14 +211,7 @@ class StoreSettings(_Model):
     `endpointUrl`, Bitwarden `apiUrl`/`identityUrl`); a store's default servers need no entry."""
 
     #: `host`, `host:port` or `[v6]:port`
-    allow_hosts: tuple[str, ...] = Field(default=(), alias="allowHosts")
-
-    @field_validator("allow_hosts")
-    @classmethod
-    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for entry in value:
-            parse_allowance(entry)
-        return value
+    allow_hosts: HostAllowances = Field(default=(), alias="allowHosts")
 
 
 class UserSettings(_Model):

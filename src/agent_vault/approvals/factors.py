@@ -331,10 +331,6 @@ class FactorApprover:
         today = utc_day(self._clock() if now is None else now)
         return lockout_message(today) if self.factors.totp_locked(today) else None
 
-    def codes_usable(self) -> bool:
-        """Whether an authenticator code can be accepted now (one is enrolled and no lockout holds)."""
-        return bool(self.factors.totp_secrets()) and self.codes_off() is None
-
     def own_code_label(self) -> None:
         """No code of its own: the approval page offers the enrolled factors only."""
         return None

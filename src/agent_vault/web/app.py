@@ -104,8 +104,9 @@ class WebApp:
         return self.sessions.valid(request.cookies.get(self.sessions.cookie))
 
     def factor_kinds(self) -> dict[str, Any]:
-        off = self.codes.codes_off() if self.factors.totp_secrets() else None
-        return {"has_passkey": self.passkeys.enrolled(), "has_totp": self.codes.codes_usable(), "codes_off": off}
+        enrolled = bool(self.factors.totp_secrets())
+        off = self.codes.codes_off() if enrolled else None
+        return {"has_passkey": self.passkeys.enrolled(), "has_totp": enrolled and off is None, "codes_off": off}
 
     async def audit(self, event: str, **detail: Any) -> None:
         await asyncio.to_thread(self.broker.audit.append, AuditEvent(event=event, detail=detail))
