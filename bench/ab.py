@@ -6,7 +6,7 @@ as they were at --rev. So the only difference is those files, and others editing
 tree meanwhile do not disturb the measurement. Rounds alternate before/after so load on the machine hits both
 alike; each figure's median over the rounds' medians is printed side by side.
 
-    .venv/bin/python bench/ab.py --files src/agent_vault/client.py --rounds 3 -- hot_path.py
+    .venv/bin/python bench/ab.py --files src/agent_vault/frontdoor/client.py --rounds 3 -- hot_path.py
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from typing import Any
 
 import benchlib as b
 
-from agent_vault import audit
-from agent_vault.audit import AuditEvent, AuditLog
+from agent_vault.store import audit
+from agent_vault.store.audit import AuditEvent, AuditLog
 
 EVENTS = ("requested", "approved", "delivered", "auto_approved", "listed")
 

@@ -275,8 +275,8 @@ class Sandbox:
 
     def enrol_totp(self) -> None:
         """As `agent-vault factors add --totp` does: audited, so the broker counts it as the user's."""
-        from agent_vault.approvals.factors import FactorStore
-        from agent_vault.enrol import record_factor_change
+        from agent_vault.approver.factors import FactorStore
+        from agent_vault.cli.enrol import record_factor_change
         from agent_vault.home import StatePaths
         from agent_vault.store.sqlite import StateStore
 
@@ -331,7 +331,7 @@ class Sandbox:
 
     def wait_for_broker(self, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> int:
         """Wait for broker.json and a socket that accepts; returns the broker's pid."""
-        from agent_vault.launcher import socket_answers
+        from agent_vault.frontdoor.launcher import socket_answers
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -562,7 +562,7 @@ def ms(seconds: float) -> float:
 
 async def pending_ids(box: Sandbox) -> list[str]:
     """Ids of the pending requests, from the broker's status API on its socket."""
-    from agent_vault.client import BrokerClient
+    from agent_vault.frontdoor.client import BrokerClient
 
     async with BrokerClient(box.socket) as client:
         status = await client.status()

@@ -18,8 +18,8 @@ import signal
 import time
 from pathlib import Path
 
-from agent_vault.approvals.approver import Approver
-from agent_vault.approvals.factors import FactorApprover, FactorStore
+from agent_vault.approver.factors import FactorApprover, FactorStore
+from agent_vault.approver.protocol import Approver
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
 from agent_vault.store.sqlite import StateStore

@@ -123,7 +123,7 @@ def cli_rows(report: b.Report, reps: int) -> None:
 
 
 OUR_SHARE = (
-    "import time, mcp.server.mcpserver; t = time.perf_counter(); import agent_vault.mcp_server; "
+    "import time, mcp.server.mcpserver; t = time.perf_counter(); import agent_vault.frontdoor.tools; "
     "print((time.perf_counter() - t) * 1000)"
 )
 
@@ -134,7 +134,7 @@ def own_import_rows(report: b.Report, reps: int) -> None:
     for _ in range(reps):
         out = subprocess.run([b.PY, "-c", OUR_SHARE], capture_output=True, text=True, check=True).stdout
         samples.append(float(out))
-    report.add("cold.own_imports", "import agent_vault.mcp_server once the SDK is loaded", samples)
+    report.add("cold.own_imports", "import agent_vault.frontdoor.tools once the SDK is loaded", samples)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import benchlib as b
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from agent_vault.client import BrokerClient
+from agent_vault.frontdoor.client import BrokerClient
 
 URL = re.compile(r"/approve/([A-Za-z0-9_-]+)")
 

@@ -18,7 +18,7 @@ import benchlib as b
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from agent_vault.client import BrokerClient
+from agent_vault.frontdoor.client import BrokerClient
 
 GET = {"vault": "dev", "name": "API_KEY", "reason": "benchmark: read inside an approval window"}
 

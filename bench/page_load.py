@@ -22,7 +22,7 @@ import sys
 import anyio
 import benchlib as b
 
-from agent_vault.client import BrokerClient
+from agent_vault.frontdoor.client import BrokerClient
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import benchlib as b
 
-from agent_vault.client import BrokerClient
-from agent_vault.frontdoor import LONG_POLL
+from agent_vault.frontdoor.client import BrokerClient
+from agent_vault.frontdoor.session import LONG_POLL
 
 
 def measure(box: b.Sandbox, rids: list[str], reps: int, decisions: int, codes: b.StepCodes) -> dict[str, Any]:

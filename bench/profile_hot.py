@@ -21,7 +21,7 @@ import anyio
 import benchlib as b
 from hot_path import GET
 
-from agent_vault.client import BrokerClient
+from agent_vault.frontdoor.client import BrokerClient
 
 
 def group(path: str, func: str) -> str:

@@ -16,7 +16,7 @@ import anyio
 import pyotp
 import pytest
 
-from agent_vault.approvals.factors import FactorApprover, FactorStore
+from agent_vault.approver.factors import FactorApprover, FactorStore
 from agent_vault.home import StatePaths, ensure_private_dir
 from agent_vault.store.sqlite import StateStore
 
@@ -97,7 +97,7 @@ def step_clock() -> StepClock:
 
 def enrol_totp(paths: StatePaths) -> None:
     """Enrol the test authenticator app the way `agent-vault factors add --totp` does: audited."""
-    from agent_vault.enrol import record_factor_change
+    from agent_vault.cli.enrol import record_factor_change
 
     store = StateStore(paths.state_db)
     factors = FactorStore(store)

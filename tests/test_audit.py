@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from agent_vault.audit import EVENTS, GENESIS_HASH, AuditEvent, AuditLog, AuditRecord
 from agent_vault.domain.errors import AuditError
 from agent_vault.domain.secret import SecretValue
+from agent_vault.store.audit import EVENTS, GENESIS_HASH, AuditEvent, AuditLog, AuditRecord
 
 T0 = datetime(2026, 4, 10, 14, 32, 1, tzinfo=UTC)
 FAKE_VALUE = "s3cr3t-FAKE-VALUE-never-stored"
@@ -456,7 +456,7 @@ def test_threads_keep_the_chain(log: AuditLog) -> None:
 APPENDER = """
 import sys, time
 from pathlib import Path
-from agent_vault.audit import AuditEvent, AuditLog
+from agent_vault.store.audit import AuditEvent, AuditLog
 db, me = Path(sys.argv[1]), sys.argv[2]
 db.with_name("ready-" + me).touch()
 while not db.with_name("go").exists():  # start together, so the appends really interleave

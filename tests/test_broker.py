@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.approvals.approver import Proof
-from agent_vault.audit import AuditLog
-from agent_vault.broker import Broker, Session
+from agent_vault.approver.protocol import Proof
+from agent_vault.broker.core import Broker, Session
 from agent_vault.domain.errors import (
     ApprovalError,
     AuditError,
@@ -23,6 +22,7 @@ from agent_vault.domain.errors import (
 )
 from agent_vault.domain.request import AccessRequest, Operation, Status
 from agent_vault.home import StatePaths
+from agent_vault.store.audit import AuditLog
 from tests.conftest import FAKE_DB, FAKE_KEY, write_project
 
 pytestmark = pytest.mark.anyio
@@ -56,8 +56,8 @@ def allow_store_servers(broker: Broker, *urls: str) -> None:
     credentials to these servers (the tests' local Vault, moto, Bitwarden stand-in)."""
     from urllib.parse import urlsplit
 
-    from agent_vault.boundaries import ProjectLimits
-    from agent_vault.destinations import parse_allowance
+    from agent_vault.configuration.boundaries import ProjectLimits
+    from agent_vault.configuration.destinations import parse_allowance
 
     hosts = tuple(parse_allowance(urlsplit(url).netloc) for url in urls)
     broker.project_limits = ProjectLimits(allow_store_hosts=hosts)
@@ -238,7 +238,7 @@ async def test_request_expires_and_cannot_be_approved_after(broker: Broker, cloc
 
 
 async def test_real_timer_expires_a_request(home: StatePaths, tmp_path: Path) -> None:
-    from agent_vault.policy import utc_now
+    from agent_vault.broker.windows import utc_now
 
     broker = make_broker(home, utc_now)  # type: ignore[arg-type]
     session = open_session(broker, tmp_path / "p")
@@ -334,9 +334,9 @@ async def test_no_value_in_audit_rows(broker: Broker, tmp_path: Path) -> None:
 
 
 async def test_socket_api_refuses_an_oversized_body_and_stays_responsive(home: StatePaths) -> None:
-    from agent_vault.client import BrokerClient
     from agent_vault.daemon import BrokerServer
     from agent_vault.domain.errors import InvalidRequest as Invalid
+    from agent_vault.frontdoor.client import BrokerClient
 
     server = BrokerServer(home, 0)
     await server.start()

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 
-from agent_vault.broker import Session
+from agent_vault.broker.core import Session
 from agent_vault.channels.base import ChannelOptions, Notice
 from agent_vault.channels.hub import ChannelHub
 from agent_vault.channels.push import AppriseChannel
@@ -281,7 +281,7 @@ urls = ["{good.ntfy_url()}"]
     assert "channel gone (apprise) failed" in err and "channel broken (apprise) failed" in err
     assert FAKE_KEY not in err
     # and `agent-vault doctor` names them
-    from agent_vault.doctor import gather
+    from agent_vault.cli.doctor import gather
 
     failed = [c.text for c in gather(home) if c.level == "warn" and c.text.startswith("channel ")]
     assert any("channel gone failed" in t for t in failed) and any("channel broken failed" in t for t in failed)

@@ -11,9 +11,7 @@ import pytest
 from agent_vault.channels.desktop import DesktopChannel
 from agent_vault.channels.notice import build_notice
 from agent_vault.channels.push import AppriseChannel, safe_label, with_view_action
-from agent_vault.domain.errors import ChannelError, ConfigError
-from agent_vault.home import StatePaths
-from agent_vault.settings import (
+from agent_vault.configuration.settings import (
     CommandTunnel,
     NgrokTunnel,
     NoTunnel,
@@ -21,6 +19,8 @@ from agent_vault.settings import (
     UrlTunnel,
     load_settings,
 )
+from agent_vault.domain.errors import ChannelError, ConfigError
+from agent_vault.home import StatePaths
 from tests.test_channels import fake_request, write_settings
 
 TOKEN = "fake-ngrok-token-2718-DO-NOT-USE"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.audit import AuditEvent, AuditLog
 from agent_vault.home import StatePaths
+from agent_vault.store.audit import AuditEvent, AuditLog
 from tests.conftest import FAKE_DB, FAKE_KEY, write_project
 
 
@@ -78,7 +78,7 @@ def test_audit_list_and_verify_catch_an_edited_row(home: StatePaths) -> None:
 
 @pytest.mark.anyio
 async def test_grants_list_and_revoke(home: StatePaths, tmp_path: Path, anyio_backend: str) -> None:
-    from agent_vault.approvals.approver import Proof
+    from agent_vault.approver.protocol import Proof
     from agent_vault.daemon import offline_broker
     from tests.test_broker import YesApprover
 
@@ -143,7 +143,7 @@ def test_config_check_probe_asks_every_store_for_names_only(home: StatePaths, tm
 
 
 def test_audit_list_is_an_aligned_table_whatever_the_agent_wrote(home: StatePaths) -> None:
-    from agent_vault.table import width
+    from agent_vault.cli.table import width
 
     with AuditLog(home.audit_db) as log:
         log.append(AuditEvent(event="requested", vault="dev", names=("API_KEY",), reason="R: deploy"))
@@ -186,7 +186,7 @@ def every_parser(
 
 
 def test_every_command_and_option_says_what_it_does() -> None:
-    from agent_vault.cli import _parser
+    from agent_vault.cli.main import _parser
 
     missing = []
     for name, parser in every_parser(_parser()):

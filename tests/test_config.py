@@ -1,4 +1,4 @@
-"""Tests for agent_vault.config: search path, JSON/TOML loading, env: references, errors, redaction."""
+"""Tests for agent_vault.configuration.project: search path, JSON/TOML loading, env: references, errors, redaction."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import ConfigDict, Field
 
-from agent_vault import config as cfg
-from agent_vault.config import (
+from agent_vault.configuration import project as cfg
+from agent_vault.configuration.project import (
     CONFIG_ENV,
     Config,
     VaultConfig,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.approvals.approver import Proof
-from agent_vault.demo import DemoApprover
+from agent_vault.approver.protocol import Proof
+from agent_vault.cli.demo import DemoApprover
 from agent_vault.domain.errors import NotAuthorized
 from tests.conftest import decide_on_page
 from tests.test_factors import make_request
@@ -64,7 +64,7 @@ def test_demo_approved_on_the_page_with_the_demo_code(tmp_path: Path) -> None:
 def test_a_pending_answer_is_shown_as_pending_and_waited_on(tmp_path: Path) -> None:
     """The agent's call returns pending after waitTimeout (1 s here): the demo says so and keeps waiting."""
     env = {**os.environ, "AGENT_VAULT_HOME": str(tmp_path / "user-state"), "TMPDIR": str(tmp_path)}
-    script = "import asyncio, agent_vault.demo as d; raise SystemExit(asyncio.run(d.run_demo(wait_timeout=1)))"
+    script = "import asyncio, agent_vault.cli.demo as d; raise SystemExit(asyncio.run(d.run_demo(wait_timeout=1)))"
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
         env=env,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.audit import EVENTS
-from agent_vault.cli import _parser
-from agent_vault.config import Config, VaultConfig, WebhookConfig, load_config
+from agent_vault.cli.main import _parser
+from agent_vault.configuration.project import Config, VaultConfig, WebhookConfig, load_config
 from agent_vault.home import StatePaths
 from agent_vault.providers.registry import provider_entry_points
+from agent_vault.store.audit import EVENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -97,7 +97,7 @@ def test_every_provider_config_example_loads(block: str, tmp_path: Path) -> None
 
 
 def test_the_readme_client_snippets_are_the_ones_init_prints() -> None:
-    from agent_vault.enrol import mcp_snippet
+    from agent_vault.cli.enrol import mcp_snippet
 
     printed = mcp_snippet(["/path/to/.venv/bin/agent-vault"])
     for line in printed.splitlines():

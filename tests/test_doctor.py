@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from agent_vault.cli.doctor import LIMITS, gather, listening_addresses, report, run_doctor
 from agent_vault.daemon import BrokerServer
-from agent_vault.doctor import LIMITS, gather, listening_addresses, report, run_doctor
 from agent_vault.home import StatePaths, state_paths
 from tests.conftest import TOTP_SECRET, enrol_totp
 
@@ -68,7 +68,7 @@ def test_loose_file_modes_fail(home: StatePaths) -> None:
 
 
 def test_a_tampered_audit_log_fails(home: StatePaths) -> None:
-    from agent_vault.audit import AuditEvent, AuditLog
+    from agent_vault.store.audit import AuditEvent, AuditLog
 
     with AuditLog(home.audit_db) as log:
         log.append(AuditEvent(event="broker_started"))
@@ -81,7 +81,7 @@ def test_a_tampered_audit_log_fails(home: StatePaths) -> None:
 
 @pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("0.0.0.0", False)])
 def test_bind_address_is_read_from_the_kernel(host: str, loopback: bool) -> None:
-    from agent_vault.doctor import _bind_check
+    from agent_vault.cli.doctor import _bind_check
 
     with socket.socket() as sock:
         sock.bind((host, 0))

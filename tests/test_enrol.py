@@ -21,11 +21,11 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from agent_vault.approvals.factors import FactorStore
-from agent_vault.audit import AuditLog
+from agent_vault.approver.factors import FactorStore
+from agent_vault.cli.enrol import record_factor_change
 from agent_vault.daemon import BrokerServer
-from agent_vault.enrol import record_factor_change
 from agent_vault.home import StatePaths
+from agent_vault.store.audit import AuditLog
 from agent_vault.store.sqlite import StateStore
 from tests.conftest import TOTP_SECRET, enrol_totp
 from tests.softauthn import SoftAuthenticator

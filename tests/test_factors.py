@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pyotp
 import pytest
 
-from agent_vault.approvals.approver import Proof
-from agent_vault.approvals.factors import FAILURES_PER_DAY, FactorApprover, FactorStore, token_key
-from agent_vault.approvals.passkeys import Passkeys, purpose_binding
+from agent_vault.approver.factors import FAILURES_PER_DAY, FactorApprover, FactorStore, token_key
+from agent_vault.approver.passkeys import Passkeys, purpose_binding
+from agent_vault.approver.protocol import Proof
 from agent_vault.domain.errors import NotAuthorized
 from agent_vault.domain.request import AccessRequest, Operation, Requester, new_match_code, new_request_id
 from agent_vault.home import StatePaths

@@ -12,9 +12,9 @@ import pytest
 from mcp import Client
 
 from agent_vault.daemon import BrokerServer
-from agent_vault.frontdoor import AgentSession
+from agent_vault.frontdoor.session import AgentSession
+from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
-from agent_vault.mcp_server import build_server
 from agent_vault.providers.dotenv_format import parse
 from tests.conftest import (
     FAKE_KEY,

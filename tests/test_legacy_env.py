@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
+from agent_vault.configuration.legacy_env import locate_config
 from agent_vault.daemon import BrokerServer
 from agent_vault.domain.errors import ConfigError
 from agent_vault.home import StatePaths
-from agent_vault.legacy_env import locate_config
 from tests.conftest import FAKE_KEY, write_project
 
 

@@ -9,8 +9,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+from agent_vault.broker.masking import Masker, StreamMasker
 from agent_vault.domain.secret import SecretValue
-from agent_vault.masking import Masker, StreamMasker
 
 VALUE = "fake-Secret/Value+42=="
 

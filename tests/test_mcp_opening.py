@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from agent_vault import mcp_opening
+from agent_vault.frontdoor import opening as mcp_opening
 from agent_vault.home import StatePaths
 
 ENVELOPE_KEYS = mcp_opening.Replies.load().meta_keys
@@ -123,10 +123,10 @@ def test_the_same_replies_with_and_without_early_answers(name: str, home: StateP
 
 
 def test_the_recording_matches_the_installed_sdk(home: StatePaths) -> None:
-    """Fails when the SDK, our tools or our version changed: run `python -m agent_vault.mcp_opening --record`."""
+    """Fails when the SDK, our tools or our version changed: run `python -m agent_vault.frontdoor.opening --record`."""
     live = anyio.run(mcp_opening.record)
     with open(mcp_opening.REPLIES) as f:
-        assert json.load(f) == live, "stale recording: run python -m agent_vault.mcp_opening --record"
+        assert json.load(f) == live, "stale recording: run python -m agent_vault.frontdoor.opening --record"
 
 
 # --- the pieces, in process ------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_stray_output_cannot_reach_the_client(tmp_path: Path) -> None:
     """After the claim, fd 1 is stderr and fd 0 is empty: a child or a print cannot touch the wire."""
     code = (
         "import os, subprocess, sys\n"
-        "from agent_vault import mcp_opening\n"
+        "from agent_vault.frontdoor import opening as mcp_opening\n"
         "wire = mcp_opening.claim_stdio()\n"
         "print('stray print', flush=True)\n"
         "subprocess.run(['sh', '-c', 'echo stray child; cat'], check=True)\n"

@@ -14,9 +14,9 @@ from mcp import Client
 
 from agent_vault.daemon import BrokerServer
 from agent_vault.domain.request import Status
-from agent_vault.frontdoor import AgentSession
+from agent_vault.frontdoor.session import AgentSession
+from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
-from agent_vault.mcp_server import build_server
 from tests.conftest import (
     FAKE_KEY,
     StepClock,

@@ -32,7 +32,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 DATA = [
     *(p for p in (PACKAGE / "web" / "templates").iterdir() if p.suffix == ".html"),
     *(p for p in (PACKAGE / "web" / "static").iterdir() if p.suffix in (".js", ".css")),
-    PACKAGE / "mcp_replies.json",
+    PACKAGE / "frontdoor" / "mcp_replies.json",
 ]
 
 
@@ -91,13 +91,13 @@ def test_the_wheel_carries_templates_static_files_and_mcp_replies(wheel: Path) -
         assert field in metadata, f"METADATA has no {field!r}"
     assert "Description-Content-Type: text/markdown" in metadata and "# agent-vault" in metadata
     entry_points = zipfile.ZipFile(wheel).read(f"agent_vault-{VERSION}.dist-info/entry_points.txt").decode()
-    assert "agent-vault = agent_vault.cli:main" in entry_points
+    assert "agent-vault = agent_vault.cli.main:main" in entry_points
 
 
 def test_the_sdist_carries_the_sources_and_readme(dist: Path) -> None:
     with tarfile.open(dist / f"agent_vault-{VERSION}.tar.gz") as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
-    assert {"README.md", "pyproject.toml", "PKG-INFO", "src/agent_vault/mcp_replies.json"} <= names
+    assert {"README.md", "pyproject.toml", "PKG-INFO", "src/agent_vault/frontdoor/mcp_replies.json"} <= names
     assert {str(p.relative_to(ROOT)) for p in DATA} <= names
     assert not [n for n in names if n.startswith(".venv/") or "__pycache__" in n]
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent_vault.approvals.factors import FactorStore
-from agent_vault.approvals.passkeys import Passkeys
+from agent_vault.approver.factors import FactorStore
+from agent_vault.approver.passkeys import Passkeys
 from agent_vault.domain.errors import NotAuthorized
 from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
@@ -72,7 +72,7 @@ def test_a_counter_that_did_not_move_says_copied_or_replayed_and_how_to_remove_i
     passkeys, key, factor_id = enrolled
     req = make_request()
     answer = key.assertion(passkeys.approval_options(req), ORIGIN, bump=False)  # count stays at 1
-    with caplog.at_level(logging.DEBUG, logger="agent_vault.approvals.passkeys"):
+    with caplog.at_level(logging.DEBUG, logger="agent_vault.approver.passkeys"):
         with pytest.raises(NotAuthorized) as refused:
             passkeys.check_for_request(req, {"credential": answer})
     message = str(refused.value)

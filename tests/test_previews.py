@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from agent_vault.broker.previews import mask_preview
 from agent_vault.domain.secret import SecretValue
-from agent_vault.previews import mask_preview
 
 
 @pytest.mark.parametrize(

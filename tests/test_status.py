@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from agent_vault.admin import broker_status
+from agent_vault.cli.admin import broker_status
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
 from agent_vault.tunnels.remote import last_status
@@ -126,7 +126,7 @@ async def test_status_when_no_broker_runs(home: StatePaths) -> None:
 
 
 async def test_status_lists_each_active_window(home: StatePaths, tmp_path: Path, start_broker: Any) -> None:
-    from agent_vault.approvals.approver import Proof
+    from agent_vault.approver.protocol import Proof
     from tests.test_broker import YesApprover
 
     server = await start_broker()

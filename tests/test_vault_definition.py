@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_vault.broker import Broker
+from agent_vault.broker.core import Broker
 from agent_vault.domain.errors import ApprovalError
 from agent_vault.domain.request import Operation, Status
 from agent_vault.home import StatePaths
@@ -133,11 +133,11 @@ async def test_the_page_says_which_store_a_vault_reads(home: StatePaths, tmp_pat
 
 
 def test_the_store_line_leaves_out_credentials_and_values_from_env(tmp_path: Path) -> None:
-    from agent_vault.boundaries import ProjectLimits
-    from agent_vault.config import load_config
-    from agent_vault.destinations import parse_allowance
+    from agent_vault.broker.workspace import Workspace
+    from agent_vault.configuration.boundaries import ProjectLimits
+    from agent_vault.configuration.destinations import parse_allowance
+    from agent_vault.configuration.project import load_config
     from agent_vault.domain.errors import ConfigError
-    from agent_vault.workspace import Workspace
 
     path = tmp_path / "agent-vault.toml"
     path.write_text(

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from agent_vault.approvals.factors import FactorStore, token_key
+from agent_vault.approver.factors import FactorStore, token_key
 from agent_vault.web.app import NOT_FOUND
 from tests import web_helpers
 from tests.softauthn import SoftAuthenticator

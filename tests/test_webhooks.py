@@ -18,15 +18,15 @@ import anyio
 import pytest
 
 from agent_vault import __version__
-from agent_vault.audit import AuditEvent, AuditLog, AuditRecord
-from agent_vault.destinations import parse_allowance
-from agent_vault.webhooks import (
+from agent_vault.broker.webhook_delivery import (
     WebhookDispatcher,
     WebhookSink,
     redact_url,
     verify_signature,
     webhook_payload,
 )
+from agent_vault.configuration.destinations import parse_allowance
+from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord
 
 FAKE_VALUE = "s3cr3t-FAKE-VALUE-must-never-leave"
 AUTH = "Bearer AUTH-TOKEN-do-not-print"
@@ -243,7 +243,7 @@ def test_redact_url() -> None:
 def test_verify_signature_rules() -> None:
     headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(time.time()))}
     body = b'{"a":1}'
-    from agent_vault.webhooks import sign
+    from agent_vault.broker.webhook_delivery import sign
 
     for secret in (SIGNING, "a plain string secret"):
         signed = {

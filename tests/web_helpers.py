@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from agent_vault.approvals.factors import FactorStore
-from agent_vault.broker import Session
+from agent_vault.approver.factors import FactorStore
+from agent_vault.broker.core import Session
 from agent_vault.daemon import BrokerServer
 from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.home import StatePaths

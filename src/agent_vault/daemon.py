@@ -28,17 +28,17 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent_vault import __version__
-from agent_vault.approvals.approver import Approver
-from agent_vault.approvals.factors import FactorApprover, FactorStore
-from agent_vault.audit import AuditLog
-from agent_vault.boundaries import ProjectLimits
-from agent_vault.broker import Broker
-from agent_vault.brokerapi import PEER_KEY, create_api
+from agent_vault.approver.factors import FactorApprover, FactorStore
+from agent_vault.approver.protocol import Approver
+from agent_vault.broker.api import PEER_KEY, create_api
+from agent_vault.broker.audit_forwarding import WebhookHub
+from agent_vault.broker.core import Broker
+from agent_vault.broker.limits import RequestLimiter
+from agent_vault.configuration.boundaries import ProjectLimits
+from agent_vault.configuration.settings import settings_path
 from agent_vault.domain.errors import BrokerRunning, ConfigError
-from agent_vault.forwarding import WebhookHub
 from agent_vault.home import StatePaths, private_file
-from agent_vault.limits import RequestLimiter
-from agent_vault.settings import settings_path
+from agent_vault.store.audit import AuditLog
 from agent_vault.store.sqlite import StateStore
 from agent_vault.tunnels.remote import RemoteAccess
 from agent_vault.web.app import WebApp

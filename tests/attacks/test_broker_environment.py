@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
-from agent_vault import audit
-from agent_vault.audit import AuditEvent, AuditLog
-from agent_vault.broker_env import FIXED_PATH, broker_environment
+from agent_vault.frontdoor.broker_env import FIXED_PATH, broker_environment
 from agent_vault.home import StatePaths
+from agent_vault.store import audit
+from agent_vault.store.audit import AuditEvent, AuditLog
 from tests.conftest import free_port, write_project
 
 SITECUSTOMIZE = """\

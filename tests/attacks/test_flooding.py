@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from agent_vault.client import BrokerClient
 from agent_vault.daemon import BrokerServer
 from agent_vault.domain.errors import TooManyRequests
 from agent_vault.domain.request import Status
+from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.home import StatePaths
 from tests import test_channels
 from tests.conftest import StepClock, decide_on_page, enrol_totp, totp_approvers, write_project

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pyotp
 import pytest
 
-from agent_vault.approvals.factors import FAILURES_PER_DAY, FactorStore
+from agent_vault.approver.factors import FAILURES_PER_DAY, FactorStore
 from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
 from agent_vault.store.sqlite import StateStore

@@ -19,14 +19,14 @@ import pyotp
 import pytest
 from mcp import Client
 
-from agent_vault.approvals.factors import FactorStore
-from agent_vault.audit import _row_hash
+from agent_vault.approver.factors import FactorStore
+from agent_vault.cli.doctor import gather
+from agent_vault.cli.enrol import record_factor_change
 from agent_vault.daemon import BrokerServer
-from agent_vault.doctor import gather
-from agent_vault.enrol import record_factor_change
-from agent_vault.frontdoor import AgentSession
+from agent_vault.frontdoor.session import AgentSession
+from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
-from agent_vault.mcp_server import build_server
+from agent_vault.store.audit import _row_hash
 from tests.attacks.test_window_action import approved, text, without_human
 from tests.conftest import FAKE_DB, FAKE_KEY, StepClock, decide_on_page, write_project
 
@@ -246,7 +246,7 @@ async def test_a_decision_appended_to_the_audit_log_while_the_broker_runs_vouche
 ) -> None:
     """The agent writes the `approved` row itself, chained correctly with agent-vault's own code, and a
     window to match: the running broker knows it wrote no such row."""
-    from agent_vault.audit import AuditEvent, AuditLog
+    from agent_vault.store.audit import AuditEvent, AuditLog
 
     agent = AgentSession(home, project)
     async with Client(build_server(agent)) as client:

@@ -18,9 +18,9 @@ from mcp import Client
 from agent_vault.daemon import BrokerServer
 from agent_vault.domain.errors import ApprovalError, ConfigError
 from agent_vault.domain.request import Operation, Status
-from agent_vault.frontdoor import AgentSession
+from agent_vault.frontdoor.session import AgentSession
+from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
-from agent_vault.mcp_server import build_server
 from tests.conftest import StepClock, decide_when_asked, enrol_totp, totp_approvers, write_project
 from tests.test_broker import OK, Clock, make_broker
 

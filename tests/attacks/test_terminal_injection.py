@@ -18,9 +18,9 @@ import pytest
 from mcp import Client
 
 from agent_vault.daemon import BrokerServer
-from agent_vault.frontdoor import AgentSession
+from agent_vault.frontdoor.session import AgentSession
+from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths, ensure_private_dir
-from agent_vault.mcp_server import build_server
 from tests.conftest import StepClock, decide_when_asked, write_project
 from tests.test_cli import cli
 

@@ -16,9 +16,9 @@ import pytest
 from mcp import Client
 
 from agent_vault.daemon import BrokerServer
-from agent_vault.frontdoor import AgentSession
+from agent_vault.frontdoor.session import AgentSession
+from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
-from agent_vault.mcp_server import build_server
 from tests.conftest import FAKE_KEY, StepClock, decide_when_asked, enrol_totp, totp_approvers, write_project
 from tests.test_webhooks import Sink, eventually
 from tests.test_webhooks import make_sink as make_sink  # a fixture: a real HTTP server on 127.0.0.1
@@ -186,8 +186,8 @@ async def test_the_user_allows_their_own_endpoint_and_credential(
 
 
 def test_the_settings_refuse_a_malformed_allowance(home: StatePaths) -> None:
+    from agent_vault.configuration.settings import load_settings
     from agent_vault.domain.errors import SettingsError
-    from agent_vault.settings import load_settings
 
     allow(home, '[webhooks]\nallowPrivate = ["http://127.0.0.1/x"]\n')
     with pytest.raises(SettingsError, match="allowPrivate"):

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent_vault.approvals.factors import FactorStore
+from agent_vault.approver.factors import FactorStore
 from agent_vault.daemon import BrokerServer
 from agent_vault.domain.request import AccessRequest
 from agent_vault.home import StatePaths

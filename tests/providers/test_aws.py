@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from agent_vault.config import load_config, redacted_view
+from agent_vault.configuration.project import load_config, redacted_view
 from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
@@ -703,7 +703,7 @@ def test_loading_an_aws_config_does_not_import_boto3(tmp_path: Path) -> None:
     path = tmp_path / "agent-vault.config.json"
     path.write_text(json.dumps({"vaults": {"cloud": {"type": "aws", "region": REGION}}}))
     code = (
-        "import sys; from pathlib import Path; from agent_vault.config import load_config; "
+        "import sys; from pathlib import Path; from agent_vault.configuration.project import load_config; "
         f"load_config(Path({str(path)!r}), {{}}); "
         "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 was imported'"
     )

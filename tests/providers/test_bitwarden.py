@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from agent_vault.config import load_config, redacted_view
+from agent_vault.configuration.project import load_config, redacted_view
 from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
@@ -750,7 +750,7 @@ def test_loading_a_bitwarden_config_does_not_import_the_sdk(tmp_path: Path) -> N
     section = {"type": "bitwarden", "accessToken": "env:T", "organizationId": ORG}
     path.write_text(json.dumps({"vaults": {"bw": section}}))
     code = (
-        "import sys; from pathlib import Path; from agent_vault.config import load_config; "
+        "import sys; from pathlib import Path; from agent_vault.configuration.project import load_config; "
         f"load_config(Path({str(path)!r}), {{'T': '0.x.y:z'}}); "
         "assert 'bitwarden_sdk' not in sys.modules and 'bitwarden_py' not in sys.modules, 'the SDK was imported'"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent_vault.config import load_config, redacted_view
+from agent_vault.configuration.project import load_config, redacted_view
 
 
 def test_paths_and_ids_named_like_keys_are_shown_credentials_are_not(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent_vault.config import load_config
+from agent_vault.configuration.project import load_config
 from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
@@ -787,7 +787,7 @@ def test_missing_hvac_is_a_config_error_naming_the_pip_command(monkeypatch: pyte
 def test_loading_a_vault_config_does_not_import_hvac(tmp_path: Path) -> None:
     path = write_config(tmp_path, '[vaults.v]\ntype = "openbao"\naddress = "http://127.0.0.1:1"\ntoken = "env:T"\n')
     code = (
-        "import sys; from pathlib import Path; from agent_vault.config import load_config; "
+        "import sys; from pathlib import Path; from agent_vault.configuration.project import load_config; "
         f"load_config(Path({str(path)!r}), {{'T': 'fake-t'}}); "
         "assert 'hvac' not in sys.modules, 'hvac was imported'"
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent_vault.config import load_config, redacted_view
+from agent_vault.configuration.project import load_config, redacted_view
 from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
@@ -689,7 +689,7 @@ def test_loading_a_keepass_config_does_not_import_pykeepass(tmp_path: Path) -> N
     path = tmp_path / "agent-vault.config.json"
     path.write_text(json.dumps({"vaults": {"kp": {"type": "keepass", "file": "x.kdbx", "password": "env:P"}}}))
     code = (
-        "import sys; from pathlib import Path; from agent_vault.config import load_config; "
+        "import sys; from pathlib import Path; from agent_vault.configuration.project import load_config; "
         f"load_config(Path({str(path)!r}), {{'P': 'x'}}); "
         "assert 'pykeepass' not in sys.modules, 'pykeepass was imported'"
     )

@@ -28,7 +28,7 @@ from keyring.backends.SecretService import Keyring as SecretServiceKeyring
 from keyring.errors import KeyringLocked
 from keyrings.alt.file import EncryptedKeyring, PlaintextKeyring
 
-from agent_vault.config import load_config
+from agent_vault.configuration.project import load_config
 from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
@@ -261,7 +261,7 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path: Path, section: str, ex
 def test_loading_a_keyring_config_does_not_import_keyring(tmp_path: Path) -> None:
     path = write_config(tmp_path, 'service = "svc"')
     code = (
-        "import sys; from pathlib import Path; from agent_vault.config import load_config; "
+        "import sys; from pathlib import Path; from agent_vault.configuration.project import load_config; "
         f"load_config(Path({str(path)!r}), {{}}); "
         "assert 'keyring' not in sys.modules, 'keyring was imported'"
     )

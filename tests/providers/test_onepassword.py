@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent_vault.config import load_config, redacted_view
+from agent_vault.configuration.project import load_config, redacted_view
 from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,
@@ -566,7 +566,7 @@ def test_loading_a_1password_config_does_not_import_the_sdk(tmp_path: Path) -> N
     path = tmp_path / "agent-vault.config.json"
     path.write_text(json.dumps({"vaults": {"dev": {"type": "1password", "serviceAccountToken": "env:T"}}}))
     code = (
-        "import sys; from pathlib import Path; from agent_vault.config import load_config; "
+        "import sys; from pathlib import Path; from agent_vault.configuration.project import load_config; "
         f"load_config(Path({str(path)!r}), {{'T': 'ops_x'}}); "
         "assert 'onepassword' not in sys.modules, 'the SDK was imported'"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent_vault.config import load_config
+from agent_vault.configuration.project import load_config
 from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent_vault.config import load_config
+from agent_vault.configuration.project import load_config
 from agent_vault.domain.errors import (
     ConfigError,
     InvalidRequest,

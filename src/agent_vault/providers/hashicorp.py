@@ -31,11 +31,11 @@ from agent_vault.domain.errors import (
     SecretNotFound,
 )
 from agent_vault.domain.grammar import is_valid_name
+from agent_vault.domain.numbers import Number
 from agent_vault.domain.secret import SecretValue
 from agent_vault.domain.untrusted import shown
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.extras import import_extra, install_hint
-from agent_vault.strict_numbers import Number
 
 __all__ = ["INSTALL_HINT", "AppRoleOptions", "HashiCorpVaultOptions", "HashiCorpVaultProvider"]
 

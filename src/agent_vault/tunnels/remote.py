@@ -11,19 +11,19 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from agent_vault.audit import AuditEvent
-from agent_vault.broker import Broker
+from agent_vault.broker.core import Broker
 from agent_vault.channels.base import Channel, Notice
 from agent_vault.channels.hub import ChannelHub
 from agent_vault.channels.registry import channel_class
+from agent_vault.configuration.settings import CommandTunnel as CommandSettings
+from agent_vault.configuration.settings import NgrokTunnel as NgrokSettings
+from agent_vault.configuration.settings import UrlTunnel as UrlSettings
+from agent_vault.configuration.settings import UserSettings, load_settings, settings_path
 from agent_vault.domain.errors import AuditError, ConfigError
 from agent_vault.domain.request import Status
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file
-from agent_vault.settings import CommandTunnel as CommandSettings
-from agent_vault.settings import NgrokTunnel as NgrokSettings
-from agent_vault.settings import UrlTunnel as UrlSettings
-from agent_vault.settings import UserSettings, load_settings, settings_path
+from agent_vault.store.audit import AuditEvent
 from agent_vault.tunnels.base import Tunnel, TunnelStatus, origin_of, public_host
 from agent_vault.tunnels.command import CommandTunnel
 from agent_vault.tunnels.ngrok_sdk import NgrokTunnel

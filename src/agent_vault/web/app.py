@@ -22,16 +22,16 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from agent_vault.approvals.approver import Proof
-from agent_vault.approvals.factors import FactorApprover, FactorStore
-from agent_vault.approvals.passkeys import Passkeys
-from agent_vault.audit import AuditEvent
-from agent_vault.broker import Broker
+from agent_vault.approver.factors import FactorApprover, FactorStore
+from agent_vault.approver.passkeys import Passkeys
+from agent_vault.approver.protocol import Proof
+from agent_vault.broker.core import Broker
+from agent_vault.broker.windows import what_approval_allows
 from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.request import AccessRequest, Operation, Status
 from agent_vault.domain.untrusted import pieces, visible
 from agent_vault.home import is_default
-from agent_vault.policy import what_approval_allows
+from agent_vault.store.audit import AuditEvent
 from agent_vault.web.claims import claim, command_view
 from agent_vault.web.csrf import COOKIE, CsrfTokens
 from agent_vault.web.hardening import ASGIApp, HostAllowlist, hardened, same_origin_post

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from agent_vault.approvals.passkeys import purpose_binding
+from agent_vault.approver.passkeys import purpose_binding
 from agent_vault.domain.errors import AgentVaultError, NotAuthorized
 from agent_vault.web.csrf import COOKIE
 from agent_vault.web.passkey_options import options_response

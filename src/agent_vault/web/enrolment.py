@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent_vault.approvals.factors import EnrolToken, looks_like_totp
-from agent_vault.approvals.passkeys import purpose_binding
+from agent_vault.approver.factors import EnrolToken, looks_like_totp
+from agent_vault.approver.passkeys import purpose_binding
+from agent_vault.broker.integrity import next_factor_set
 from agent_vault.domain.errors import AgentVaultError, NotAuthorized
 from agent_vault.domain.untrusted import visible
-from agent_vault.integrity import next_factor_set
 from agent_vault.web.passkey_options import options_response
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""The approver's factors (passkeys, authenticator codes) and the proofs they give."""

@@ -1,0 +1,235 @@
+"""The broker's API for front doors: JSON over HTTP on the Unix socket in the state dir.
+
+A front door opens a session (its config file, the env values that config refers to, who is
+asking) and then lists, requests and waits. The socket is the user's alone (0600 in a 0700
+dir); each connection's peer credentials (pid, uid) come from the kernel, and a session is
+bound to the process that opened it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent_vault import __version__
+from agent_vault.broker.core import Broker, Outcome, Session
+from agent_vault.broker.generate import parse_spec
+from agent_vault.domain.errors import AgentVaultError, InvalidRequest
+from agent_vault.domain.request import AccessRequest, Operation
+from agent_vault.domain.wire import SESSION_HEADER
+
+PEER_KEY = "agent_vault.peer"
+MAX_WAIT = 60.0
+#: a batch of 100 values of 64 KiB each, with room for JSON escaping
+MAX_BODY = 16 * 2**20
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def peer_of(request: Request) -> tuple[int, int] | None:
+    """(pid, uid) of the connected process, from SO_PEERCRED; None if not on the socket."""
+    peer = request.scope.get(PEER_KEY)
+    return None if peer is None else (int(peer[0]), int(peer[1]))
+
+
+def error_response(exc: AgentVaultError, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status_code=status)
+
+
+def request_view(req: AccessRequest) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "vault": req.vault,
+        "names": list(req.names),
+        "windowed": list(req.windowed),
+        "operation": req.operation.value,
+        "reason": req.reason,
+        "status": req.status.value,
+        "created_at": req.created_at.isoformat(),
+        "expires_at": req.expires_at.isoformat(),
+        "match_code": req.match_code,
+        "scope": req.scope,
+        "ttl_minutes": req.ttl_minutes,
+        "requester": req.requester.to_json(),
+        "extra": req.extra,
+    }
+
+
+def outcome_view(outcome: Outcome) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": outcome.status, "url": outcome.url}
+    if outcome.request is not None:
+        body["request"] = request_view(outcome.request)
+    if outcome.values:
+        # The last hop inside the product: the front door puts these in the tool result.
+        body["values"] = {name: value.reveal() for name, value in outcome.values.items()}
+    body["window_end"] = outcome.window_end.isoformat() if outcome.window_end else None
+    if outcome.progress is not None:
+        body["progress"] = outcome.progress
+    if outcome.run is not None:
+        r = outcome.run
+        body["run"] = {
+            "exit_code": r.exit_code,
+            "stdout": r.stdout,
+            "stderr": r.stderr,
+            "timed_out": r.timed_out,
+            "truncated": r.truncated,
+            "masked": sorted(r.masked),
+            "seconds": r.seconds,
+        }
+    return body
+
+
+def create_api(
+    broker: Broker,
+    on_shutdown: Callable[[], None] | None = None,
+    status_extra: Callable[[], dict[str, Any]] | None = None,
+) -> Starlette:
+    async def body_of(request: Request) -> dict[str, Any]:
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise InvalidRequest(f"the request is larger than {MAX_BODY // 2**20} MiB; send less at once")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidRequest("the request body is not JSON") from exc
+        if not isinstance(data, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        return data
+
+    def session_of(request: Request) -> Session:
+        session = broker.session(request.headers.get(SESSION_HEADER, ""))
+        peer = peer_of(request)
+        if session is None or (peer is not None and session.requester.pid not in (None, peer[0])):
+            raise InvalidRequest("unknown session; the front door must open a session first")
+        return session
+
+    async def open_session(request: Request) -> Response:
+        data = await body_of(request)
+        peer = peer_of(request)
+        client = data.get("client") or {}
+        project = data.get("project") or {}
+        requester = {
+            "client_name": str(client.get("name") or "unknown client")[:100],
+            "client_version": str(client.get("version") or "")[:50],
+            "pid": peer[0] if peer else None,
+            "uid": peer[1] if peer else None,
+            "project_dir": _opt_str(project.get("dir")),
+            "git_remote": _opt_str(project.get("git_remote")),
+        }
+        env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
+        session = broker.open_session(Path(str(data.get("config_path", ""))), env, requester)
+        config = session.workspace.config
+        return JSONResponse(
+            {"session": session.id, "wait_timeout": config.wait_timeout, "vaults": sorted(config.vaults)}
+        )
+
+    async def close_session(request: Request) -> Response:
+        await broker.close_session(session_of(request))
+        return JSONResponse({"closed": True})
+
+    async def list_secrets(request: Request) -> Response:
+        listing = await broker.list_secrets(session_of(request))
+        return JSONResponse({"vaults": listing})
+
+    async def create_request(request: Request) -> Response:
+        session = session_of(request)
+        data = await body_of(request)
+        operation = Operation(str(data.get("operation", "read")))
+        generate = parse_spec(**data["generate"]) if isinstance(data.get("generate"), dict) else None
+        values = data.get("values") if operation is Operation.WRITE else None
+        if operation is Operation.WRITE and generate is None and not isinstance(values, dict):
+            raise InvalidRequest("a write needs a values object mapping names to values")
+        purpose = "inject" if data.get("purpose") == "inject" else "value"
+        run = data.get("run") if purpose == "inject" else None
+        if purpose == "inject" and not isinstance(run, dict):
+            raise InvalidRequest("an inject request needs a run object describing the command")
+        outcome = await broker.request_access(
+            session,
+            str(data.get("vault", "")),
+            data.get("names") or [],
+            data.get("reason"),
+            operation,
+            values,
+            purpose=purpose,
+            run=run,
+            generate=generate,
+            base_env=_str_map(data.get("base_env")) if purpose == "inject" else None,
+        )
+        return JSONResponse(outcome_view(outcome))
+
+    async def wait(request: Request) -> Response:
+        session = session_of(request)
+        try:
+            timeout = min(max(float(request.query_params.get("timeout", "10")), 0.0), MAX_WAIT)
+        except ValueError as exc:
+            raise InvalidRequest("timeout must be a number of seconds") from exc
+        outcome = await broker.wait(session, request.path_params["rid"], timeout)
+        return JSONResponse(outcome_view(outcome))
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "version": __version__,
+                "pid": os.getpid(),
+                "url": broker.base_url,
+                "pending": [request_view(r) for r in broker.pending()],
+                "windows": [w.to_json() for w in broker.windows()],
+                # tunnel, public URL, channels and their last delivery (see tunnels.remote)
+                **(status_extra() if status_extra is not None else {}),
+            }
+        )
+
+    async def revoke(request: Request) -> Response:
+        window = await broker.revoke_window(request.path_params["wid"])
+        return JSONResponse({"revoked": window.to_json()})
+
+    async def shutdown(request: Request) -> Response:
+        if on_shutdown is not None:
+            on_shutdown()
+        return JSONResponse({"stopping": True})
+
+    def guarded(handler: Handler) -> Handler:
+        async def run(request: Request) -> Response:
+            peer = peer_of(request)
+            if peer is not None and peer[1] != os.getuid():
+                return error_response(InvalidRequest("this broker serves only its own user"), 403)
+            try:
+                return await handler(request)
+            except AgentVaultError as exc:
+                return error_response(exc)
+            except ValueError as exc:
+                return error_response(InvalidRequest(f"bad request: {type(exc).__name__}"))
+
+        return run
+
+    routes = [
+        Route("/v1/sessions", guarded(open_session), methods=["POST"]),
+        Route("/v1/sessions/current", guarded(close_session), methods=["DELETE"]),
+        Route("/v1/secrets", guarded(list_secrets), methods=["GET"]),
+        Route("/v1/requests", guarded(create_request), methods=["POST"]),
+        Route("/v1/requests/{rid}/wait", guarded(wait), methods=["GET"]),
+        Route("/v1/status", guarded(status), methods=["GET"]),
+        Route("/v1/windows/{wid}", guarded(revoke), methods=["DELETE"]),
+        Route("/v1/shutdown", guarded(shutdown), methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def _str_map(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if "\x00" not in str(k) + str(v)}
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value in (None, "") else str(value)[:500]

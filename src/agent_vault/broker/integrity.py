@@ -1,0 +1,457 @@
+"""Tampering with the state files is seen: state.db and the audit log vouch for each other.
+
+state.db says what may happen without asking (approved requests, open windows, enrolled factors);
+anyone who can write that file could say anything. So:
+
+- an approval or window is trusted only when the audit log has the `approved` row that made it,
+  with the same vault, names and end (checked once per window, then cached: rows never change);
+- the enrolled factors and `settings.toml` are hashed into the chain whenever agent-vault changes
+  them, so a factor or setting put in by hand does not match the last recorded set;
+- state.db keeps a checkpoint of the chain (row count and head hash), so a deleted, re-created or
+  consistently rebuilt audit log no longer verifies.
+
+What does not match is ignored, reported once as `tamper_detected`, and listed by `agent-vault
+doctor`. This detects; it does not prevent: someone who edits both files consistently is caught
+only by a record kept off the machine (webhooks). See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import tomllib
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent_vault.approver.factors import FactorApprover, FactorStore
+from agent_vault.approver.protocol import Approver
+from agent_vault.domain.errors import AuditError
+from agent_vault.domain.request import AccessRequest, Status
+from agent_vault.home import StatePaths
+from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord
+from agent_vault.store.sqlite import StateStore, Window
+
+log = logging.getLogger("agent_vault.broker.integrity")
+
+#: state.db meta key: the audit chain's row count and head hash, as last seen
+CHECKPOINT = "audit_checkpoint"
+#: audit detail keys
+FACTOR_SET = "factor_set"
+SETTINGS_DIGEST = "settings_digest"
+SETTINGS_KEYS = "settings_keys"
+FACTOR_EVENTS = ("factor_added", "factor_removed", "factors_recorded")
+#: rows only a running broker writes, each the decision behind an approval or window
+DECISION_EVENTS = frozenset({"approved", "auto_approved"})
+#: rows that leave the checkpoint where it is: the hot path of windowed reads, listings, deliveries
+_HOT_EVENTS = frozenset({"auto_approved", "listed", "delivered", "command_finished"})
+#: settings whose new value is safe to print (no credentials); everything else is named only
+_SHOWN = ("tunnel.type", "tunnel.publicUrl", "tunnel.domain", "tunnel.command", "passkeys.rpId", "policy.maxTtlMinutes")
+_LINK_KEYS = ("tunnel.publicUrl", "tunnel.domain")
+_MAX_CACHED = 10_000
+
+UNAUDITED_APPROVAL = (
+    "request {id} is marked approved in state.db, but the audit log has no such decision: it was changed "
+    "outside agent-vault, so nothing was released. Ask again; the user can see what happened with "
+    "`agent-vault doctor`."
+)
+
+
+def approved_window_end(req: AccessRequest) -> datetime | None:
+    """When the window an approval opens ends (None for no window): the `window_end` of its audit row."""
+    if req.ttl_minutes <= 0 or req.decided_at is None:
+        return None
+    return req.decided_at + timedelta(minutes=req.ttl_minutes)
+
+
+def next_factor_set(
+    factors: FactorStore, recorded: Collection[str] | None, added: str | None = None, removed: str | None = None
+) -> list[str]:
+    """The audited factor set after one change made through agent-vault: the last recorded set (or, if
+    none was ever recorded, the factors as they are) plus `added`, minus `removed`. Built from the
+    record, not from state.db, so a factor slipped into state.db is not taken in by a later change."""
+    current = factors.fingerprints()
+    fingerprints = set(current.values() if recorded is None else recorded)
+    if removed is not None:
+        fingerprints.discard(current.get(removed, ""))
+    if added is not None:
+        fingerprints.add(current[added])
+    return sorted(fingerprints)
+
+
+def recorded_factors(audit: AuditLog) -> Collection[str] | None:
+    """The fingerprints of the factor set the audit log last recorded (None: never recorded)."""
+    row = audit.latest_with(FACTOR_SET, FACTOR_EVENTS)
+    return None if row is None else frozenset(row.detail[FACTOR_SET])
+
+
+def recorded_factors_at(paths: StatePaths) -> Collection[str] | None:
+    """`recorded_factors` for commands outside the broker (never creates audit.db)."""
+    if not paths.audit_db.exists():
+        return None
+    with AuditLog(paths.audit_db) as audit:
+        return recorded_factors(audit)
+
+
+def guard_at(paths: StatePaths, approver: FactorApprover) -> None:
+    """For commands outside the broker: `approver` refuses factors missing from the audited set."""
+    approver.recorded = lambda: recorded_factors_at(paths)
+
+
+class Integrity:
+    """The broker's side: vouches for windows and approvals, records baselines, reports tampering."""
+
+    def __init__(self, store: StateStore, audit: AuditLog) -> None:
+        self._store = store
+        self._audit = audit
+        self._factors = FactorStore(store)
+        self._windows: dict[str, bool] = {}
+        self._reported: set[str] = set()
+        #: what was found since this broker started, for a warning on the approval page (latest few)
+        self.warnings: list[str] = []
+        # Before anything is appended: a checkpoint moved past a re-created log would hide it.
+        self.audit_problem = checkpoint_problem(store, audit)
+        #: the first row this broker appended, and the decision rows it appended since: while it runs it
+        #: writes every decision, so a decision row after its first that it did not write was appended
+        #: to audit.db from outside (by someone who can compute the chain, e.g. with our own code)
+        self._first_own: int | None = None
+        self._own_decisions: set[int] = set()
+        audit.listeners.append(self._note_own)
+        audit.listeners.append(self._checkpoint)
+
+    def guard(self, approver: Approver) -> None:
+        """Make `approver` refuse factors that are not in the audited factor set."""
+        if isinstance(approver, FactorApprover):
+            approver.recorded = self.recorded_factors
+
+    # -- windows and approvals --------------------------------------------------------------------
+
+    def window(self, window: Window) -> bool:
+        """Whether the audit log holds the approval that opened `window` (cached per window)."""
+        verdict = self._windows.get(window.id)
+        if verdict is None:
+            row = self._audit.approval(window.request_id)
+            verdict = window_audited(window, row) and not self._appended_outside(row)
+            if len(self._windows) >= _MAX_CACHED:
+                self._windows.pop(next(iter(self._windows)))
+            self._windows[window.id] = verdict
+            if not verdict:
+                what = f"{window.vault}/{window.name or '*'}"
+                self.report(window.id, f"window {window.id} ({what}) has no audited approval; it was ignored")
+        return verdict
+
+    def approval(self, req: AccessRequest, *, in_flight: bool = False) -> bool | None:
+        """Whether the audit log holds the decision that approved `req`; None while this broker is still
+        writing it (`in_flight`); False (reported) when state.db was edited to approve it."""
+        row = self._audit.approval(req.id)
+        if request_audited(req, row) and not self._appended_outside(row):
+            return True
+        if in_flight:
+            return None
+        self.report(req.id, f"request {req.id} was marked approved without an audited decision; nothing released")
+        return False
+
+    def _note_own(self, record: AuditRecord) -> None:
+        if self._first_own is None:
+            self._first_own = record.id
+        if record.event in DECISION_EVENTS and record.request_id is not None:  # not every windowed read
+            self._own_decisions.add(record.id)
+
+    def _appended_outside(self, row: AuditRecord | None) -> bool:
+        """A decision row written after this broker started, but not by it."""
+        first = self._first_own
+        return row is not None and first is not None and row.id > first and row.id not in self._own_decisions
+
+    def report(self, object_id: str, why: str) -> None:
+        """One `tamper_detected` row per object and broker run (never per read)."""
+        if object_id in self._reported:
+            return
+        self._reported.add(object_id)
+        self._warn(why)
+        try:
+            self._audit.append(AuditEvent(event="tamper_detected", detail={"object": object_id, "why": why}))
+        except AuditError:
+            log.exception("could not record the tampering")
+
+    # -- factors, settings, the chain -------------------------------------------------------------
+
+    def recorded_factors(self) -> Collection[str] | None:
+        return recorded_factors(self._audit)
+
+    def on_start(self, settings: Path) -> list[str]:
+        """At broker start: report a broken checkpoint, then compare factors and settings with the audit
+        (taking them as the user's the first time). Returns what was found, for the log."""
+        found = []
+        if self.audit_problem is not None:
+            found.append(self.audit_problem)
+            self.report(CHECKPOINT, self.audit_problem)
+            self.audit_problem = None
+        recorded = self.recorded_factors()
+        current = self._factors.fingerprints()
+        if recorded is None:
+            self._append("factors_recorded", {FACTOR_SET: sorted(current.values()), "via": "first broker start"})
+        else:
+            for fid in sorted(fid for fid, fp in current.items() if fp not in recorded):
+                found.append(f"factor {fid} is not in the audited factor set: it cannot approve")
+                self.report(f"factor:{fid}", found[-1])
+        change = settings_change(settings, self._audit)
+        if change is None:
+            digest, keys = settings_snapshot(settings)
+            self._append("settings_accepted", {SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys, "via": "first start"})
+        elif change.digest != change.accepted_digest:
+            found.append(change.describe())
+            self._warn(found[-1])
+            last = self._audit.latest_with(SETTINGS_DIGEST, ("settings_changed",))
+            if last is None or last.id < change.accepted_id or last.detail[SETTINGS_DIGEST] != change.digest:
+                detail = {SETTINGS_DIGEST: change.digest, "changed": change.keys, "why": found[-1]}
+                self._append("settings_changed", detail)  # once per new version of the file
+        return found
+
+    def _warn(self, why: str) -> None:
+        log.warning("tampering detected: %s", why)
+        self.warnings = [*self.warnings[-4:], why]
+
+    def _append(self, event: str, detail: dict[str, Any]) -> None:
+        self._audit.append(AuditEvent(event=event, detail=detail))
+
+    def _checkpoint(self, record: AuditRecord) -> None:
+        if record.event in _HOT_EVENTS or self.audit_problem is not None:
+            return  # a broken checkpoint stays until a broker start has reported it
+        try:
+            self._store.set_meta(CHECKPOINT, _mark(record))
+        except sqlite3.Error:
+            log.exception("could not record the audit checkpoint in state.db")
+
+
+# -- matching rows --------------------------------------------------------------------------------
+
+
+def window_audited(window: Window, row: AuditRecord | None) -> bool:
+    """The `approved` row matches the window: vault, name (or whole vault), end, config and action."""
+    if row is None or row.event != "approved" or row.vault != window.vault or row.window_end != window.ends_at:
+        return False
+    if (window.name is None) != (row.scope == "vault") or (window.name is not None and window.name not in row.names):
+        return False
+    config, action = row.detail.get("config"), row.detail.get("action")
+    return (config is None or config == window.workspace) and (action is None or action == window.action)
+
+
+def request_audited(req: AccessRequest, row: AuditRecord | None) -> bool:
+    """The `approved` / `auto_approved` row matches the request: vault, operation, names, window end."""
+    if row is None or row.vault != req.vault or row.operation != req.operation.value:
+        return False
+    if tuple(row.names) not in (req.names, req.all_names):
+        return False
+    return row.event != "approved" or row.window_end == approved_window_end(req)
+
+
+# -- the checkpoint of the chain ------------------------------------------------------------------
+
+
+def _mark(record: AuditRecord) -> str:
+    return json.dumps({"rows": record.id, "head": record.hash, "at": record.ts.isoformat()})
+
+
+def checkpoint_problem(store: StateStore, audit: AuditLog | None) -> str | None:
+    """What is wrong with the audit log compared with the checkpoint in state.db (None: nothing).
+    `audit` None means audit.db does not exist."""
+    raw = store.get_meta(CHECKPOINT)
+    if raw is None:
+        return None
+    try:
+        mark = json.loads(raw)
+        rows, head, at = int(mark["rows"]), str(mark["head"]), str(mark["at"])
+    except (ValueError, KeyError, TypeError):
+        return "the audit checkpoint in state.db is unreadable: state.db was edited outside agent-vault"
+    fix = (
+        "Fix: restore audit.db from a backup, compare it with what your webhooks sent, and treat approvals "
+        "since then as unverified (docs/audit.md)."
+    )
+    row = audit.row(rows) if audit is not None else None
+    if row is None:
+        return (
+            f"audit.db is missing or was re-created: state.db recorded at least {rows} rows, chain head "
+            f"{head[:16]}... (at {at}). {fix}"
+        )
+    if row.hash != head:
+        return (
+            f"audit.db was rewritten: row {rows} has hash {row.hash[:16]}..., but state.db recorded chain head "
+            f"{head[:16]}... at {at} (a rebuilt chain). {fix}"
+        )
+    return None
+
+
+@contextmanager
+def _opened(paths: StatePaths) -> Iterator[tuple[StateStore, AuditLog | None]]:
+    """state.db and (if it exists: never create it here) audit.db."""
+    store = StateStore(paths.state_db)
+    audit = AuditLog(paths.audit_db) if paths.audit_db.exists() else None
+    try:
+        yield store, audit
+    finally:
+        store.close()
+        if audit is not None:
+            audit.close()
+
+
+def audit_problem(paths: StatePaths) -> str | None:
+    """For `audit verify`: the checkpoint compared with the log, without creating either file."""
+    if not paths.state_db.exists():
+        return None
+    with _opened(paths) as (store, audit):
+        return checkpoint_problem(store, audit)
+
+
+# -- settings.toml --------------------------------------------------------------------------------
+
+
+def settings_snapshot(path: Path) -> tuple[str, list[list[str]]]:
+    """(digest of the file, [[dotted key, digest of its value], ...]): digests only, never values."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return hashlib.sha256(b"(no settings.toml)").hexdigest(), []
+    keys: list[list[str]] = []
+    with suppress(tomllib.TOMLDecodeError, UnicodeDecodeError):
+        for key, value in _leaves(tomllib.loads(data.decode()), ""):
+            keys.append([key, hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()[:16]])
+    return hashlib.sha256(data).hexdigest(), keys
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list) and any(isinstance(item, dict) for item in node):
+        for index, item in enumerate(node):
+            yield from _leaves(item, f"{prefix}[{index}]")
+    else:
+        yield prefix, node
+
+
+class SettingsChange:
+    """settings.toml now, against the version last accepted in the audit log."""
+
+    def __init__(self, path: Path, accepted: AuditRecord) -> None:
+        self.path = path
+        self.digest, current = settings_snapshot(path)
+        self.accepted_digest = str(accepted.detail[SETTINGS_DIGEST])
+        self.accepted_id = accepted.id
+        self.since = accepted.ts
+        before = {k: d for k, d in accepted.detail.get(SETTINGS_KEYS, [])}
+        now = dict((k, d) for k, d in current)
+        self.keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        self._added = now.keys() - before.keys()
+        self._removed = before.keys() - now.keys()
+
+    def describe(self) -> str:
+        parts = [self._describe_key(key) for key in self.keys[:6]]
+        if len(self.keys) > 6:
+            parts.append(f"and {len(self.keys) - 6} more")
+        what = "; ".join(parts) or "the file's content"
+        return (
+            f"{self.path.name} changed since {self.since.isoformat(timespec='seconds')} outside agent-vault: {what}. "
+            "If you made this change: `agent-vault settings accept`; if not, restore the file."
+        )
+
+    def _describe_key(self, key: str) -> str:
+        if key in self._removed:
+            return f"{key} was removed"
+        if key in _SHOWN:
+            value = _value_at(self.path, key)
+            if key in _LINK_KEYS:
+                return f"{key} is now {value} (approval links now go to {value})"
+            return f"{key} is now {value}"
+        return f"{key} was added" if key in self._added else f"{key} changed"
+
+
+def _value_at(path: Path, key: str) -> str:
+    with suppress(OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        for leaf, value in _leaves(tomllib.loads(path.read_text(encoding="utf-8")), ""):
+            if leaf == key:
+                return str(value)
+    return "?"
+
+
+def settings_change(path: Path, audit: AuditLog) -> SettingsChange | None:
+    """None when no settings were ever recorded; otherwise the comparison (maybe without a change)."""
+    accepted = audit.latest_with(SETTINGS_DIGEST, ("settings_accepted",))
+    return None if accepted is None else SettingsChange(path, accepted)
+
+
+def accept_settings(paths: StatePaths, prove: Callable[[FactorStore], str]) -> str:
+    """`agent-vault settings accept`: with proof from a factor (`prove`, on the user's terminal), record
+    settings.toml as the user's."""
+    from agent_vault.configuration.settings import load_settings, settings_path
+
+    path = settings_path(paths)
+    load_settings(paths)  # refuse a file the broker would refuse (syntax, keys, permissions)
+    digest, keys = settings_snapshot(path)
+    with _opened(paths) as (store, audit):
+        if audit is None:
+            raise AuditError(f"no audit log at {paths.audit_db}: start the broker once (`agent-vault serve`)")
+        change = settings_change(path, audit)
+        if change is not None and change.digest == change.accepted_digest:
+            return f"{path.name} is unchanged since {change.since.isoformat(timespec='seconds')}; nothing to accept"
+        print(change.describe() if change is not None else f"{path.name} was never recorded")
+        factors = FactorStore(store)
+        via = prove(factors) if factors.all() else "no factor enrolled"
+        if checkpoint_problem(store, audit) is None:  # never move a checkpoint past a broken log
+            audit.listeners.append(lambda row: store.set_meta(CHECKPOINT, _mark(row)))
+        audit.append(AuditEvent(event="settings_accepted", detail={SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys,
+                                                                    "via": via}))  # fmt: skip
+    return f"accepted {path} as it is now ({len(keys)} settings); `agent-vault doctor` no longer flags it"
+
+
+# -- what doctor shows ----------------------------------------------------------------------------
+
+
+def inspect(paths: StatePaths, settings: Path) -> list[tuple[str, str]]:
+    """(level, text) for each sign of tampering: the checkpoint, windows and approvals without an
+    audited decision, factors outside the audited set, changed settings, and what brokers reported."""
+    if not paths.state_db.exists():
+        return []
+    with _opened(paths) as (store, audit):
+        found = []
+        problem = checkpoint_problem(store, audit)
+        if problem is not None:
+            found.append(("FAIL", problem))
+        if audit is None:
+            return found
+        found += _state_findings(store, audit)
+        change = settings_change(settings, audit)
+        if change is not None and change.digest != change.accepted_digest:
+            found.append(("FAIL", change.describe()))
+        for row in audit.list(event="tamper_detected", limit=5):
+            found.append(("warn", f"a broker saw tampering at {row.ts.isoformat(timespec='seconds')}: "
+                                  f"{row.detail.get('why')}"))  # fmt: skip
+    if not found:
+        found.append(("ok", "state.db agrees with the audit log: windows, approvals, factors and settings"))
+    return found
+
+
+def _state_findings(store: StateStore, audit: AuditLog) -> list[tuple[str, str]]:
+    found = []
+    for w in store.active_windows(datetime.now(UTC)):
+        if not window_audited(w, audit.approval(w.request_id)):
+            found.append(("FAIL", f"window {w.id} ({w.vault}/{w.name or '*'}) has no audited approval: it was "
+                                  "put into state.db outside agent-vault and lets nothing through. Fix: "
+                                  f"`agent-vault grants revoke {w.id}`"))  # fmt: skip
+    for req in store.requests_with_status(Status.APPROVED):
+        if not request_audited(req, audit.approval(req.id)):
+            found.append(("FAIL", f"request {req.id} is marked approved in state.db without an audited decision "
+                                  "(edited outside agent-vault); nothing will be released for it"))  # fmt: skip
+    latest = audit.latest_with(FACTOR_SET, FACTOR_EVENTS)
+    if latest is not None:
+        recorded = set(latest.detail[FACTOR_SET])
+        for fid, fp in sorted(FactorStore(store).fingerprints().items()):
+            if fp not in recorded:
+                found.append(("FAIL", f"factor {fid} is not in the factor set the audit log recorded "
+                                      f"({latest.ts.isoformat(timespec='seconds')}): it was added or changed "
+                                      "outside agent-vault and cannot approve. Fix: remove it with "
+                                      f"`agent-vault factors remove {fid}`"))  # fmt: skip
+    return found

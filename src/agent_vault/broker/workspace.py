@@ -1,0 +1,206 @@
+"""A workspace: one config file as the broker sees it, with its providers and webhooks.
+
+Front doors in different projects point at different config files; each becomes a workspace,
+keyed by the config's real path. Windows belong to a workspace, so a vault named "dev" in
+one project never unlocks "dev" in another. Edits to the config are picked up on next use.
+
+A vault that reads a file or directory is bound to where that path resolves now: each lookup of
+`definitions[vault]` resolves it again (symlinks included, one stat), and `provider(vault)` reads
+exactly the path that lookup saw. Callers take the provider right after the definition check, with
+no `await` between, so a symlink re-pointed at any moment cannot slip another file in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent_vault.configuration.boundaries import (
+    ProjectLimits,
+    StoreLocation,
+    locate_stores,
+    pinned,
+    project_problems,
+    resolved_paths,
+)
+from agent_vault.configuration.project import Config, VaultConfig, load_config, redacted_view
+from agent_vault.domain.errors import ConfigError, InvalidRequest
+from agent_vault.providers.base import ProviderContext, SecretProvider
+from agent_vault.providers.registry import provider_class
+
+
+class Workspace:
+    def __init__(self, path: Path, env: Mapping[str, str], limits: ProjectLimits | None = None) -> None:
+        self.path = path
+        self.key = str(path)
+        self._env = dict(env)
+        #: what the user's settings let this (agent-editable) config point at
+        self.limits = limits or ProjectLimits()
+        self._stamp: tuple[int, int] | None = None
+        self._providers: dict[str, SecretProvider] = {}
+        #: vault name -> where its path options resolved at the last look
+        self._pins: dict[str, tuple[StoreLocation, ...]] = {}
+        self._static: dict[str, str] = {}
+        self._views: dict[str, Mapping[str, object]] = {}
+        #: vault name -> a digest of what the vault reads from (type, options, directory, resolved files)
+        self.definitions: Mapping[str, str] = _Definitions(self)
+        #: vault name -> where it reads from, for the approval page (no credential, nothing from env:)
+        self.stores: Mapping[str, str] = _Stores(self)
+        self.config: Config = self._load()
+
+    def _load(self) -> Config:
+        st = os.stat(self.path)
+        config = load_config(self.path, self._env)
+        pins = {name: locate_stores(name, vault, self.limits) for name, vault in config.vaults.items()}
+        problems = project_problems(config, self.limits, pins)
+        if problems:
+            raise ConfigError("\n".join(f"{self.path}: {problem}" for problem in problems))
+        self._stamp = (st.st_mtime_ns, st.st_size)
+        self._providers = {}
+        self._pins = pins
+        self._static = {name: _definition(vault) for name, vault in config.vaults.items()}
+        views = redacted_view(config)["vaults"]
+        self._views = {name: views[name] for name in config.vaults}
+        self.config = config
+        return config
+
+    def refresh(self) -> bool:
+        """Reload when the file changed; True if it did. An invalid edit raises ConfigError."""
+        st = os.stat(self.path)
+        if (st.st_mtime_ns, st.st_size) == self._stamp:
+            return False
+        self.config = self._load()
+        return True
+
+    def vault(self, name: str) -> VaultConfig:
+        vault = self.config.vaults.get(name)
+        if vault is None:
+            known = ", ".join(sorted(self.config.vaults))
+            raise InvalidRequest(f"unknown vault {name!r}; configured vaults: {known}. Call list_secrets.")
+        return vault
+
+    def provider(self, name: str) -> SecretProvider:
+        """The provider of vault `name`, reading the paths the last `definitions[name]` resolved."""
+        vault = self.vault(name)
+        locations = self._allowed(self._pins.get(name, ()))
+        provider = self._providers.get(name)
+        if provider is None:
+            provider = build_provider(name, pinned(vault, locations))
+            self._providers[name] = provider
+        return provider
+
+    def _locate(self, name: str) -> tuple[StoreLocation, ...]:
+        """Resolve vault `name`'s paths again; a path that now leads elsewhere gets a new provider."""
+        locations = locate_stores(name, self.config.vaults[name], self.limits)
+        if [loc.real for loc in locations] != [loc.real for loc in self._pins.get(name, ())]:
+            self._providers.pop(name, None)
+        self._pins[name] = locations
+        return locations
+
+    def _allowed(self, locations: tuple[StoreLocation, ...]) -> tuple[StoreLocation, ...]:
+        """`locations`, or the ConfigError saying which one leads outside the project."""
+        problem = next((loc.problem for loc in locations if loc.problem), None)
+        if problem is not None:
+            raise ConfigError(f"{self.path}: {problem}")
+        return locations
+
+    def _definition_now(self, name: str) -> str:
+        locations = self._allowed(self._locate(name))
+        if not locations:
+            return self._static[name]
+        what = [self._static[name], [loc.identity() for loc in locations]]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
+
+    def _store_now(self, name: str) -> str:
+        vault = self.config.vaults[name]
+        return _store_line(vault.type, self._views[name], resolved_paths(self._pins.get(name, ())))
+
+
+class _Definitions(Mapping[str, str]):
+    """`definitions[vault]`, computed on each lookup. A vault whose path now leads outside the project
+    raises ConfigError on `[]` and is None for `get`: it matches no approval."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self._ws = workspace
+
+    def __getitem__(self, name: str) -> str:
+        return self._ws._definition_now(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except (KeyError, ConfigError):
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ws.config.vaults)
+
+    def __len__(self) -> int:
+        return len(self._ws.config.vaults)
+
+
+class _Stores(_Definitions):
+    """`stores[vault]`: the approval page's `Store:` line, with the paths the last definition resolved."""
+
+    def __getitem__(self, name: str) -> str:
+        return self._ws._store_now(name)
+
+
+def build_provider(name: str, vault: VaultConfig) -> SecretProvider:
+    """The provider for vault `name` as configured (its SDK is imported here, if it has one)."""
+    cls = provider_class(vault.type)
+    ctx = ProviderContext(vault=name, base_dir=vault.base_dir, writable=vault.writable)
+    return cls(vault.options, ctx)  # type: ignore[call-arg]
+
+
+def _definition(vault: VaultConfig) -> str:
+    """A digest of which store a vault section points at: requests and windows are bound to it, so an
+    edit that points a vault name at another store (or file, account, path) unlocks nothing approved
+    before. Credentials enter the digest (another token may be another account); only the digest is kept.
+    Delivery ("value" or "inject", per vault and per secret) enters it too."""
+    what = {
+        "type": vault.type,
+        "options": vault.options.model_dump(mode="json"),
+        "dir": str(vault.base_dir),
+        # how values may leave: taking "inject" away must not turn an approved command into reads
+        "delivery": vault.delivery,
+        "secrets": {name: policy.delivery for name, policy in sorted(vault.secrets.items()) if policy.delivery},
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+#: keys every vault has: not part of where it reads from
+_COMMON_KEYS = {"type", "ttl", "ttlScope", "writable", "delivery", "secrets"}
+
+
+def _store_line(type_name: str, view: Mapping[str, object], resolved: Mapping[str, str] | None = None) -> str:
+    """`pass: storeDir ~/.password-store, prefix agents`: the provider and its plain settings, each path
+    followed by where it resolves (`file .env.secrets → /home/me/p/.env.secrets`)."""
+    parts = []
+    for key, value in view.items():
+        if resolved and key in resolved:
+            written = value if isinstance(value, str) and not value.startswith("<redacted") else None
+            shown_path = resolved[key] if written in (None, resolved[key]) else f"{written} → {resolved[key]}"
+            parts.append(f"{key} {shown_path}")
+            continue
+        if (
+            key in _COMMON_KEYS
+            or value in (None, "", [], {})
+            or (isinstance(value, str) and value.startswith("<redacted"))
+        ):
+            continue
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        if isinstance(shown, dict):
+            continue
+        parts.append(f"{key} {shown}")
+    line = f"{type_name}: {', '.join(parts)}" if parts else type_name
+    return line if len(line) <= 300 else line[:299] + "…"
+
+
+def env_fingerprint(env: Mapping[str, str]) -> str:
+    blob = json.dumps(sorted(env.items())).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,377 @@
+"""The command line: each subcommand parses its arguments and calls the core.
+
+`agent-vault` with no arguments is the MCP front door (stdio), as MCP clients launch it.
+Nothing here prints to stdout in front-door mode: stdout is the MCP channel.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from agent_vault import __version__
+from agent_vault.domain.errors import AgentVaultError
+
+if TYPE_CHECKING:
+    import argparse
+
+
+Handler = Callable[["argparse.Namespace"], int]
+T = TypeVar("T")
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="agent-vault",
+        description="A human between your AI coding agent and your secrets. With no command: the MCP server.",
+    )
+    p.add_argument("--version", action="version", version=f"agent-vault {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(group: Any, name: str, text: str, **kw: Any) -> argparse.ArgumentParser:
+        """A subcommand whose one line in the list above it is also its own `--help` description."""
+        parser: argparse.ArgumentParser = group.add_parser(name, help=text, description=text, **kw)
+        return parser
+
+    def actions(parser: argparse.ArgumentParser) -> Any:
+        return parser.add_subparsers(dest="action", metavar="ACTION")
+
+    command(sub, "mcp", "run the MCP server on stdio (what MCP clients launch; the default)")
+    serve = command(sub, "serve", "run the broker in the foreground (approval pages, dashboard, channels, tunnel)")
+    serve.add_argument("--port", type=int, help="approval page port on 127.0.0.1 (default: config port or 9999)")
+    status = command(
+        sub, "status", "show the broker, its URLs, tunnel, push channels, pending requests and active windows"
+    )
+    status.add_argument("--json", action="store_true", help="the broker's whole status as JSON")
+    command(sub, "stop", "stop the running broker")
+
+    config = actions(command(sub, "config", "check the configuration agent-vault would use here"))
+    check = command(config, "check", "show the resolved config (credentials redacted) and its file")
+    check.add_argument("--config", help="check this file instead of searching")
+    check.add_argument(
+        "--probe", action="store_true", help="also ask each vault's store for its names (no value is read)"
+    )
+
+    grants = actions(command(sub, "grants", "approval windows: list them, end them now"))
+    glist = command(grants, "list", "list active approval windows: what each allows and how long it has left")
+    glist.add_argument("--json", action="store_true", help="print the windows as JSON (exact text, for scripts)")
+    grevoke = command(grants, "revoke", "end an approval window now")
+    grevoke.add_argument("window", nargs="?", help="window id from `grants list`")
+    grevoke.add_argument("--all", action="store_true", help="end every active window")
+
+    audit = actions(command(sub, "audit", "the audit log: list events, verify the hash chain"))
+    alist = command(audit, "list", "list audit events, newest first")
+    alist.add_argument("--since", help="only events at or after this ISO date or datetime (UTC)")
+    alist.add_argument("--until", help="only events before this ISO date or datetime (UTC)")
+    alist.add_argument("--vault", help="only events about this vault")
+    alist.add_argument("--name", help="only events about this secret name")
+    alist.add_argument("--event", help="only this event, e.g. approved, denied, delivered (docs/audit.md)")
+    alist.add_argument("--request", help="only events of this request id")
+    alist.add_argument("--limit", type=_positive, default=50, help="show at most this many events (default 50)")
+    alist.add_argument("--json", action="store_true", help="print the events as JSON (exact text, for scripts)")
+    command(audit, "verify", "check the hash chain; names the first altered or missing row")
+
+    init = command(sub, "init", "one-time set-up on a terminal: enrol how you approve, get recovery codes")
+    init.add_argument("--passkey", action="store_true", help="enrol a passkey via a one-time link (the default)")
+    init.add_argument(
+        "--totp",
+        action="store_true",
+        help="enrol an authenticator app (TOTP) instead of a passkey, e.g. on a remote machine; with --passkey, both",
+    )
+    init.add_argument("--port", type=int, help="broker port if init has to start it (default: config or 9999)")
+    factors = actions(command(sub, "factors", "how you approve: list, add, remove, new recovery codes"))
+    command(factors, "list", "list enrolled passkeys and authenticator apps")
+    fadd = command(factors, "add", "enrol another factor (needs proof from an existing one)")
+    fadd.add_argument("--passkey", action="store_true", help="add a passkey, through a one-time link")
+    fadd.add_argument("--totp", action="store_true", help="add an authenticator app (TOTP), by scanning a QR code")
+    fremove = command(factors, "remove", "remove a factor (needs proof from an existing one)")
+    fremove.add_argument("factor", help="factor id from `factors list`")
+    command(factors, "recovery-codes", "replace your recovery codes (needs proof)")
+    command(sub, "doctor", "show which protections are in force, and what is not protected")
+    settings = actions(command(sub, "settings", "your settings.toml in the state directory"))
+    command(settings, "accept", "record settings.toml as yours after you changed it (needs proof)")
+    run = command(
+        sub,
+        "run",
+        "run a command with secrets in its environment, after approval; output masked",
+        usage="agent-vault run --env VAR=vault/secret [--env ...] [--reason TEXT] [--timeout S] -- command [args ...]",
+    )
+    run.add_argument(
+        "--env",
+        action="append",
+        required=True,
+        metavar="VAR=vault/secret",
+        help="put this secret in the command's environment as VAR (repeat for more)",
+    )
+    run.add_argument("--reason", default="run by hand with agent-vault run", help="why, as the approval page shows it")
+    run.add_argument("--timeout", type=float, help="seconds before the command is stopped (default 300)")
+    run.add_argument("--shell", action="store_true", help="run the single command string with /bin/sh -c")
+    run.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="command", help="the command and its arguments, after --"
+    )
+    demo = command(sub, "demo", "try the whole flow in a sandbox with a scripted agent")
+    demo.add_argument("--yes", action="store_true", help="approve automatically (no browser needed)")
+    return p
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return number
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in ([], ["mcp"]):  # what MCP clients run: no argparse on the way to the first answer
+        return _guarded(lambda: _mcp(None))
+    args = _parser().parse_args(argv)
+    command = args.command or "mcp"
+    handler = _handlers().get(command)
+    if handler is None:
+        _parser().print_help(sys.stderr)
+        return 2
+    return _guarded(lambda: handler(args))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Run `command`; our errors become one line on stderr and exit status 1."""
+    try:
+        return command()
+    except AgentVaultError as exc:
+        from agent_vault.domain.untrusted import terminal
+
+        print(terminal(f"agent-vault: {exc}"), file=sys.stderr)  # errors can quote what an agent sent
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _show(text: str) -> None:
+    """Print what a command shows: agent-written text in it cannot move the cursor, erase rows or
+    hide itself (JSON output is already escaped, so it stays exact)."""
+    from agent_vault.domain.untrusted import terminal
+
+    print(terminal(text))
+
+
+def _handlers() -> dict[str, Handler]:
+    return {
+        "mcp": _mcp,
+        "serve": _serve,
+        "status": _status,
+        "stop": _stop,
+        "config": _config,
+        "grants": _grants,
+        "audit": _audit,
+        "init": _init,
+        "factors": _factors,
+        "doctor": _doctor,
+        "settings": _settings,
+        "demo": _demo,
+        "run": _run,
+    }
+
+
+def _mcp(args: argparse.Namespace | None) -> int:
+    import threading
+
+    from agent_vault.frontdoor import opening as mcp_opening
+
+    replies = mcp_opening.Replies.load() if mcp_opening.enabled() else None
+    if replies is None or not replies.fit():
+        threading.Thread(target=_prestart, daemon=True).start()
+        return _serve_mcp(None)
+    # Answer the session's opening from the SDK's recorded replies while, in the background, the
+    # SDK loads and the broker (if none runs) starts. Everything the first answer needs is ready
+    # before those threads start, and they yield the interpreter every 0.5 ms meanwhile.
+    opening = mcp_opening.Opening(mcp_opening.claim_stdio(), replies)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    threading.Thread(target=_prestart, daemon=True).start()
+    loading = threading.Thread(target=_load_mcp_server, daemon=True)
+    loading.start()
+    try:
+        if not opening.serve():
+            return 0  # the client left before it needed the real server
+        loading.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return _serve_mcp(opening.hand_over())
+
+
+def _serve_mcp(streams: tuple[Any, Any] | None) -> int:
+    from agent_vault.frontdoor.session import AgentSession
+    from agent_vault.frontdoor.tools import serve_stdio
+    from agent_vault.home import state_paths
+
+    _arun(serve_stdio(AgentSession(state_paths()), streams))
+    return 0
+
+
+def _load_mcp_server() -> None:
+    import agent_vault.frontdoor.session
+    import agent_vault.frontdoor.tools  # noqa: F401 (the import is the slow part being overlapped)
+
+
+def _prestart() -> None:
+    from agent_vault.configuration.legacy_env import locate_config
+    from agent_vault.configuration.project import load_config
+    from agent_vault.frontdoor.launcher import prestart
+    from agent_vault.home import state_paths
+
+    paths = state_paths()
+    try:
+        port = load_config(locate_config()).port
+    except AgentVaultError:  # no usable config: the first tool call says which file and key
+        return
+    prestart(paths, port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from agent_vault.daemon import serve
+    from agent_vault.home import state_paths
+
+    _arun(serve(state_paths(), args.port or _config_port()))
+    return 0
+
+
+def _config_port() -> int:
+    from agent_vault.configuration.legacy_env import locate_config
+    from agent_vault.configuration.project import load_config
+    from agent_vault.daemon import DEFAULT_PORT
+
+    try:
+        return load_config(locate_config()).port
+    except AgentVaultError:
+        return DEFAULT_PORT
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent_vault.cli.admin import broker_status
+
+    _show(_arun(broker_status(as_json=args.json)))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from agent_vault.cli.admin import stop_broker
+
+    _show(_arun(stop_broker()))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from agent_vault.cli.admin import config_check
+
+    if args.action != "check":
+        raise AgentVaultError("usage: agent-vault config check [--config PATH] [--probe]")
+    text, ok = config_check(args.config, args.probe)
+    _show(text)
+    return 0 if ok else 1
+
+
+def _grants(args: argparse.Namespace) -> int:
+    from agent_vault.cli.admin import grants_list, grants_revoke
+
+    if args.action == "list":
+        _show(grants_list(as_json=args.json))
+    elif args.action == "revoke":
+        if not args.window and not args.all:
+            raise AgentVaultError("name a window id (see `agent-vault grants list`) or pass --all")
+        _show(_arun(grants_revoke(args.window, every=args.all)))
+    else:
+        raise AgentVaultError("usage: agent-vault grants list|revoke")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from agent_vault.cli.admin import audit_list, audit_verify
+
+    if args.action == "list":
+        _show(audit_list(args))
+        return 0
+    if args.action == "verify":
+        ok, text = audit_verify()
+        _show(text)
+        return 0 if ok else 1
+    raise AgentVaultError("usage: agent-vault audit list|verify")
+
+
+def _init(args: argparse.Namespace) -> int:
+    from agent_vault.cli.enrol import run_init
+
+    return run_init(passkey=args.passkey, totp=args.totp, port=args.port or _config_port())
+
+
+def _factors(args: argparse.Namespace) -> int:
+    from agent_vault.cli import enrol
+
+    if args.action == "list":
+        _show(enrol.factors_list())
+        return 0
+    if args.action == "add":
+        return enrol.factors_add(passkey=args.passkey, totp=args.totp)
+    if args.action == "remove":
+        return enrol.factors_remove(args.factor)
+    if args.action == "recovery-codes":
+        return enrol.recovery_codes()
+    raise AgentVaultError("usage: agent-vault factors list|add|remove|recovery-codes")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from agent_vault.cli.doctor import run_doctor
+
+    return run_doctor()
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from agent_vault.broker.integrity import accept_settings
+    from agent_vault.cli import enrol
+    from agent_vault.home import state_paths
+
+    if args.action != "accept":
+        raise AgentVaultError("usage: agent-vault settings accept")
+    enrol.require_terminal()
+    paths = state_paths()
+    print(accept_settings(paths, lambda factors: enrol.prove(paths, factors)))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agent_vault.cli.demo import run_demo
+
+    return _arun(run_demo(auto_approve=args.yes))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent_vault.frontdoor.session import run_for_cli
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise AgentVaultError("give the command after --, e.g. agent-vault run --env DB=dev/DB -- npm run migrate")
+    refs = {}
+    for item in args.env:
+        var, sep, ref = item.partition("=")
+        if not sep:
+            raise AgentVaultError(f"--env {item!r}: use VAR=vault/secret")
+        refs[var] = ref
+    return _arun(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd()))
+
+
+def _arun(main: Coroutine[Any, Any, T]) -> T:
+    # asyncio is imported here, not at the top: commands without an event loop (--version,
+    # config check, audit list/verify, ...) start without paying for it (docs/benchmarks.md).
+    import asyncio
+
+    return asyncio.run(main)

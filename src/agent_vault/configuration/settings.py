@@ -1,0 +1,364 @@
+"""The user's settings for remote approval (channels, pacing, tunnel, passkey RP ID) in the state dir's
+`settings.toml`, never in the project config an agent edits: a tunnel runs a command and widens who
+can reach the pages, so only the user may turn one on (the file must not be writable by others)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from agent_vault.channels.base import ChannelOptions
+from agent_vault.channels.registry import channel_class
+from agent_vault.configuration.destinations import parse_allowance
+from agent_vault.domain.errors import ConfigError, SettingsError
+from agent_vault.domain.numbers import Number, WholeNumber
+from agent_vault.home import StatePaths
+
+SETTINGS_FILE = "settings.toml"
+_ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+CLOUDFLARED_PATTERN = r"https://[a-z0-9-]+\.trycloudflare\.com"
+GENERIC_PATTERN = r"https://[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much agents may ask (`[policy]`); enforced by the broker's `agent_vault.broker.limits`."""
+
+    per_session: int = 20
+    total: int = 100
+    per_minute: float = 30.0
+    burst: int = 10
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def check_public_url(value: str) -> str:
+    """An origin the approval pages can be served at: http(s), a host, no path, query or credentials."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an https:// (or http://) URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValueError("must be just the origin, like https://vault.example.com (no path, query or user)")
+    return value.rstrip("/")
+
+
+class NotifySettings(_Model):
+    """How notices are paced: a burst is gathered for a moment, then at most one message per interval."""
+
+    coalesce_seconds: Number = Field(default=2.0, ge=0, le=300, alias="coalesceSeconds")
+    min_interval_seconds: Number = Field(default=10.0, ge=0, le=3600, alias="minIntervalSeconds")
+    timeout_seconds: Number = Field(default=15.0, gt=0, le=120, alias="timeoutSeconds")
+
+
+class ChannelSettings(_Model):
+    """One `[[channels]]` entry: `type`, an optional `name`, and the channel's own keys."""
+
+    type: str
+    name: str
+    options: SerializeAsAny[ChannelOptions] = Field(repr=False)
+
+
+class NoTunnel(_Model):
+    type: Literal["none"] = "none"
+
+
+class NgrokTunnel(_Model):
+    type: Literal["ngrok"]
+    ngrok_auth_token: str = Field(alias="ngrokAuthToken", repr=False, min_length=1)
+    domain: str | None = None
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and not _HOSTNAME.match(value.lower()):
+            raise ValueError("must be a host name such as vault-you.ngrok.app")
+        return value
+
+
+class CommandTunnel(_Model):
+    type: Literal["command"]
+    command: tuple[str, ...] = Field(min_length=1)
+    url_pattern: str | None = Field(default=None, alias="urlPattern")
+    public_url: str | None = Field(default=None, alias="publicUrl")
+    restart: bool = True
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("url_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a valid regular expression ({exc.msg})") from None
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        return None if value is None else check_public_url(value)
+
+    def pattern(self) -> str:
+        """The regex that finds the public URL in the command's output."""
+        if self.url_pattern:
+            return self.url_pattern
+        if self.public_url:
+            return ""  # the URL is known: up as soon as the command runs
+        program = Path(self.command[0]).name
+        return CLOUDFLARED_PATTERN if program == "cloudflared" else GENERIC_PATTERN
+
+
+class UrlTunnel(_Model):
+    """A reverse proxy the user runs: nothing to start, the origin is fixed."""
+
+    type: Literal["url"]
+    public_url: str = Field(alias="publicUrl")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str) -> str:
+        return check_public_url(value)
+
+
+TunnelSettings = Annotated[NoTunnel | NgrokTunnel | CommandTunnel | UrlTunnel, Field(discriminator="type")]
+
+
+class PasskeySettings(_Model):
+    #: the WebAuthn RP ID for a stable public domain (passkeys are bound to it)
+    rp_id: str | None = Field(default=None, alias="rpId")
+
+    @field_validator("rp_id")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and not _HOSTNAME.match(value):
+            raise ValueError("must be a lower-case host name such as vault.example.com")
+        return value
+
+
+class PolicySettings(_Model):
+    """Your ceiling on what a project config may ask for: the project file can only tighten it."""
+
+    #: no approval window lasts longer than this, whatever a project's `ttl` says
+    max_ttl: float | None = Field(default=None, alias="maxTtlMinutes", ge=0, allow_inf_nan=False)
+    #: no request stays approvable (and pending) longer than this, whatever a project's `requestTimeout` says
+    max_request_timeout: Number = Field(default=900, alias="maxRequestTimeoutSeconds", ge=10, le=86400)
+    #: how much agents may ask (see `agent_vault.broker.limits`)
+    max_pending_per_session: WholeNumber = Field(default=20, alias="maxPendingPerSession", ge=1, le=10_000)
+    max_pending_total: WholeNumber = Field(default=100, alias="maxPendingTotal", ge=1, le=100_000)
+    requests_per_minute: Number = Field(default=30, alias="requestsPerMinute", gt=0, le=10_000)
+    request_burst: WholeNumber = Field(default=10, alias="requestBurst", ge=1, le=10_000)
+
+    def limits(self) -> Limits:
+        """The limits on asking these settings give (`agent_vault.broker.limits`)."""
+        return Limits(
+            self.max_pending_per_session, self.max_pending_total, self.requests_per_minute, self.request_burst
+        )
+
+
+def _allowances(value: tuple[str, ...]) -> tuple[str, ...]:
+    for entry in value:
+        parse_allowance(entry)  # raises ValueError naming the entry and the forms it may take
+    return value
+
+
+#: `host`, `host:port` or `[v6]:port` entries of an allow list (webhooks.allowPrivate, stores.allowHosts)
+HostAllowances = Annotated[tuple[str, ...], AfterValidator(_allowances)]
+
+
+class WebhookSettings(_Model):
+    """What a project's webhooks may reach and carry beyond the default (public hosts, no `env:` credential)."""
+
+    #: `host`, `host:port` or `[v6]:port` a project webhook may reach although it is loopback or private
+    allow_private: HostAllowances = Field(default=(), alias="allowPrivate")
+    #: variables a project webhook may send as its `authorization` or sign with (`signingSecret`)
+    allow_env: tuple[str, ...] = Field(default=(), alias="allowEnv")
+
+    @field_validator("allow_env")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a variable name (write LOG_TOKEN, not env:LOG_TOKEN)")
+        return value
+
+
+class PathSettings(_Model):
+    """Where, outside its own directory, a project config may point a vault's file or store."""
+
+    #: directories (or files) outside the project that a project config may read stores from; `~` allowed
+    allow_outside_project: tuple[str, ...] = Field(default=(), alias="allowOutsideProject")
+
+
+class StoreSettings(_Model):
+    """Which servers a project config may send a store's credentials to (Vault `address`, AWS
+    `endpointUrl`, Bitwarden `apiUrl`/`identityUrl`); a store's default servers need no entry."""
+
+    #: `host`, `host:port` or `[v6]:port`
+    allow_hosts: HostAllowances = Field(default=(), alias="allowHosts")
+
+
+class UserSettings(_Model):
+    channels: tuple[ChannelSettings, ...] = ()
+    notify: NotifySettings = NotifySettings()
+    tunnel: TunnelSettings = NoTunnel()
+    passkeys: PasskeySettings = PasskeySettings()
+    policy: PolicySettings = PolicySettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    paths: PathSettings = PathSettings()
+    stores: StoreSettings = StoreSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_channels(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("channels"), list):
+            return data
+        return {**data, "channels": _channel_sections(data["channels"])}
+
+
+def _channel_sections(raw: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    seen: set[str] = set()
+    for index, section in enumerate(raw):
+        if not isinstance(section, dict) or not isinstance(section.get("type"), str):
+            out.append(section)  # the model reports what is missing
+            continue
+        kind = section["type"]
+        name = section.get("name") or (kind if kind not in seen else f"{kind}-{index + 1}")
+        if name in seen:
+            raise _channel_problem(index, f"the name {name!r} is used twice; give each channel its own `name`")
+        seen.add(name)
+        options = {k: v for k, v in section.items() if k not in ("type", "name")}
+        try:
+            model = channel_class(kind).Options
+        except ConfigError as exc:
+            raise _channel_problem(index, str(exc)) from None
+        try:
+            validated = model.model_validate(options)
+        except ValidationError as exc:
+            raise _channel_problem(index, _problems(exc, prefix=())) from None
+        out.append({"type": kind, "name": name, "options": validated})
+    return out
+
+
+def _channel_problem(index: int, reason: str) -> PydanticCustomError:
+    return PydanticCustomError("channel", "channels[{index}]: {reason}", {"index": index, "reason": reason})
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def settings_path(paths: StatePaths) -> Path:
+    return paths.root / SETTINGS_FILE
+
+
+def referenced_env_vars(paths: StatePaths) -> set[str]:
+    """Names of the `env:VAR` references in the user's settings (the broker is started with these)."""
+    try:
+        raw = tomllib.loads(settings_path(paths).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return set()  # no file, or a broken one: load_settings reports it where it is used
+    return set(_env_names(raw))
+
+
+def _env_names(node: Any) -> Iterator[str]:
+    if isinstance(node, str) and (match := _ENV_REF.fullmatch(node)):
+        yield match[1]
+    for child in node.values() if isinstance(node, dict) else node if isinstance(node, list) else ():
+        yield from _env_names(child)
+
+
+def _resolve(node: Any, loc: tuple[str | int, ...], environ: Mapping[str, str], missing: list[str]) -> Any:
+    if isinstance(node, str):
+        match = _ENV_REF.fullmatch(node)
+        if match is None:
+            return node
+        if match[1] not in environ:
+            missing.append(f"{_dotted(loc)} refers to env:{match[1]}, which is not set in the broker's environment")
+            return node
+        return environ[match[1]]
+    if isinstance(node, dict):
+        return {k: _resolve(v, (*loc, k), environ, missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, (*loc, i), environ, missing) for i, v in enumerate(node)]
+    return node
+
+
+def _check_private(path: Path) -> None:
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise SettingsError(f"{path}: not a regular file. Fix: make it a plain file.")
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SettingsError(
+            f"{path}: others could change it (it can start a tunnel command), so it was ignored. "
+            f"Fix: chown it to yourself and run chmod 600 {path}"
+        )
+
+
+def load_settings(paths: StatePaths, environ: Mapping[str, str] | None = None) -> UserSettings:
+    """The user's settings; defaults (no channels, no tunnel) when the file does not exist."""
+    path = settings_path(paths)
+    if not path.exists():
+        return UserSettings()
+    _check_private(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: invalid TOML ({exc}). Fix: correct the syntax there.") from None
+    missing: list[str] = []
+    data = _resolve(raw, (), os.environ if environ is None else environ, missing)
+    if missing:
+        raise SettingsError("\n".join(f"{path}: {m}. Fix: export it where the broker starts, or write the value "
+                                      "in this 0600 file." for m in missing))  # fmt: skip
+    try:
+        return UserSettings.model_validate(data, by_name=False)
+    except ValidationError as exc:
+        raise SettingsError("\n".join(f"{path}: {p}" for p in _problems(exc, prefix=()).split("; "))) from None
+
+
+_TAGS = ("none", "ngrok", "command", "url")
+
+
+def _problems(exc: ValidationError, prefix: tuple[str | int, ...]) -> str:
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = tuple(err["loc"])
+        if len(loc) > 1 and loc[0] == "tunnel" and loc[1] in _TAGS:
+            loc = loc[:1] + loc[2:]  # the union's tag is not a key in the file
+        where = _dotted((*prefix, *loc))
+        message = str(err["msg"]).removeprefix("Value error, ")
+        out.append(f"{where}: {message}" if where else message)
+    return "; ".join(dict.fromkeys(out))
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

@@ -1,0 +1,1 @@
+"""The front door process: one per agent session, MCP over stdio, a client of the broker."""

@@ -1,0 +1,201 @@
+"""The agent's side of a session: find the config, reach the broker, ask and wait.
+
+One `AgentSession` per MCP front door process. It opens its broker session lazily (on the
+first tool call, when the MCP client's name is known), waits for decisions in short slices
+so callers can report progress, and gives up after the configured wait with "still pending".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent_vault import __version__
+from agent_vault.configuration.legacy_env import locate_config
+from agent_vault.configuration.project import load_config, referenced_env_vars
+from agent_vault.domain.errors import AgentVaultError, InvalidRequest, RequestExpired
+from agent_vault.domain.untrusted import visible
+from agent_vault.frontdoor.client import BrokerClient
+from agent_vault.frontdoor.home_use import HomeNotice
+from agent_vault.frontdoor.launcher import connect
+from agent_vault.home import StatePaths, state_paths
+
+#: seconds between progress messages while a tool call waits
+WAIT_SLICE = 1.0
+#: the longest single wait asked of the broker (its API caps a wait at 60 s)
+LONG_POLL = 55.0
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+Progress = Callable[[float, float, str], Awaitable[None]]
+
+
+@dataclass
+class ClientInfo:
+    name: str = "unknown client"
+    version: str = ""
+
+
+class AgentSession:
+    def __init__(self, paths: StatePaths, cwd: Path | None = None) -> None:
+        self.paths = paths
+        self.cwd = cwd or Path.cwd()
+        self.client: BrokerClient | None = None
+        self.wait_timeout = 50.0
+        self._lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        #: says so (stderr, the default home's audit log) when `paths` is not the user's default home
+        self.home_notice = HomeNotice(paths, self.cwd, locate_config)
+
+    async def ensure(self, info: ClientInfo) -> BrokerClient:
+        self.home_notice.start(info.name, info.version)
+        async with self._lock:
+            if self.client is not None and self.client.session:
+                return self.client
+            config_path = locate_config(self.cwd)
+            config = load_config(config_path)  # fail here, with the file and key, before the broker
+            client = await connect(self.paths, config.port)
+            env = {k: os.environ[k] for k in referenced_env_vars(config_path) if k in os.environ}
+            project = {"dir": str(self.cwd), "git_remote": git_remote(self.cwd)}
+            opened = await client.open_session(config_path, env, {"name": info.name, "version": info.version}, project)
+            self.wait_timeout = float(opened.get("wait_timeout", self.wait_timeout))
+            self.client = client
+            return client
+
+    async def close(self) -> None:
+        if self.client is not None:
+            with suppress(AgentVaultError):  # the broker may be gone already; nothing to clean up then
+                await self.client.close_session()
+            await self.client.aclose()
+            self.client = None
+
+    async def wait(self, client: BrokerClient, request_id: str, progress: Progress) -> dict[str, Any]:
+        """Wait for a decision, reporting progress each slice; returns the last broker answer."""
+        if not _REQUEST_ID.fullmatch(request_id):
+            raise InvalidRequest("that is not a request id; use the id from the pending result")
+        start = time.monotonic()
+        answer = await client.wait(request_id, 0)
+        while answer["status"] in ("pending", "running"):
+            elapsed = time.monotonic() - start
+            remaining = self.wait_timeout - elapsed
+            if remaining <= 0:
+                break
+            if self.stopping.is_set():
+                raise RequestExpired(
+                    f"agent-vault is shutting down; request {request_id} was not approved and nothing was released"
+                )
+            req = answer.get("request") or {}
+            if answer["status"] == "running":
+                message = f"Approved; the command is running: {answer.get('progress') or ''}".rstrip(": ")
+            else:
+                message = f"Waiting for approval (code {req.get('match_code')}): {answer['url']}"
+            await progress(elapsed, self.wait_timeout, message)
+            # A pending request is one long poll (the broker answers the moment it is decided), with
+            # progress sent from here every slice; a running command's output is fetched each slice.
+            poll = min(remaining, LONG_POLL) if answer["status"] == "pending" else min(WAIT_SLICE, remaining)
+            slice_wait = asyncio.ensure_future(client.wait(request_id, poll))
+            stop_wait = asyncio.ensure_future(self.stopping.wait())
+            while True:
+                done, _ = await asyncio.wait(
+                    {slice_wait, stop_wait}, timeout=WAIT_SLICE, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    break
+                await progress(time.monotonic() - start, self.wait_timeout, message)
+            stop_wait.cancel()
+            if slice_wait not in done:
+                slice_wait.cancel()
+                continue
+            answer = slice_wait.result()
+        return answer
+
+
+def run_request(
+    env: Mapping[str, str], command: list[str], cwd: str | None, shell: bool, timeout: float | None, default_cwd: Path
+) -> tuple[str, dict[str, Any]]:
+    """(vault, request fields) for running `command` with `env` (VAR -> "vault/secret") injected."""
+    if not isinstance(env, Mapping) or not env:
+        raise InvalidRequest('env must map variable names to "vault/secret" references, e.g. {"DB_URL": "dev/DB_URL"}')
+    vaults = set()
+    pairs = []
+    for var, ref in env.items():
+        vault, sep, name = str(ref).partition("/")
+        if not sep or not vault or not name:
+            raise InvalidRequest(f'{var}: {ref!r} is not a "vault/secret" reference')
+        vaults.add(vault)
+        pairs.append([var, name])
+    if len(vaults) != 1:
+        raise InvalidRequest("all secrets of one command must come from one vault; run one command per vault")
+    run = {
+        "argv": command,
+        "cwd": str(Path(cwd) if cwd and Path(cwd).is_absolute() else default_cwd / (cwd or "")),
+        "env": pairs,
+        "shell": shell,
+        "timeout": timeout,
+    }
+    return vaults.pop(), {"purpose": "inject", "run": run, "base_env": dict(os.environ)}
+
+
+def git_remote(start: Path) -> str | None:
+    """The `origin` URL of the repository containing `start`, read from .git/config (no subprocess)."""
+    for folder in (start, *start.parents):
+        git = folder / ".git"
+        if git.is_file():  # a worktree or submodule: "gitdir: <path>"
+            text = git.read_text(errors="replace").strip()
+            if text.startswith("gitdir:"):
+                git = (folder / text[7:].strip()).resolve()
+                git = git.parent.parent if git.parent.name == "worktrees" else git
+        if git.is_dir():
+            parser = configparser.ConfigParser(strict=False, interpolation=None)
+            try:
+                parser.read(git / "config")
+            except configparser.Error:
+                return None
+            url = parser.get('remote "origin"', "url", fallback=None)
+            return _strip_credentials(url) if url else None
+    return None
+
+
+def _strip_credentials(url: str) -> str:
+    return re.sub(r"//[^/@]+@", "//", url)
+
+
+async def run_for_cli(
+    env_refs: dict[str, str], command: list[str], reason: str, timeout: float | None, shell: bool, cwd: Path
+) -> int:
+    """`agent-vault run`: ask, wait for the decision as long as the request lives, run, print masked output."""
+    agent = AgentSession(state_paths(), cwd)
+    try:
+        client = await agent.ensure(ClientInfo("agent-vault run", __version__))
+        vault, extra = run_request(env_refs, command, None, shell, timeout, cwd)
+        answer = await client.request(vault, [], reason, **extra)
+        if answer["status"] == "pending":
+            req = answer["request"]
+            print(f"agent-vault: approve at {answer['url']} (code {req['match_code']})", file=sys.stderr, flush=True)
+        agent.wait_timeout = float("inf")
+
+        async def show(elapsed: float, total: float, message: str) -> None:
+            pass
+
+        if answer["status"] in ("pending", "running"):
+            answer = await agent.wait(client, answer["request"]["id"], show)
+    finally:
+        await agent.close()
+    run = answer["run"]
+    sys.stdout.write(run["stdout"])
+    sys.stderr.write(run["stderr"])
+    if run["masked"]:
+        masked = visible(", ".join(run["masked"]))
+        print(f"agent-vault: the output contained {masked} (masked); rotate it if the output "
+              "could have gone elsewhere. See docs/inject.md.", file=sys.stderr)  # fmt: skip
+    if run["timed_out"]:
+        print("agent-vault: the command timed out and was stopped", file=sys.stderr)
+    return int(run["exit_code"]) if run["exit_code"] is not None else 124

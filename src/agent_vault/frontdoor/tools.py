@@ -1,0 +1,382 @@
+"""The MCP tools: thin adapters from the seed's tool contract to the broker.
+
+Tool names and parameters are the seed's (list_secrets, get_secret, get_secrets, set_secret,
+set_secrets) plus await_approval. Each tool turns broker answers into MCP results in one
+place (`_result`): values as text and structured content, errors as isError results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any, TypeVar
+
+import mcp_types as t
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel, Field
+
+from agent_vault import __version__
+from agent_vault.domain.errors import AgentVaultError
+from agent_vault.domain.untrusted import visible
+from agent_vault.frontdoor.session import AgentSession, ClientInfo, run_request
+
+INSTRUCTIONS = (
+    "agent-vault gives you secrets only with the user's approval. Call list_secrets to see names. "
+    "Ask with get_secret/get_secrets and a specific, honest reason; prefer the batch tools for several "
+    "secrets. The user approves on their phone or browser; the call waits. If a call returns 'pending', "
+    "call await_approval with its request id instead of asking again. After a denial, do not ask again: "
+    "ask the user what to do. Never print, log or commit a secret; store secrets you generate with "
+    "set_secret/set_secrets instead of showing them."
+)
+
+
+class SecretInput(BaseModel):
+    name: str = Field(description="Secret name (the key to create or update)")
+    value: str = Field(description="The value to store; it goes to the vault, never to chat")
+
+
+R = TypeVar("R", t.CallToolResult, t.CallToolResult | t.InputRequiredResult)
+MODERN_PROTOCOL = "2026-07-28"
+
+READ = t.ToolAnnotations(read_only_hint=True, open_world_hint=False)
+RUN = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True)
+WRITE = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+def build_server(agent: AgentSession) -> MCPServer:
+    # WARNING: the SDK's INFO logging would put every broker call on the client's stderr.
+    mcp = MCPServer("agent-vault", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+    @mcp.tool(annotations=READ)
+    async def list_secrets(ctx: Context) -> t.CallToolResult:
+        """List the secret names in every configured vault (never values). No approval needed."""
+
+        async def run() -> t.CallToolResult:
+            client = await agent.ensure(_client_info(ctx))
+            listing = await client.list_secrets()
+            return _listing_result(listing)
+
+        return await _guard(run)
+
+    @mcp.tool(annotations=READ)
+    async def get_secret(vault: str, name: str, reason: str, ctx: Context) -> t.CallToolResult | t.InputRequiredResult:
+        """Request one secret; the user approves or denies. Give a specific reason (what you will run
+        with it). Blocks while waiting; if it returns pending, call await_approval. Never re-ask after a denial."""
+        return await _ask(agent, ctx, {"vault": vault, "names": [name], "reason": reason}, single=True)
+
+    @mcp.tool(annotations=READ)
+    async def get_secrets(
+        vault: str, names: list[str], reason: str, ctx: Context
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Request several secrets with ONE approval (preferred over repeated get_secret). Names already
+        inside an approval window are not asked again. Result: a JSON object of name -> value."""
+        return await _ask(agent, ctx, {"vault": vault, "names": names, "reason": reason}, single=False)
+
+    @mcp.tool(annotations=WRITE)
+    async def set_secret(
+        vault: str, name: str, value: str, reason: str, ctx: Context
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Store a secret you generated (API key, token, password) in a writable vault, after the user
+        approves. Use this instead of printing the secret. Returns only the name, never the value."""
+        body = {
+            "vault": vault,
+            "names": [name],
+            "reason": reason,
+            "operation": "write",
+            "values": {name: value},
+        }
+        return await _ask(agent, ctx, body, single=True)
+
+    @mcp.tool(annotations=WRITE)
+    async def set_secrets(
+        vault: str, secrets: list[SecretInput], reason: str, ctx: Context
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Store several generated secrets with ONE approval (preferred for bootstrapping)."""
+        values = {s.name: s.value for s in secrets}
+        body = {
+            "vault": vault,
+            "names": list(values),
+            "reason": reason,
+            "operation": "write",
+            "values": values,
+        }
+        return await _ask(agent, ctx, body, single=False)
+
+    @mcp.tool(annotations=RUN)
+    async def run_with_secrets(
+        command: list[str],
+        env: dict[str, str],
+        reason: str,
+        ctx: Context,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        shell: bool = False,
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Run a command with secrets in its environment WITHOUT seeing them (preferred over get_secret when
+        you only need to use a secret). command: argv list, e.g. ["npm", "run", "migrate"]; env: variable ->
+        "vault/secret", e.g. {"DATABASE_URL": "dev/DATABASE_URL"}. One approval; output comes back with
+        secret values masked. shell=true only for a one-string shell command."""
+
+        async def build() -> dict[str, Any]:
+            vault, extra = run_request(env, command, cwd, shell, timeout, agent.cwd)
+            return {"vault": vault, "names": [], "reason": reason, "extra": extra}
+
+        return await _ask(agent, ctx, build, single=False)
+
+    @mcp.tool(annotations=WRITE)
+    async def generate_secret(
+        vault: str, name: str, reason: str, ctx: Context, format: str = "password", length: int = 32
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Have agent-vault generate a new secret (format: password, hex, base64, urlsafe, alphanumeric,
+        uuid) and store it in a writable vault after approval. You get only its name, never the value: use it
+        through run_with_secrets."""
+        body = {"vault": vault, "names": [name], "reason": reason, "operation": "write",
+                "extra": {"generate": {"format": format, "length": length}}}  # fmt: skip
+        return await _ask(agent, ctx, body, single=True)
+
+    @mcp.tool(annotations=READ)
+    async def await_approval(request_id: str, ctx: Context) -> t.CallToolResult:
+        """Keep waiting for a request that an earlier call returned as pending (same session)."""
+
+        async def run() -> t.CallToolResult:
+            client = await agent.ensure(_client_info(ctx))
+            answer = await agent.wait(client, request_id, _progress(ctx))
+            return _answer_result(answer, single=False)
+
+        return await _guard(run)
+
+    return mcp
+
+
+Body = dict[str, Any] | Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def _ask(agent: AgentSession, ctx: Context, spec: Body, single: bool) -> t.CallToolResult | t.InputRequiredResult:
+    async def run() -> t.CallToolResult | t.InputRequiredResult:
+        body = spec if isinstance(spec, dict) else await spec()
+        client = await agent.ensure(_client_info(ctx))
+        resumed = ctx.request_state  # set when the client retries after showing the approval link
+        if resumed:
+            return _answer_result(await agent.wait(client, resumed, _progress(ctx)), single)
+        answer = await client.request(
+            body["vault"],
+            body["names"],
+            body["reason"],
+            body.get("operation", "read"),
+            body.get("values"),
+            **body.get("extra", {}),
+        )
+        if answer["status"] == "running":
+            answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
+        if answer["status"] != "pending":
+            return _answer_result(answer, single)
+        _announce(answer)
+        offer = _offer_link(ctx, answer)
+        if isinstance(offer, t.InputRequiredResult):
+            return offer
+        try:
+            answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
+        finally:
+            if offer is not None:
+                offer.cancel()
+        return _answer_result(answer, single)
+
+    return await _guard(run)
+
+
+def _offer_link(ctx: Context, answer: dict[str, Any]) -> t.InputRequiredResult | asyncio.Task[Any] | None:
+    """Offer the approval page through URL elicitation, where the client supports it.
+
+    On 2026-07-28 the tool returns an InputRequiredResult carrying the request id as its (SDK
+    sealed) state; the client shows the link and retries, and the retry waits. On 2025-11-25
+    the link is sent as a request while the tool keeps waiting.
+    """
+    caps = ctx.client_capabilities
+    if caps is None or caps.elicitation is None or caps.elicitation.url is None:
+        return None
+    req = answer["request"]
+    message = _link_message(req)
+    if ctx.protocol_version and ctx.protocol_version >= MODERN_PROTOCOL:
+        params = t.ElicitRequestURLParams(message=message, url=answer["url"], elicitation_id=req["id"])
+        return t.InputRequiredResult(
+            request_state=req["id"], input_requests={"approve": t.ElicitRequest(params=params)}
+        )
+    task = asyncio.ensure_future(ctx.elicit_url(message, answer["url"], req["id"]))
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return task
+
+
+def _link_message(req: dict[str, Any]) -> str:
+    what = "write" if req["operation"] == "write" else "read"
+    return (
+        f"agent-vault: approve {what} of {', '.join(req['names'])} in vault {req['vault']!r}? "
+        f"Match code {req['match_code']}. Approving needs your passkey or authenticator code."
+    )
+
+
+async def _guard(run: Callable[[], Awaitable[R]]) -> R | t.CallToolResult:
+    try:
+        return await run()
+    except AgentVaultError as exc:
+        return t.CallToolResult(
+            content=[t.TextContent(type="text", text=str(exc))],
+            structured_content={"status": "error", "code": exc.code, "message": str(exc)},
+            is_error=True,
+        )
+
+
+def _announce(answer: dict[str, Any]) -> None:
+    req = answer["request"]
+    what = "WRITE" if req["operation"] == "write" else "READ"
+    names = ", ".join(req["names"])
+    line = f"agent-vault: approval needed ({what} {names} in {req['vault']}, code {req['match_code']}): {answer['url']}"
+    print(
+        visible(line),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _answer_result(answer: dict[str, Any], single: bool) -> t.CallToolResult:
+    status = answer["status"]
+    req = answer.get("request") or {}
+    if status == "ran":
+        return _ran_result(answer["run"])
+    if status == "running":
+        text = (
+            f"The command was approved and is still running (request id {req.get('id')}). Call "
+            "await_approval with this request_id to collect its output; do not run it again."
+        )
+        structured = {"status": "running", "requestId": req.get("id"), "progress": answer.get("progress")}
+        return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
+    if status == "pending":
+        text = (
+            f"Still pending: the user has not decided yet. Request id {req.get('id')}, match code "
+            f"{req.get('match_code')}. Approval page: {answer['url']} . Call await_approval with this "
+            "request_id to keep waiting; do not request the secret again."
+        )
+        structured = {"status": "pending", "requestId": req.get("id"), "matchCode": req.get("match_code"),
+                      "url": answer["url"], "expiresAt": req.get("expires_at")}  # fmt: skip
+        return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
+    if status == "written":
+        names = ", ".join(req.get("names", []))
+        text = f"Stored {names} in vault {req.get('vault')!r}. Refer to it by name; the value was not echoed."
+        return t.CallToolResult(
+            content=[t.TextContent(type="text", text=text)],
+            structured_content={
+                "status": "written",
+                "vault": req.get("vault"),
+                "names": req.get("names", []),
+            },
+        )
+    values: dict[str, str] = answer.get("values") or {}
+    text = next(iter(values.values())) if single and len(values) == 1 else json.dumps(values, ensure_ascii=False)
+    structured = {"status": "approved", "values": values, "windowEnd": answer.get("window_end")}
+    return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _ran_result(run: dict[str, Any]) -> t.CallToolResult:
+    notes = []
+    if run["timed_out"]:
+        notes.append("the command hit its timeout and was stopped (with everything it started)")
+    if run["truncated"]:
+        notes.append("output was cut at the size limit")
+    if run["masked"]:
+        notes.append(
+            f"the output contained {', '.join(run['masked'])} (shown as [masked:NAME]); this was reported to the "
+            "user as a possible leak and its approval window was closed. Do not try to reveal it"
+        )
+    code = run["exit_code"]
+    text = f"exit code: {code if code is not None else 'none (not started or killed)'}\n"
+    text += "".join(f"note: {n}\n" for n in notes)
+    text += f"--- stdout ---\n{run['stdout']}"
+    text += f"{'' if run['stdout'].endswith(chr(10)) or not run['stdout'] else chr(10)}--- stderr ---\n{run['stderr']}"
+    structured = {
+        "status": "ran",
+        "exitCode": code,
+        "stdout": run["stdout"],
+        "stderr": run["stderr"],
+        "timedOut": run["timed_out"],
+        "truncated": run["truncated"],
+        "masked": run["masked"],
+    }
+    return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _listing_result(listing: dict[str, list[str]]) -> t.CallToolResult:
+    lines: list[str] = []
+    for vault, names in listing.items():
+        lines.append(f"[{vault}]")
+        lines.extend(f"  - {name}" for name in names)
+        if not names:
+            lines.append("  (no secrets)")
+        lines.append("")
+    return t.CallToolResult(
+        content=[t.TextContent(type="text", text="\n".join(lines).rstrip() + "\n")],
+        structured_content={"vaults": listing},
+    )
+
+
+def _client_info(ctx: Context) -> ClientInfo:
+    try:
+        params = ctx.session.client_params
+    except (ValueError, AttributeError):
+        return ClientInfo()
+    info = getattr(params, "client_info", None)
+    if info is None:
+        return ClientInfo()
+    return ClientInfo(str(getattr(info, "name", "") or "unknown client"), str(getattr(info, "version", "") or ""))
+
+
+def _progress(ctx: Context) -> Callable[[float, float, str], Awaitable[None]]:
+    async def report(done: float, total: float, message: str) -> None:
+        # Progress is best effort: a client that went away must not turn a decision into an error.
+        with suppress(Exception):
+            await ctx.report_progress(done, total, message)
+
+    return report
+
+
+async def serve_stdio(agent: AgentSession, streams: tuple[Any, Any] | None = None) -> None:
+    """Serve MCP on stdin/stdout until stdin closes; on SIGTERM/SIGINT, answer waiting calls first.
+
+    `streams`: a (stdin, stdout) pair of text files to serve instead of the process's own, as
+    handed over by `mcp_opening` after it answered the session's opening messages.
+    """
+    import signal
+
+    import anyio
+
+    server = build_server(agent)
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                if streams is None:
+                    await server.run_stdio_async()
+                else:
+                    from mcp.server.stdio import stdio_server
+
+                    stdin, stdout = streams
+                    if not hasattr(stdin, "__aiter__"):  # blocking files: the transport's worker threads
+                        stdin, stdout = anyio.wrap_file(stdin), anyio.wrap_file(stdout)
+                    lowlevel = server._lowlevel_server  # what run_stdio_async runs, on our streams
+                    async with stdio_server(stdin, stdout) as (read, write):
+                        await lowlevel.run(read, write, lowlevel.create_initialization_options())
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    agent.stopping.set()
+                    await anyio.sleep(0.5)  # let waiting calls send their "not approved" replies
+                    tg.cancel_scope.cancel()
+                    break
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await agent.close()
