@@ -206,6 +206,23 @@ def terminate(pid: int, timeout: float = 10.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def brokers_of(home: Path) -> list[int]:
+    """Pids of broker processes serving `home` (found by their AGENT_VAULT_HOME), whatever started them."""
+    wanted = f"AGENT_VAULT_HOME={home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in cmdline and wanted in environ:
+            found.append(int(proc.name))
+    return found
+
+
 # -- sandboxes ---------------------------------------------------------------------------------------
 
 
@@ -372,6 +389,9 @@ class Sandbox:
             time.sleep(0.01)
         with contextlib.suppress(OSError):
             self.broker_info.unlink()
+        # A broker a front door was still starting when it was stopped has written no broker.json yet.
+        for straggler in brokers_of(self.home):
+            terminate(straggler)
 
 
 @contextlib.contextmanager

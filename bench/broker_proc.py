@@ -18,7 +18,7 @@ import signal
 import time
 from pathlib import Path
 
-from agent_vault.approver.factors import FactorApprover, FactorStore
+from agent_vault.approver.factors import ApproverKit, FactorApprover, FactorStore
 from agent_vault.approver.protocol import Approver
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
@@ -50,9 +50,10 @@ class SteppingFactors(FactorStore):
         return accepted
 
 
-def approvers(store: StateStore) -> Approver:
+def approvers(kit: ApproverKit) -> Approver:
     clock = StepClock()
-    return FactorApprover(SteppingFactors(store, clock), clock=clock)
+    factors = SteppingFactors(kit.store, clock)
+    return FactorApprover(factors, clock=clock, passkey_check=kit.passkey_check, recorded=kit.recorded)
 
 
 def fix_nodelay() -> None:

@@ -83,7 +83,9 @@ async def via_api(box: b.Sandbox, n: int, codes: b.StepCodes) -> list[float]:
     async with BrokerClient(box.socket) as api:
         await api.open_session(box.project / "agent-vault.config.json", {}, {"name": "bench"}, {})
         for i in range(n):
-            answer = await api.request("strict", ["API_KEY"], f"benchmark api decision {i}")
+            answer = await api.request(
+                {"vault": "strict", "names": ["API_KEY"], "reason": f"benchmark api decision {i}", "operation": "read"}
+            )
             rid = answer["request"]["id"]
             result: dict[str, Any] = {}
 

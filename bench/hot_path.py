@@ -124,7 +124,9 @@ async def via_api(box: b.Sandbox, big: Path, n: int) -> dict[str, list[float]]:
             if key == "list20":
 
                 async def get() -> None:
-                    answer = await api.request("dev", ["API_KEY"], GET["reason"])
+                    answer = await api.request(
+                        {"vault": "dev", "names": ["API_KEY"], "reason": GET["reason"], "operation": "read"}
+                    )
                     assert answer["status"] == "delivered", answer
 
                 await timed(10, get)

@@ -55,7 +55,9 @@ def load(url: str, connections: int, seconds: float, tool: str) -> dict[str, flo
 async def pending_request(box: b.Sandbox) -> str:
     async with BrokerClient(box.socket) as api:
         await api.open_session(box.project / "agent-vault.config.json", {}, {"name": "bench"}, {})
-        answer = await api.request("strict", ["API_KEY"], "page load benchmark")
+        answer = await api.request(
+            {"vault": "strict", "names": ["API_KEY"], "reason": "page load benchmark", "operation": "read"}
+        )
         return str(answer["request"]["id"])
 
 

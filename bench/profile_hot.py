@@ -47,7 +47,9 @@ def by_group(stats_path: Path, calls: int) -> list[tuple[str, float]]:
 async def open_window(box: b.Sandbox) -> None:
     async with BrokerClient(box.socket) as api:
         await api.open_session(box.project / "agent-vault.config.json", {}, {"name": "profile"}, {})
-        answer = await api.request("dev", ["API_KEY"], "profile: open the window")
+        answer = await api.request(
+            {"vault": "dev", "names": ["API_KEY"], "reason": "profile: open the window", "operation": "read"}
+        )
         if answer["status"] != "pending":
             return  # the window from the first round is still open
         async with anyio.create_task_group() as tg:

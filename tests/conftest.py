@@ -16,7 +16,7 @@ import anyio
 import pyotp
 import pytest
 
-from agent_vault.approver.factors import FactorApprover, FactorStore
+from agent_vault.approver.factors import FactorStore
 from agent_vault.home import StatePaths, ensure_private_dir
 from agent_vault.store.sqlite import StateStore
 
@@ -106,7 +106,7 @@ def enrol_totp(paths: StatePaths) -> None:
 
 
 def totp_approvers(clock: StepClock):  # type: ignore[no-untyped-def]
-    return lambda store: FactorApprover(FactorStore(store), clock=clock)
+    return lambda kit: kit.factor_approver(clock=clock)
 
 
 _CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')

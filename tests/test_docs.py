@@ -110,7 +110,7 @@ def test_the_readme_client_snippets_are_the_ones_init_prints() -> None:
 @pytest.mark.anyio
 async def test_the_dashboard_address_in_the_readme_answers(home: StatePaths) -> None:
     from agent_vault.daemon import DEFAULT_PORT, BrokerServer
-    from tests.web_helpers import Visitor
+    from tests.web.helpers import Visitor
 
     paths = set(re.findall(rf"http://localhost:{DEFAULT_PORT}(/[a-z]+)(?![\w/.])", README))  # whole addresses
     assert "/dashboard" in paths

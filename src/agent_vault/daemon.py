@@ -18,7 +18,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +28,28 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent_vault import __version__
-from agent_vault.approver.factors import FactorApprover, FactorStore
+from agent_vault.approver.factors import ApproverKit, FactorStore
+from agent_vault.approver.passkeys import RP_ID, Passkeys
 from agent_vault.approver.protocol import Approver
 from agent_vault.broker.api import PEER_KEY, create_api
 from agent_vault.broker.audit_forwarding import WebhookHub
-from agent_vault.broker.core import Broker
-from agent_vault.broker.limits import RequestLimiter
-from agent_vault.configuration.boundaries import ProjectLimits
-from agent_vault.configuration.settings import settings_path
-from agent_vault.domain.errors import BrokerRunning, ConfigError
+from agent_vault.broker.core import Broker, Outreach
+from agent_vault.broker.integrity import Integrity
+from agent_vault.broker.limits import Ceilings
+from agent_vault.broker.peers import PeerPolicy
+from agent_vault.broker.recorder import Recorder
+from agent_vault.broker.system_vaults import SystemVaults
+from agent_vault.checkpoints.schedule import Checkpointer
+from agent_vault.configuration.settings import UserSettings, settings_path
+from agent_vault.domain.errors import BrokerRunning, ConfigError, SystemModeError
 from agent_vault.home import StatePaths, private_file
 from agent_vault.store.audit import AuditLog
 from agent_vault.store.sqlite import StateStore
-from agent_vault.tunnels.remote import RemoteAccess
+from agent_vault.system import accounts
+from agent_vault.system.layout import Layout
+from agent_vault.system.record import InstallRecord
+from agent_vault.system.trust import require_trusted
+from agent_vault.tunnels.remote import RemoteAccess, read_settings
 from agent_vault.web.app import WebApp
 
 log = logging.getLogger("agent_vault.daemon")
@@ -151,17 +160,59 @@ def _running_pid(paths: StatePaths) -> str:
         return "pid unknown"
 
 
-Approvers = Callable[[StateStore], Approver]
+#: builds the broker's approver from what the assembly hands it (tests and the demo pass their own)
+Approvers = Callable[[ApproverKit], Approver]
 
 
-def factor_approver(store: StateStore) -> Approver:
-    return FactorApprover(FactorStore(store))
+def factor_approver(kit: ApproverKit) -> Approver:
+    return kit.factor_approver()
 
 
-def build_broker(paths: StatePaths, base_url: str, approvers: Approvers = factor_approver) -> Broker:
-    store = StateStore(paths.state_db)
-    audit = AuditLog(paths.audit_db)
-    return Broker(store=store, audit=audit, approver=approvers(store), base_url=base_url)
+@dataclass
+class Core:
+    """The broker and the passkey ceremonies of its origin, built together (the pages need both)."""
+
+    broker: Broker
+    passkeys: Passkeys
+
+
+def assemble(
+    store: StateStore,
+    audit: AuditLog,
+    base_url: str,
+    approvers: Approvers = factor_approver,
+    *,
+    settings: UserSettings | None = None,
+    paths: StatePaths | None = None,
+    outreach: Outreach | None = None,
+    recorder: Recorder | None = None,
+    passkey_origins: Callable[[], Sequence[str]] = tuple,
+    system: SystemMode | None = None,
+) -> Core:
+    """Build the core, each part given what it needs when it is made (nothing patched in later).
+
+    With `settings` (and the `paths` they came from) the user's ceilings and passkey RP ID apply;
+    without, the defaults (commands that change state while no broker runs)."""
+    recorder = recorder or Recorder(audit)
+    integrity = Integrity(store, recorder)
+    factors = FactorStore(store)
+    rp_id = settings.passkeys.rp_id if settings is not None else None
+    passkeys = Passkeys(factors, origin=base_url, rp_id=rp_id or RP_ID, extra_origins=passkey_origins)
+    kit = ApproverKit(store, factors, passkeys.check_for_request, integrity.recorded_factors)
+    ceilings = Ceilings.from_settings(settings, paths) if settings is not None and paths is not None else None
+    broker = Broker(
+        store=store,
+        audit=audit,
+        approver=approvers(kit),
+        base_url=base_url,
+        integrity=integrity,
+        ceilings=ceilings,
+        outreach=outreach,
+        recorder=recorder,
+        peers=system.peers if system is not None else None,
+        system_vaults=system.vaults if system is not None else None,
+    )
+    return Core(broker, passkeys)
 
 
 def offline_broker(paths: StatePaths) -> Broker:
@@ -170,16 +221,24 @@ def offline_broker(paths: StatePaths) -> Broker:
         base_url = str(json.loads(paths.broker_info.read_text())["url"])
     except (OSError, ValueError, KeyError):
         base_url = f"http://localhost:{DEFAULT_PORT}"
-    return build_broker(paths, base_url)
+    return assemble(StateStore(paths.state_db), AuditLog(paths.audit_db), base_url).broker
 
 
 class BrokerServer:
     """One running broker: its sockets, its core, and the uvicorn server in front of both."""
 
-    def __init__(self, paths: StatePaths, port: int = DEFAULT_PORT, approvers: Approvers = factor_approver) -> None:
+    def __init__(
+        self,
+        paths: StatePaths,
+        port: int = DEFAULT_PORT,
+        approvers: Approvers = factor_approver,
+        system: SystemMode | None = None,
+    ) -> None:
         self.paths = paths
         self.port = port
         self.approvers = approvers
+        #: a system broker's peers, vaults and socket group (docs/hardened.md); None: a per-user broker
+        self.system = system
         self.url = ""
         self._task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
@@ -188,26 +247,45 @@ class BrokerServer:
     async def start(self) -> str:
         """Bind, build the core, start serving; returns the approval base URL."""
         listeners = acquire(self.paths, self.port)
+        if self.system is not None:
+            share_socket(self.paths.socket, self.system.socket_group)
         self.url = f"http://localhost:{listeners.tcp.getsockname()[1]}"
-        self.broker = build_broker(self.paths, self.url, self.approvers)
-        hub = WebhookHub(self.broker.audit)
-        self.broker.recorder.webhook_sink = hub.submit
+        # Channels, tunnel, ceilings and the passkey RP ID come from the user's settings in the state dir.
+        settings, problems = read_settings(self.paths)
+        # Signed checkpoints of the audit log, sent off the machine (docs/checkpoints.md); off without sinks.
+        self.checkpointer = Checkpointer.from_settings(self.paths, settings, link=f"{self.url}/dashboard")
+        store = StateStore(self.paths.state_db)
+        audit = AuditLog(self.paths.audit_db, listeners=[self.checkpointer.rows_appended])
+        # the one audit writer; the webhooks it forwards to report their failures back through it
+        recorder = Recorder(audit, forward=lambda ws, record: hub.submit(ws, record))
+        hub = WebhookHub(recorder.note)
+        self.remote = RemoteAccess(
+            self.paths, settings, problems, local_url=self.url, recorder=recorder, still_pending=store.is_pending
+        )
+        core = assemble(
+            store,
+            audit,
+            self.url,
+            self.approvers,
+            settings=settings,
+            paths=self.paths,
+            outreach=self.remote,
+            recorder=recorder,
+            passkey_origins=self.remote.passkey_origins,  # a tunnel's origin counts only while it is up
+            system=self.system,
+        )
+        self.broker = core.broker
         await self.broker.start()
         # Tampering with state.db, audit.db or settings.toml since the last run is reported (integrity.py).
         self.tampering = await asyncio.to_thread(self.broker.integrity.on_start, settings_path(self.paths))
-        # Channels, tunnel and the public host come from the user's settings in the state dir.
-        self.remote = RemoteAccess.load(self.broker, self.paths)
-        self.broker.max_ttl_minutes = self.remote.settings.policy.max_ttl
-        self.broker.project_limits = ProjectLimits.from_settings(self.remote.settings, self.paths)
-        self.broker.max_request_timeout = self.remote.settings.policy.max_request_timeout
-        self.broker.limiter = RequestLimiter(self.remote.settings.policy.limits())
-        self.web = WebApp(self.broker, public_hosts=self.remote.public_hosts(), state_home=self.paths.root)
-        # Passkeys work on a tunnel's origin only with a configured RP ID that covers it.
-        self.web.passkeys.extra_origins = self.remote.passkey_origins
-        if self.remote.rp_id:
-            self.web.passkeys.rp_id = self.remote.rp_id
-        self.remote.on_public_hosts = self._set_public_hosts
-        api = create_api(self.broker, on_shutdown=self.request_stop, status_extra=self.remote.status)
+        await self.checkpointer.start()  # after on_start: the start checkpoint attests what it found
+        self.web = WebApp(
+            self.broker,
+            core.passkeys,
+            public_hosts=self.remote.public_hosts,
+            state_home=None if self.paths.system else self.paths.root,
+        )
+        api = create_api(self.broker, on_shutdown=self.request_stop, status_extra=self._status_extra)
         config = uvicorn.Config(
             dispatcher(api, self.web.asgi()),
             log_config=None,
@@ -231,9 +309,6 @@ class BrokerServer:
         await self.remote.start()  # a tunnel needs the pages listening
         return self.url
 
-    def _set_public_hosts(self, hosts: tuple[str, ...]) -> None:
-        self.web.public_hosts = hosts  # read on every request by the Host allowlist
-
     async def _serve(self, listeners: Listeners, hub: WebhookHub) -> None:
         assert self._server is not None
         try:
@@ -241,7 +316,9 @@ class BrokerServer:
         finally:
             await self.remote.stop()
             await self.broker.stop()
+            await self.checkpointer.stop()  # the shutdown checkpoint covers every row written above
             await hub.aclose()
+            await self.broker.recorder.drain()  # rows still being written, before the audit log closes
             with suppress(OSError):
                 self.paths.socket.unlink()
             with suppress(OSError):
@@ -249,6 +326,9 @@ class BrokerServer:
             self.broker.store.close()
             self.broker.audit.close()
             listeners.lock.close()
+
+    def _status_extra(self) -> dict[str, Any]:
+        return {**self.remote.status(), "checkpoints": self.checkpointer.status()}
 
     def request_stop(self) -> None:
         if self._server is not None:
@@ -265,10 +345,14 @@ class BrokerServer:
 
 async def serve(paths: StatePaths, port: int = DEFAULT_PORT) -> None:
     """`agent-vault serve`: run until SIGTERM/SIGINT or `agent-vault stop`."""
+    await run_server(BrokerServer(paths, port))
+
+
+async def run_server(server: BrokerServer) -> None:
+    """Start `server` and serve until SIGTERM/SIGINT or a shutdown call."""
     if threading.current_thread() is threading.main_thread():
         # uvicorn re-raises a caught SIGTERM after serving; a no-op handler lets cleanup finish.
         signal.signal(signal.SIGTERM, lambda *_: None)
-    server = BrokerServer(paths, port)
     url = await server.start()
     print(
         f"agent-vault broker {__version__} listening on {url} (pid {os.getpid()})",
@@ -276,3 +360,53 @@ async def serve(paths: StatePaths, port: int = DEFAULT_PORT) -> None:
         flush=True,
     )
     await server.wait()
+
+
+# -- system mode (docs/hardened.md): the broker as its own system user ---------------------------
+
+
+@dataclass(frozen=True)
+class SystemMode:
+    """What makes a broker the system broker: who may call it, where its vaults are, its socket's group."""
+
+    peers: PeerPolicy
+    vaults: SystemVaults
+    socket_group: int
+
+
+def share_socket(path: Path, gid: int) -> None:
+    """Open the socket and its directory to the allowed group: 0660 and 0750, that group (the broker
+    user is a member, so it may). Made 0600 first (`_bind_unix`), so it is never open to more."""
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o660)
+    os.chown(path.parent, -1, gid)
+    os.chmod(path.parent, 0o750)  # noqa: S103 (the allowed group may only reach the socket)
+
+
+def system_server(layout: Layout) -> BrokerServer:
+    """The system broker of the install at `layout`, checked to run as its user from root's record."""
+    record = InstallRecord.read(layout)
+    if record is None:
+        raise SystemModeError(
+            f"no system install under {layout.prefix} ({layout.record} is missing). "
+            "Fix: run `sudo agent-vault system install` first."
+        )
+    account = accounts.user(record.user)
+    if account is None or account.pw_uid != os.geteuid():
+        raise SystemModeError(
+            f"the system broker runs as the user {record.user}, not as uid {os.geteuid()}. Fix: start its "
+            f"service, or by hand: sudo runuser -u {record.user} -- agent-vault system serve"
+        )
+    group = accounts.group(record.group)
+    if group is None:
+        raise SystemModeError(f"the group {record.group} is missing. Fix: run `sudo agent-vault system install`.")
+    require_trusted(layout.vaults, "the system vault config")
+    require_trusted(layout.settings, "the system settings")
+    system = SystemMode(PeerPolicy(group=record.group), SystemVaults(layout.vaults), group.gr_gid)
+    return BrokerServer(Layout(layout.prefix, record.user).state_paths(), record.port, system=system)
+
+
+async def serve_system(layout: Layout) -> None:
+    """`agent-vault system serve`: the system broker, until its service stops it."""
+    server = system_server(layout)
+    await run_server(server)

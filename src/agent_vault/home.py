@@ -24,9 +24,17 @@ _MAX_SOCKET_PATH = 100
 @dataclass(frozen=True)
 class StatePaths:
     root: Path
+    #: the socket when it is not in the state dir: a system broker's, in its socket dir (agent_vault.system)
+    socket_file: Path | None = None
+    #: settings.toml when it is not in the state dir: a system broker's, root-owned in its config dir
+    settings_file: Path | None = None
+    #: served by a system broker, which the service manager starts: a front door never starts one
+    system: bool = False
 
     @property
     def socket(self) -> Path:
+        if self.socket_file is not None:
+            return self.socket_file
         direct = self.root / "broker.sock"
         if len(os.fsencode(direct)) <= _MAX_SOCKET_PATH:
             return direct

@@ -23,10 +23,10 @@ from agent_vault.daemon import BrokerServer
 from agent_vault.frontdoor.session import AgentSession
 from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
-from tests import web_helpers
 from tests.conftest import StepClock, decide_when_asked, write_project
-from tests.test_web_dashboard import sign_in_with_code
-from tests.web_helpers import Live, Visitor
+from tests.web import helpers as web_helpers
+from tests.web.helpers import Live, Visitor
+from tests.web.test_dashboard import sign_in_with_code
 
 pytestmark = pytest.mark.anyio
 live, visitor = web_helpers.live, web_helpers.visitor  # fixtures

@@ -10,8 +10,8 @@ import pytest
 
 from agent_vault.domain.errors import InvalidRequest
 from agent_vault.home import StatePaths
+from tests.broker.test_core import OK, Clock, make_broker, open_session
 from tests.conftest import FAKE_KEY
-from tests.test_broker import OK, Clock, make_broker, open_session
 
 pytestmark = pytest.mark.anyio
 

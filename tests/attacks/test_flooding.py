@@ -18,12 +18,12 @@ from agent_vault.domain.errors import TooManyRequests
 from agent_vault.domain.request import Status
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.home import StatePaths
-from tests import test_channels
+from tests.channels import helpers as channel_helpers
+from tests.channels.helpers import Stub, write_settings
 from tests.conftest import StepClock, decide_on_page, enrol_totp, totp_approvers, write_project
-from tests.test_channels import Stub, write_settings
 
 pytestmark = pytest.mark.anyio
-make_stub = test_channels.make_stub  # fixture: a recording HTTP endpoint on loopback
+make_stub = channel_helpers.make_stub  # fixture: a recording HTTP endpoint on loopback
 
 Start = Callable[..., Awaitable[BrokerServer]]
 
@@ -56,7 +56,10 @@ async def flood(
     api: BrokerClient, count: int, tag: str, name: str = "API_KEY"
 ) -> tuple[list[dict[str, Any]], list[TooManyRequests]]:
     """`count` different requests at once (distinct reasons, so none joins another)."""
-    calls = [api.request("dev", [name], f"{tag} flood {n}") for n in range(count)]
+    calls = [
+        api.request({"vault": "dev", "names": [name], "reason": f"{tag} flood {n}", "operation": "read"})
+        for n in range(count)
+    ]
     results = await asyncio.gather(*calls, return_exceptions=True)
     unexpected = [r for r in results if isinstance(r, BaseException) and not isinstance(r, TooManyRequests)]
     assert not unexpected, unexpected
@@ -94,12 +97,12 @@ async def test_pending_requests_stop_at_the_caps_and_others_can_still_ask(
     assert len(opened) == 3 and len(pending_of(server, "other-agent")) == 3
     assert "8 requests from all agents" in str(refused[0]) and "maxPendingTotal" in str(refused[0])
     with pytest.raises(TooManyRequests, match="maxPendingTotal"):
-        await third.request("dev", ["API_KEY"], "a fair request")
+        await third.request({"vault": "dev", "names": ["API_KEY"], "reason": "a fair request", "operation": "read"})
 
     # The same request again joins the pending one: not refused, not counted twice.
     first = server.broker.get_request(pending_of(server, "flooder")[0])
     assert first is not None
-    again = await flooder.request("dev", ["API_KEY"], first.reason)
+    again = await flooder.request({"vault": "dev", "names": ["API_KEY"], "reason": first.reason, "operation": "read"})
     assert again["request"]["id"] == first.id and len(server.broker.pending()) == 8
 
     # The phone got one message for the whole burst, naming who asked for the ones it only counts.
@@ -115,7 +118,9 @@ async def test_pending_requests_stop_at_the_caps_and_others_can_still_ask(
     assert delivered["status"] == "delivered"
     await flood(flooder, 1, "refill", "DATABASE_URL")  # back at both caps
     assert len(server.broker.pending()) == 8
-    windowed = await flooder.request("dev", ["API_KEY"], "read again inside the window")
+    windowed = await flooder.request(
+        {"vault": "dev", "names": ["API_KEY"], "reason": "read again inside the window", "operation": "read"}
+    )
     assert windowed["status"] == "delivered"
 
     # The audit log got one row per flooding session, counting, not one per refusal.
@@ -150,7 +155,9 @@ async def test_a_project_cannot_keep_requests_pending_past_the_users_ceiling(
     server = await start(settings)
     project = write_project(tmp_path / "project", requestTimeout=86400).parent
     api = await agent(home, project, "patient-agent")
-    answer = await api.request("dev", ["API_KEY"], "wait a day for me")
+    answer = await api.request(
+        {"vault": "dev", "names": ["API_KEY"], "reason": "wait a day for me", "operation": "read"}
+    )
     req = server.broker.get_request(answer["request"]["id"])
     assert req is not None and req.status is Status.PENDING
     assert (req.expires_at - req.created_at).total_seconds() == ceiling

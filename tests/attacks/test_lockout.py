@@ -18,11 +18,11 @@ from agent_vault.approver.factors import FAILURES_PER_DAY, FactorStore
 from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
 from agent_vault.store.sqlite import StateStore
-from tests import web_helpers
+from tests.cli.test_enrol import Terminal
 from tests.conftest import enrol_totp
 from tests.softauthn import SoftAuthenticator
-from tests.test_enrol import Terminal
-from tests.web_helpers import Live, Visitor, enrol_passkey
+from tests.web import helpers as web_helpers
+from tests.web.helpers import Live, Visitor, enrol_passkey
 
 pytestmark = pytest.mark.anyio
 live, visitor = web_helpers.live, web_helpers.visitor  # fixtures

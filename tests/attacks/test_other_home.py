@@ -21,9 +21,9 @@ import pytest
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths, default_root, ensure_private_dir
 from agent_vault.store.audit import AuditLog
-from tests import web_helpers
 from tests.conftest import StepClock, enrol_totp, free_port, totp_approvers, write_project
-from tests.web_helpers import Live, Visitor
+from tests.web import helpers as web_helpers
+from tests.web.helpers import Live, Visitor
 
 live, visitor = web_helpers.live, web_helpers.visitor  # fixtures
 WARNING = "not your default home"

@@ -218,7 +218,7 @@ async def test_approval_links_pointed_elsewhere_are_flagged_by_doctor(
 async def test_only_the_user_with_a_factor_can_accept_changed_settings(
     home: StatePaths, broker_server: BrokerServer
 ) -> None:
-    from tests.test_enrol import Terminal
+    from tests.cli.test_enrol import Terminal
 
     FactorStore(broker_server.broker.store).set_recovery_codes(["aaaa-bbbb-cccc"])
     settings = home.root / "settings.toml"

@@ -21,8 +21,8 @@ from agent_vault.domain.request import Operation, Status
 from agent_vault.frontdoor.session import AgentSession
 from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
+from tests.broker.test_core import OK, Clock, make_broker
 from tests.conftest import StepClock, decide_when_asked, enrol_totp, totp_approvers, write_project
-from tests.test_broker import OK, Clock, make_broker
 
 pytestmark = pytest.mark.anyio
 

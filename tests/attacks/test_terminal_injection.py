@@ -21,8 +21,8 @@ from agent_vault.daemon import BrokerServer
 from agent_vault.frontdoor.session import AgentSession
 from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths, ensure_private_dir
+from tests.cli.test_main import cli
 from tests.conftest import StepClock, decide_when_asked, write_project
-from tests.test_cli import cli
 
 pytestmark = pytest.mark.anyio
 

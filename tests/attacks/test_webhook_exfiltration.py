@@ -19,9 +19,9 @@ from agent_vault.daemon import BrokerServer
 from agent_vault.frontdoor.session import AgentSession
 from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
+from tests.broker.test_webhooks import Sink, eventually
+from tests.broker.test_webhooks import make_sink as make_sink  # a fixture: a real HTTP server on 127.0.0.1
 from tests.conftest import FAKE_KEY, StepClock, decide_when_asked, enrol_totp, totp_approvers, write_project
-from tests.test_webhooks import Sink, eventually
-from tests.test_webhooks import make_sink as make_sink  # a fixture: a real HTTP server on 127.0.0.1
 
 pytestmark = pytest.mark.anyio
 

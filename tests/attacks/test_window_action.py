@@ -24,8 +24,8 @@ from agent_vault.domain.request import Status
 from agent_vault.frontdoor.session import AgentSession
 from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
+from tests.broker.test_core import OK, Clock, make_broker, open_session
 from tests.conftest import FAKE_KEY, StepClock, decide_when_asked, write_project
-from tests.test_broker import OK, Clock, make_broker, open_session
 
 pytestmark = pytest.mark.anyio
 PY = sys.executable
@@ -238,7 +238,7 @@ async def test_a_restarted_broker_with_its_clock_set_back_ignores_older_windows(
 async def test_setting_the_clock_back_does_not_revive_an_expired_request(
     home: StatePaths, tmp_path: Path, monotonic: Monotonic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agent_vault.broker import core as broker_module
+    from agent_vault.broker import ledger as broker_module
 
     monkeypatch.setattr(broker_module.time, "monotonic", monotonic)
     clock = Clock()

@@ -21,7 +21,7 @@ from agent_vault.daemon import BrokerServer
 from agent_vault.domain.request import AccessRequest
 from agent_vault.home import StatePaths
 from tests.conftest import StepClock, enrol_totp, totp_approvers, write_project
-from tests.web_helpers import ReleaseChecks
+from tests.web.helpers import ReleaseChecks
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

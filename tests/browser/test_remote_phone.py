@@ -18,8 +18,8 @@ from agent_vault.domain.request import Status
 from agent_vault.home import StatePaths
 from tests.browser.conftest import ARGS, CHROMIUM, PHONE, BackgroundBroker
 from tests.certs import self_signed
+from tests.channels.helpers import Stub, make_stub, toml_list, write_settings
 from tests.conftest import FAKE_KEY, StepClock, enrol_totp
-from tests.test_channels import Stub, make_stub, toml_list, write_settings
 
 __all__ = ["make_stub"]  # a fixture used here
 PUBLIC = "tunnel.example.test"

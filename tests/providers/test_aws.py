@@ -727,7 +727,7 @@ def test_credentials_never_show_in_reprs(moto: MotoServer) -> None:
 async def test_through_the_broker(home: Any, tmp_path: Path, store: Any, moto: MotoServer) -> None:
     """List plain names, ask for a JSON key by NAME:KEY (known through has()), write a key as a new version."""
     from agent_vault.domain.request import Operation
-    from tests.test_broker import OK, Clock, allow_store_servers, make_broker
+    from tests.broker.test_core import OK, Clock, make_broker, store_servers
 
     store.create_secret(Name="app/db", SecretString=json.dumps({"username": "fake-user", "password": "fake-pw-1"}))
     store.create_secret(Name="app/API_KEY", SecretString="fake-api-key-1")
@@ -736,8 +736,8 @@ async def test_through_the_broker(home: Any, tmp_path: Path, store: Any, moto: M
     section = {"type": "aws", "region": REGION, "endpointUrl": moto.url, "prefix": "app/", "writable": True}
     config = project / "agent-vault.config.json"
     config.write_text(json.dumps({"vaults": {"cloud": {**section, "ttl": 0}}}))
-    broker = make_broker(home, Clock())
-    allow_store_servers(broker, moto.url)  # the user's word: this project may send keys to this endpoint
+    # the user's word: this project may send keys to this endpoint
+    broker = make_broker(home, Clock(), store_servers(moto.url))
     await broker.start()
     session = broker.open_session(config, {}, {"client_name": "pytest", "pid": 1})
 

@@ -1008,7 +1008,7 @@ class TestBitwardenContractRealSdk(BitwardenContract):
 async def test_through_the_broker_with_the_real_sdk(home: Any, server: Any, tmp_path: Path) -> None:
     """A Bitwarden vault behind the real broker, the real SDK in its worker: list, read after approval, write."""
     from agent_vault.domain.request import Operation
-    from tests.test_broker import OK, Clock, allow_store_servers, make_broker
+    from tests.broker.test_core import OK, Clock, make_broker, store_servers
 
     dev, prod = server.add_project("Dev"), server.add_project("Prod")
     server.add_secret("DATABASE_URL", "fake-db-url-1111", dev)
@@ -1028,8 +1028,8 @@ async def test_through_the_broker_with_the_real_sdk(home: Any, server: Any, tmp_
     }
     config = project / "agent-vault.config.json"
     config.write_text(json.dumps({"vaults": {"team": section}}))
-    broker = make_broker(home, Clock())
-    allow_store_servers(broker, server.base)  # the user's word: this project may sign in to this server
+    # the user's word: this project may sign in to this server
+    broker = make_broker(home, Clock(), store_servers(server.base))
     await broker.start()
     try:
         session = broker.open_session(config, {"BWS_ACCESS_TOKEN": server.token}, {"client_name": "pytest", "pid": 1})

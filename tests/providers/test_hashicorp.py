@@ -801,7 +801,7 @@ def test_loading_a_vault_config_does_not_import_hvac(tmp_path: Path) -> None:
 async def test_through_the_broker(bao: OpenBaoServer, home: Any, tmp_path: Path) -> None:
     """Two Vault vaults behind the real broker: one listed, one asked by exact name (`list = false`)."""
     from agent_vault.domain.request import Operation
-    from tests.test_broker import OK, Clock, allow_store_servers, make_broker
+    from tests.broker.test_core import OK, Clock, make_broker, store_servers
 
     prefix = folder()
     seed(bao, "secret", prefix, {"db": {"value": "fake-db-password", "username": "fake-user"}})
@@ -826,8 +826,8 @@ async def test_through_the_broker(bao: OpenBaoServer, home: Any, tmp_path: Path)
         writable = true
         """,
     )
-    broker = make_broker(home, Clock())
-    allow_store_servers(broker, bao.url)  # the user's word: this project may send tokens to this server
+    # the user's word: this project may send tokens to this server
+    broker = make_broker(home, Clock(), store_servers(bao.url))
     await broker.start()
     environ = {"BAO_ROOT": ROOT_TOKEN, "VAULT_TOKEN": token}
     session = broker.open_session(config, environ, {"client_name": "pytest", "pid": 1})

@@ -650,7 +650,7 @@ def test_config_errors_name_the_key_and_never_the_token(tmp_path: Path) -> None:
 async def test_through_the_broker(home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A seed-style 1Password vault behind the real broker: list, read after approval, write."""
     from agent_vault.domain.request import Operation
-    from tests.test_broker import OK, Clock, make_broker
+    from tests.broker.test_core import OK, Clock, make_broker
 
     account = FakeAccount()
     dev, prod = account.add_vault("Dev"), account.add_vault("Prod")

@@ -33,16 +33,6 @@ WRONG_PER_REQUEST = 5
 FAILURES_PER_DAY = 20
 ENROL_TOKEN_TTL = timedelta(minutes=10)
 
-# This module's own table in the state database (it predates nothing: created on first use).
-_TOKENS_TABLE = """CREATE TABLE IF NOT EXISTS enrol_tokens (
-    hash TEXT PRIMARY KEY,
-    purpose TEXT NOT NULL,
-    needs_proof INTEGER NOT NULL,
-    expires_at TEXT NOT NULL,
-    confirmed_at TEXT,
-    used_at TEXT
-)"""
-
 
 @dataclass(frozen=True)
 class Factor:
@@ -99,8 +89,6 @@ class FactorStore:
 
     def __init__(self, state: StateStore) -> None:
         self._state = state
-        with state.transaction() as db:
-            db.execute(_TOKENS_TABLE)
 
     def all(self) -> list[Factor]:
         """Every factor; an authenticator app shows as disabled while today's lockout lasts."""
@@ -309,19 +297,28 @@ def new_recovery_codes(count: int = 8) -> list[str]:
 
 
 PasskeyCheck = Callable[[AccessRequest, dict[str, Any]], str]
+#: the fingerprints of the factor set the audit log last recorded (None: never recorded)
+RecordedFactors = Callable[[], Collection[str] | None]
 
 
 class FactorApprover:
     """Checks an approval's proof against the enrolled factors."""
 
-    def __init__(self, factors: FactorStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        factors: FactorStore,
+        clock: Callable[[], float] = time.time,
+        *,
+        passkey_check: PasskeyCheck | None = None,
+        recorded: RecordedFactors | None = None,
+    ) -> None:
         self.factors = factors
         self._clock = clock
         self._wrong: dict[str, int] = {}
-        #: set by the web app (`approvals.passkeys.Passkeys.check_for_request`) once it knows its origin
-        self.passkey_check: PasskeyCheck | None = None
-        #: the audited factor set's fingerprints (None: nothing recorded yet); set by `integrity.Integrity`
-        self.recorded: Callable[[], Collection[str] | None] | None = None
+        #: checks a passkey assertion for this broker's origin (`approver.passkeys.Passkeys.check_for_request`)
+        self.passkey_check = passkey_check
+        #: the audited factor set's fingerprints (`broker.integrity`); a factor outside it cannot approve
+        self.recorded = recorded
 
     def enrolled(self) -> bool:
         return any(not f.disabled for f in self.factors.all())
@@ -403,3 +400,17 @@ class FactorApprover:
         if deny_after is not None and wrong >= deny_after:
             raise NotAuthorized(f"{deny_after} wrong answers on this request: it has been denied", deny=True)
         raise NotAuthorized(message)
+
+
+@dataclass(frozen=True)
+class ApproverKit:
+    """What the broker's assembly hands an approver factory: the enrolled factors, the passkey check for
+    this broker's origin, and the factor set the audit log vouches for."""
+
+    store: StateStore
+    factors: FactorStore
+    passkey_check: PasskeyCheck
+    recorded: RecordedFactors
+
+    def factor_approver(self, clock: Callable[[], float] = time.time) -> FactorApprover:
+        return FactorApprover(self.factors, clock, passkey_check=self.passkey_check, recorded=self.recorded)

@@ -97,12 +97,17 @@ class Passkeys:
     """
 
     def __init__(
-        self, factors: FactorStore, origin: str, rp_id: str = RP_ID, clock: Callable[[], float] = time.monotonic
+        self,
+        factors: FactorStore,
+        origin: str,
+        rp_id: str = RP_ID,
+        clock: Callable[[], float] = time.monotonic,
+        extra_origins: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self.factors = factors
         self.origin = origin.rstrip("/")
         self.rp_id = rp_id
-        self.extra_origins: Callable[[], Sequence[str]] = tuple
+        self.extra_origins = extra_origins
         self._clock = clock
         self._issued: dict[str, _Issued] = {}
 

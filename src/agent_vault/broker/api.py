@@ -1,9 +1,10 @@
 """The broker's API for front doors: JSON over HTTP on the Unix socket in the state dir.
 
 A front door opens a session (its config file, the env values that config refers to, who is
-asking) and then lists, requests and waits. The socket is the user's alone (0600 in a 0700
-dir); each connection's peer credentials (pid, uid) come from the kernel, and a session is
-bound to the process that opened it.
+asking) and then lists, requests and waits. A per-user broker's socket is the user's alone
+(0600 in a 0700 dir); a system broker's is open to one group (docs/hardened.md). Each
+connection's peer credentials (pid, uid) come from the kernel: broker/peers.py decides who may
+call what, and a session is bound to the process that opened it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from agent_vault.broker.core import Broker, Outcome, Session
 from agent_vault.broker.generate import parse_spec
 from agent_vault.domain.errors import AgentVaultError, InvalidRequest
 from agent_vault.domain.request import AccessRequest, Operation
-from agent_vault.domain.wire import SESSION_HEADER
+from agent_vault.domain.wire import (
+    SESSION_HEADER,
+    ErrorAnswer,
+    OutcomeView,
+    RequestView,
+    SessionOpened,
+    StatusView,
+)
 
 PEER_KEY = "agent_vault.peer"
 MAX_WAIT = 60.0
@@ -41,10 +49,11 @@ def peer_of(request: Request) -> tuple[int, int] | None:
 
 
 def error_response(exc: AgentVaultError, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status_code=status)
+    answer: ErrorAnswer = {"error": {"code": exc.code, "message": str(exc)}}
+    return JSONResponse(answer, status_code=status)
 
 
-def request_view(req: AccessRequest) -> dict[str, Any]:
+def request_view(req: AccessRequest) -> RequestView:
     return {
         "id": req.id,
         "vault": req.vault,
@@ -63,14 +72,17 @@ def request_view(req: AccessRequest) -> dict[str, Any]:
     }
 
 
-def outcome_view(outcome: Outcome) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": outcome.status, "url": outcome.url}
+def outcome_view(outcome: Outcome) -> OutcomeView:
+    body: OutcomeView = {
+        "status": outcome.status,
+        "url": outcome.url,
+        "window_end": outcome.window_end.isoformat() if outcome.window_end else None,
+    }
     if outcome.request is not None:
         body["request"] = request_view(outcome.request)
     if outcome.values:
         # The last hop inside the product: the front door puts these in the tool result.
         body["values"] = {name: value.reveal() for name, value in outcome.values.items()}
-    body["window_end"] = outcome.window_end.isoformat() if outcome.window_end else None
     if outcome.progress is not None:
         body["progress"] = outcome.progress
     if outcome.run is not None:
@@ -129,9 +141,12 @@ def create_api(
         env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
         session = broker.open_session(Path(str(data.get("config_path", ""))), env, requester)
         config = session.workspace.config
-        return JSONResponse(
-            {"session": session.id, "wait_timeout": config.wait_timeout, "vaults": sorted(config.vaults)}
-        )
+        opened: SessionOpened = {
+            "session": session.id,
+            "wait_timeout": config.wait_timeout,
+            "vaults": sorted(config.vaults),
+        }
+        return JSONResponse(opened)
 
     async def close_session(request: Request) -> Response:
         await broker.close_session(session_of(request))
@@ -177,20 +192,23 @@ def create_api(
         return JSONResponse(outcome_view(outcome))
 
     async def status(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "version": __version__,
-                "pid": os.getpid(),
-                "url": broker.base_url,
-                "pending": [request_view(r) for r in broker.pending()],
-                "windows": [w.to_json() for w in broker.windows()],
-                # tunnel, public URL, channels and their last delivery (see tunnels.remote)
-                **(status_extra() if status_extra is not None else {}),
-            }
-        )
+        # a system broker's allowed users see their own requests and windows, and nothing of its set-up
+        user = broker.peers.confined_to(peer_of(request))
+        view: StatusView = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "url": broker.base_url,
+            "pending": [request_view(r) for r in broker.pending(user)],
+            "windows": [w.to_json() for w in broker.windows(user)],
+        }
+        if status_extra is not None and user is None:
+            # tunnel, public URL, channels and their last delivery (see tunnels.remote), checkpoints
+            view.update(status_extra())  # type: ignore[typeddict-item]
+        return JSONResponse(view)
 
     async def revoke(request: Request) -> Response:
-        window = await broker.revoke_window(request.path_params["wid"])
+        user = broker.peers.confined_to(peer_of(request))
+        window = await broker.revoke_window(request.path_params["wid"], user)
         return JSONResponse({"revoked": window.to_json()})
 
     async def shutdown(request: Request) -> Response:
@@ -200,9 +218,9 @@ def create_api(
 
     def guarded(handler: Handler) -> Handler:
         async def run(request: Request) -> Response:
-            peer = peer_of(request)
-            if peer is not None and peer[1] != os.getuid():
-                return error_response(InvalidRequest("this broker serves only its own user"), 403)
+            refusal = broker.peers.refusal(peer_of(request), request.scope["path"])  # who may call: broker/peers.py
+            if refusal is not None:
+                return error_response(refusal, 403)
             try:
                 return await handler(request)
             except AgentVaultError as exc:

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
-from contextlib import suppress
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from agent_vault.broker.webhook_delivery import WebhookDispatcher, WebhookSink
 from agent_vault.broker.workspace import Workspace
 from agent_vault.configuration.project import Config
-from agent_vault.domain.errors import AuditError
 from agent_vault.domain.untrusted import visible
-from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord
+from agent_vault.store.audit import AuditRecord
 
 
 class WebhookHub:
-    def __init__(self, audit: AuditLog) -> None:
-        self._audit = audit
+    def __init__(self, note: Callable[[str, Mapping[str, Any]], None]) -> None:
+        #: the broker's audit writer (`Recorder.note`): a failed delivery becomes a `webhook_failed` row
+        self._note = note
         self._dispatchers: dict[str, tuple[Config, WebhookDispatcher]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -58,17 +57,7 @@ class WebhookHub:
     def _report(self, url: str, message: str) -> None:
         # the URL comes from a project config, which an agent can edit
         print(visible(f"agent-vault: webhook {url} failed: {message}"), file=sys.stderr, flush=True)
-        event = AuditEvent(event="webhook_failed", detail={"url": url, "error": message})
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._record(event)
-            return
-        loop.run_in_executor(None, self._record, event)  # keep the fsync off the event loop
-
-    def _record(self, event: AuditEvent) -> None:
-        with suppress(AuditError):  # already reported on stderr; the audit error surfaces on the next release
-            self._audit.append(event)
+        self._note("webhook_failed", {"url": url, "error": message})
 
     async def aclose(self) -> None:
         for _, dispatcher in self._dispatchers.values():

@@ -28,12 +28,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent_vault.approver.factors import FactorApprover, FactorStore
-from agent_vault.approver.protocol import Approver
+from agent_vault.approver.factors import FactorStore
+from agent_vault.broker.recorder import Recorder
 from agent_vault.domain.errors import AuditError
 from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.home import StatePaths
-from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord
+from agent_vault.store.audit import AuditLog, AuditRecord
 from agent_vault.store.sqlite import StateStore, Window
 
 log = logging.getLogger("agent_vault.broker.integrity")
@@ -97,17 +97,14 @@ def recorded_factors_at(paths: StatePaths) -> Collection[str] | None:
         return recorded_factors(audit)
 
 
-def guard_at(paths: StatePaths, approver: FactorApprover) -> None:
-    """For commands outside the broker: `approver` refuses factors missing from the audited set."""
-    approver.recorded = lambda: recorded_factors_at(paths)
-
-
 class Integrity:
     """The broker's side: vouches for windows and approvals, records baselines, reports tampering."""
 
-    def __init__(self, store: StateStore, audit: AuditLog) -> None:
+    def __init__(self, store: StateStore, recorder: Recorder) -> None:
+        """`recorder`: the broker's audit writer (tamper_detected, the baselines); its log is read here."""
         self._store = store
-        self._audit = audit
+        self._recorder = recorder
+        self._audit = audit = recorder.audit
         self._factors = FactorStore(store)
         self._windows: dict[str, bool] = {}
         self._reported: set[str] = set()
@@ -122,11 +119,6 @@ class Integrity:
         self._own_decisions: set[int] = set()
         audit.listeners.append(self._note_own)
         audit.listeners.append(self._checkpoint)
-
-    def guard(self, approver: Approver) -> None:
-        """Make `approver` refuse factors that are not in the audited factor set."""
-        if isinstance(approver, FactorApprover):
-            approver.recorded = self.recorded_factors
 
     # -- windows and approvals --------------------------------------------------------------------
 
@@ -173,7 +165,7 @@ class Integrity:
         self._reported.add(object_id)
         self._warn(why)
         try:
-            self._audit.append(AuditEvent(event="tamper_detected", detail={"object": object_id, "why": why}))
+            self._recorder.write("tamper_detected", {"object": object_id, "why": why})
         except AuditError:
             log.exception("could not record the tampering")
 
@@ -216,7 +208,7 @@ class Integrity:
         self.warnings = [*self.warnings[-4:], why]
 
     def _append(self, event: str, detail: dict[str, Any]) -> None:
-        self._audit.append(AuditEvent(event=event, detail=detail))
+        self._recorder.write(event, detail)
 
     def _checkpoint(self, record: AuditRecord) -> None:
         if record.event in _HOT_EVENTS or self.audit_problem is not None:
@@ -402,8 +394,7 @@ def accept_settings(paths: StatePaths, prove: Callable[[FactorStore], str]) -> s
         via = prove(factors) if factors.all() else "no factor enrolled"
         if checkpoint_problem(store, audit) is None:  # never move a checkpoint past a broken log
             audit.listeners.append(lambda row: store.set_meta(CHECKPOINT, _mark(row)))
-        audit.append(AuditEvent(event="settings_accepted", detail={SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys,
-                                                                    "via": via}))  # fmt: skip
+        Recorder(audit).write("settings_accepted", {SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys, "via": via})
     return f"accepted {path} as it is now ({len(keys)} settings); `agent-vault doctor` no longer flags it"
 
 

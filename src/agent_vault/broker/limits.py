@@ -15,17 +15,43 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from agent_vault.configuration.settings import Limits
+from agent_vault.configuration.boundaries import ProjectLimits
+from agent_vault.configuration.settings import Limits, UserSettings
 from agent_vault.domain.errors import TooManyRequests
+from agent_vault.home import StatePaths
 
 #: at most one `flood_refused` audit row per session in this many seconds
 AUDIT_EVERY = 60.0
 #: sessions whose pace is remembered; the oldest is forgotten beyond this (bounded memory)
 MAX_SESSIONS = 10_000
 _WHERE = "the user's settings.toml [policy]"
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The user's ceilings on what agents and project configs may do (settings.toml, never the project)."""
+
+    #: the longest approval window (`[policy] maxTtlMinutes`); None: as the project config says
+    max_ttl_minutes: float | None = None
+    #: the longest a request stays pending (`[policy] maxRequestTimeoutSeconds`)
+    max_request_timeout: float | None = None
+    #: what project configs may point at beyond their directory and public hosts
+    project: ProjectLimits = field(default_factory=ProjectLimits)
+    #: pending caps and pace
+    requests: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_settings(cls, settings: UserSettings, paths: StatePaths) -> Ceilings:
+        policy = settings.policy
+        return cls(
+            max_ttl_minutes=policy.max_ttl,
+            max_request_timeout=policy.max_request_timeout,
+            project=ProjectLimits.from_settings(settings, paths),
+            requests=policy.limits(),
+        )
 
 
 @dataclass

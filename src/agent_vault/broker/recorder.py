@@ -1,30 +1,42 @@
-"""Turn what the broker does into audit rows (and webhook events), in one place.
+"""The one audit writer: what the broker process does becomes audit rows (and webhook events) here.
 
-Every row carries the request's vault, names, operation, reason, scope and id, and who asked
-(client, pid, uid, project, git remote); never a value. The append runs off the event loop
-and is durable when it returns, so callers can release a value only after it.
+Every part of the broker process (the core, the pages, the tunnel and channels, webhook delivery,
+the integrity checks) writes through one `Recorder`, built by `daemon.assemble` and handed to each;
+the commands that change state while no broker runs (`factors add`, `settings accept`) write
+through one of their own. The one row written elsewhere is the front door's note, in the default
+home's log, that an agent session used another state home (frontdoor/home_use.py): the front
+door never imports the broker, and no broker of that home need be running.
+
+A request's row carries its vault, names, operation, reason, scope and id, and who asked (client,
+pid, uid, project, git remote); never a value. `record` appends off the event loop and is durable
+when it returns, so callers can release a value only after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent_vault.broker.workspace import Workspace
 from agent_vault.configuration.project import WEBHOOK_EVENTS
+from agent_vault.domain.errors import AuditError
 from agent_vault.domain.request import AccessRequest, Operation, Requester
 from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord
+
+log = logging.getLogger(__name__)
 
 #: hands a record of a webhook event, with the workspace whose webhooks apply, to the forwarding
 ForwardEvent = Callable[[Workspace, AuditRecord], None]
 
 
 class Recorder:
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, forward: ForwardEvent | None = None) -> None:
         self.audit = audit
         #: receives every record of a webhook event, with the workspace whose webhooks apply
-        self.webhook_sink: ForwardEvent | None = None
+        self.forward = forward
+        self._notes: set[asyncio.Future[None]] = set()
 
     async def record(
         self,
@@ -47,9 +59,38 @@ class Recorder:
         if ws is not None:
             extra.setdefault("config", ws.key)
         record = await asyncio.to_thread(self.audit.append, AuditEvent(event=event, detail=extra, **base))
-        if ws is not None and event in WEBHOOK_EVENTS and self.webhook_sink is not None:
-            self.webhook_sink(ws, record)
+        if ws is not None and event in WEBHOOK_EVENTS and self.forward is not None:
+            self.forward(ws, record)
         return record
+
+    def write(self, event: str, detail: Mapping[str, Any], **fields: Any) -> AuditRecord:
+        """Append one row now, on this thread (a worker thread, or a command without a loop); `fields`
+        are the row's own columns (request_id, ...). Raises AuditError if it cannot be written."""
+        return self.audit.append(AuditEvent(event=event, detail=dict(detail), **fields))
+
+    def note(self, event: str, detail: Mapping[str, Any], **fields: Any) -> None:
+        """Append one row in the background, best effort: for failures already said elsewhere (stderr,
+        the status), such as a channel or webhook that failed. Never raises, never blocks the loop;
+        `drain` waits for what is still being written."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._note_now(event, detail, fields)
+            return
+        job = loop.run_in_executor(None, self._note_now, event, detail, fields)  # the fsync off the loop
+        self._notes.add(job)
+        job.add_done_callback(self._notes.discard)
+
+    async def drain(self) -> None:
+        """Wait for the rows `note` is still writing (before the audit log closes)."""
+        while self._notes:
+            await asyncio.gather(*self._notes, return_exceptions=True)
+
+    def _note_now(self, event: str, detail: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+        try:
+            self.write(event, detail, **fields)
+        except AuditError:  # already said where it happened; the audit error surfaces on the next release
+            log.warning("could not record %s in the audit log", event)
 
 
 def _request_fields(req: AccessRequest) -> dict[str, Any]:

@@ -34,9 +34,13 @@ from agent_vault.providers.registry import provider_class
 
 
 class Workspace:
-    def __init__(self, path: Path, env: Mapping[str, str], limits: ProjectLimits | None = None) -> None:
+    def __init__(
+        self, path: Path, env: Mapping[str, str], limits: ProjectLimits | None = None, *, key: str | None = None
+    ) -> None:
         self.path = path
-        self.key = str(path)
+        #: what windows and requests belong to: the config's path, or a name given for it (a system
+        #: broker's one config is a workspace per calling user, see system_vaults.py)
+        self.key = key or str(path)
         self._env = dict(env)
         #: what the user's settings let this (agent-editable) config point at
         self.limits = limits or ProjectLimits()

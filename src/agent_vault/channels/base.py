@@ -7,6 +7,11 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from agent_vault.domain.errors import ChannelError
+
+#: what a plug-in needs, in one import (ChannelError lives with the other errors in domain/errors.py)
+__all__ = ["Channel", "ChannelError", "ChannelOptions", "Notice"]
+
 
 class ChannelOptions(BaseModel):
     """A channel's own keys in its `[[channels]]` section. Subclasses add fields."""

@@ -60,7 +60,14 @@ class DesktopChannel:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise ChannelError(f"{command[0]} did not finish within {TIMEOUT:g}s") from None
+            raise ChannelError(
+                f"{command[0]} did not finish within {TIMEOUT:g}s. Fix: check that a desktop session "
+                "and its notification service are running"
+            ) from None
         if proc.returncode != 0:
             last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise ChannelError(f"{command[0].rsplit('/', 1)[-1]} exited with {proc.returncode}: {last[0][:200]}")
+            tool = command[0].rsplit("/", 1)[-1]
+            raise ChannelError(
+                f"{tool} exited with {proc.returncode}: {last[0][:200]}. Fix: run {tool} by hand in your "
+                "desktop session to see why, or remove this channel"
+            )

@@ -41,7 +41,6 @@ _HOSTED = frozenset(
     }
 )
 INSTALL_HINT = "pip install 'agent-vault[notify]'"
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def safe_label(url: str) -> str:
@@ -58,18 +57,37 @@ def safe_label(url: str) -> str:
     return f"{scheme}://{host}{port}"
 
 
-def _scrub(message: str) -> str:
-    """apprise's log text with any URL cut down to its scheme and host."""
-    return _URL.sub(lambda m: safe_label(m.group(0)), message)[:300]
+_STATUS = re.compile(r"(?:error|status|code|http)\D{0,12}\b([1-5]\d\d)\b", re.IGNORECASE)
+_UNREACHABLE = re.compile(r"connect|resolv|timed? ?out|refused|unreachable|socket|ssl|certificate", re.IGNORECASE)
+
+
+def failure_reason(logs: list[str]) -> str:
+    """What went wrong, told from apprise's log lines without repeating them.
+
+    apprise's lines name topics, tokens and chat ids (a ntfy topic is the channel's only secret),
+    so nothing of them is passed on but an HTTP status or the fact that the server was not reached.
+    """
+    text = " ".join(logs)
+    status = _STATUS.search(text)
+    if status:
+        return (
+            f"the server answered HTTP {status.group(1)}. Fix: check the URL's topic or token and its "
+            "credentials, then run `agent-vault status` after the next request"
+        )
+    if _UNREACHABLE.search(text):
+        return "the server could not be reached. Fix: check the URL's host and that the server is up"
+    return "the notification service did not accept it. Fix: check the URL against the apprise wiki"
 
 
 def with_view_action(url: str, link: str) -> str:
     """`url` (ntfy) with the page as click target, a View button and no icon fetched from GitHub."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    safe_link = link.replace(",", "%2C").replace(";", "%3B")  # ntfy splits actions on , and ;
+    # ntfy splits actions on , and ; so those are escaped in the button's URL; apprise unquotes the
+    # parameter once more after the URL's own decoding, so every % of that is escaped once again
+    button = link.replace(",", "%2C").replace(";", "%3B").replace("%", "%25")
     query["click"] = link
-    query["actions"] = f"view, View, {safe_link}, clear=true"
+    query["actions"] = f"view, View, {button}, clear=true"
     query.setdefault("image", "no")
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote, safe="")))
 
@@ -132,8 +150,7 @@ class AppriseChannel:
                 log_callback=_collector(logs),
             )
             if not ok:
-                why = _scrub(logs[-1]) if logs else "no details"
-                failures.append(f"{safe_label(url)}: {why}")
+                failures.append(f"{safe_label(url)}: {failure_reason(logs)}")
         return failures
 
 

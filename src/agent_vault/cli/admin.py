@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from agent_vault.cli.table import table
 from agent_vault.configuration.boundaries import ProjectLimits, project_problems
 from agent_vault.configuration.legacy_env import locate_config
 from agent_vault.configuration.project import VaultConfig, load_config, redacted_view
+from agent_vault.configuration.settings import UserSettings
 from agent_vault.domain.errors import AgentVaultError, BrokerUnavailable, ConfigError, InvalidRequest
 from agent_vault.domain.untrusted import shown
+from agent_vault.domain.wire import WindowView
 from agent_vault.frontdoor.client import BrokerClient
-from agent_vault.home import default_root, is_default, state_paths
+from agent_vault.home import StatePaths, default_root, is_default, state_paths
 from agent_vault.store.audit import AuditLog
 from agent_vault.store.sqlite import StateStore, Window
 
@@ -45,6 +48,7 @@ async def broker_status(as_json: bool = False) -> str:
         f"broker: running, pid {data['pid']}, version {data['version']}",
         f"approval pages: {data['url']}",
         *remote_lines(data, settings_path(paths)),
+        *checkpoint_lines(data.get("checkpoints")),
         f"state dir: {where}",
         f"pending requests: {len(data['pending'])}",
     ]
@@ -60,6 +64,19 @@ async def broker_status(as_json: bool = False) -> str:
     if data["windows"]:
         lines.append(window_table(data["windows"], indent="  "))
     return "\n".join(lines)
+
+
+def checkpoint_lines(status: dict[str, Any] | None) -> list[str]:
+    """Signed audit checkpoints (docs/checkpoints.md): the latest, and each sink's deliveries."""
+    if not status or not status.get("enabled"):
+        return ["audit checkpoints: off (no [[checkpoints.sinks]] in settings.toml; see docs/checkpoints.md)"]
+    latest = status.get("latest")
+    made = f"latest at row {latest['seq']}, {latest['time']}" if latest else "none made yet"
+    lines = [f"audit checkpoints: {made}"]
+    for sink in status.get("sinks") or []:
+        error = f"; last error: {sink['last_error']}" if sink.get("last_error") else ""
+        lines.append(f"  to {sink['sink']}: {sink['sent']} sent, {sink['failed']} failed{error}")
+    return lines
 
 
 async def stop_broker() -> str:
@@ -127,7 +144,7 @@ def grants_list(as_json: bool = False) -> str:
 _ALLOWS = {"read": "reads", "run": "runs of one command"}
 
 
-def window_table(windows: list[dict[str, Any]], indent: str = "") -> str:
+def window_table(windows: list[WindowView], indent: str = "") -> str:
     """Windows as `Window.to_json` (or the broker's status) gives them, one aligned row each: id,
     what it covers, what it allows, when it ends and how long that is, and the project it is for."""
     now = datetime.now(UTC)
@@ -214,17 +231,120 @@ def audit_list(args: argparse.Namespace) -> str:
     return table(header, body, caps={3: 40, 4: 72}, right=[0])
 
 
-def audit_verify() -> tuple[bool, str]:
+def audit_verify(
+    checkpoints: str | None = None,
+    key: str | None = None,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+) -> tuple[bool, str]:
+    """The chain and the checkpoint state.db keeps of it; with `checkpoints`, also the signed checkpoints
+    found there (checked with `key`, or this machine's key with a warning)."""
     from agent_vault.broker.integrity import audit_problem
 
     paths = state_paths()
     problem = audit_problem(paths)  # the chain against the checkpoint state.db keeps of it
-    if problem is not None and not paths.audit_db.exists():
-        return False, f"audit log BROKEN: {problem}"
-    with AuditLog(paths.audit_db) as log:
-        result = log.verify()
-    if not result.ok:
-        return False, f"audit log BROKEN at row {result.first_bad_id}: {result.problem}"
-    if problem is not None:
-        return False, f"audit log BROKEN: {problem}"
-    return True, f"audit log intact: {result.rows} rows, hash chain verified"
+    if not paths.audit_db.exists() and (problem is not None or checkpoints is not None):
+        ok, verdict = False, f"audit log BROKEN: {problem or f'{paths.audit_db} does not exist'}"
+    else:
+        with AuditLog(paths.audit_db) as log:
+            result = log.verify()
+        if not result.ok:
+            ok, verdict = False, f"audit log BROKEN at row {result.first_bad_id}: {result.problem}"
+        elif problem is not None:
+            ok, verdict = False, f"audit log BROKEN: {problem}"
+        else:
+            ok, verdict = True, f"audit log intact: {result.rows} rows, hash chain verified"
+    if checkpoints is None:
+        return ok, verdict
+    agree, text = _against_checkpoints(paths, checkpoints, key, endpoint_url, region)
+    return ok and agree, f"{verdict}\n{text}"
+
+
+def _against_checkpoints(
+    paths: StatePaths, spec: str, key: str | None, endpoint_url: str | None, region: str | None
+) -> tuple[bool, str]:
+    from agent_vault.checkpoints.key import key_path, load_key, public_key_arg
+    from agent_vault.checkpoints.sources import open_source
+    from agent_vault.checkpoints.verification import verify_with_checkpoints
+    from agent_vault.configuration.settings import settings_path
+
+    lines = []
+    if key is not None:
+        public = public_key_arg(key)
+    else:
+        local = load_key(paths)
+        if local is None:
+            raise InvalidRequest(
+                f"no --key given, and this machine has no checkpoint key ({key_path(paths)}). Fix: pass --key with "
+                "the public key `agent-vault audit key` printed when it was made"
+            )
+        public = local.public
+        lines.append(
+            f"warning: no --key, so the checkpoints are checked with the key kept on this machine ({key_path(paths)}). "
+            "Whoever could rewrite audit.db as you could also have signed checkpoints with it: this proves less. "
+            "Pass --key with the public key you noted when it was made (`agent-vault audit key`)"
+        )
+    source = open_source(spec, settings=_settings_or_none(paths), endpoint_url=endpoint_url, region=region)
+    report = verify_with_checkpoints(paths, source, public, settings_file=settings_path(paths))
+    for finding in report.findings:
+        if finding.kind != "chain broken":  # the first line said so already
+            lines.append(f"{'BROKEN' if finding.fatal else 'note'}: {finding.text}")
+    latest = report.latest
+    if report.ok and latest is not None:
+        since = f"; {report.unvouched} row(s) since are not vouched for yet" if report.unvouched else ""
+        lines.append(
+            f"checkpoints agree: {report.checkpoints} from {source.label}, signed by key {public.key_id}; "
+            f"{latest.describe()}, the latest, matches audit.db{since}"
+        )
+    else:
+        lines.append(
+            f"checkpoints DISAGREE: {report.checkpoints} checkpoint(s) from {source.label}, key {public.key_id}"
+        )
+    return report.ok, "\n".join(lines)
+
+
+def _settings_or_none(paths: StatePaths) -> UserSettings | None:
+    from agent_vault.configuration.settings import load_settings
+
+    try:
+        return load_settings(paths)
+    except AgentVaultError:
+        return None  # only an s3:// source's endpoint comes from there; --endpoint-url gives it too
+
+
+def audit_key() -> str:
+    """The public half of the checkpoint signing key (made now if there is none)."""
+    from agent_vault.checkpoints.key import key_path, load_or_create_key
+
+    paths = state_paths()
+    key, made = load_or_create_key(paths)
+    how = "made now, and kept" if made else "kept"
+    return (
+        f"{key.public.text}\n"
+        f"key id {key.public.key_id}: the public half of the key that signs audit checkpoints, {how} in "
+        f"{key_path(paths)} (0600).\nNote it somewhere this machine cannot change, and give it to "
+        "`agent-vault audit watch --key` and `agent-vault audit verify --key` (docs/checkpoints.md)."
+    )
+
+
+def audit_watch(
+    spec: str,
+    key: str,
+    *,
+    once: bool,
+    interval: float,
+    max_gap: float | None,
+    endpoint_url: str | None,
+    region: str | None,
+    say: Callable[[str], None],
+) -> int:
+    """Follow checkpoints arriving at a sink (meant for another machine: no state dir is made)."""
+    from agent_vault.checkpoints.key import public_key_arg
+    from agent_vault.checkpoints.sources import open_source
+    from agent_vault.checkpoints.watching import Watcher, run_watch
+
+    public = public_key_arg(key)
+    settings = _settings_or_none(state_paths(create=False)) if spec.startswith("s3://") else None
+    source = open_source(spec, settings=settings, endpoint_url=endpoint_url, region=region, follow=not once)
+    return run_watch(source, Watcher(public, max_gap=max_gap), once=once, interval=interval, say=say)

@@ -83,7 +83,7 @@ async def run_demo(auto_approve: bool = False, out: Any = None, wait_timeout: in
     out = out or sys.stdout
     sandbox, paths = make_sandbox(wait_timeout=wait_timeout)
     code = f"{secrets.randbelow(10**6):06d}"
-    server = BrokerServer(paths, 0, approvers=lambda store: DemoApprover(code))
+    server = BrokerServer(paths, 0, approvers=lambda kit: DemoApprover(code))
     url = await server.start()
     say = _printer(out)
     say(f"Sandbox: {sandbox}\nBroker for the sandbox: {url}\nDemo approval code: {code}\n")

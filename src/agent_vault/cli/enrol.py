@@ -30,10 +30,11 @@ from agent_vault.approver.factors import (
     new_totp_secret,
     token_key,
 )
-from agent_vault.broker.integrity import guard_at, next_factor_set, recorded_factors_at
+from agent_vault.broker.integrity import next_factor_set, recorded_factors_at
+from agent_vault.broker.recorder import Recorder
 from agent_vault.domain.errors import AgentVaultError, NotAuthorized
 from agent_vault.home import StatePaths, state_paths
-from agent_vault.store.audit import AuditEvent, AuditLog
+from agent_vault.store.audit import AuditLog
 from agent_vault.store.sqlite import StateStore
 
 POLL = 0.5
@@ -83,7 +84,7 @@ def _factors(paths: StatePaths) -> Iterator[FactorStore]:
 
 def _audit(paths: StatePaths, event: str, **detail: str | list[str]) -> None:
     with AuditLog(paths.audit_db) as log:
-        log.append(AuditEvent(event=event, detail=detail))
+        Recorder(log).write(event, detail)  # the same writer as the broker's, on this command's own log handle
 
 
 def record_factor_change(paths: StatePaths, event: str, factors: FactorStore, factor: Factor, via: str) -> None:
@@ -197,8 +198,7 @@ def prove(paths: StatePaths, factors: FactorStore, port: int | None = None) -> s
         "Prove it is you: authenticator code or recovery code (or press Enter to use your passkey): "
     ).strip()
     if looks_like_totp(answer):
-        approver = FactorApprover(factors)
-        guard_at(paths, approver)
+        approver = FactorApprover(factors, recorded=lambda: recorded_factors_at(paths))
         return approver.check_code(answer, "cli")
     if answer:
         if factors.use_recovery_code(answer):

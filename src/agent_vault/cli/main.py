@@ -72,7 +72,36 @@ def _parser() -> argparse.ArgumentParser:
     alist.add_argument("--request", help="only events of this request id")
     alist.add_argument("--limit", type=_positive, default=50, help="show at most this many events (default 50)")
     alist.add_argument("--json", action="store_true", help="print the events as JSON (exact text, for scripts)")
-    command(audit, "verify", "check the hash chain; names the first altered or missing row")
+    averify = command(audit, "verify", "check the hash chain; names the first altered or missing row")
+    averify.add_argument(
+        "--checkpoints",
+        metavar="SRC",
+        help="also check the log against signed checkpoints: a file of JSON lines, a directory, or s3://bucket/prefix",
+    )
+    averify.add_argument(
+        "--key",
+        metavar="PUB",
+        help="their public key (ed25519:... or a file); default: this machine's, which proves less",
+    )
+    _s3_options(averify)
+    command(audit, "key", "show the public key that signs audit checkpoints (made now if there is none)")
+    awatch = command(
+        audit, "watch", "follow checkpoints from a sink, on another machine: gaps, rollbacks, forks, bad signatures"
+    )
+    awatch.add_argument("--key", metavar="PUB", required=True, help="the broker's public key (ed25519:... or a file)")
+    awatch.add_argument(
+        "--from",
+        dest="source",
+        metavar="SINK",
+        required=True,
+        help="where checkpoints arrive: a file of JSON lines, a directory, or s3://bucket/prefix",
+    )
+    awatch.add_argument("--once", action="store_true", help="check what is there now and exit (1 on any finding)")
+    awatch.add_argument("--interval", type=_seconds, default=30.0, help="seconds between polls (default 30)")
+    awatch.add_argument(
+        "--max-gap", type=_seconds, help="seconds of silence that count as a gap (default: two heartbeats and a minute)"
+    )
+    _s3_options(awatch)
 
     init = command(sub, "init", "one-time set-up on a terminal: enrol how you approve, get recovery codes")
     init.add_argument("--passkey", action="store_true", help="enrol a passkey via a one-time link (the default)")
@@ -112,9 +141,47 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="command", help="the command and its arguments, after --"
     )
+    _system_commands(sub, command, actions)
     demo = command(sub, "demo", "try the whole flow in a sandbox with a scripted agent")
     demo.add_argument("--yes", action="store_true", help="approve automatically (no browser needed)")
     return p
+
+
+def _system_commands(sub: Any, command: Any, actions: Any) -> None:
+    system = actions(
+        command(sub, "system", "system mode: the broker as its own system user, out of an agent's reach (as root)")
+    )
+    install = command(
+        system, "install", "set the system broker up: its user, state, config, socket group and service (as root)"
+    )
+    install.add_argument("--allow-user", action="append", default=[], metavar="LOGIN",
+                         help="a local user whose agents may use the broker (repeat for more)")  # fmt: skip
+    install.add_argument("--no-service", action="store_true", help="everything but the systemd unit")
+    install.add_argument("--port", type=int, default=9999, help="approval page port on 127.0.0.1 (default 9999)")
+    uninstall = command(system, "uninstall", "take the system broker down; keeps its audit log unless --purge")
+    uninstall.add_argument("--purge", action="store_true", help="also delete its state (audit log, factors, vault "
+                           "files) and its config")  # fmt: skip
+    serve = command(system, "serve", "run the system broker (as its user: what its service runs)")
+    for parser in (install, uninstall, serve):
+        parser.add_argument("--user", default="agent-vault", help="the broker's system user (default agent-vault)")
+        parser.add_argument("--prefix", default="/", help="put every path of the install under this directory")
+
+
+def _s3_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", help="S3 endpoint for s3:// (default: that bucket's sink in settings.toml)")
+    parser.add_argument("--region", help="S3 region for s3:// (default: that bucket's sink, or us-east-1)")
+
+
+def _seconds(text: str) -> float:
+    import argparse
+
+    try:
+        number = float(text)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < 10**7:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return number
 
 
 def _positive(text: str) -> int:
@@ -160,7 +227,7 @@ def _show(text: str) -> None:
     hide itself (JSON output is already escaped, so it stays exact)."""
     from agent_vault.domain.untrusted import terminal
 
-    print(terminal(text))
+    print(terminal(text), flush=True)
 
 
 def _handlers() -> dict[str, Handler]:
@@ -178,6 +245,7 @@ def _handlers() -> dict[str, Handler]:
         "settings": _settings,
         "demo": _demo,
         "run": _run,
+        "system": _system,
     }
 
 
@@ -209,11 +277,10 @@ def _mcp(args: argparse.Namespace | None) -> int:
 
 
 def _serve_mcp(streams: tuple[Any, Any] | None) -> int:
-    from agent_vault.frontdoor.session import AgentSession
+    from agent_vault.frontdoor.session import AgentSession, broker_paths
     from agent_vault.frontdoor.tools import serve_stdio
-    from agent_vault.home import state_paths
 
-    _arun(serve_stdio(AgentSession(state_paths()), streams))
+    _arun(serve_stdio(AgentSession(broker_paths()), streams))
     return 0
 
 
@@ -226,12 +293,12 @@ def _prestart() -> None:
     from agent_vault.configuration.legacy_env import locate_config
     from agent_vault.configuration.project import load_config
     from agent_vault.frontdoor.launcher import prestart
-    from agent_vault.home import state_paths
+    from agent_vault.frontdoor.session import broker_paths
 
-    paths = state_paths()
     try:
-        port = load_config(locate_config()).port
-    except AgentVaultError:  # no usable config: the first tool call says which file and key
+        paths = broker_paths()
+        port = None if paths.system else load_config(locate_config()).port
+    except AgentVaultError:  # no usable config (or marker): the first tool call says which file and key
         return
     prestart(paths, port)
 
@@ -294,27 +361,45 @@ def _grants(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from agent_vault.cli.admin import audit_list, audit_verify
+    from agent_vault.cli.admin import audit_key, audit_list, audit_verify, audit_watch
 
     if args.action == "list":
         _show(audit_list(args))
         return 0
     if args.action == "verify":
-        ok, text = audit_verify()
+        ok, text = audit_verify(args.checkpoints, args.key, endpoint_url=args.endpoint_url, region=args.region)
         _show(text)
         return 0 if ok else 1
-    raise AgentVaultError("usage: agent-vault audit list|verify")
+    if args.action == "key":
+        _show(audit_key())
+        return 0
+    if args.action == "watch":
+        return audit_watch(
+            args.source,
+            args.key,
+            once=args.once,
+            interval=args.interval,
+            max_gap=args.max_gap,
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            say=_show,
+        )
+    raise AgentVaultError("usage: agent-vault audit list|verify|key|watch")
 
 
 def _init(args: argparse.Namespace) -> int:
     from agent_vault.cli.enrol import run_init
+    from agent_vault.cli.system import refuse_for_system_users
 
+    refuse_for_system_users("init")
     return run_init(passkey=args.passkey, totp=args.totp, port=args.port or _config_port())
 
 
 def _factors(args: argparse.Namespace) -> int:
     from agent_vault.cli import enrol
+    from agent_vault.cli.system import refuse_for_system_users
 
+    refuse_for_system_users(f"factors {args.action or ''}".strip())
     if args.action == "list":
         _show(enrol.factors_list())
         return 0
@@ -340,10 +425,19 @@ def _settings(args: argparse.Namespace) -> int:
 
     if args.action != "accept":
         raise AgentVaultError("usage: agent-vault settings accept")
+    from agent_vault.cli.system import refuse_for_system_users
+
+    refuse_for_system_users("settings accept")
     enrol.require_terminal()
     paths = state_paths()
     print(accept_settings(paths, lambda factors: enrol.prove(paths, factors)))
     return 0
+
+
+def _system(args: argparse.Namespace) -> int:
+    from agent_vault.cli.system import run_system
+
+    return run_system(args)
 
 
 def _demo(args: argparse.Namespace) -> int:

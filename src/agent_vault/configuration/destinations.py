@@ -14,11 +14,23 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+def check_http_url(value: str, *, credentials: bool = True) -> str:
+    """`value` if it is an http:// or https:// URL with a host (and, with `credentials` False, no user or
+    password in it); a pydantic validator's ValueError otherwise."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if not credentials and (parts.username or parts.password):
+        raise ValueError("must not carry a user or password; give credentials in their own keys")
+    return value
 
 
 class RefusedDestination(Exception):

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -31,6 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent_vault.configuration.destinations import check_http_url
 from agent_vault.domain.errors import ConfigError
 from agent_vault.domain.numbers import Number, WholeNumber
 from agent_vault.providers.base import ProviderOptions
@@ -74,10 +74,7 @@ class WebhookConfig(_Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+        return check_http_url(value)
 
     @field_validator("events", mode="plain")
     @classmethod

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from agent_vault.channels.base import ChannelOptions
 from agent_vault.channels.registry import channel_class
-from agent_vault.configuration.destinations import parse_allowance
+from agent_vault.configuration.destinations import check_http_url, parse_allowance
 from agent_vault.domain.errors import ConfigError, SettingsError
 from agent_vault.domain.numbers import Number, WholeNumber
 from agent_vault.home import StatePaths
@@ -224,6 +224,82 @@ class StoreSettings(_Model):
     allow_hosts: HostAllowances = Field(default=(), alias="allowHosts")
 
 
+class _CheckpointSink(_Model):
+    #: whether the heartbeat (the latest checkpoint again, every `heartbeatMinutes`) goes here too
+    heartbeats: bool = True
+
+
+class WebhookCheckpointSink(_CheckpointSink):
+    """POST each checkpoint, signed the Standard Webhooks way (`signingSecret`), to `url`."""
+
+    kind: Literal["webhook"]
+    url: str = Field(repr=False)
+    signing_secret: str = Field(alias="signingSecret", repr=False, min_length=1)
+    authorization: str | None = Field(default=None, repr=False)
+    #: `host`, `host:port` or `[v6]:port` this sink may reach although it is loopback or private
+    allow_private: HostAllowances = Field(default=(), alias="allowPrivate")
+    timeout_seconds: Number = Field(default=10.0, gt=0, le=120, alias="timeoutSeconds")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_http_url(value)
+
+
+class ChannelCheckpointSink(_CheckpointSink):
+    """Send each checkpoint as a notice through one of your `[[channels]]`, by its name."""
+
+    kind: Literal["channel"]
+    channel: str = Field(min_length=1)
+    heartbeats: bool = False  # a push message every few minutes would bury the ones that matter
+
+
+class S3CheckpointSink(_CheckpointSink):
+    """Put each checkpoint as one object under `prefix` in an S3 (or S3-compatible) bucket."""
+
+    kind: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
+    prefix: str = Field(default="agent-vault/checkpoints/", max_length=512)
+    endpoint_url: str | None = Field(default=None, alias="endpointUrl")
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value, credentials=False)
+
+
+class FileCheckpointSink(_CheckpointSink):
+    """Append each checkpoint as one JSON line to a file (on a disk that is not this one, ideally)."""
+
+    kind: Literal["file"]
+    path: str = Field(min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not Path(value).expanduser().is_absolute():
+            raise ValueError("must be an absolute path (or start with ~)")
+        return value
+
+    def resolved(self) -> Path:
+        return Path(self.path).expanduser()
+
+
+CheckpointSink = Annotated[
+    WebhookCheckpointSink | ChannelCheckpointSink | S3CheckpointSink | FileCheckpointSink, Field(discriminator="kind")
+]
+
+
+class CheckpointSettings(_Model):
+    """Signed checkpoints of the audit log, sent off this machine (docs/checkpoints.md). Off without sinks."""
+
+    every_rows: WholeNumber = Field(default=100, alias="everyRows", ge=1, le=1_000_000)
+    every_minutes: Number = Field(default=10.0, alias="everyMinutes", gt=0, le=1440)
+    heartbeat_minutes: Number = Field(default=5.0, alias="heartbeatMinutes", gt=0, le=1440)
+    sinks: tuple[CheckpointSink, ...] = ()
+
+
 class UserSettings(_Model):
     channels: tuple[ChannelSettings, ...] = ()
     notify: NotifySettings = NotifySettings()
@@ -233,6 +309,7 @@ class UserSettings(_Model):
     webhooks: WebhookSettings = WebhookSettings()
     paths: PathSettings = PathSettings()
     stores: StoreSettings = StoreSettings()
+    checkpoints: CheckpointSettings = CheckpointSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +317,19 @@ class UserSettings(_Model):
         if not isinstance(data, dict) or not isinstance(data.get("channels"), list):
             return data
         return {**data, "channels": _channel_sections(data["channels"])}
+
+    @model_validator(mode="after")
+    def _named_channels(self) -> UserSettings:
+        names = [c.name for c in self.channels]
+        for index, sink in enumerate(self.checkpoints.sinks):
+            if isinstance(sink, ChannelCheckpointSink) and sink.channel not in names:
+                known = ", ".join(repr(n) for n in names) or "none: add a [[channels]] section"
+                raise PydanticCustomError(
+                    "checkpoint_channel",
+                    "checkpoints.sinks[{index}].channel: no [[channels]] entry is named {name} (channels: {known})",
+                    {"index": index, "name": repr(sink.channel), "known": known},
+                )
+        return self
 
 
 def _channel_sections(raw: list[Any]) -> list[Any]:
@@ -275,7 +365,7 @@ def _channel_problem(index: int, reason: str) -> PydanticCustomError:
 
 
 def settings_path(paths: StatePaths) -> Path:
-    return paths.root / SETTINGS_FILE
+    return paths.settings_file if paths.settings_file is not None else paths.root / SETTINGS_FILE
 
 
 def referenced_env_vars(paths: StatePaths) -> set[str]:
@@ -314,7 +404,8 @@ def _check_private(path: Path) -> None:
     st = path.stat()
     if not stat.S_ISREG(st.st_mode):
         raise SettingsError(f"{path}: not a regular file. Fix: make it a plain file.")
-    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+    # root's own file is trusted too: a system broker's settings are root's, in /etc/agent-vault
+    if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:
         raise SettingsError(
             f"{path}: others could change it (it can start a tunnel command), so it was ignored. "
             f"Fix: chown it to yourself and run chmod 600 {path}"
@@ -343,6 +434,7 @@ def load_settings(paths: StatePaths, environ: Mapping[str, str] | None = None) -
 
 
 _TAGS = ("none", "ngrok", "command", "url")
+_SINK_KINDS = ("webhook", "channel", "s3", "file")
 
 
 def _problems(exc: ValidationError, prefix: tuple[str | int, ...]) -> str:
@@ -351,6 +443,8 @@ def _problems(exc: ValidationError, prefix: tuple[str | int, ...]) -> str:
         loc = tuple(err["loc"])
         if len(loc) > 1 and loc[0] == "tunnel" and loc[1] in _TAGS:
             loc = loc[:1] + loc[2:]  # the union's tag is not a key in the file
+        if len(loc) > 3 and loc[:2] == ("checkpoints", "sinks") and loc[3] in _SINK_KINDS:
+            loc = loc[:3] + loc[4:]
         where = _dotted((*prefix, *loc))
         message = str(err["msg"]).removeprefix("Value error, ")
         out.append(f"{where}: {message}" if where else message)

@@ -104,6 +104,18 @@ class BrokerRunning(AgentVaultError):
     code = "broker_running"
 
 
+class PeerRefused(AgentVaultError):
+    """The local user on the other end of the broker's socket may not use this broker."""
+
+    code = "peer_refused"
+
+
+class SystemModeError(AgentVaultError):
+    """Installing, finding or running the system broker (system mode) failed; the message says what to do."""
+
+    code = "system_mode"
+
+
 class ChannelError(AgentVaultError):
     """A channel could not deliver. The message is safe to show: no URL credentials, no values."""
 
@@ -131,5 +143,7 @@ CODES: dict[str, type[AgentVaultError]] = {
         SettingsError,
         BrokerRunning,
         ChannelError,
+        PeerRefused,
+        SystemModeError,
     )
 }

@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from agent_vault.domain.wire import RequesterView
+
 
 class Status(StrEnum):
     PENDING = "pending"
@@ -42,17 +44,21 @@ class Requester:
     uid: int | None = None
     project_dir: str | None = None
     git_remote: str | None = None
+    #: the login name of `uid`, from the system's user database: set by a system broker, which serves
+    #: several local users (a per-user broker serves only its own)
+    user: str | None = None
 
     @property
     def client(self) -> str:
         return f"{self.client_name} {self.client_version}".strip()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RequesterView:
         """Everything but the session id, which is a credential of the front door."""
         return {
             "client": self.client,
             "pid": self.pid,
             "uid": self.uid,
+            "user": self.user,
             "project_dir": self.project_dir,
             "git_remote": self.git_remote,
         }

@@ -32,9 +32,18 @@ def visible(text: str, keep: str = "") -> str:
 
 
 def shown(text: str, limit: int = 80) -> str:
-    """A short, visible form of `text` for error messages."""
-    cut = text[:limit]
-    return visible(cut) + ("…" if len(text) > limit else "")
+    """A short, visible form of `text`: at most `limit` characters once escaped (an escape is
+    never split), then "…" if anything was left out. Hidden characters count at their escaped
+    length, so text made of them cannot make a message longer than the limit says."""
+    out: list[str] = []
+    used = 0
+    for ch in text:
+        piece = visible(ch)
+        if used + len(piece) > limit:
+            return "".join(out) + "…"
+        out.append(piece)
+        used += len(piece)
+    return "".join(out)
 
 
 def terminal(text: str) -> str:

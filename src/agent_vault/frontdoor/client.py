@@ -11,11 +11,20 @@ import json
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 from agent_vault.domain.errors import CODES, AgentVaultError, BrokerUnavailable, InvalidRequest
-from agent_vault.domain.wire import SESSION_HEADER
+from agent_vault.domain.wire import (
+    SESSION_HEADER,
+    McpClient,
+    OutcomeView,
+    ProjectInfo,
+    RequestBody,
+    SessionOpen,
+    SessionOpened,
+    StatusView,
+)
 
 #: reuse an idle connection only while it is younger than this; uvicorn drops idle ones after 5 s
 _IDLE_REUSE = 2.0
@@ -144,13 +153,10 @@ class BrokerClient:
                 writer.close()  # failed, cancelled or not reusable: never reuse a half-read connection
 
     async def open_session(
-        self, config_path: Path, env: dict[str, str], client: dict[str, str], project: dict[str, str | None]
-    ) -> dict[str, Any]:
-        data = await self._call(
-            "POST",
-            "/v1/sessions",
-            body={"config_path": str(config_path), "env": env, "client": client, "project": project},
-        )
+        self, config_path: Path, env: dict[str, str], client: McpClient, project: ProjectInfo
+    ) -> SessionOpened:
+        body: SessionOpen = {"config_path": str(config_path), "env": env, "client": client, "project": project}
+        data = cast(SessionOpened, await self._call("POST", "/v1/sessions", body=body))
         self.session = str(data["session"])
         return data
 
@@ -163,28 +169,18 @@ class BrokerClient:
         data = await self._call("GET", "/v1/secrets")
         return dict(data["vaults"])
 
-    async def request(
-        self,
-        vault: str,
-        names: list[str],
-        reason: str,
-        operation: str = "read",
-        values: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> dict[str, Any]:
-        """Ask for secrets; `extra` carries purpose/run (inject) or generate (a generated write)."""
-        body: dict[str, Any] = {"vault": vault, "names": names, "reason": reason, "operation": operation, **extra}
-        if values is not None:
-            body["values"] = values
-        return await self._call("POST", "/v1/requests", body=body)
+    async def request(self, body: RequestBody) -> OutcomeView:
+        """Ask for secrets: a read, a write (`values` or `generate`), or a command (`purpose` inject, `run`)."""
+        return cast(OutcomeView, await self._call("POST", "/v1/requests", body=body))
 
-    async def wait(self, request_id: str, timeout: float) -> dict[str, Any]:
-        return await self._call(
+    async def wait(self, request_id: str, timeout: float) -> OutcomeView:
+        answer = await self._call(
             "GET", f"/v1/requests/{quote(request_id, safe='')}/wait", params={"timeout": timeout}, timeout=timeout + 10
         )
+        return cast(OutcomeView, answer)
 
-    async def status(self) -> dict[str, Any]:
-        return await self._call("GET", "/v1/status")
+    async def status(self) -> StatusView:
+        return cast(StatusView, await self._call("GET", "/v1/status"))
 
     async def revoke(self, window_id: str) -> dict[str, Any]:
         return await self._call("DELETE", f"/v1/windows/{quote(window_id, safe='')}")

@@ -92,7 +92,7 @@ class HomeNotice:
                 self._thread.start()
 
     def _run(self, client: str | None, version: str | None) -> None:
-        if is_default(self.paths.root):
+        if self.paths.system or is_default(self.paths.root):  # a system broker's home is root's choice
             return
         try:
             config: Path | None = self._locate(self.cwd)

@@ -15,10 +15,11 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from agent_vault.domain.errors import AgentVaultError, BrokerUnavailable
+from agent_vault.domain.errors import AgentVaultError, BrokerUnavailable, PeerRefused
 from agent_vault.frontdoor.broker_env import broker_environment
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.home import StatePaths, private_file
+from agent_vault.system.accounts import login_of
 
 START_TIMEOUT = 20.0
 #: the directory holding this agent_vault package (a site-packages, or a checkout's src)
@@ -26,13 +27,22 @@ CODE_DIR = Path(__file__).absolute().parents[2]
 
 
 async def connect(paths: StatePaths, port: int | None = None, *, autostart: bool = True) -> BrokerClient:
-    """A client for the running broker, starting one first when allowed and needed."""
+    """A client for the running broker, starting one first when allowed and needed (never a system broker:
+    its service starts it, and a front door that finds it down says so rather than start its own)."""
+    if paths.system:
+        reachable(paths.socket)
     client = BrokerClient(paths.socket)
     if await _alive(client):
         return client
+    autostart = autostart and not paths.system
     if not autostart:
         await client.aclose()
-        raise BrokerUnavailable("no agent-vault broker is running. Fix: run `agent-vault serve`.")
+        raise BrokerUnavailable(
+            f"the agent-vault system broker does not answer at {paths.socket}. Fix: an administrator starts "
+            "its service (`sudo systemctl start agent-vault`; docs/hardened.md)."
+            if paths.system
+            else "no agent-vault broker is running. Fix: run `agent-vault serve`."
+        )
     await asyncio.to_thread(_spawn_once, paths, port)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -41,6 +51,26 @@ async def connect(paths: StatePaths, port: int | None = None, *, autostart: bool
         await asyncio.sleep(0.02)
     await client.aclose()
     raise BrokerUnavailable(f"the broker did not start in {START_TIMEOUT:.0f}s. {_log_tail(paths)}")
+
+
+def reachable(socket_path: Path) -> None:
+    """Raise PeerRefused, with the reason, when this user may not connect to a system broker's socket."""
+    try:
+        os.stat(socket_path)
+    except FileNotFoundError:
+        return  # not running: said by `connect`
+    except PermissionError:
+        allowed = False
+    else:
+        allowed = os.access(socket_path, os.R_OK | os.W_OK)
+    if not allowed:
+        login = login_of(os.getuid())
+        raise PeerRefused(
+            f"the local user {login or 'without a name'} (uid {os.getuid()}) may not connect to the agent-vault "
+            f"system broker at {socket_path}: only the local users it allows may (the members of its group). Fix: "
+            f"an administrator runs `sudo agent-vault system install --allow-user {login or 'LOGIN'}` for this "
+            "user, who then logs in again."
+        )
 
 
 async def _alive(client: BrokerClient) -> bool:
@@ -59,7 +89,7 @@ def prestart(paths: StatePaths, port: int | None) -> None:
     Best effort, meant for a background thread: `connect` later waits on the same spawn lock, so
     there is still never a second broker, and any failure is reported there, not here.
     """
-    if socket_answers(paths.socket):
+    if paths.system or socket_answers(paths.socket):
         return
     with suppress(AgentVaultError, OSError):
         _spawn_once(paths, port)

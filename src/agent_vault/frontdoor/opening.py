@@ -10,7 +10,7 @@ state (`initialize`, `notifications/initialized`), its own replies to those are 
 rest of stdin and stdout are its own from then on.
 
 The recording must match what the installed SDK would answer: `python -m agent_vault.frontdoor.opening
---record` writes it, tests/test_mcp_opening.py fails when it is stale, and at run time the SDK's
+--record` writes it, tests/frontdoor/test_opening.py fails when it is stale, and at run time the SDK's
 dropped `initialize` reply is compared with the one sent, with a warning on stderr if they differ.
 `AGENT_VAULT_EARLY_MCP=0` turns all of this off, and so does an installed `mcp` other than the one
 recorded from (everything then waits for the SDK, as without this module).

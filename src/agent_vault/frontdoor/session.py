@@ -17,17 +17,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent_vault import __version__
 from agent_vault.configuration.legacy_env import locate_config
 from agent_vault.configuration.project import load_config, referenced_env_vars
 from agent_vault.domain.errors import AgentVaultError, InvalidRequest, RequestExpired
 from agent_vault.domain.untrusted import visible
+from agent_vault.domain.wire import OutcomeView, ProjectInfo, RequestBody, RunSpecBody
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.frontdoor.home_use import HomeNotice
 from agent_vault.frontdoor.launcher import connect
 from agent_vault.home import StatePaths, state_paths
+from agent_vault.system.record import my_broker
 
 #: seconds between progress messages while a tool call waits
 WAIT_SLICE = 1.0
@@ -60,11 +61,17 @@ class AgentSession:
         async with self._lock:
             if self.client is not None and self.client.session:
                 return self.client
-            config_path = locate_config(self.cwd)
-            config = load_config(config_path)  # fail here, with the file and key, before the broker
-            client = await connect(self.paths, config.port)
-            env = {k: os.environ[k] for k in referenced_env_vars(config_path) if k in os.environ}
-            project = {"dir": str(self.cwd), "git_remote": git_remote(self.cwd)}
+            if self.paths.system:
+                # The system broker's vaults are root's (broker.system_vaults): no project config is loaded and
+                # no `env:` value leaves the agent's environment; the project's config path is only recorded.
+                config_path, env, port = _project_config_or(self.cwd), {}, None
+            else:
+                config_path = locate_config(self.cwd)
+                config = load_config(config_path)  # fail here, with the file and key, before the broker
+                env = {k: os.environ[k] for k in referenced_env_vars(config_path) if k in os.environ}
+                port = config.port
+            client = await connect(self.paths, port)
+            project: ProjectInfo = {"dir": str(self.cwd), "git_remote": git_remote(self.cwd)}
             opened = await client.open_session(config_path, env, {"name": info.name, "version": info.version}, project)
             self.wait_timeout = float(opened.get("wait_timeout", self.wait_timeout))
             self.client = client
@@ -77,7 +84,7 @@ class AgentSession:
             await self.client.aclose()
             self.client = None
 
-    async def wait(self, client: BrokerClient, request_id: str, progress: Progress) -> dict[str, Any]:
+    async def wait(self, client: BrokerClient, request_id: str, progress: Progress) -> OutcomeView:
         """Wait for a decision, reporting progress each slice; returns the last broker answer."""
         if not _REQUEST_ID.fullmatch(request_id):
             raise InvalidRequest("that is not a request id; use the id from the pending result")
@@ -92,11 +99,11 @@ class AgentSession:
                 raise RequestExpired(
                     f"agent-vault is shutting down; request {request_id} was not approved and nothing was released"
                 )
-            req = answer.get("request") or {}
             if answer["status"] == "running":
                 message = f"Approved; the command is running: {answer.get('progress') or ''}".rstrip(": ")
             else:
-                message = f"Waiting for approval (code {req.get('match_code')}): {answer['url']}"
+                code = answer["request"]["match_code"] if "request" in answer else None
+                message = f"Waiting for approval (code {code}): {answer['url']}"
             await progress(elapsed, self.wait_timeout, message)
             # A pending request is one long poll (the broker answers the moment it is decided), with
             # progress sent from here every slice; a running command's output is fetched each slice.
@@ -118,10 +125,30 @@ class AgentSession:
         return answer
 
 
+def broker_paths() -> StatePaths:
+    """The broker a front door uses: the system broker when root set one up for this user (its marker at a
+    fixed root-owned path, agent_vault.system.record), whatever AGENT_VAULT_HOME says; otherwise the per-user
+    broker of the state home."""
+    return my_broker() or state_paths()
+
+
+def _project_config_or(cwd: Path) -> Path:
+    try:
+        return locate_config(cwd)
+    except AgentVaultError:
+        return cwd
+
+
 def run_request(
-    env: Mapping[str, str], command: list[str], cwd: str | None, shell: bool, timeout: float | None, default_cwd: Path
-) -> tuple[str, dict[str, Any]]:
-    """(vault, request fields) for running `command` with `env` (VAR -> "vault/secret") injected."""
+    env: Mapping[str, str],
+    command: list[str],
+    cwd: str | None,
+    shell: bool,
+    timeout: float | None,
+    default_cwd: Path,
+    reason: str,
+) -> RequestBody:
+    """The request to run `command` with `env` (VAR -> "vault/secret") injected."""
     if not isinstance(env, Mapping) or not env:
         raise InvalidRequest('env must map variable names to "vault/secret" references, e.g. {"DB_URL": "dev/DB_URL"}')
     vaults = set()
@@ -134,14 +161,22 @@ def run_request(
         pairs.append([var, name])
     if len(vaults) != 1:
         raise InvalidRequest("all secrets of one command must come from one vault; run one command per vault")
-    run = {
+    run: RunSpecBody = {
         "argv": command,
         "cwd": str(Path(cwd) if cwd and Path(cwd).is_absolute() else default_cwd / (cwd or "")),
         "env": pairs,
         "shell": shell,
         "timeout": timeout,
     }
-    return vaults.pop(), {"purpose": "inject", "run": run, "base_env": dict(os.environ)}
+    return {
+        "vault": vaults.pop(),
+        "names": [],
+        "reason": reason,
+        "operation": "read",
+        "purpose": "inject",
+        "run": run,
+        "base_env": dict(os.environ),
+    }
 
 
 def git_remote(start: Path) -> str | None:
@@ -172,11 +207,10 @@ async def run_for_cli(
     env_refs: dict[str, str], command: list[str], reason: str, timeout: float | None, shell: bool, cwd: Path
 ) -> int:
     """`agent-vault run`: ask, wait for the decision as long as the request lives, run, print masked output."""
-    agent = AgentSession(state_paths(), cwd)
+    agent = AgentSession(broker_paths(), cwd)
     try:
         client = await agent.ensure(ClientInfo("agent-vault run", __version__))
-        vault, extra = run_request(env_refs, command, None, shell, timeout, cwd)
-        answer = await client.request(vault, [], reason, **extra)
+        answer = await client.request(run_request(env_refs, command, None, shell, timeout, cwd, reason))
         if answer["status"] == "pending":
             req = answer["request"]
             print(f"agent-vault: approve at {answer['url']} (code {req['match_code']})", file=sys.stderr, flush=True)

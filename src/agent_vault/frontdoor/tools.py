@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from agent_vault import __version__
 from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.untrusted import visible
+from agent_vault.domain.wire import OutcomeView, RequestBody, RequestView, RunView
 from agent_vault.frontdoor.session import AgentSession, ClientInfo, run_request
 
 INSTRUCTIONS = (
@@ -67,7 +68,8 @@ def build_server(agent: AgentSession) -> MCPServer:
     async def get_secret(vault: str, name: str, reason: str, ctx: Context) -> t.CallToolResult | t.InputRequiredResult:
         """Request one secret; the user approves or denies. Give a specific reason (what you will run
         with it). Blocks while waiting; if it returns pending, call await_approval. Never re-ask after a denial."""
-        return await _ask(agent, ctx, {"vault": vault, "names": [name], "reason": reason}, single=True)
+        body: RequestBody = {"vault": vault, "names": [name], "reason": reason, "operation": "read"}
+        return await _ask(agent, ctx, body, single=True)
 
     @mcp.tool(annotations=READ)
     async def get_secrets(
@@ -75,7 +77,8 @@ def build_server(agent: AgentSession) -> MCPServer:
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Request several secrets with ONE approval (preferred over repeated get_secret). Names already
         inside an approval window are not asked again. Result: a JSON object of name -> value."""
-        return await _ask(agent, ctx, {"vault": vault, "names": names, "reason": reason}, single=False)
+        body: RequestBody = {"vault": vault, "names": names, "reason": reason, "operation": "read"}
+        return await _ask(agent, ctx, body, single=False)
 
     @mcp.tool(annotations=WRITE)
     async def set_secret(
@@ -83,7 +86,7 @@ def build_server(agent: AgentSession) -> MCPServer:
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Store a secret you generated (API key, token, password) in a writable vault, after the user
         approves. Use this instead of printing the secret. Returns only the name, never the value."""
-        body = {
+        body: RequestBody = {
             "vault": vault,
             "names": [name],
             "reason": reason,
@@ -98,7 +101,7 @@ def build_server(agent: AgentSession) -> MCPServer:
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Store several generated secrets with ONE approval (preferred for bootstrapping)."""
         values = {s.name: s.value for s in secrets}
-        body = {
+        body: RequestBody = {
             "vault": vault,
             "names": list(values),
             "reason": reason,
@@ -122,9 +125,8 @@ def build_server(agent: AgentSession) -> MCPServer:
         "vault/secret", e.g. {"DATABASE_URL": "dev/DATABASE_URL"}. One approval; output comes back with
         secret values masked. shell=true only for a one-string shell command."""
 
-        async def build() -> dict[str, Any]:
-            vault, extra = run_request(env, command, cwd, shell, timeout, agent.cwd)
-            return {"vault": vault, "names": [], "reason": reason, "extra": extra}
+        async def build() -> RequestBody:
+            return run_request(env, command, cwd, shell, timeout, agent.cwd, reason)
 
         return await _ask(agent, ctx, build, single=False)
 
@@ -135,8 +137,8 @@ def build_server(agent: AgentSession) -> MCPServer:
         """Have agent-vault generate a new secret (format: password, hex, base64, urlsafe, alphanumeric,
         uuid) and store it in a writable vault after approval. You get only its name, never the value: use it
         through run_with_secrets."""
-        body = {"vault": vault, "names": [name], "reason": reason, "operation": "write",
-                "extra": {"generate": {"format": format, "length": length}}}  # fmt: skip
+        body: RequestBody = {"vault": vault, "names": [name], "reason": reason, "operation": "write",
+                             "generate": {"format": format, "length": length}}  # fmt: skip
         return await _ask(agent, ctx, body, single=True)
 
     @mcp.tool(annotations=READ)
@@ -153,24 +155,17 @@ def build_server(agent: AgentSession) -> MCPServer:
     return mcp
 
 
-Body = dict[str, Any] | Callable[[], Awaitable[dict[str, Any]]]
+Body = RequestBody | Callable[[], Awaitable[RequestBody]]
 
 
 async def _ask(agent: AgentSession, ctx: Context, spec: Body, single: bool) -> t.CallToolResult | t.InputRequiredResult:
     async def run() -> t.CallToolResult | t.InputRequiredResult:
-        body = spec if isinstance(spec, dict) else await spec()
+        body = await spec() if callable(spec) else spec
         client = await agent.ensure(_client_info(ctx))
         resumed = ctx.request_state  # set when the client retries after showing the approval link
         if resumed:
             return _answer_result(await agent.wait(client, resumed, _progress(ctx)), single)
-        answer = await client.request(
-            body["vault"],
-            body["names"],
-            body["reason"],
-            body.get("operation", "read"),
-            body.get("values"),
-            **body.get("extra", {}),
-        )
+        answer = await client.request(body)
         if answer["status"] == "running":
             answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
         if answer["status"] != "pending":
@@ -189,7 +184,7 @@ async def _ask(agent: AgentSession, ctx: Context, spec: Body, single: bool) -> t
     return await _guard(run)
 
 
-def _offer_link(ctx: Context, answer: dict[str, Any]) -> t.InputRequiredResult | asyncio.Task[Any] | None:
+def _offer_link(ctx: Context, answer: OutcomeView) -> t.InputRequiredResult | asyncio.Task[Any] | None:
     """Offer the approval page through URL elicitation, where the client supports it.
 
     On 2026-07-28 the tool returns an InputRequiredResult carrying the request id as its (SDK
@@ -199,19 +194,21 @@ def _offer_link(ctx: Context, answer: dict[str, Any]) -> t.InputRequiredResult |
     caps = ctx.client_capabilities
     if caps is None or caps.elicitation is None or caps.elicitation.url is None:
         return None
-    req = answer["request"]
+    req, url = answer["request"], answer["url"]
+    if url is None:  # a pending request always has its page; nothing to offer otherwise
+        return None
     message = _link_message(req)
     if ctx.protocol_version and ctx.protocol_version >= MODERN_PROTOCOL:
-        params = t.ElicitRequestURLParams(message=message, url=answer["url"], elicitation_id=req["id"])
+        params = t.ElicitRequestURLParams(message=message, url=url, elicitation_id=req["id"])
         return t.InputRequiredResult(
             request_state=req["id"], input_requests={"approve": t.ElicitRequest(params=params)}
         )
-    task = asyncio.ensure_future(ctx.elicit_url(message, answer["url"], req["id"]))
+    task = asyncio.ensure_future(ctx.elicit_url(message, url, req["id"]))
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
     return task
 
 
-def _link_message(req: dict[str, Any]) -> str:
+def _link_message(req: RequestView) -> str:
     what = "write" if req["operation"] == "write" else "read"
     return (
         f"agent-vault: approve {what} of {', '.join(req['names'])} in vault {req['vault']!r}? "
@@ -230,7 +227,7 @@ async def _guard(run: Callable[[], Awaitable[R]]) -> R | t.CallToolResult:
         )
 
 
-def _announce(answer: dict[str, Any]) -> None:
+def _announce(answer: OutcomeView) -> None:
     req = answer["request"]
     what = "WRITE" if req["operation"] == "write" else "READ"
     names = ", ".join(req["names"])
@@ -242,37 +239,35 @@ def _announce(answer: dict[str, Any]) -> None:
     )
 
 
-def _answer_result(answer: dict[str, Any], single: bool) -> t.CallToolResult:
+def _answer_result(answer: OutcomeView, single: bool) -> t.CallToolResult:
     status = answer["status"]
-    req = answer.get("request") or {}
     if status == "ran":
         return _ran_result(answer["run"])
-    if status == "running":
+    if status == "running":  # running, pending and written always come with their request
+        req = answer["request"]
         text = (
-            f"The command was approved and is still running (request id {req.get('id')}). Call "
+            f"The command was approved and is still running (request id {req['id']}). Call "
             "await_approval with this request_id to collect its output; do not run it again."
         )
-        structured = {"status": "running", "requestId": req.get("id"), "progress": answer.get("progress")}
+        structured: dict[str, Any] = {"status": "running", "requestId": req["id"], "progress": answer.get("progress")}
         return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
     if status == "pending":
+        req = answer["request"]
         text = (
-            f"Still pending: the user has not decided yet. Request id {req.get('id')}, match code "
-            f"{req.get('match_code')}. Approval page: {answer['url']} . Call await_approval with this "
+            f"Still pending: the user has not decided yet. Request id {req['id']}, match code "
+            f"{req['match_code']}. Approval page: {answer['url']} . Call await_approval with this "
             "request_id to keep waiting; do not request the secret again."
         )
-        structured = {"status": "pending", "requestId": req.get("id"), "matchCode": req.get("match_code"),
-                      "url": answer["url"], "expiresAt": req.get("expires_at")}  # fmt: skip
+        structured = {"status": "pending", "requestId": req["id"], "matchCode": req["match_code"],
+                      "url": answer["url"], "expiresAt": req["expires_at"]}  # fmt: skip
         return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
     if status == "written":
-        names = ", ".join(req.get("names", []))
-        text = f"Stored {names} in vault {req.get('vault')!r}. Refer to it by name; the value was not echoed."
+        req = answer["request"]
+        names = ", ".join(req["names"])
+        text = f"Stored {names} in vault {req['vault']!r}. Refer to it by name; the value was not echoed."
         return t.CallToolResult(
             content=[t.TextContent(type="text", text=text)],
-            structured_content={
-                "status": "written",
-                "vault": req.get("vault"),
-                "names": req.get("names", []),
-            },
+            structured_content={"status": "written", "vault": req["vault"], "names": req["names"]},
         )
     values: dict[str, str] = answer.get("values") or {}
     text = next(iter(values.values())) if single and len(values) == 1 else json.dumps(values, ensure_ascii=False)
@@ -280,7 +275,7 @@ def _answer_result(answer: dict[str, Any], single: bool) -> t.CallToolResult:
     return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
 
 
-def _ran_result(run: dict[str, Any]) -> t.CallToolResult:
+def _ran_result(run: RunView) -> t.CallToolResult:
     notes = []
     if run["timed_out"]:
         notes.append("the command hit its timeout and was stopped (with everything it started)")

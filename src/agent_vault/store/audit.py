@@ -157,13 +157,22 @@ class VerifyResult:
 class AuditLog:
     """The log file. Thread-safe; several processes may append to the same file."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        busy_timeout: float = 5.0,
+        listeners: Iterable[Callable[[AuditRecord], None]] = (),
+    ) -> None:
+        """`listeners`: called with each row this object commits, after the commit (see `listeners`)."""
         self.path = Path(path)
         self._clock = clock or _utc_now
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
-        #: called with each committed row (integrity keeps a checkpoint of the chain in state.db)
-        self.listeners: builtins.list[Callable[[AuditRecord], None]] = []
+        #: called with each committed row (integrity keeps a checkpoint of the chain in state.db, the
+        #: checkpointer counts rows); a listener must not raise: its error would reach the appender
+        self.listeners: builtins.list[Callable[[AuditRecord], None]] = list(listeners)
         _create_private_file(self.path)
         self._conn: sqlite3.Connection | None = self._connect()
         try:

@@ -1,4 +1,5 @@
-"""The broker's state in one SQLite file (WAL): requests and approval windows.
+"""The broker's state in one SQLite file (WAL): requests, approval windows, the approver's factors and
+enrolment links, and a few marks (meta). Every table comes from the one ordered `MIGRATIONS` list.
 
 Every lifecycle change is a compare-and-set (`UPDATE ... WHERE status = ?`), so approve and
 deny racing on one request produce exactly one outcome. Values never touch this file.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
+from agent_vault.domain.wire import WindowView
 from agent_vault.home import private_file
 
 MIGRATIONS: list[str] = [
@@ -94,6 +96,18 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 5: one-time enrolment links (approver/factors.py); IF NOT EXISTS: versions before this one made it
+    # on first use, outside this list
+    """
+    CREATE TABLE IF NOT EXISTS enrol_tokens (
+        hash TEXT PRIMARY KEY,
+        purpose TEXT NOT NULL,
+        needs_proof INTEGER NOT NULL,
+        expires_at TEXT NOT NULL,
+        confirmed_at TEXT,
+        used_at TEXT
+    );
+    """,
 ]
 
 
@@ -125,7 +139,7 @@ class Window:
         """Whether this window was opened for `action` (and, for runs, this very command)."""
         return self.action == action and (action != "run" or self.subject == subject)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> WindowView:
         """What `grants list --json` and the broker's status show."""
         return {
             "id": self.id,
@@ -219,6 +233,11 @@ class StateStore:
             row = cur.fetchone()
             names = [d[0] for d in cur.description] if row else []
         return _request_from_row(dict(zip(names, row, strict=True))) if row else None
+
+    def is_pending(self, request_id: str) -> bool:
+        """Whether the request still waits for the approver (a channel's notice is still worth sending)."""
+        req = self.get_request(request_id)
+        return req is not None and req.status is Status.PENDING
 
     def requests_with_status(self, *statuses: Status) -> list[AccessRequest]:
         marks = ", ".join("?" for _ in statuses)
@@ -318,6 +337,7 @@ def _requester_row(r: Requester) -> dict[str, Any]:
         "client_version": r.client_version,
         "pid": r.pid,
         "uid": r.uid,
+        "user": r.user,
         "project_dir": r.project_dir,
         "git_remote": r.git_remote,
     }

@@ -1,17 +1,17 @@
 """Everything that lets the human approve from elsewhere, composed for one broker (`RemoteAccess`):
-settings, the channel hub on `Broker.notifiers`, the tunnel and its public host, failure reports
-(stderr, audit `channel_failed`), and the status for `agent-vault status` and doctor."""
+settings, the channel hub (it is the broker's `Outreach`), the tunnel and its public host, failure
+reports (stderr, audit `channel_failed`), and the status for `agent-vault status` and doctor."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from agent_vault.broker.core import Broker
+from agent_vault.broker.core import Outreach
+from agent_vault.broker.recorder import Recorder
 from agent_vault.channels.base import Channel, Notice
 from agent_vault.channels.hub import ChannelHub
 from agent_vault.channels.registry import channel_class
@@ -19,11 +19,10 @@ from agent_vault.configuration.settings import CommandTunnel as CommandSettings
 from agent_vault.configuration.settings import NgrokTunnel as NgrokSettings
 from agent_vault.configuration.settings import UrlTunnel as UrlSettings
 from agent_vault.configuration.settings import UserSettings, load_settings, settings_path
-from agent_vault.domain.errors import AuditError, ConfigError
-from agent_vault.domain.request import Status
+from agent_vault.domain.errors import ConfigError
+from agent_vault.domain.request import AccessRequest
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file
-from agent_vault.store.audit import AuditEvent
 from agent_vault.tunnels.base import Tunnel, TunnelStatus, origin_of, public_host
 from agent_vault.tunnels.command import CommandTunnel
 from agent_vault.tunnels.ngrok_sdk import NgrokTunnel
@@ -50,22 +49,41 @@ def _say(message: str) -> None:
     print(visible(f"agent-vault: {message}"), file=sys.stderr, flush=True)
 
 
-class RemoteAccess:
-    def __init__(self, broker: Broker, paths: StatePaths, settings: UserSettings, problems: list[str]) -> None:
-        self.broker = broker
+def read_settings(paths: StatePaths) -> tuple[UserSettings, list[str]]:
+    """The user's settings, and what is wrong with them: a broken file means no channels and no tunnel
+    (and the defaults everywhere else), said loudly."""
+    try:
+        return load_settings(paths), []
+    except ConfigError as exc:
+        _say(f"settings ignored: {exc}")
+        return UserSettings(), [str(exc)]
+
+
+class RemoteAccess(Outreach):
+    """The broker's `Outreach` when the user set channels or a tunnel up (and the status of both)."""
+
+    def __init__(
+        self,
+        paths: StatePaths,
+        settings: UserSettings,
+        problems: list[str],
+        *,
+        local_url: str,
+        recorder: Recorder,
+        still_pending: Callable[[str], bool],
+    ) -> None:
         self.paths = paths
         self.settings = settings
         self.problems = problems
-        self.local_url = broker.base_url
-        #: called with the public hosts to allow whenever they change (the web app's allowlist)
-        self.on_public_hosts: Callable[[tuple[str, ...]], None] | None = None
-        self._audit_jobs: set[asyncio.Future[None]] = set()
+        self.local_url = local_url.rstrip("/")
+        #: the broker's audit writer: tunnel changes and channel failures become rows
+        self._recorder = recorder
         self.tunnel = build_tunnel(settings)
         self.tunnel_status = TunnelStatus(self.tunnel.kind, "off", detail="not started")
         pacing = settings.notify
         self.hub = ChannelHub(
             self._channels(),
-            still_pending=self._still_pending,
+            still_pending=still_pending,
             link_for=self.rebase,
             dashboard=lambda: (self.public_url() or self.local_url) + DASHBOARD_PATH,
             on_failure=self._channel_failed,
@@ -74,19 +92,17 @@ class RemoteAccess:
             min_interval=pacing.min_interval_seconds,
             timeout=pacing.timeout_seconds,
         )
-        broker.notifiers.append(self.hub.notify)
-        broker.alerts.append(self.hub.alert)
-        broker.link_for = self.rebase
 
-    @classmethod
-    def load(cls, broker: Broker, paths: StatePaths) -> RemoteAccess:
-        """From the user's settings file; a broken file means no channels and no tunnel, said loudly."""
-        try:
-            settings = load_settings(paths)
-        except ConfigError as exc:
-            _say(f"settings ignored: {exc}")
-            return cls(broker, paths, UserSettings(), [str(exc)])
-        return cls(broker, paths, settings, [])
+    # -- the broker's outreach ------------------------------------------------------------------
+
+    def notify(self, request: AccessRequest, url: str) -> None:
+        self.hub.notify(request, url)
+
+    def alert(self, message: str) -> None:
+        self.hub.alert(message)
+
+    def link_for(self, url: str) -> str:
+        return self.rebase(url)
 
     def _channels(self) -> list[Channel]:
         built: list[Channel] = []
@@ -136,10 +152,8 @@ class RemoteAccess:
 
     async def stop(self) -> None:
         await self.hub.aclose()
-        await asyncio.gather(*self._audit_jobs, return_exceptions=True)  # before the audit log closes
         await self.tunnel.stop()
         self.tunnel_status = TunnelStatus(self.tunnel.kind, "off", detail="broker stopped")
-        self._publish_hosts()
         self._save()
 
     def _tunnel_changed(self, status: TunnelStatus) -> None:
@@ -150,39 +164,17 @@ class RemoteAccess:
             _say(f"tunnel ({status.kind}) {status.state}{where}: {status.detail}")
             if status.state in ("up", "down") and before.state != status.state:
                 detail = {"kind": status.kind, "public_url": status.public_url, "detail": status.detail}
-                self._audit_later(AuditEvent(event=f"tunnel_{status.state}", detail=detail))
-        self._publish_hosts()
+                self._recorder.note(f"tunnel_{status.state}", detail)
         self._save()
 
-    def _publish_hosts(self) -> None:
-        if self.on_public_hosts is not None:
-            self.on_public_hosts(self.public_hosts())
-
     # -- channels -------------------------------------------------------------------------------
-
-    def _still_pending(self, request_id: str) -> bool:
-        req = self.broker.get_request(request_id)
-        return req is not None and req.status is Status.PENDING
 
     def _channel_failed(self, channel: Channel, error: str, notice: Notice) -> None:
         _say(f"channel {channel.name} ({channel.type_name}) failed: {error}")
         single = notice.request_ids[0] if len(notice.request_ids) == 1 else None
-        event = AuditEvent(
-            event="channel_failed",
-            request_id=single,
-            detail={"channel": channel.name, "type": channel.type_name, "error": error,
-                    "requests": list(notice.request_ids)},
-        )  # fmt: skip
-        self._audit_later(event)
-
-    def _audit_later(self, event: AuditEvent) -> None:
-        job = asyncio.get_running_loop().run_in_executor(None, self._record, event)  # fsync off the event loop
-        self._audit_jobs.add(job)
-        job.add_done_callback(self._audit_jobs.discard)
-
-    def _record(self, event: AuditEvent) -> None:
-        with suppress(AuditError):  # already on stderr; an audit failure surfaces on the next release
-            self.broker.audit.append(event)
+        detail = {"channel": channel.name, "type": channel.type_name, "error": error,
+                  "requests": list(notice.request_ids)}  # fmt: skip
+        self._recorder.note("channel_failed", detail, request_id=single)
 
     # -- status ---------------------------------------------------------------------------------
 

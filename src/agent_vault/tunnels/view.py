@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agent_vault.domain.wire import StatusView
 
-def remote_lines(data: dict[str, Any], settings_file: Path | str = "settings.toml") -> list[str]:
+
+def remote_lines(data: StatusView, settings_file: Path | str = "settings.toml") -> list[str]:
     """Lines about reachability and channels from a `/v1/status` body (empty for an older broker);
     `settings_file` is the user's settings file, named where a missing setting is explained."""
     tunnel = data.get("tunnel")

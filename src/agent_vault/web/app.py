@@ -8,7 +8,6 @@ signed-in dashboard live in `web.enrolment` and `web.dashboard`; every route is 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -22,7 +21,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from agent_vault.approver.factors import FactorApprover, FactorStore
+from agent_vault.approver.factors import FactorApprover
 from agent_vault.approver.passkeys import Passkeys
 from agent_vault.approver.protocol import Proof
 from agent_vault.broker.core import Broker
@@ -31,7 +30,6 @@ from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.request import AccessRequest, Operation, Status
 from agent_vault.domain.untrusted import pieces, visible
 from agent_vault.home import is_default
-from agent_vault.store.audit import AuditEvent
 from agent_vault.web.claims import claim, command_view
 from agent_vault.web.csrf import COOKIE, CsrfTokens
 from agent_vault.web.hardening import ASGIApp, HostAllowlist, hardened, same_origin_post
@@ -52,29 +50,32 @@ def _templates() -> Environment:
 
 
 class WebApp:
-    def __init__(self, broker: Broker, public_hosts: tuple[str, ...] = (), state_home: Path | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        passkeys: Passkeys,
+        public_hosts: Callable[[], tuple[str, ...]] = tuple,
+        state_home: Path | None = None,
+    ) -> None:
         self.broker = broker
         #: named on the approval page when it is not the user's default home (home_use.py)
         self.other_home = str(state_home) if state_home is not None and not is_default(state_home) else None
         self.csrf = CsrfTokens()
         self.templates = _templates()
+        #: the public hosts the Host allowlist admits besides localhost (a tunnel's, while it is up)
         self.public_hosts = public_hosts
-        self.factors = FactorStore(broker.store)
-        self.passkeys = Passkeys(self.factors, origin=broker.base_url)
+        self.factors = passkeys.factors
+        self.passkeys = passkeys
         self.sessions = ApproverSessions(secure=broker.base_url.startswith("https://"))
         approver = broker.approver
-        if isinstance(approver, FactorApprover):
-            # The approver is built before the server knows its origin; passkeys need that origin.
-            approver.passkey_check = self.passkeys.check_for_request
-            self.codes = approver
-        else:
-            self.codes = FactorApprover(self.factors)
+        #: checks codes for signing in (the broker's own approver when it takes codes)
+        self.codes = approver if isinstance(approver, FactorApprover) else FactorApprover(self.factors)
         #: one-shot messages for the next page view, keyed by (browser cookie, request id)
         self._flash: dict[tuple[str, str], str] = {}
 
     def hosts(self) -> HostAllowlist:
         port = int(self.broker.base_url.rsplit(":", 1)[1]) if self.broker.base_url.count(":") == 2 else 80
-        return HostAllowlist(port, self.public_hosts)
+        return HostAllowlist(port, self.public_hosts())
 
     # -- helpers shared by every page module ----------------------------------------------------
 
@@ -109,7 +110,7 @@ class WebApp:
         return {"has_passkey": self.passkeys.enrolled(), "has_totp": enrolled and off is None, "codes_off": off}
 
     async def audit(self, event: str, **detail: Any) -> None:
-        await asyncio.to_thread(self.broker.audit.append, AuditEvent(event=event, detail=detail))
+        await self.broker.recorder.record(None, event, None, detail=detail)
 
     def flash(self, request: Request, key: str, message: str) -> None:
         if len(self._flash) >= MAX_FLASH:

@@ -1,0 +1,256 @@
+"""Access: an agent lists its vaults' names, or asks for secrets (to read, to write, or to run a
+command with them).
+
+Names and reason are checked before anything else; a missing secret fails before any human is
+asked; an open window for this very action lets a read (or this one command) through at once, and
+audited; anything else becomes a pending request, admitted by the limiter, stored, audited and
+announced. Identical concurrent reads of one session join one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from agent_vault.broker.delivery import Delivery
+from agent_vault.broker.generate import GenerationSpec
+from agent_vault.broker.ledger import Ledger, Outcome, Session, log
+from agent_vault.broker.limits import Ceilings, Refusal, RequestLimiter
+from agent_vault.broker.live import Live
+from agent_vault.broker.previews import mask_preview
+from agent_vault.broker.runs import command_digest, parse_run, what_runs
+from agent_vault.broker.system_vaults import SystemVaults
+from agent_vault.broker.windows import DEFINITION, STORE, Split, refuse_inject_only
+from agent_vault.domain.errors import AuditError, ReadOnlyVault, SecretNotFound
+from agent_vault.domain.grammar import check_names, check_reason, check_value
+from agent_vault.domain.request import AccessRequest, Operation, Status, new_match_code, new_request_id
+from agent_vault.domain.secret import SecretValue
+
+
+class Access:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        delivery: Delivery,
+        ceilings: Ceilings,
+        limiter: RequestLimiter,
+        system_vaults: SystemVaults | None,
+    ) -> None:
+        self.ledger = ledger
+        self.delivery = delivery
+        self.ceilings = ceilings
+        self.limiter = limiter
+        self.system_vaults = system_vaults
+
+    async def list_secrets(self, session: Session) -> dict[str, list[str]]:
+        ws = session.workspace
+        ws.refresh()
+        listing: dict[str, list[str]] = {}
+        for name in ws.config.vaults:
+            listing[name] = await asyncio.to_thread(ws.provider(name).list_names)
+        await self.ledger.audit(ws, "listed", None, requester=session.requester, vault=None)
+        return listing
+
+    async def request_access(
+        self,
+        session: Session,
+        vault: str,
+        names: Sequence[object],
+        reason: object,
+        operation: Operation = Operation.READ,
+        values: Mapping[str, object] | None = None,
+        *,
+        purpose: str = "value",
+        run: Mapping[str, Any] | None = None,
+        generate: GenerationSpec | None = None,
+        base_env: Mapping[str, str] | None = None,
+    ) -> Outcome:
+        """Ask for `names`: delivered at once inside a window, else a pending request.
+
+        `purpose` is "value" (the value goes to the agent) or "inject" (into a command's
+        environment, `run` describing the command for the page); `generate` makes the broker
+        create the value of a write itself.
+        """
+        ledger = self.ledger
+        ws = session.workspace
+        ws.refresh()
+        if run is not None and self.system_vaults is not None:
+            self.system_vaults.refuse_commands()
+        if run is not None:
+            spec = parse_run(run, session.requester.project_dir)
+            # shown on the page and bound into the approval: the program found and PATH & co.
+            run = {**spec.to_json(), **what_runs(spec, base_env or {})}
+            names = list(spec.names)
+        checked = check_names(names)
+        why = check_reason(reason)
+        vcfg = ws.vault(vault)
+        provider = ws.provider(vault)
+        write_values: dict[str, SecretValue] | None = None
+        if operation is Operation.WRITE:
+            if not vcfg.writable:
+                raise ReadOnlyVault(
+                    f'vault {vault!r} is read-only. Fix: set "writable": true on vault {vault!r} in '
+                    f"{ws.path} if agents may store secrets there."
+                )
+            if generate is None:
+                assert values is not None
+                write_values = {n: SecretValue(check_value(n, values.get(n))) for n in checked}
+        elif purpose == "value":
+            refuse_inject_only(vcfg, vault, checked)
+
+        action = "write" if operation is Operation.WRITE else "run" if run is not None else "read"
+        subject = command_digest(run) if run is not None else ""
+        split = ledger.policy.split(ws.key, vault, checked, ws.definitions[vault], action, subject)
+        windowed, ask = split.allowed, split.ask
+        if not ask and run is None:
+            return await self._auto_approve(session, vault, split, why)  # checks names as it reads
+        if operation is Operation.READ:
+            await asyncio.to_thread(require_existing, provider, vault, checked)
+        if not ask and run is not None:
+            return await self._auto_approve_run(session, vault, split, why, run, base_env)
+
+        extra: dict[str, Any] = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
+        extra[DEFINITION] = ws.definitions[vault]
+        extra[STORE] = ws.stores[vault]
+        key = (session.id, ws.key, vault, ask, windowed, operation, why, json.dumps(extra, sort_keys=True))
+        existing = ledger.live.coalesced(key) if operation is Operation.READ else None
+        if existing is not None:
+            req = ledger.store.get_request(existing)
+            if req is not None and req.status is Status.PENDING:
+                return Outcome("pending", req, url=ledger.approval_url(req.id))
+
+        # From the coalescing check to registering the new request there is no await, so identical
+        # concurrent calls of one session always find each other (and the limits count them all).
+        refusal = self._admit(session)
+        if refusal is not None:
+            if refusal.audit is not None:
+                await ledger.audit(
+                    ws, "flood_refused", None, requester=session.requester, vault=vault, detail=refusal.audit
+                )
+            raise refusal.error
+        req = self._new_request(session, vault, ask, windowed, operation, why, write_values, extra)
+        ledger.store.insert_request(req)
+        delay = (req.expires_at - ledger.clock()).total_seconds()
+        live = Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {}))
+        live.deadline = time.monotonic() + delay
+        ledger.live.add(req.id, live, key if operation is Operation.READ else None)
+        try:
+            await ledger.audit(ws, "requested", req)
+        except AuditError:
+            ledger.store.transition(req.id, [Status.PENDING], Status.CANCELLED, ledger.clock())
+            ledger.live.forget(req.id)
+            raise
+        ledger.live.expire_at(req.id, delay, ledger.expire_soon)
+        url = ledger.approval_url(req.id)
+        try:
+            ledger.outreach.notify(req, url)
+        except Exception:  # a channel must never block the request
+            log.exception("notification channel failed")
+        return Outcome("pending", req, url=url)
+
+    def _admit(self, session: Session) -> Refusal | None:
+        """The limiter's verdict on one more pending request from `session` (no await: see request_access)."""
+        pending = self.ledger.store.requests_with_status(Status.PENDING)
+        mine = sum(1 for r in pending if r.requester.session_id == session.id)
+        return self.limiter.admit(session.id, mine, len(pending))
+
+    def _new_request(
+        self,
+        session: Session,
+        vault: str,
+        ask: tuple[str, ...],
+        windowed: tuple[str, ...],
+        operation: Operation,
+        reason: str,
+        write_values: dict[str, SecretValue] | None,
+        extra: dict[str, Any],
+    ) -> AccessRequest:
+        vcfg = session.workspace.vault(vault)
+        now = self.ledger.clock()
+        timeout: float = session.workspace.config.request_timeout
+        if self.ceilings.max_request_timeout is not None:
+            timeout = min(timeout, self.ceilings.max_request_timeout)
+        previews = tuple(mask_preview(write_values[n]) for n in ask) if write_values else ()
+        if "generate" in extra:
+            spec = GenerationSpec(**extra["generate"])
+            previews = tuple(f"(generated by agent-vault: {spec.describe()})" for _ in ask)
+        return AccessRequest(
+            id=new_request_id(),
+            workspace=session.workspace.key,
+            vault=vault,
+            names=ask,
+            windowed=windowed,
+            operation=operation,
+            reason=reason,
+            created_at=now,
+            expires_at=now + timedelta(seconds=timeout),
+            match_code=new_match_code(),
+            requester=session.requester,
+            scope=vcfg.ttl_scope,
+            ttl_minutes=self._ttl(vcfg.ttl) if operation is Operation.READ else 0,
+            previews=previews,
+            extra=extra,
+        )
+
+    def _ttl(self, configured: float) -> float:
+        """The project's window, never longer than the user's ceiling."""
+        ceiling = self.ceilings.max_ttl_minutes
+        return configured if ceiling is None else min(configured, ceiling)
+
+    async def _auto_approve(self, session: Session, vault: str, split: Split, reason: str) -> Outcome:
+        """Every name is inside a read window: check the names and read them in one trip to a thread."""
+        ws = session.workspace
+        names, end = split.allowed, split.window_end
+        provider = ws.provider(vault)
+
+        def check_and_read() -> dict[str, SecretValue]:
+            require_existing(provider, vault, names)
+            return {n: provider.get(n) for n in names}
+
+        values = await asyncio.to_thread(check_and_read)
+        await self.ledger.audit(
+            ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
+            scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ,
+        )  # fmt: skip
+        return Outcome("delivered", None, values=values, window_end=end)
+
+    async def _auto_approve_run(
+        self,
+        session: Session,
+        vault: str,
+        split: Split,
+        reason: str,
+        run: Mapping[str, Any],
+        base_env: Mapping[str, str] | None,
+    ) -> Outcome:
+        """A window opened for this very command allows all its secrets: record it as approved and run it."""
+        ledger = self.ledger
+        ws = session.workspace
+        names, end = split.allowed, split.window_end
+        now = ledger.clock()
+        extra = {"run": dict(run), DEFINITION: ws.definitions[vault], STORE: ws.stores[vault]}
+        req = self._new_request(session, vault, (), names, Operation.READ, reason, None, extra)
+        req = req.with_status(Status.APPROVED, now)
+        ledger.store.insert_request(req)
+        ledger.live.add(req.id, Live(asyncio.Event(), ws, base_env=dict(base_env or {})))
+        await ledger.audit(ws, "auto_approved", req, names=names, window_end=end, detail={"run": dict(run)})
+        return await self.delivery.run_outcome(session, req, 0)
+
+
+def require_existing(provider: Any, vault: str, names: Sequence[str]) -> None:
+    """Raise SecretNotFound before anyone is asked, for names the provider does not know."""
+    available = set(provider.list_names())
+    missing = [n for n in names if n not in available]
+    has = getattr(provider, "has", None)  # optional: names beyond the listing (ids, references)
+    if missing and has is not None:
+        missing = [n for n in missing if not has(n)]
+    if missing:
+        raise SecretNotFound(
+            f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
+            "Call list_secrets for the exact names; nobody was asked to approve."
+        )

@@ -1,0 +1,78 @@
+"""Decisions: the person approves (with the approver's proof) or denies a pending request.
+
+An approval needs a valid factor bound to that request; it is audited before anything follows
+(a window opened, a write stored), and an audit failure undoes it. Approve and deny racing on one
+request produce exactly one outcome (the store's compare-and-set).
+"""
+
+from __future__ import annotations
+
+from agent_vault.approver.protocol import Approver, Proof
+from agent_vault.broker.integrity import approved_window_end
+from agent_vault.broker.ledger import VAULT_CHANGED, Ledger
+from agent_vault.broker.writes import Writes
+from agent_vault.domain.errors import ApprovalError, AuditError, InvalidRequest, NotAuthorized, RequestExpired
+from agent_vault.domain.request import AccessRequest, Operation, Status
+
+
+class Decisions:
+    def __init__(self, ledger: Ledger, *, approver: Approver, writes: Writes) -> None:
+        self.ledger = ledger
+        self.approver = approver
+        self.writes = writes
+
+    def pending(self, user: str | None = None) -> list[AccessRequest]:
+        """The pending requests; with `user` (a system broker's caller), only those that user's agents made."""
+        every = self.ledger.store.requests_with_status(Status.PENDING)
+        return every if user is None else [r for r in every if r.requester.user == user]
+
+    def get_request(self, request_id: str) -> AccessRequest | None:
+        return self.ledger.store.get_request(request_id)
+
+    async def decide(self, request_id: str, approve: bool, proof: Proof | None, via: str = "web") -> AccessRequest:
+        ledger = self.ledger
+        req = ledger.store.get_request(request_id)
+        if req is None:
+            raise InvalidRequest("no such request")
+        if req.status is not Status.PENDING:
+            raise ApprovalError(f"this request is already {req.status.value}; nothing changed")
+        now = ledger.clock()
+        if ledger.expired(req):
+            await ledger.finish(req.id, Status.EXPIRED, "expired")
+            raise RequestExpired("this request expired before the decision; nothing was released")
+        live = ledger.live.get(req.id)
+        factor = None
+        if approve and live is not None and not ledger.vault_unchanged(live.workspace, req):
+            await ledger.finish(req.id, Status.CANCELLED, "cancelled", why=VAULT_CHANGED)
+            raise ApprovalError(f"vault {req.vault!r} {VAULT_CHANGED}; this request was cancelled, nothing released")
+        if approve:
+            try:
+                factor = self.approver.verify(req, proof)
+            except NotAuthorized as exc:
+                await ledger.audit(live.workspace if live else None, "auth_failed", req, detail={"why": str(exc)})
+                if exc.deny:
+                    await self.decide(req.id, False, None, via="too many failed factor checks")
+                raise
+        status = Status.APPROVED if approve else Status.DENIED
+        if not ledger.store.transition(req.id, [Status.PENDING], status, now):
+            raise ApprovalError("this request was decided a moment ago; nothing changed")
+        decided = req.with_status(status, now)
+        end = approved_window_end(decided) if approve else None
+        detail = {"via": via, "factor": factor} if factor else {"via": via}
+        if approve:
+            detail["action"] = decided.action  # a window is trusted only for what was approved
+        ws = live.workspace if live else None
+        try:
+            await ledger.audit(ws, "approved" if approve else "denied", decided, window_end=end, detail=detail)
+        except AuditError:
+            ledger.store.transition(req.id, [status], Status.CANCELLED, now)
+            ledger.live.wake(req.id)
+            raise
+        if approve:
+            ledger.policy.open_for(decided, now)
+            if decided.operation is Operation.WRITE:
+                await self.writes.write(decided)
+        ledger.live.wake(req.id)
+        if not approve:
+            ledger.live.forget(req.id)
+        return ledger.store.get_request(req.id) or decided

@@ -1,0 +1,186 @@
+"""Delivery: a front door waits for its request, and an approved one releases its values, once.
+
+A value goes only to the session that asked, only after the audit log holds the approval (an
+approval made by editing state.db is cancelled), only while the vault still reads from what it did
+when the request was made, and only after its `delivered` row is durable. A command approved with
+`run_with_secrets` is started here instead, once, and its masked output reported; a value it printed
+closes its windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any
+
+from agent_vault.broker.child import RunResult
+from agent_vault.broker.integrity import UNAUDITED_APPROVAL, approved_window_end
+from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Session
+from agent_vault.broker.runs import RunManager, RunSpec, parse_run
+from agent_vault.broker.workspace import Workspace
+from agent_vault.domain.errors import ApprovalError, InvalidRequest, ProviderError, RequestDenied, RequestExpired
+from agent_vault.domain.request import AccessRequest, Operation, Status
+from agent_vault.domain.secret import SecretValue
+from agent_vault.store.sqlite import Window
+
+log = logging.getLogger("agent_vault.broker.core")
+
+
+class Delivery:
+    def __init__(self, ledger: Ledger, *, runs: RunManager) -> None:
+        self.ledger = ledger
+        self.runs = runs
+
+    def request_for(self, session: Session, request_id: str) -> AccessRequest:
+        req = self.ledger.store.get_request(request_id)
+        if req is None or not secrets.compare_digest(req.requester.session_id, session.id):
+            raise InvalidRequest(f"no request {request_id!r} belongs to this session")
+        return req
+
+    async def wait(self, session: Session, request_id: str, timeout: float) -> Outcome:
+        req = self.request_for(session, request_id)
+        live = self.ledger.live.get(request_id)
+        if req.status is Status.PENDING and live is not None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(live.decided.wait(), timeout)
+            req = self.request_for(session, request_id)
+        if "run" in req.extra and req.status in (Status.APPROVED, Status.DELIVERED):
+            return await self.run_outcome(session, req, timeout)
+        return await self._outcome(session, req)
+
+    async def fetch(self, ws: Workspace, vault: str, names: Sequence[str]) -> dict[str, SecretValue]:
+        provider = ws.provider(vault)
+        return await asyncio.to_thread(lambda: {n: provider.get(n) for n in names})
+
+    # -- values ---------------------------------------------------------------------------------
+
+    async def _outcome(self, session: Session, req: AccessRequest) -> Outcome:
+        ledger = self.ledger
+        what = "write" if req.operation is Operation.WRITE else "access"
+        names = ", ".join(req.names)
+        if req.status is Status.PENDING and ledger.expired(req):
+            await ledger.finish(req.id, Status.EXPIRED, "expired")
+            req = self.request_for(session, req.id)
+        if req.status is Status.PENDING:
+            return Outcome("pending", req, url=ledger.approval_url(req.id))
+        if req.status is Status.DENIED:
+            raise RequestDenied(
+                f"the human denied {what} to {names} in vault {req.vault!r} (request {req.id}). "
+                "Do not ask again for the same secret; ask the user how they want to proceed."
+            )
+        if req.status in (Status.EXPIRED, Status.CANCELLED):
+            raise RequestExpired(
+                f"request {req.id} for {names} {req.status.value} without a decision. "
+                "Ask the user whether to request it again."
+            )
+        if req.operation is Operation.WRITE:
+            return _write_outcome(req)
+        if req.status is Status.APPROVED:
+            return await self._deliver(session, req)
+        raise InvalidRequest(f"the values of request {req.id} were already delivered; they are handed over once")
+
+    async def _take(self, ws: Workspace, req: AccessRequest, taken: str) -> dict[str, SecretValue] | None:
+        """The approved request's values, marked delivered (once: `taken` says why not a second time);
+        None while the audit log does not hold the approval yet."""
+        if not await self._audited(req):
+            return None
+        await self._refuse_if_vault_changed(ws, req)
+        values = await self.fetch(ws, req.vault, req.all_names)
+        if not self.ledger.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
+            raise InvalidRequest(taken)
+        return values
+
+    async def _deliver(self, session: Session, req: AccessRequest) -> Outcome:
+        ledger = self.ledger
+        ws = session.workspace
+        taken = f"the values of request {req.id} were already delivered; they are handed over once"
+        values = await self._take(ws, req, taken)
+        if values is None:
+            return Outcome("pending", req, url=ledger.approval_url(req.id))
+        end = approved_window_end(req)
+        await ledger.audit(ws, "delivered", req, names=req.all_names, window_end=end)
+        ledger.live.forget(req.id)
+        return Outcome("delivered", req, values=values, window_end=end)
+
+    async def _refuse_if_vault_changed(self, ws: Workspace, req: AccessRequest) -> None:
+        ledger = self.ledger
+        if not ledger.vault_unchanged(ws, req):
+            ledger.store.transition(req.id, [Status.APPROVED], Status.CANCELLED, ledger.clock())
+            await ledger.audit(ws, "cancelled", req, detail={"why": VAULT_CHANGED})
+            ledger.live.forget(req.id)
+            raise ApprovalError(f"vault {req.vault!r} {VAULT_CHANGED}; nothing was released. Ask again.")
+
+    async def _audited(self, req: AccessRequest) -> bool:
+        """Whether the audit log holds the decision that approved `req` (False while this broker is still
+        writing it); an approval made by editing state.db is cancelled and reported, nothing released."""
+        ledger = self.ledger
+        live = ledger.live.get(req.id)
+        in_flight = live is not None and not live.decided.is_set()
+        verdict = await asyncio.to_thread(ledger.integrity.approval, req, in_flight=in_flight)
+        if verdict is False:
+            ledger.store.transition(req.id, [Status.APPROVED], Status.CANCELLED, ledger.clock())
+            ledger.live.forget(req.id)
+            raise ApprovalError(UNAUDITED_APPROVAL.format(id=req.id))
+        return verdict is True
+
+    # -- commands run with injected secrets ----------------------------------------------------
+
+    async def run_outcome(self, session: Session, req: AccessRequest, timeout: float) -> Outcome:
+        """Start the approved command once, then report its progress and, at the end, its result."""
+        ledger = self.ledger
+        if req.status is Status.APPROVED and not self.runs.started(req.id):
+            ws = session.workspace
+            values = await self._take(ws, req, f"the command of request {req.id} was already started")
+            if values is None:
+                return Outcome("pending", req, url=ledger.approval_url(req.id))
+            spec = parse_run(req.extra["run"], None)
+            live = ledger.live.get(req.id)
+            await ledger.audit(ws, "delivered", req, names=req.all_names, detail={"to": "command"})
+
+            async def finished(result: RunResult) -> None:
+                await self._ran(session, req, spec, result)
+
+            self.runs.start(req.id, spec, values, (live.base_env if live else None) or {}, finished)
+            ledger.live.forget(req.id)
+        if not self.runs.started(req.id):
+            raise InvalidRequest(f"the command of request {req.id} already ran; its output was handed over once")
+        got = await self.runs.wait(req.id, timeout)
+        if isinstance(got, str):
+            return Outcome("running", req, progress=got)
+        return Outcome("ran", req, run=got)
+
+    async def _ran(self, session: Session, req: AccessRequest, spec: RunSpec, result: RunResult) -> list[Window]:
+        """Audit a finished command; a masked value counts as a leak and closes its windows."""
+        ledger = self.ledger
+        ws = session.workspace
+        vault, request_id = req.vault, req.id
+        masked = sorted(result.masked)
+        detail = {
+            "run": spec.to_json(),
+            "exit_code": result.exit_code,
+            "timed_out": result.timed_out,
+            "masked": masked,
+        }
+        common: dict[str, Any] = {"requester": session.requester, "vault": vault, "names": req.all_names}
+        await ledger.audit(ws, "command_finished", None, request_id=request_id, detail=detail, **common)
+        if not masked:
+            return []
+        closed = ledger.policy.close_covering(ws.key, vault, masked)
+        detail["closed_windows"] = [w.id for w in closed]
+        await ledger.audit(ws, "masked_output", None, request_id=request_id, detail=detail, **common)
+        message = f"a command printed {', '.join(masked)} from vault {vault!r}; its approval window was closed"
+        try:
+            ledger.outreach.alert(message)
+        except Exception:  # an alert channel must never break the report
+            log.exception("alert channel failed")
+        return closed
+
+
+def _write_outcome(req: AccessRequest) -> Outcome:
+    if req.status is Status.DELIVERED:
+        return Outcome("written", req)
+    error = req.extra.get("error") or "the store refused the write"
+    raise ProviderError(f"the approved write to vault {req.vault!r} failed: {error}")

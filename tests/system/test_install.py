@@ -1,0 +1,79 @@
+"""`agent-vault system install` and `uninstall` on a real machine (as root, under a --prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent_vault.system import accounts
+from agent_vault.system.units import HARDENING
+from tests.system import host
+from tests.system.conftest import Installed, mode
+
+
+def test_install_needs_root(fresh: Installed) -> None:
+    argv = host.as_user(fresh.other, [*fresh.agent_vault, "system", "install", "--prefix", str(fresh.prefix)])
+    done = host.run(argv, env=host.user_env(fresh.other), cwd="/")
+    assert done.returncode == 1
+    assert "run it as root (sudo)" in done.stderr
+    assert accounts.user(fresh.broker) is None
+
+
+def test_an_unknown_allowed_user_changes_nothing(fresh: Installed) -> None:
+    done = fresh.install("--allow-user", "avt-no-such-user", "--no-service")
+    assert done.returncode == 1
+    assert "there is no local user 'avt-no-such-user'. Nothing was changed." in done.stderr
+    assert accounts.user(fresh.broker) is None and not (fresh.prefix / "etc").exists()
+
+
+def test_a_failure_half_way_says_what_was_done_and_how_to_undo(fresh: Installed) -> None:
+    blocker = fresh.layout.state_dir
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the state dir goes\n")
+    done = fresh.install("--allow-user", fresh.allowed, "--no-service")
+    assert done.returncode == 1
+    err = done.stderr
+    assert "system install stopped:" in err and "exists and is not a directory" in err
+    assert f"created the system user {fresh.broker}" in err and f"created the group {fresh.layout.group}" in err
+    assert f"sudo agent-vault system uninstall --user {fresh.broker} --prefix {fresh.prefix}" in err
+    by_hand = err.split("or by hand, in this order:\n", 1)[1].splitlines()
+    assert by_hand.index(f"  userdel {fresh.broker}") > by_hand.index(f"  groupdel {fresh.layout.group}")
+    blocker.unlink()
+    undone = fresh.uninstall()
+    assert undone.returncode == 0, undone.stderr
+    assert accounts.user(fresh.broker) is None and accounts.group(fresh.layout.group) is None
+
+
+def test_uninstall_keeps_the_audit_log_as_roots_and_purge_removes_it(fresh: Installed) -> None:
+    assert fresh.install("--allow-user", fresh.allowed, "--no-service").returncode == 0
+    audit = fresh.layout.state_dir / "audit.db"
+    audit.write_bytes(b"stands for the audit log\n")  # root's write: the file is the broker's to have
+    marker = Path(f"/etc/agent-vault/users/{fresh.allowed}.toml")
+    assert marker.exists()
+
+    kept = fresh.uninstall()
+    assert kept.returncode == 0, kept.stderr
+    assert "kept the state dir" in kept.stdout and "remove it with --purge" in kept.stdout
+    assert mode(fresh.layout.state_dir) == ("root", "root", 0o700) and mode(audit)[:2] == ("root", "root")
+    assert accounts.user(fresh.broker) is None and accounts.group(fresh.layout.group) is None
+    assert not marker.exists() and not fresh.layout.record.exists() and not fresh.layout.run_dir.exists()
+
+    again = fresh.install("--no-service")  # the kept state is given to the new broker user
+    assert again.returncode == 0, again.stderr
+    assert f"gave {fresh.layout.state_dir} and everything in it to {fresh.broker}" in again.stdout
+    assert mode(audit)[0] == fresh.broker
+
+    purged = fresh.uninstall("--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert not fresh.layout.state_dir.exists() and not fresh.layout.config_dir.exists()
+    assert "nothing to uninstall" in fresh.uninstall().stdout
+
+
+def test_install_with_the_service_writes_its_unit_and_uninstall_removes_it(fresh: Installed) -> None:
+    done = fresh.install()
+    assert done.returncode == 0, done.stderr
+    unit = fresh.layout.unit.read_text()
+    assert f"User={fresh.broker}" in unit and f"SupplementaryGroups={fresh.layout.group}" in unit
+    assert f"system serve --prefix {fresh.prefix}" in unit and all(line in unit.splitlines() for line in HARDENING)
+    assert "skip: starting the unit" in done.stdout  # under --prefix, systemctl is never called
+    removed = fresh.uninstall("--purge")
+    assert removed.returncode == 0 and not fresh.layout.unit.exists()
