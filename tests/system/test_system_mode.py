@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import grp
 import json
+import os
 import pwd
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -259,3 +261,58 @@ def test_enrolling_a_factor_without_root_fails(system: Installed) -> None:
     assert done.returncode != 0
     assert "your agents use the agent-vault system broker" in done.stdout and "Traceback" not in done.stdout
     assert system.state()["factors"] == before == 1
+
+
+IMPORTED = "fake-imported-token-7777"
+
+
+def _project_env(system: Installed, text: str) -> Path:
+    """An env file in the allowed user's project, theirs and 0600, as it would be before the move."""
+    project = home_of(system.allowed) / "project"
+    project.mkdir(exist_ok=True)
+    path = project / ".env.secrets"
+    path.write_text(text)
+    account = pwd.getpwnam(system.allowed)
+    os.chown(project, account.pw_uid, account.pw_gid)
+    os.chown(path, account.pw_uid, account.pw_gid)
+    path.chmod(0o600)
+    return path
+
+
+def _import(system: Installed, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return system.as_root("system", "import", str(path), "--vault", "shared", "--user", system.broker,
+                          "--prefix", str(system.prefix), *extra)  # fmt: skip
+
+
+async def test_system_import_moves_a_projects_env_file_into_the_brokers_vault(system: Installed) -> None:
+    source = _project_env(system, f"IMPORTED_TOKEN={IMPORTED}\n")
+    done = _import(system, source)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "moved 1 secret(s) into vault 'shared'" in done.stdout and "IMPORTED_TOKEN" in done.stdout
+    assert IMPORTED not in done.stdout + done.stderr
+    assert not source.exists()  # the project copy is gone
+    vault_file = system.layout.vault_files / "shared.env"
+    assert mode(vault_file) == (system.broker, system.broker, 0o600)  # still the broker's alone
+    assert f"IMPORTED_TOKEN={IMPORTED}" in vault_file.read_text() and FAKE_KEY in vault_file.read_text()
+    async with Client(front_door(system, system.allowed)) as agent:
+        assert "IMPORTED_TOKEN" in text(await agent.call_tool("list_secrets", {}))
+
+
+def test_system_import_refuses_a_clash_a_bad_line_and_a_non_root_caller(system: Installed) -> None:
+    vault_file = system.layout.vault_files / "shared.env"
+    before = vault_file.read_text()
+    clash = _project_env(system, "API_KEY=fake-other-0000\n")
+    done = _import(system, clash)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and "already holds API_KEY" in said and "--replace" in said
+    assert clash.exists() and vault_file.read_text() == before
+    bad = _project_env(system, "GOOD=fake-1\nthis line is not an assignment\n")
+    done = _import(system, bad)
+    assert done.returncode != 0 and "line 2" in done.stdout + done.stderr and vault_file.read_text() == before
+    as_user = host.run(
+        host.as_user(system.allowed, [*system.agent_vault, "system", "import", str(bad), "--vault", "shared",
+                                      "--user", system.broker, "--prefix", str(system.prefix)]),
+        env=host.user_env(system.allowed), cwd="/",
+    )  # fmt: skip
+    assert as_user.returncode != 0 and "run it as root" in as_user.stdout + as_user.stderr
+    assert bad.exists() and vault_file.read_text() == before

@@ -41,3 +41,84 @@ class SystemVaults:
 
     def refuse_commands(self) -> None:
         raise InvalidRequest(NO_COMMANDS)
+
+
+# -- `agent-vault system import`: a project's env file into the system's own vault files ----------
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What an import did, without a value: the names moved, the vault file, the source's fate."""
+
+    names: tuple[str, ...]
+    replaced: tuple[str, ...]
+    vault_file: Path
+    source_removed: bool
+
+
+def import_env_file(
+    config: Path,
+    vault: str,
+    source: Path,
+    owner: tuple[int, int],
+    *,
+    environ: Mapping[str, str],
+    replace: bool,
+    keep: bool,
+) -> Imported:
+    """Move every `NAME=value` of `source` into the env vault `vault` of the system config `config`, whose
+    file is then owned by `owner` (the broker's uid, gid) and 0600; unless `keep`, the source is
+    overwritten and removed. Nothing is written when the source has a bad line, the vault is not an env
+    vault, or a name exists there already (unless `replace`)."""
+    from agent_vault.configuration.project import load_config
+    from agent_vault.domain.errors import ConfigError
+    from agent_vault.domain.secret import SecretValue
+    from agent_vault.providers.base import ProviderContext
+    from agent_vault.providers.dotenv_format import parse_document
+    from agent_vault.providers.registry import provider_class
+
+    try:
+        document = parse_document(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}") from None
+    if document.problems:
+        raise ConfigError(f"{source}: " + "; ".join(document.problems) + ". Fix those lines; nothing was moved.")
+    values = document.values
+    if not values:
+        raise ConfigError(f"{source} holds no NAME=value line; nothing was moved.")
+    system = load_config(config, environ)
+    section = system.vaults.get(vault)
+    if section is None:
+        raise ConfigError(f"the system config {config} has no vault {vault!r}; its vaults: {', '.join(system.vaults)}")
+    if section.type != "env":
+        raise ConfigError(
+            f"vault {vault!r} is a {section.type} vault; `system import` moves values into env vaults "
+            f"(the broker's own files). Fix: name an env vault of {config}."
+        )
+    provider = provider_class("env")(
+        section.options, ProviderContext(vault=vault, base_dir=section.base_dir, writable=True)
+    )  # type: ignore[call-arg]
+    there = set(provider.list_names())
+    clash = sorted(set(values) & there)
+    if clash and not replace:
+        raise ConfigError(
+            f"vault {vault!r} already holds {', '.join(clash)}; nothing was moved. Fix: --replace to overwrite them."
+        )
+    provider.set_many({name: SecretValue(value) for name, value in values.items()})
+    target = Path(os.path.join(section.base_dir, section.options.file))  # type: ignore[attr-defined]
+    os.chown(target, *owner)
+    os.chmod(target, 0o600)
+    if not keep:
+        _overwrite_and_remove(source)
+    return Imported(tuple(values), tuple(clash), target, not keep)
+
+
+def _overwrite_and_remove(path: Path) -> None:
+    """Zeros over the file's bytes, then unlink: best effort (a journaling or copy-on-write file system,
+    an SSD, or a backup may still hold the old bytes)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as out:
+        out.write(b"\0" * size)
+        out.flush()
+        os.fsync(out.fileno())
+    path.unlink()

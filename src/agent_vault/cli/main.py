@@ -162,7 +162,14 @@ def _system_commands(sub: Any, command: Any, actions: Any) -> None:
     uninstall.add_argument("--purge", action="store_true", help="also delete its state (audit log, factors, vault "
                            "files) and its config")  # fmt: skip
     serve = command(system, "serve", "run the system broker (as its user: what its service runs)")
-    for parser in (install, uninstall, serve):
+    imports = command(
+        system, "import", "move a project's env file into one of the system broker's env vaults (as root)"
+    )
+    imports.add_argument("file", help="the env file to move (NAME=value lines), e.g. .env.secrets")
+    imports.add_argument("--vault", required=True, help="an env vault of the system config (e.g. shared)")
+    imports.add_argument("--replace", action="store_true", help="overwrite names the vault already holds")
+    imports.add_argument("--keep", action="store_true", help="leave the file in place (default: overwrite, remove)")
+    for parser in (install, uninstall, serve, imports):
         parser.add_argument("--user", default="agent-vault", help="the broker's system user (default agent-vault)")
         parser.add_argument("--prefix", default="/", help="put every path of the install under this directory")
 

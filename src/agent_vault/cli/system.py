@@ -1,4 +1,4 @@
-"""`agent-vault system install | uninstall | serve`: system mode from the command line (docs/hardened.md)."""
+"""`agent-vault system install | uninstall | serve | import`: system mode from the command line (docs/hardened.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,44 @@ def run_system(args: argparse.Namespace) -> int:
 
         asyncio.run(serve_system(layout))
         return 0
-    raise AgentVaultError("usage: agent-vault system install|uninstall|serve")
+    if args.action == "import":
+        return _import(layout, args)
+    raise AgentVaultError("usage: agent-vault system install|uninstall|serve|import")
+
+
+def _import(layout: Layout, args: argparse.Namespace) -> int:
+    import os
+    import pwd
+
+    from agent_vault.broker.system_vaults import import_env_file
+    from agent_vault.providers.dotenv_format import parse
+    from agent_vault.system.install import require_root
+
+    require_root("import")
+    try:
+        account = pwd.getpwnam(layout.user)
+    except KeyError:
+        raise SystemModeError(
+            f"there is no system user {layout.user!r}: run `sudo agent-vault system install` first "
+            "(with the same --user and --prefix)"
+        ) from None
+    environ = dict(os.environ)
+    if layout.environment.exists():  # the broker's own variables, for `env:` references of the vault config
+        environ.update(parse(layout.environment.read_text(encoding="utf-8")))
+    source = Path(args.file).absolute()
+    done = import_env_file(
+        layout.vaults, args.vault, source, (account.pw_uid, account.pw_gid),
+        environ=environ, replace=args.replace, keep=args.keep,
+    )  # fmt: skip
+    names = ", ".join(done.names)
+    replaced = f" (replaced: {', '.join(done.replaced)})" if done.replaced else ""
+    _say(f"moved {len(done.names)} secret(s) into vault {args.vault!r}, {done.vault_file}: {names}{replaced}")
+    if done.source_removed:
+        _say(f"removed {source} (its bytes overwritten first; a backup or snapshot may still hold them: rotate "
+             "anything that was ever committed or synced)")  # fmt: skip
+    else:
+        _say(f"kept {source}: delete it yourself once agents use the system broker")
+    return 0
 
 
 def _say(text: str) -> None:
