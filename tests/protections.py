@@ -887,6 +887,13 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/broker/test_peers.py::test_an_allowed_user_sees_and_ends_only_their_own_requests_and_windows",),
     ),
     Protection(
+        "values moved in by `system import` stay the broker's alone (0600)",
+        "broker/system_vaults.py",
+        "os.chmod(target, 0o600)",
+        "os.chmod(target, 0o644)",
+        ("tests/system/test_system_mode.py::test_system_import_moves_a_projects_env_file_into_the_brokers_vault",),
+    ),
+    Protection(
         "a system broker's sessions use the system vault config, never the one a front door names",
         "broker/core.py",
         "path, env, name = self.system_vaults.place(user)",
