@@ -268,6 +268,13 @@ class Sandbox:
         env.update(extra)
         return env
 
+    def unpaced(self) -> None:
+        """Lift the per-session request pace (settings.toml [policy]): a benchmark that asks dozens of
+        times in a row in one session measures the decision path, not the flood limiter."""
+        settings = self.home / "settings.toml"
+        settings.write_text("[policy]\nrequestsPerMinute = 10000\nrequestBurst = 10000\n")
+        settings.chmod(0o600)
+
     def add_project(self, name: str, secrets: int, **top: Any) -> Path:
         """A project dir with vaults dev (ttl 15 min), strict (ttl 0) over one env file of `secrets` keys."""
         project = self.root / name
