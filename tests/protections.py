@@ -894,6 +894,13 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/system/test_system_mode.py::test_system_import_moves_a_projects_env_file_into_the_brokers_vault",),
     ),
     Protection(
+        "doctor reports a move that worked against the system broker as a hole",
+        "system/isolation.py",
+        'return Probe(move, False, "IT WORKED: this user can do it, and so can an agent running as them")',
+        'return Probe(move, True, "refused (permission denied)")',
+        ("tests/system/test_system_mode.py::test_doctor_names_a_loosened_file_as_a_hole",),
+    ),
+    Protection(
         "a system broker's sessions use the system vault config, never the one a front door names",
         "broker/core.py",
         "path, env, name = self.system_vaults.place(user)",

@@ -48,7 +48,8 @@ async def test_a_healthy_set_up(home: StatePaths, running: BrokerServer, capsys:
     assert f"[ ok ] approval pages at {running.url}, bound to loopback only (127.0.0.1)" in out
     assert f"runs as {_me()}, the same user as you" in out
     assert "[ ok ] audit log intact" in out and "[ ok ] state directory" in out
-    assert LIMITS in out and "same OS user" in out and "another OS user or on another host" in out
+    assert LIMITS in out and "same OS user" in out and "system mode: the broker as its own OS user" in out
+    assert "[warn] protected against an agent running as you: no. The broker runs as you" in out
     assert TOTP_SECRET not in out
 
 

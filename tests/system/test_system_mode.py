@@ -316,3 +316,34 @@ def test_system_import_refuses_a_clash_a_bad_line_and_a_non_root_caller(system: 
     )  # fmt: skip
     assert as_user.returncode != 0 and "run it as root" in as_user.stdout + as_user.stderr
     assert bad.exists() and vault_file.read_text() == before
+
+
+def _doctor_as(system: Installed, login: str) -> str:
+    argv = host.as_user(login, [*system.agent_vault, "doctor"])
+    done = host.run(argv, env=host.user_env(login), cwd="/")
+    return done.stdout + done.stderr
+
+
+def test_doctor_proves_the_isolation_by_trying_each_move(system: Installed) -> None:
+    said = _doctor_as(system, system.allowed)
+    assert "protected against an agent running as you: yes" in said, said
+    for move in ("read state.db", "list the vault files", "read the system vault config",
+                 "write a file into the state dir", "/environ", "/mem", "connect to the broker's socket"):  # fmt: skip
+        [line] = [ln for ln in said.splitlines() if move in ln]
+        assert line.startswith("[ ok ]") and ("refused" in line), line
+    assert "IT WORKED" not in said and "Traceback" not in said
+    # the user's own (unused) state home is not reported as broken: init is root's in system mode
+    assert "run `agent-vault init`" not in said and "[FAIL]" not in said
+
+
+def test_doctor_names_a_loosened_file_as_a_hole(system: Installed) -> None:
+    vaults = system.layout.vaults
+    before = vaults.stat().st_mode & 0o777
+    vaults.chmod(0o644)  # an administrator's mistake: the vault config readable by everyone
+    try:
+        said = _doctor_as(system, system.allowed)
+    finally:
+        vaults.chmod(before)
+    [line] = [ln for ln in said.splitlines() if "read the system vault config" in ln]
+    assert line.startswith("[FAIL]") and "IT WORKED" in line
+    assert "protected against an agent running as you: NO (1 move(s) worked)" in said

@@ -15,9 +15,13 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, state_paths
+
+if TYPE_CHECKING:
+    from agent_vault.system.record import FrontDoorMarker
 
 STATE_FILES = ("state.db", "audit.db", "broker.json", "broker.lock", "spawn.lock", "broker.log")
 SIDE_FILES = ("-wal", "-shm")
@@ -29,8 +33,8 @@ What this does NOT protect against:
   the secret files themselves. Approval stops an agent that plays by the rules of its tools,
   and makes everything it does visible in the audit log; it is not a wall against your own user.
 Stronger modes:
-  - run the broker as another OS user or on another host, so the agent cannot touch its files
-    (planned: this version's broker serves only its own user on its socket);
+  - system mode: the broker as its own OS user, whose files your user cannot read or write
+    (`sudo agent-vault system install`, docs/hardened.md); doctor then tries each move to prove it;
   - run the agent in a sandbox (container, VM, or a separate user) that cannot read the project's
     secret files or the state directory;
   - inject-only delivery, where values go into a command's environment and never into the model:
@@ -278,8 +282,58 @@ def home_checks() -> list[Check]:
     return checks
 
 
+def isolation_checks(marker: FrontDoorMarker | None) -> list[Check]:
+    """Whether an agent running as this user can reach the secrets: in system mode, proven by trying each
+    move against the system broker (system/isolation.py); otherwise it plainly can."""
+    from agent_vault.system.isolation import probe_isolation
+    from agent_vault.system.layout import Layout
+
+    if marker is None:
+        return [
+            Check(
+                "warn",
+                "protected against an agent running as you: no. The broker runs as you, so such an agent can "
+                "read its files; system mode (docs/hardened.md) is the fix",
+            )
+        ]
+    checks = [Check("info", f"your agents use the system broker of {marker.prefix} (socket {marker.socket}); "
+                    "trying each move an agent running as you would make:")]  # fmt: skip
+    probes = probe_isolation(Layout(marker.prefix, marker.broker_user))
+    for probe in probes:
+        level = "ok" if probe.protected and probe.tried else "info" if probe.protected else "FAIL"
+        checks.append(Check(level, f"{probe.move}: {probe.detail}"))
+    holes = [p for p in probes if not p.protected]
+    untried = sum(1 for p in probes if not p.tried)
+    if holes:
+        verdict = Check("FAIL", f"protected against an agent running as you: NO ({len(holes)} move(s) worked)")
+    else:
+        rest = f" ({untried} could not be tried)" if untried else ""
+        verdict = Check("ok", f"protected against an agent running as you: yes, every move was refused{rest}")
+    return [*checks, verdict]
+
+
+def _system_marker() -> FrontDoorMarker | None:
+    """The marker root wrote for this user, if any (a marker that cannot be trusted raises)."""
+    from agent_vault.system.accounts import login_of
+    from agent_vault.system.record import read_marker
+
+    login = login_of(os.getuid())
+    return read_marker(login, os.getuid()) if login is not None else None
+
+
 def gather(paths: StatePaths) -> list[Check]:
+    from agent_vault.domain.errors import AgentVaultError
+
+    try:
+        marker = _system_marker()
+    except AgentVaultError as exc:
+        return [Check("FAIL", f"the system broker's marker for this user cannot be trusted: {exc}")]
+    if marker is not None:
+        # the system broker's factors, audit and settings are root's to check (as its user); this
+        # user's own state home is not used while the marker stands
+        return [*isolation_checks(marker), *config_checks()]
     return [
+        *isolation_checks(None),
         *state_checks(paths),
         *factor_checks(paths),
         *broker_checks(paths),
