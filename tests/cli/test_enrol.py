@@ -38,16 +38,19 @@ CODE = r"[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}"
 class Terminal:
     """A command on a pseudo-terminal that is its controlling terminal (as getpass expects)."""
 
-    def __init__(self, home: StatePaths, *args: str) -> None:
+    def __init__(self, home: StatePaths | None, *args: str, argv: list[str] | None = None) -> None:
+        """`agent-vault ARGS` on `home`; or `argv` as it is, with this process's environment."""
         self.master, slave = pty.openpty()
 
         def controlling_tty() -> None:
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        env = {"AGENT_VAULT_HOME": str(home.root), "PATH": os.environ["PATH"], "HOME": str(home.root)}
+        env = dict(os.environ)
+        if home is not None:
+            env = {"AGENT_VAULT_HOME": str(home.root), "PATH": os.environ["PATH"], "HOME": str(home.root)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent_vault", *args],
+            argv or [sys.executable, "-m", "agent_vault", *args],
             stdin=slave,
             stdout=slave,
             stderr=slave,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyotp
+
 from agent_vault.system import accounts
 from agent_vault.system.units import HARDENING
+from tests.cli.test_enrol import Terminal
 from tests.system import host
 from tests.system.conftest import Installed, mode
 
@@ -77,3 +80,24 @@ def test_install_with_the_service_writes_its_unit_and_uninstall_removes_it(fresh
     assert "skip: starting the unit" in done.stdout  # under --prefix, systemctl is never called
     removed = fresh.uninstall("--purge")
     assert removed.returncode == 0 and not fresh.layout.unit.exists()
+
+
+def test_system_init_enrols_the_first_factor_as_the_brokers_user(fresh: Installed) -> None:
+    done = fresh.install("--allow-user", fresh.allowed, "--no-service")
+    assert done.returncode == 0, done.stdout + done.stderr
+    as_user = host.run(
+        host.as_user(fresh.allowed, [*fresh.agent_vault, "system", "init", "--user", fresh.broker,
+                                     "--prefix", str(fresh.prefix)]),
+        env=host.user_env(fresh.allowed), cwd="/",
+    )  # fmt: skip
+    assert as_user.returncode != 0 and "run it as root" in as_user.stdout + as_user.stderr
+    term = Terminal(None, argv=[*fresh.agent_vault, "system", "init", "--user", fresh.broker, "--prefix",
+                                str(fresh.prefix)])  # fmt: skip
+    secret = term.expect(r"Key: ([A-Z2-7]+)").group(1)
+    term.send(pyotp.TOTP(secret).now())
+    term.expect("Recovery codes")
+    term.expect("restart it")
+    assert term.wait() == 0, term.seen
+    assert fresh.state()["factors"] == 1
+    for name in ("state.db", "audit.db"):  # written as the broker's user: still its own, 0600
+        assert mode(fresh.layout.state_dir / name) == (fresh.broker, fresh.broker, 0o600)

@@ -169,7 +169,10 @@ def _system_commands(sub: Any, command: Any, actions: Any) -> None:
     imports.add_argument("--vault", required=True, help="an env vault of the system config (e.g. shared)")
     imports.add_argument("--replace", action="store_true", help="overwrite names the vault already holds")
     imports.add_argument("--keep", action="store_true", help="leave the file in place (default: overwrite, remove)")
-    for parser in (install, uninstall, serve, imports):
+    init = command(
+        system, "init", "enrol the system broker's first factor, an authenticator app, on this terminal (as root)"
+    )
+    for parser in (install, uninstall, serve, imports, init):
         parser.add_argument("--user", default="agent-vault", help="the broker's system user (default agent-vault)")
         parser.add_argument("--prefix", default="/", help="put every path of the install under this directory")
 

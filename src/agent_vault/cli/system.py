@@ -1,8 +1,10 @@
-"""`agent-vault system install | uninstall | serve | import`: system mode from the command line (docs/hardened.md)."""
+"""`agent-vault system install | uninstall | serve | import | init`: system mode from the command line
+(docs/hardened.md)."""
 
 from __future__ import annotations
 
 import argparse
+import pwd
 from pathlib import Path
 
 from agent_vault.domain.errors import AgentVaultError, SystemModeError
@@ -32,25 +34,58 @@ def run_system(args: argparse.Namespace) -> int:
         return 0
     if args.action == "import":
         return _import(layout, args)
-    raise AgentVaultError("usage: agent-vault system install|uninstall|serve|import")
+    if args.action == "init":
+        return _init(layout)
+    raise AgentVaultError("usage: agent-vault system install|uninstall|serve|import|init")
+
+
+def _broker_account(layout: Layout) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(layout.user)
+    except KeyError:
+        raise SystemModeError(
+            f"there is no system user {layout.user!r}: run `sudo agent-vault system install` first "
+            "(with the same --user and --prefix)"
+        ) from None
+
+
+def _init(layout: Layout) -> int:
+    """`agent-vault init --totp` run as the broker's user on its state dir, on this terminal: only root
+    (or the broker's user itself) can enrol the system broker's first factor."""
+    import os
+    import subprocess
+    import sys
+
+    from agent_vault.system.install import require_root
+
+    require_root("init")
+    account = _broker_account(layout)
+    env = {"AGENT_VAULT_HOME": str(layout.state_dir), "HOME": str(layout.state_dir), "PATH": os.defpath}
+    env.update({k: os.environ[k] for k in ("LANG", "LC_ALL", "TERM") if k in os.environ})
+    done = subprocess.run(
+        [sys.executable, "-I", "-m", "agent_vault", "init", "--totp"],
+        env=env,
+        cwd=layout.state_dir,
+        user=account.pw_uid,
+        group=account.pw_gid,
+        extra_groups=[],
+        check=False,
+    )
+    if done.returncode == 0:
+        _say("enrolled for the system broker; restart it so it takes the new factor set as the user's "
+             "(`sudo systemctl restart agent-vault`, or stop and start `system serve`)")  # fmt: skip
+    return done.returncode
 
 
 def _import(layout: Layout, args: argparse.Namespace) -> int:
     import os
-    import pwd
 
     from agent_vault.broker.system_vaults import import_env_file
     from agent_vault.providers.dotenv_format import parse
     from agent_vault.system.install import require_root
 
     require_root("import")
-    try:
-        account = pwd.getpwnam(layout.user)
-    except KeyError:
-        raise SystemModeError(
-            f"there is no system user {layout.user!r}: run `sudo agent-vault system install` first "
-            "(with the same --user and --prefix)"
-        ) from None
+    account = _broker_account(layout)
     environ = dict(os.environ)
     if layout.environment.exists():  # the broker's own variables, for `env:` references of the vault config
         environ.update(parse(layout.environment.read_text(encoding="utf-8")))
