@@ -347,3 +347,21 @@ def test_doctor_names_a_loosened_file_as_a_hole(system: Installed) -> None:
     [line] = [ln for ln in said.splitlines() if "read the system vault config" in ln]
     assert line.startswith("[FAIL]") and "IT WORKED" in line
     assert "protected against an agent running as you: NO (1 move(s) worked)" in said
+
+
+def _cli_as(system: Installed, login: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return host.run(host.as_user(login, [*system.agent_vault, *args]), env=host.user_env(login), cwd="/")
+
+
+def test_an_allowed_user_sees_the_system_brokers_status_and_grants_as_their_own(system: Installed) -> None:
+    status = _cli_as(system, system.allowed, "status")
+    assert status.returncode == 0, status.stderr
+    assert "broker: running" in status.stdout and "the agent-vault system broker's" in status.stdout
+    listed = _cli_as(system, system.allowed, "grants", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert isinstance(json.loads(listed.stdout), list)  # their windows only (broker/peers.py), over the socket
+    gone = _cli_as(system, system.allowed, "grants", "revoke", "w_not-theirs")
+    assert gone.returncode != 0 and "no active window" in gone.stdout + gone.stderr
+    audit = _cli_as(system, system.allowed, "audit", "list")
+    said = audit.stdout + audit.stderr
+    assert audit.returncode != 0 and "whose files are its user's alone" in said and "Traceback" not in said

@@ -19,7 +19,13 @@ from agent_vault.configuration.boundaries import ProjectLimits, project_problems
 from agent_vault.configuration.legacy_env import locate_config
 from agent_vault.configuration.project import VaultConfig, load_config, redacted_view
 from agent_vault.configuration.settings import UserSettings
-from agent_vault.domain.errors import AgentVaultError, BrokerUnavailable, ConfigError, InvalidRequest
+from agent_vault.domain.errors import (
+    AgentVaultError,
+    BrokerUnavailable,
+    ConfigError,
+    InvalidRequest,
+    SystemModeError,
+)
 from agent_vault.domain.untrusted import shown
 from agent_vault.domain.wire import WindowView
 from agent_vault.frontdoor.client import BrokerClient
@@ -32,9 +38,11 @@ async def broker_status(as_json: bool = False) -> str:
     from agent_vault.configuration.settings import settings_path
     from agent_vault.tunnels.view import remote_lines
 
-    paths = state_paths()
+    paths = _system_broker() or state_paths()
     default = is_default(paths.root)
     where = f"{paths.root}" if default else f"{paths.root}, NOT your default home {default_root()}"
+    if paths.system:  # an allowed user sees their own requests and windows only (broker/peers.py)
+        where = f"the agent-vault system broker's ({paths.socket}); you see your own requests and windows"
     async with BrokerClient(paths.socket) as client:
         try:
             data = await client.status()
@@ -131,8 +139,37 @@ def _windows() -> list[Window]:
         store.close()
 
 
+def _system_broker() -> StatePaths | None:
+    """The system broker this user's agents use (root wrote a marker for them), if any."""
+    from agent_vault.system.record import my_broker
+
+    return my_broker()
+
+
+def _not_for_system_users(command: str) -> None:
+    """Commands that read the broker's own files: the system broker's are its user's alone."""
+    system = _system_broker()
+    if system is not None:
+        raise SystemModeError(
+            f"`agent-vault {command}` reads the broker's own files, and your agents use the agent-vault system "
+            "broker, whose files are its user's alone. Fix: an administrator runs it as that user, e.g. `sudo "
+            f"runuser -u agent-vault -- env AGENT_VAULT_HOME={system.root} agent-vault {command}`."
+        )
+
+
+async def _system_windows(paths: StatePaths) -> list[WindowView]:
+    async with BrokerClient(paths.socket) as client:
+        return (await client.status())["windows"]
+
+
 def grants_list(as_json: bool = False) -> str:
-    windows = [w.to_json() for w in _windows()]
+    system = _system_broker()
+    if system is not None:  # over the socket: the system broker shows this user's windows only
+        import asyncio
+
+        windows = asyncio.run(_system_windows(system))
+    else:
+        windows = [w.to_json() for w in _windows()]
     if as_json:
         return json.dumps(windows, indent=2)
     if not windows:
@@ -177,6 +214,14 @@ async def grants_revoke(window_id: str | None, every: bool = False) -> str:
     from agent_vault.broker.core import Broker
     from agent_vault.daemon import offline_broker
 
+    system = _system_broker()
+    if system is not None:  # over the socket: the system broker ends only this user's own windows
+        async with BrokerClient(system.socket) as client:
+            ids = [w["id"] for w in (await client.status())["windows"]] if every else [window_id or ""]
+            if every and not ids:
+                return "no active approval windows"
+            ended = [(await client.revoke(wid))["revoked"] for wid in ids]
+        return "\n".join(f"revoked {w['id']} ({w['vault']}/{w['name'] or '*'})" for w in ended)
     broker: Broker = offline_broker(state_paths())
     try:
         ids = [w.id for w in broker.windows()] if every else [window_id or ""]
@@ -200,6 +245,7 @@ def _when(text: str | None) -> datetime | None:
 
 
 def audit_list(args: argparse.Namespace) -> str:
+    _not_for_system_users("audit list")
     with AuditLog(state_paths().audit_db) as log:
         try:
             rows = log.list(
@@ -242,6 +288,7 @@ def audit_verify(
     found there (checked with `key`, or this machine's key with a warning)."""
     from agent_vault.broker.integrity import audit_problem
 
+    _not_for_system_users("audit verify")
     paths = state_paths()
     problem = audit_problem(paths)  # the chain against the checkpoint state.db keeps of it
     if not paths.audit_db.exists() and (problem is not None or checkpoints is not None):
