@@ -10,9 +10,7 @@ day's failure count (never a flag that outlives the day). Passkey assertions are
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 import secrets
 import time
 from collections.abc import Callable, Collection
@@ -25,40 +23,31 @@ import pyotp
 from agent_vault.approver.protocol import Proof
 from agent_vault.domain.errors import NotAuthorized
 from agent_vault.domain.request import AccessRequest
+from agent_vault.store.factors import (
+    ENROL_TOKEN_TTL,
+    FAILURES_PER_DAY,
+    EnrolToken,
+    Factor,
+    FactorStore,
+    token_key,
+)
 from agent_vault.store.sqlite import StateStore
+
+#: kept here for the approver's users: the rows themselves live in store/factors.py
+__all__ = [
+    "ENROL_TOKEN_TTL",
+    "FAILURES_PER_DAY",
+    "ApproverKit",
+    "EnrolToken",
+    "Factor",
+    "FactorApprover",
+    "FactorStore",
+    "token_key",
+]
 
 TOTP_STEP = 30
 TOTP_WINDOW = 1
 WRONG_PER_REQUEST = 5
-FAILURES_PER_DAY = 20
-ENROL_TOKEN_TTL = timedelta(minutes=10)
-
-
-@dataclass(frozen=True)
-class Factor:
-    id: str
-    kind: str  # "totp" | "passkey"
-    label: str
-    created_at: str
-    disabled: bool
-    sign_count: int = 0
-    credential_id: str | None = None
-
-
-@dataclass(frozen=True)
-class EnrolToken:
-    """A one-time enrolment link's token, as stored: only its hash is kept."""
-
-    key: str  # the hash
-    purpose: str  # "passkey" (register one) | "confirm" (prove a factor for the terminal)
-    needs_proof: bool
-    expires_at: datetime
-    confirmed: bool
-    used: bool
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def utc_day(timestamp: float) -> date:
@@ -78,208 +67,6 @@ def lockout_message(day: date) -> str:
         f"authenticator codes are disabled after {FAILURES_PER_DAY} wrong codes today; they come back at {back}"
         " (the next UTC day), or earlier once you approve or sign in with a passkey"
     )
-
-
-def token_key(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class FactorStore:
-    """Factor rows in the broker's state database (0600, in the 0700 state dir)."""
-
-    def __init__(self, state: StateStore) -> None:
-        self._state = state
-
-    def all(self) -> list[Factor]:
-        """Every factor; an authenticator app shows as disabled while today's lockout lasts."""
-        locked = self.totp_locked(_now().date())
-        with self._state.transaction() as db:
-            rows = db.execute(
-                "SELECT id, kind, label, created_at, sign_count, credential_id FROM factors ORDER BY created_at"
-            ).fetchall()
-        return [Factor(r[0], r[1], r[2], r[3], r[1] == "totp" and locked, r[4], r[5]) for r in rows]
-
-    def kinds(self) -> set[str]:
-        return {f.kind for f in self.all()}
-
-    def add_totp(self, secret: str, label: str = "authenticator app") -> Factor:
-        fid = "totp_" + secrets.token_hex(4)
-        now = _now().isoformat()
-        with self._state.transaction() as db:
-            db.execute(
-                "INSERT INTO factors (id, kind, label, secret, created_at) VALUES (?, 'totp', ?, ?, ?)",
-                (fid, label, secret, now),
-            )
-        return Factor(fid, "totp", label, now, False)
-
-    def add_passkey(self, credential_id: str, public_key: str, sign_count: int, label: str) -> Factor:
-        fid = "pk_" + secrets.token_hex(4)
-        now = _now().isoformat()
-        with self._state.transaction() as db:
-            db.execute(
-                "INSERT INTO factors (id, kind, label, credential_id, public_key, sign_count, created_at)"
-                " VALUES (?, 'passkey', ?, ?, ?, ?, ?)",
-                (fid, label, credential_id, public_key, sign_count, now),
-            )
-        return Factor(fid, "passkey", label, now, False, sign_count, credential_id)
-
-    def remove(self, factor_id: str) -> bool:
-        with self._state.transaction() as db:
-            return db.execute("DELETE FROM factors WHERE id = ?", (factor_id,)).rowcount == 1
-
-    def fingerprints(self) -> dict[str, str]:
-        """factor id -> digest of what makes it a factor (id, kind, credential, public key, a digest of a
-        TOTP secret; never the secret itself), for the audited factor set (see `integrity`)."""
-        with self._state.transaction() as db:
-            rows = db.execute("SELECT id, kind, secret, credential_id, public_key FROM factors").fetchall()
-        out = {}
-        for fid, kind, secret, credential_id, public_key in rows:
-            secret_digest = hashlib.sha256(secret.encode()).hexdigest() if secret else None
-            identity = json.dumps([fid, kind, secret_digest, credential_id, public_key])
-            out[fid] = hashlib.sha256(identity.encode()).hexdigest()
-        return out
-
-    def passkey(self, credential_id: str) -> tuple[str, str, int] | None:
-        """(factor id, public key, sign count) of a passkey."""
-        with self._state.transaction() as db:
-            row = db.execute(
-                "SELECT id, public_key, sign_count FROM factors WHERE kind = 'passkey' AND credential_id = ?",
-                (credential_id,),
-            ).fetchone()
-        return None if row is None else (row[0], row[1], int(row[2]))
-
-    def passkey_ids(self) -> list[str]:
-        """Credential ids (base64url) of every enrolled passkey."""
-        return [f.credential_id for f in self.all() if f.kind == "passkey" and f.credential_id]
-
-    def bump_sign_count(self, factor_id: str, old: int, new: int) -> bool:
-        with self._state.transaction() as db:
-            cur = db.execute("UPDATE factors SET sign_count = ? WHERE id = ? AND sign_count = ?", (new, factor_id, old))
-            return cur.rowcount == 1
-
-    def totp_secrets(self) -> list[tuple[str, str, int]]:
-        """(factor id, secret, last accepted step) for each TOTP factor."""
-        with self._state.transaction() as db:
-            rows = db.execute("SELECT id, secret, last_step FROM factors WHERE kind = 'totp'").fetchall()
-        return [(r[0], r[1], int(r[2])) for r in rows]
-
-    def use_step(self, factor_id: str, step: int) -> bool:
-        """Accept `step` once: only if it is later than every step accepted before."""
-        with self._state.transaction() as db:
-            cur = db.execute("UPDATE factors SET last_step = ? WHERE id = ? AND last_step < ?", (step, factor_id, step))
-            return cur.rowcount == 1
-
-    def record_failure(self, kind: str, day: str) -> int:
-        with self._state.transaction() as db:
-            db.execute(
-                "INSERT INTO factor_failures (day, kind, count) VALUES (?, ?, 1)"
-                " ON CONFLICT(day, kind) DO UPDATE SET count = count + 1",
-                (day, kind),
-            )
-            return int(
-                db.execute("SELECT count FROM factor_failures WHERE day = ? AND kind = ?", (day, kind)).fetchone()[0]
-            )
-
-    def totp_locked(self, day: date) -> bool:
-        """Whether `day` saw the daily cap of TOTP failures (codes are off for the rest of that day)."""
-        with self._state.transaction() as db:
-            row = db.execute(
-                "SELECT count FROM factor_failures WHERE day = ? AND kind = 'totp'", (day.isoformat(),)
-            ).fetchone()
-        return row is not None and int(row[0]) >= FAILURES_PER_DAY
-
-    def lift_totp_lockout(self) -> None:
-        """A passkey was used: forget TOTP failures, so codes work again at once with a fresh budget.
-
-        Also clears the `disabled` flag older versions set, which never ended by itself.
-        """
-        with self._state.transaction() as db:
-            db.execute("DELETE FROM factor_failures WHERE kind = 'totp'")
-            db.execute("UPDATE factors SET disabled = 0 WHERE kind = 'totp'")
-
-    # -- recovery codes -------------------------------------------------------------------------
-
-    def set_recovery_codes(self, codes: list[str]) -> None:
-        with self._state.transaction() as db:
-            db.execute("DELETE FROM recovery_codes")
-            db.executemany("INSERT INTO recovery_codes (hash) VALUES (?)", [(_code_hash(c),) for c in codes])
-
-    def use_recovery_code(self, code: str) -> bool:
-        with self._state.transaction() as db:
-            cur = db.execute(
-                "UPDATE recovery_codes SET used_at = ? WHERE hash = ? AND used_at IS NULL",
-                (_now().isoformat(), _code_hash(code)),
-            )
-            return cur.rowcount == 1
-
-    def recovery_codes_left(self) -> int:
-        with self._state.transaction() as db:
-            return int(db.execute("SELECT count(*) FROM recovery_codes WHERE used_at IS NULL").fetchone()[0])
-
-    # -- enrolment tokens -----------------------------------------------------------------------
-
-    def new_enrol_token(self, purpose: str, needs_proof: bool) -> str:
-        """A fresh one-time token; only its hash is stored. The caller shows it on the terminal only."""
-        token = secrets.token_urlsafe(32)
-        with self._state.transaction() as db:
-            db.execute(
-                "INSERT INTO enrol_tokens (hash, purpose, needs_proof, expires_at) VALUES (?, ?, ?, ?)",
-                (token_key(token), purpose, int(needs_proof), (_now() + ENROL_TOKEN_TTL).isoformat()),
-            )
-        return token
-
-    def enrol_token(self, key: str) -> EnrolToken | None:
-        """The token stored under `key` (a hash), whatever its state; None if unknown."""
-        with self._state.transaction() as db:
-            row = db.execute(
-                "SELECT hash, purpose, needs_proof, expires_at, confirmed_at, used_at FROM enrol_tokens WHERE hash = ?",
-                (key,),
-            ).fetchone()
-        if row is None:
-            return None
-        return EnrolToken(
-            row[0], row[1], bool(row[2]), datetime.fromisoformat(row[3]), row[4] is not None, row[5] is not None
-        )
-
-    def live_enrol_token(self, token: str) -> EnrolToken | None:
-        """The token if it exists, is unexpired and unused (hash lookup: no timing oracle on the token)."""
-        found = self.enrol_token(token_key(token)) if token else None
-        if found is None or found.used or _now() >= found.expires_at:
-            return None
-        return found
-
-    def use_enrol_token(self, key: str) -> bool:
-        """Compare-and-set: a live token becomes used exactly once."""
-        with self._state.transaction() as db:
-            cur = db.execute(
-                "UPDATE enrol_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?",
-                (_now().isoformat(), key, _now().isoformat()),
-            )
-            return cur.rowcount == 1
-
-    def confirm_enrol_token(self, key: str) -> bool:
-        """Record that the approver proved a factor on a 'confirm' link (the terminal then takes it)."""
-        with self._state.transaction() as db:
-            cur = db.execute(
-                "UPDATE enrol_tokens SET confirmed_at = ? WHERE hash = ? AND purpose = 'confirm'"
-                " AND confirmed_at IS NULL AND used_at IS NULL AND expires_at > ?",
-                (_now().isoformat(), key, _now().isoformat()),
-            )
-            return cur.rowcount == 1
-
-    def take_confirmation(self, key: str) -> bool:
-        """Compare-and-set for the terminal: a confirmed token is consumed once."""
-        with self._state.transaction() as db:
-            cur = db.execute(
-                "UPDATE enrol_tokens SET used_at = ? WHERE hash = ? AND confirmed_at IS NOT NULL AND used_at IS NULL",
-                (_now().isoformat(), key),
-            )
-            return cur.rowcount == 1
-
-
-def _code_hash(code: str) -> str:
-    normal = code.replace("-", "").replace(" ", "").lower()
-    return hashlib.sha256(normal.encode()).hexdigest()
 
 
 def looks_like_totp(code: str) -> bool:
