@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.checkpoints.schedule import Checkpointer
 from agent_vault.configuration.settings import UserSettings, settings_path
 from agent_vault.domain.errors import BrokerRunning, ConfigError, SystemModeError
+from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file
 from agent_vault.store.audit import AuditLog
 from agent_vault.store.sqlite import StateStore
@@ -224,6 +226,10 @@ def offline_broker(paths: StatePaths) -> Broker:
     return assemble(StateStore(paths.state_db), AuditLog(paths.audit_db), base_url).broker
 
 
+#: at most one `checkpoint_failed` row per sink in this many seconds
+CHECKPOINT_ROW_EVERY = 3600.0
+
+
 class BrokerServer:
     """One running broker: its sockets, its core, and the uvicorn server in front of both."""
 
@@ -243,6 +249,8 @@ class BrokerServer:
         self._task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
         self.broker: Broker
+        #: when each checkpoint sink's last failure was audited (monotonic seconds)
+        self._checkpoint_rows: dict[str, float] = {}
 
     async def start(self) -> str:
         """Bind, build the core, start serving; returns the approval base URL."""
@@ -253,7 +261,9 @@ class BrokerServer:
         # Channels, tunnel, ceilings and the passkey RP ID come from the user's settings in the state dir.
         settings, problems = read_settings(self.paths)
         # Signed checkpoints of the audit log, sent off the machine (docs/checkpoints.md); off without sinks.
-        self.checkpointer = Checkpointer.from_settings(self.paths, settings, link=f"{self.url}/dashboard")
+        self.checkpointer = Checkpointer.from_settings(
+            self.paths, settings, link=f"{self.url}/dashboard", report=self._checkpoint_failed
+        )
         store = StateStore(self.paths.state_db)
         audit = AuditLog(self.paths.audit_db, listeners=[self.checkpointer.rows_appended])
         # the one audit writer; the webhooks it forwards to report their failures back through it
@@ -326,6 +336,18 @@ class BrokerServer:
             self.broker.store.close()
             self.broker.audit.close()
             listeners.lock.close()
+
+    def _checkpoint_failed(self, sink: str, message: str) -> None:
+        """A checkpoint not delivered: said on stderr each time, and audited at most once per sink an hour
+        (each row counts toward the next checkpoint: a dead sink must not feed the log)."""
+        print(visible(f"agent-vault: checkpoints to {sink}: {message}"), file=sys.stderr, flush=True)
+        now = time.monotonic()
+        last = self._checkpoint_rows.get(sink)
+        broker = getattr(self, "broker", None)
+        if broker is None or (last is not None and now - last < CHECKPOINT_ROW_EVERY):
+            return
+        self._checkpoint_rows[sink] = now
+        broker.recorder.note("checkpoint_failed", {"sink": sink, "error": message})
 
     def _status_extra(self) -> dict[str, Any]:
         return {**self.remote.status(), "checkpoints": self.checkpointer.status()}

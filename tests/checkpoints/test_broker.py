@@ -16,6 +16,7 @@ import pytest
 from agent_vault.checkpoints.key import key_path
 from agent_vault.cli.admin import audit_verify, checkpoint_lines
 from agent_vault.home import StatePaths
+from agent_vault.store.audit import AuditLog
 from tests.channels.helpers import session_for, write_settings
 from tests.checkpoints.helpers import checkpoints_in, public_key
 
@@ -65,3 +66,23 @@ async def test_without_sinks_a_broker_makes_no_key_and_no_checkpoint(
     assert checkpoint_lines(status) == [
         "audit checkpoints: off (no [[checkpoints.sinks]] in settings.toml; see docs/checkpoints.md)"
     ]
+
+
+async def test_a_sink_that_fails_is_said_and_audited_once_an_hour(
+    home: StatePaths, tmp_path: Path, start_broker: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = tmp_path / "no-such-dir" / "checkpoints.jsonl"
+    file_sink(home, sink, every_rows=1)  # a checkpoint per row: many failures
+    server = await start_broker()
+    session = session_for(server, tmp_path / "p")
+    for n in range(3):
+        await server.broker.request_access(session, "dev", ["API_KEY"], f"deploy {n}")
+    with anyio.fail_after(20):
+        while server._status_extra()["checkpoints"]["sinks"][0]["failed"] < 3:
+            await anyio.sleep(0.02)
+    await server.stop()
+    with AuditLog(home.audit_db) as log:
+        rows = log.list(event="checkpoint_failed")
+    [row] = rows  # one row for the sink, however often it failed
+    assert "does not exist" in row.detail["error"] and str(sink.parent) in row.detail["error"]
+    assert capsys.readouterr().err.count("does not exist") >= 3  # every failure is said on stderr
