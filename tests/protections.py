@@ -57,7 +57,10 @@ PROTECTIONS: tuple[Protection, ...] = (
         "broker/decisions.py",
         "factor = self.approver.verify(req, proof)",
         'factor = "none"',
-        ("tests/broker/test_core.py::test_approve_then_deliver_once",),
+        (
+            "tests/broker/test_core.py::test_approve_then_deliver_once",
+            "tests/attacks/test_console_attacks.py::test_a_signed_in_console_approves_nothing_without_a_factor",
+        ),
     ),
     Protection(
         "a value goes only to the session that asked",
@@ -135,6 +138,22 @@ PROTECTIONS: tuple[Protection, ...] = (
         "    async def _refuse_if_vault_changed(self, ws: Workspace, req: AccessRequest) -> None:\n",
         "    async def _refuse_if_vault_changed(self, ws: Workspace, req: AccessRequest) -> None:\n        return\n",
         ("tests/broker/test_vault_definition.py",),
+    ),
+    Protection(
+        "agent-written names in the console's pictures are escaped",
+        "web/charts.py",
+        'f"{escape(text)}</text>"',
+        'f"{text}</text>"',
+        (
+            "tests/attacks/test_console_attacks.py::test_markup_in_a_claimed_client_or_project_stays_text_in_the_console",
+        ),
+    ),
+    Protection(
+        "no cell of the CSV export starts a spreadsheet formula",
+        "web/audit_view.py",
+        """return "'" + text if text.startswith(_FORMULA) else text""",
+        "return text",
+        ("tests/attacks/test_console_attacks.py::test_a_reason_shaped_like_a_formula_is_text_in_the_csv_export",),
     ),
     Protection(
         "agent-written text is shown with hidden characters made visible",

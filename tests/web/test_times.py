@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from agent_vault.domain.request import Status
+from agent_vault.web.dashboard import RECENT_ROWS
 from tests.web import helpers as web_helpers
 from tests.web.helpers import Live, Visitor
 
@@ -62,7 +63,12 @@ async def test_dashboard_times_are_time_elements(live: Live, visitor: Visitor) -
     await visitor.post("/signin", {"csrf": token, "code": live.clock.next_code()})
     page = (await visitor.get("/dashboard")).text
     window = live.server.broker.windows()[0].ends_at.astimezone(UTC)
-    assert f"until {time_element(window, f'{window:%H:%M:%S} UTC')}" in page
-    rows = re.findall(r'<tr><td><time datetime="[^"]+Z" title="[^"]+ UTC" data-localtime="datetime">', page)
-    assert len(rows) == len(live.server.broker.audit.list(limit=50))
+    assert f"({time_element(window, f'{window:%H:%M:%S} UTC')})" in page  # the end, beside its countdown
+    stamp = f"{window:%Y-%m-%dT%H:%M:%S}Z"
+    title = f"ends {window:%Y-%m-%d %H:%M:%S} UTC"
+    assert f'<time class="countdown" datetime="{stamp}" title="{title}" data-countdown>' in page
+    # audit rows carry the year and the zone (UTC without JavaScript)
+    when = r'<td data-label="When"><span class="v"><time datetime="[^"]+Z" title="[^"]+ UTC" data-localtime="full">'
+    rows = re.findall(when + r"\d{4}-", page)
+    assert len(rows) == min(RECENT_ROWS, len(live.server.broker.audit.list(limit=50)))
     assert '<script src="/static/localtime.js" defer></script>' in page

@@ -215,7 +215,7 @@ class Access:
         values = await asyncio.to_thread(check_and_read)
         await self.ledger.audit(
             ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
-            scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ,
+            scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ, detail=split.audit_detail(),
         )  # fmt: skip
         return Outcome("delivered", None, values=values, window_end=end)
 
@@ -238,7 +238,9 @@ class Access:
         req = req.with_status(Status.APPROVED, now)
         ledger.store.insert_request(req)
         ledger.live.add(req.id, Live(asyncio.Event(), ws, base_env=dict(base_env or {})))
-        await ledger.audit(ws, "auto_approved", req, names=names, window_end=end, detail={"run": dict(run)})
+        await ledger.audit(
+            ws, "auto_approved", req, names=names, window_end=end, detail={"run": dict(run), **split.audit_detail()}
+        )
         return await self.delivery.run_outcome(session, req, 0)
 
 

@@ -45,6 +45,12 @@ class Split:
     ask: tuple[str, ...]
     #: when the last window that allows `allowed` ends (None when nothing is allowed)
     window_end: datetime | None = None
+    #: the windows that allow `allowed` (their ids go into the audit row: which window let a read through)
+    windows: tuple[Window, ...] = ()
+
+    def audit_detail(self) -> dict[str, list[str]]:
+        """Which windows let the use through and the approvals that opened them (for its audit row)."""
+        return {"windows": [w.id for w in self.windows], "approvals": sorted({w.request_id for w in self.windows})}
 
 
 class WindowPolicy:
@@ -82,8 +88,9 @@ class WindowPolicy:
             if w.definition == definition and w.allows(action, subject) and self._in_time(w, now) and self._vouch(w)
         ]
         allowed = tuple(n for n in names if any(w.covers(n, now) for w in windows))
-        ends = [w.ends_at for w in windows if any(w.covers(n, now) for n in allowed)]
-        return Split(allowed, tuple(n for n in names if n not in allowed), max(ends) if ends else None)
+        used = tuple(w for w in windows if any(w.covers(n, now) for n in allowed))
+        ends = [w.ends_at for w in used]
+        return Split(allowed, tuple(n for n in names if n not in allowed), max(ends) if ends else None, used)
 
     def _in_time(self, window: Window, now: datetime) -> bool:
         """The wall clock's word that `window` is open, checked against the monotonic clock."""

@@ -14,8 +14,8 @@ import re
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,12 @@ _COLUMNS = (
     "id", "ts", "event", "vault", "names", "operation", "reason", "scope", "window_end",
     "request_id", "client", "detail", "prev_hash", "hash",
 )  # fmt: skip
+#: per UTC day, vault, secret name, client and project (`AuditLog.releases`)
+_RELEASES = (
+    "SELECT substr(ts, 1, 10), vault, json_each.value, client, json_extract(detail, '$.project_dir'), count(*) "
+    "FROM audit, json_each(audit.names)"
+)
+_DAILY = "SELECT substr(ts, 1, 10), event, count(*) FROM audit"
 _SELECT = (
     "SELECT id, ts, event, vault, names, operation, reason, scope, window_end, request_id, client, "
     "detail, prev_hash, hash FROM audit"
@@ -220,7 +226,14 @@ class AuditLog:
         newest_first: bool = True,
     ) -> builtins.list[AuditRecord]:
         """Rows matching every given filter; `since` is inclusive, `until` exclusive, naive = UTC."""
-        where, params = _filters(since, until, vault, name, event, request_id)
+        wanted = RowFilter(since=since, until=until, vault=vault, name=name, event=event, request_id=request_id)
+        return self.rows(wanted, limit=limit, newest_first=newest_first)
+
+    def rows(
+        self, wanted: RowFilter, *, limit: int | None = 100, newest_first: bool = True
+    ) -> builtins.list[AuditRecord]:
+        """Rows matching `wanted`, newest first by default; at most `limit` (None: all)."""
+        where, params = wanted.where()
         if limit is not None and limit < 1:
             raise ValueError("limit must be at least 1 (or None for no limit)")
         order = "DESC" if newest_first else "ASC"
@@ -233,6 +246,45 @@ class AuditLog:
             except sqlite3.Error as exc:
                 raise AuditError(_explain(self.path, "read", exc)) from exc
         return [_record_from_row(row) for row in rows]
+
+    def stream(self, wanted: RowFilter) -> Iterator[AuditRecord]:
+        """Every row matching `wanted`, oldest first, from one read snapshot on a connection of its
+        own (an export of a large log neither holds it all in memory nor blocks appends)."""
+        where, params = wanted.where()
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            for row in conn.execute(f"{_SELECT} {where} ORDER BY id", params):
+                yield _record_from_row(row)
+        except sqlite3.Error as exc:
+            raise AuditError(_explain(self.path, "read", exc)) from exc
+        finally:
+            conn.close()
+
+    def releases(self, wanted: RowFilter) -> builtins.list[ReleaseCount]:
+        """How often each secret was released (to the agent or into a command), per UTC day, vault,
+        name, client and project: one grouped query for the dashboard's pictures."""
+        where, params = replace(wanted, released=True).where()
+        sql = f"{_RELEASES} {where} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1"
+        return [ReleaseCount(*row) for row in self._query(sql, params)]
+
+    def daily(self, wanted: RowFilter, events: Iterable[str]) -> builtins.list[tuple[str, str, int]]:
+        """(UTC day, event, rows) for each of `events` on each day with any."""
+        names = tuple(events)
+        for event in names:
+            _known_event(event)
+        marks = ", ".join("?" for _ in names)
+        where, params = wanted.where(f"event IN ({marks})", names)
+        sql = f"{_DAILY} {where} GROUP BY 1, 2 ORDER BY 1"
+        return [(str(day), str(event), int(n)) for day, event, n in self._query(sql, params)]
+
+    def _query(self, sql: str, params: builtins.list[Any]) -> builtins.list[tuple[Any, ...]]:
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise AuditError(_explain(self.path, "read", exc)) from exc
 
     def verify(self) -> VerifyResult:
         """Walk every row in id order and report the first missing or altered one."""
@@ -311,8 +363,7 @@ class AuditLog:
 
 
 def _check_event(event: AuditEvent) -> None:
-    if event.event not in EVENTS:
-        raise ValueError(f"unknown audit event {event.event!r}; expected one of {', '.join(EVENTS)}")
+    _known_event(event.event)
     if event.operation not in (None, *OPERATIONS):
         raise ValueError(f"operation must be 'read' or 'write', not {event.operation!r}")
     if event.scope not in (None, *SCOPES):
@@ -503,23 +554,78 @@ def _explain(path: Path, action: str, exc: sqlite3.Error) -> str:
     return f"cannot {action} the audit log {path}: {why}"
 
 
-def _filters(
-    since: datetime | None, until: datetime | None, vault: str | None,
-    name: str | None, event: str | None, request_id: str | None,
-) -> tuple[str, builtins.list[Any]]:  # fmt: skip
-    if event is not None and event not in EVENTS:
+def _known_event(event: str) -> None:
+    if event not in EVENTS:
         raise ValueError(f"unknown audit event {event!r}; expected one of {', '.join(EVENTS)}")
-    clauses: builtins.list[tuple[str, Any]] = [
-        ("ts >= ?", since and _utc_text(since)),
-        ("ts < ?", until and _utc_text(until)),
-        ("vault = ?", vault),
-        ("EXISTS (SELECT 1 FROM json_each(audit.names) WHERE json_each.value = ?)", name),
-        ("event = ?", event),
-        ("request_id = ?", request_id),
-    ]
-    used = [(sql, value) for sql, value in clauses if value is not None]
-    where = " AND ".join(sql for sql, _ in used)
-    return (f"WHERE {where}" if where else ""), [value for _, value in used]
+
+
+#: rows that released values: a delivery after an approval (to the agent or into a command), or a
+#: read let through by a window (which has no request and no `delivered` row of its own)
+_RELEASED = "(event = 'delivered' OR (event = 'auto_approved' AND request_id IS NULL))"
+#: the text `search` looks in: everything but the hashes and the time
+_SEARCHED = (
+    "lower(event || ' ' || coalesce(vault, '') || ' ' || names || ' ' || coalesce(reason, '') || ' ' || "
+    "coalesce(client, '') || ' ' || coalesce(request_id, '') || ' ' || detail)"
+)
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which rows: every given field must match. `since` is inclusive, `until` exclusive (naive = UTC);
+    `name` is one of the row's names; `project` the asking client's project directory; `search` a
+    case-insensitive piece of the row's text; `before_id` pages back from a row id; `released` keeps
+    the rows that released values."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    vault: str | None = None
+    name: str | None = None
+    event: str | None = None
+    request_id: str | None = None
+    client: str | None = None
+    project: str | None = None
+    search: str | None = None
+    before_id: int | None = None
+    #: only rows that released values (see `_RELEASED`)
+    released: bool = False
+
+    def __post_init__(self) -> None:
+        if self.event is not None:
+            _known_event(self.event)
+
+    def where(self, also: str | None = None, also_params: Iterable[Any] = ()) -> tuple[str, builtins.list[Any]]:
+        """The WHERE clause and its parameters (with one more condition `also`, if given)."""
+        clauses: builtins.list[tuple[str, Any]] = [
+            ("ts >= ?", self.since and _utc_text(self.since)),
+            ("ts < ?", self.until and _utc_text(self.until)),
+            ("vault = ?", self.vault),
+            ("EXISTS (SELECT 1 FROM json_each(audit.names) WHERE json_each.value = ?)", self.name),
+            ("event = ?", self.event),
+            ("request_id = ?", self.request_id),
+            ("client = ?", self.client),
+            ("json_extract(detail, '$.project_dir') = ?", self.project),
+            (f"instr({_SEARCHED}, ?) > 0", self.search and self.search.lower()),
+            ("id < ?", self.before_id),
+        ]
+        used = [(sql, [value]) for sql, value in clauses if value is not None]
+        if self.released:
+            used.append((_RELEASED, []))
+        if also is not None:
+            used.append((also, list(also_params)))
+        where = " AND ".join(sql for sql, _ in used)
+        return (f"WHERE {where}" if where else ""), [value for _, values in used for value in values]
+
+
+@dataclass(frozen=True)
+class ReleaseCount:
+    """Releases of one secret on one UTC day to one client in one project (`AuditLog.releases`)."""
+
+    day: str
+    vault: str | None
+    name: str
+    client: str | None
+    project: str | None
+    count: int
 
 
 def _utc_now() -> datetime:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -46,7 +47,14 @@ def _templates() -> Environment:
     env.filters["visible"] = lambda s: visible(str(s), keep="\n")
     env.filters["pieces"] = lambda s: pieces(str(s))  # for claims.html's marked(): one line, markers
     env.filters["utc"] = lambda at, fmt="%H:%M:%S UTC": at.astimezone(UTC).strftime(fmt)  # times.html
+    env.filters["breakable"] = breakable
+    env.filters["last_part"] = lambda path: PurePosixPath(str(path)).name or str(path)
     return env
+
+
+def breakable(path: object) -> Markup:
+    """A path, made visible and escaped, that may wrap after each "/" and nowhere inside a name."""
+    return Markup("/<wbr>").join(escape(visible(part)) for part in str(path).split("/"))
 
 
 class WebApp:
@@ -136,7 +144,7 @@ class WebApp:
         return self.render(
             "approve.html",
             request,
-            **self._view(req),
+            **self.request_view(req),
             **self.factor_kinds(),
             own_code=own_code,
             error=error,
@@ -157,13 +165,16 @@ class WebApp:
         if form is None or self.broker.get_request(rid) is None:
             return self.not_found(request)
         approve = str(form.get("action", "")) == "approve"
+        # Decided in place on the console (signed in): back there, with any refusal shown there.
+        console = str(form.get("back", "")) == "dashboard" and self.signed_in(request)
         try:
             await self.broker.decide(rid, approve, _proof(form) if approve else None)
         except AgentVaultError as exc:
-            self.flash(request, rid, str(exc))
-        return RedirectResponse(f"/approve/{rid}", status_code=303)
+            self.flash(request, "dashboard" if console else rid, f"{rid}: {exc}" if console else str(exc))
+        return RedirectResponse("/dashboard#pending" if console else f"/approve/{rid}", status_code=303)
 
-    def _view(self, req: AccessRequest) -> dict[str, Any]:
+    def request_view(self, req: AccessRequest) -> dict[str, Any]:
+        """What the approval page, and the console's in-place forms, show of a request."""
         return {
             "req": req,
             "pending": req.status is Status.PENDING,

@@ -1,7 +1,10 @@
-"""Sign-in and the approver's dashboard: pending requests, active windows (revoke), recent audit events.
+"""Sign-in and the approver's console: pending requests (decided in place), windows across projects
+(revoke), pictures of what agents used, the audit as a filterable table with exports, and the record
+of each request and each secret.
 
 Nothing here is shown to a visitor who has not signed in with a passkey or an authenticator
-code. Signing in lets the person see and revoke; approving still needs a factor per request.
+code. Signing in lets the person see and revoke; approving still needs a factor per request
+(the in-place forms post to the approval route, which checks it).
 """
 
 from __future__ import annotations
@@ -9,11 +12,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agent_vault.approver.passkeys import purpose_binding
 from agent_vault.domain.errors import AgentVaultError, NotAuthorized
+from agent_vault.domain.request import Status
+from agent_vault.store.audit import EVENTS
+from agent_vault.web import audit_view, insights, records
 from agent_vault.web.csrf import COOKIE
 from agent_vault.web.passkey_options import options_response
 
@@ -22,7 +28,10 @@ if TYPE_CHECKING:
 
 SIGNIN = "signin"
 DASHBOARD = "dashboard"
-AUDIT_ROWS = 50
+#: audit rows on the overview (the audit page has them all)
+RECENT_ROWS = 10
+#: what an export's Content-Type is
+_EXPORTS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 
 
 def routes(app: WebApp) -> list[Route]:
@@ -33,6 +42,10 @@ def routes(app: WebApp) -> list[Route]:
         Route("/signin/passkey", pages.signin_options, methods=["POST"]),
         Route("/signout", pages.signout, methods=["POST"]),
         Route("/dashboard", pages.dashboard, methods=["GET"]),
+        Route("/dashboard/audit", pages.audit, methods=["GET"]),
+        Route("/dashboard/audit.{kind:str}", pages.export, methods=["GET"]),
+        Route("/dashboard/requests/{rid}", pages.request_record, methods=["GET"]),
+        Route("/dashboard/secret", pages.secret_record, methods=["GET"]),
         Route("/dashboard/revoke", pages.revoke, methods=["POST"]),
     ]
 
@@ -93,15 +106,72 @@ class DashboardPages:
         if not self.app.signed_in(request):
             return _see_other("/signin")
         broker = self.app.broker
+        now = broker.clock()
         return self.app.render(
             "dashboard.html",
             request,
-            pending=broker.pending(),
-            windows=broker.windows(),
-            events=broker.audit.list(limit=AUDIT_ROWS),
+            pending=[self.app.request_view(req) for req in broker.pending() if req.status is Status.PENDING],
+            windows=[(w, broker.get_request(w.request_id)) for w in broker.windows()],
+            pictures=insights.overview(broker.audit, now),
+            events=broker.audit.list(limit=RECENT_ROWS),
             factors=self.app.factors.all(),
             error=self.app.take_flash(request, DASHBOARD),
+            tampering=broker.integrity.warnings,
+            **self.app.factor_kinds(),
+            own_code=broker.approver.own_code_label(),
         )
+
+    async def audit(self, request: Request) -> Response:
+        if not self.app.signed_in(request):
+            return _see_other("/signin")
+        query = audit_view.parse(request.query_params)
+        rows = [] if query.problem else self.app.broker.audit.rows(query.rows, limit=audit_view.PAGE + 1)
+        page = rows[: audit_view.PAGE]
+        return self.app.render(
+            "audit.html",
+            request,
+            400 if query.problem else 200,
+            query=query,
+            events=page,
+            older=query.older(page, len(rows) > audit_view.PAGE),
+            newest=query.link("/dashboard/audit", before=None) if query.rows.before_id else None,
+            known_events=EVENTS,
+        )
+
+    async def export(self, request: Request) -> Response:
+        if not self.app.signed_in(request):
+            return _see_other("/signin")
+        kind = request.path_params["kind"]
+        query = audit_view.parse(request.query_params)
+        if kind not in _EXPORTS or query.problem:
+            return self.app.render(
+                "message.html", request, 400, title="Cannot export", message=query.problem or "Unknown format."
+            )
+        rows = self.app.broker.audit.stream(audit_view.without_paging(query))
+        lines = audit_view.csv_lines(rows) if kind == "csv" else audit_view.json_lines(rows)
+        name = audit_view.export_name(kind, self.app.broker.clock())
+        headers = {"content-disposition": f'attachment; filename="{name}"'}
+        return StreamingResponse(lines, media_type=_EXPORTS[kind], headers=headers)
+
+    async def request_record(self, request: Request) -> Response:
+        if not self.app.signed_in(request):
+            return _see_other("/signin")
+        record = records.request_record(self.app.broker, request.path_params["rid"])
+        if record is None:
+            return self.app.not_found(request)
+        view = self.app.request_view(record.request) if record.request is not None else None
+        return self.app.render("request.html", request, record=record, view=view, rid=request.path_params["rid"])
+
+    async def secret_record(self, request: Request) -> Response:
+        if not self.app.signed_in(request):
+            return _see_other("/signin")
+        vault = str(request.query_params.get("vault", ""))
+        name = str(request.query_params.get("name", ""))
+        if not vault or not name or len(vault) + len(name) > audit_view.MAX_FILTER:
+            return self.app.not_found(request)
+        now = self.app.broker.clock()
+        record = records.secret_record(self.app.broker, self.app.factors.all(), vault, name, now)
+        return self.app.render("secret.html", request, record=record)
 
     async def revoke(self, request: Request) -> Response:
         if not self.app.signed_in(request):

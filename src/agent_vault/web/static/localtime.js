@@ -7,11 +7,12 @@
 (function () {
   const TIME = { hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" };
   const DATETIME = Object.assign({ month: "short", day: "numeric" }, TIME);
+  const FULL = Object.assign({ year: "numeric" }, DATETIME);
+  const KINDS = { time: TIME, datetime: DATETIME, full: FULL };
 
   document.querySelectorAll("time[data-localtime]").forEach(function (el) {
     const at = new Date(el.dateTime);
     if (isNaN(at.getTime())) return;
-    const options = el.dataset.localtime === "datetime" ? DATETIME : TIME;
-    el.textContent = at.toLocaleString(undefined, options);
+    el.textContent = at.toLocaleString(undefined, KINDS[el.dataset.localtime] || TIME);
   });
 })();
