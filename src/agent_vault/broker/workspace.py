@@ -165,7 +165,8 @@ def _definition(vault: VaultConfig) -> str:
     """A digest of which store a vault section points at: requests and windows are bound to it, so an
     edit that points a vault name at another store (or file, account, path) unlocks nothing approved
     before. Credentials enter the digest (another token may be another account); only the digest is kept.
-    Delivery ("value" or "inject", per vault and per secret) enters it too."""
+    Delivery ("value" or "inject", per vault and per secret) enters it too, and so do a secret's proxy
+    bindings (hosts, where it is injected, approveEach, plainHttp)."""
     what = {
         "type": vault.type,
         "options": vault.options.model_dump(mode="json"),
@@ -174,6 +175,9 @@ def _definition(vault: VaultConfig) -> str:
         "delivery": vault.delivery,
         "secrets": {name: policy.delivery for name, policy in sorted(vault.secrets.items()) if policy.delivery},
     }
+    proxied = {name: policy.proxied() for name, policy in sorted(vault.secrets.items()) if policy.hosts}
+    if proxied:  # where the proxy may send a value (and what needs its own tap) is part of what was approved
+        what["proxy"] = proxied
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

@@ -101,6 +101,48 @@ class SecretPolicy(_Model):
     """Settings for one secret of a vault (`vaults.<name>.secrets.<SECRET>`)."""
 
     delivery: Literal["value", "inject"] | None = None
+    #: the proxy (docs/proxy.md): the only hosts its value may go to (`api.stripe.com`, `*.example.com`)
+    hosts: tuple[str, ...] = ()
+    #: where in a request to those hosts the proxy puts the value in place of its placeholder
+    inject_into: tuple[Literal["headers", "query", "body", "path"], ...] = Field(
+        default=("headers",), alias="injectInto", min_length=1
+    )
+    #: requests through the proxy that each wait for their own approval: "METHOD /path/glob"
+    approve_each: tuple[str, ...] = Field(default=(), alias="approveEach")
+    #: whether the value may go to its hosts over plain http:// (never by default)
+    plain_http: bool = Field(default=False, alias="plainHttp")
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            bare = host[2:] if host.startswith("*.") else host
+            if not _HOST.fullmatch(bare):
+                raise ValueError(f"{host!r} is not a host name (write api.stripe.com or *.example.com, no scheme)")
+        return tuple(h.lower() for h in value)
+
+    @field_validator("approve_each")
+    @classmethod
+    def _rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for rule in value:
+            method, _, path = rule.strip().partition(" ")
+            if not re.fullmatch(r"[A-Za-z*]+", method) or (path and not path.strip().startswith(("/", "*"))):
+                raise ValueError(f'{rule!r} is not a rule: write "POST /v1/refunds", "DELETE *" or "* /admin/*"')
+        return value
+
+    def proxied(self) -> dict[str, object]:
+        """What the vault's definition digest binds: editing where a value may go ends its approvals."""
+        return {
+            "hosts": list(self.hosts),
+            "injectInto": list(self.inject_into),
+            "approveEach": list(self.approve_each),
+            "plainHttp": self.plain_http,
+        }
+
+
+#: a DNS name or an IP address as a proxy host binding
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*|\[?[0-9a-f:.]+\]?", re.I)
 
 
 class VaultConfig(_Model):

@@ -224,6 +224,19 @@ class StoreSettings(_Model):
     allow_hosts: HostAllowances = Field(default=(), alias="allowHosts")
 
 
+class ProxySettings(_Model):
+    """The credential-injecting proxy the broker runs for `run --proxy` (docs/proxy.md)."""
+
+    #: when set, the proxy reaches only these hosts (names or `*.example.com`) and the hosts bound to secrets
+    allow_only: tuple[str, ...] | None = Field(default=None, alias="allowOnly")
+    #: names, addresses or networks ("10.0.0.0/8") the proxy may reach although loopback, link-local or private
+    allow_private: tuple[str, ...] = Field(default=(), alias="allowPrivate")
+    #: PEM files of extra certificate authorities to trust for upstream servers (a company's own CA)
+    trust: tuple[str, ...] = ()
+    #: how long a request that needs its own approval (`approveEach`) is held before it is refused
+    approval_timeout_seconds: Number = Field(default=120, alias="approvalTimeoutSeconds", gt=0, le=900)
+
+
 class _CheckpointSink(_Model):
     #: whether the heartbeat (the latest checkpoint again, every `heartbeatMinutes`) goes here too
     heartbeats: bool = True
@@ -310,6 +323,7 @@ class UserSettings(_Model):
     paths: PathSettings = PathSettings()
     stores: StoreSettings = StoreSettings()
     checkpoints: CheckpointSettings = CheckpointSettings()
+    proxy: ProxySettings = ProxySettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -338,6 +338,8 @@ class AuditLog:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
+            # search ignores case beyond ASCII (SQLite's lower() folds only A-Z)
+            conn.create_function("casefold", 1, _casefold, deterministic=True)
         except sqlite3.Error as exc:
             raise AuditError(_explain(self.path, "open", exc)) from exc
         return conn
@@ -561,11 +563,12 @@ def _known_event(event: str) -> None:
 
 #: rows that released values: a delivery after an approval (to the agent or into a command), or a
 #: read let through by a window (which has no request and no `delivered` row of its own)
-_RELEASED = "(event = 'delivered' OR (event = 'auto_approved' AND request_id IS NULL))"
+_RELEASED = "(audit.event = 'delivered' OR (audit.event = 'auto_approved' AND audit.request_id IS NULL))"
 #: the text `search` looks in: everything but the hashes and the time
 _SEARCHED = (
-    "lower(event || ' ' || coalesce(vault, '') || ' ' || names || ' ' || coalesce(reason, '') || ' ' || "
-    "coalesce(client, '') || ' ' || coalesce(request_id, '') || ' ' || detail)"
+    "casefold(audit.event || ' ' || coalesce(audit.vault, '') || ' ' || audit.names || ' ' || "
+    "coalesce(audit.reason, '') || ' ' || coalesce(audit.client, '') || ' ' || coalesce(audit.request_id, '') || "
+    "' ' || audit.detail)"
 )
 
 
@@ -596,16 +599,16 @@ class RowFilter:
     def where(self, also: str | None = None, also_params: Iterable[Any] = ()) -> tuple[str, builtins.list[Any]]:
         """The WHERE clause and its parameters (with one more condition `also`, if given)."""
         clauses: builtins.list[tuple[str, Any]] = [
-            ("ts >= ?", self.since and _utc_text(self.since)),
-            ("ts < ?", self.until and _utc_text(self.until)),
-            ("vault = ?", self.vault),
+            ("audit.ts >= ?", self.since and _utc_text(self.since)),
+            ("audit.ts < ?", self.until and _utc_text(self.until)),
+            ("audit.vault = ?", self.vault),
             ("EXISTS (SELECT 1 FROM json_each(audit.names) WHERE json_each.value = ?)", self.name),
-            ("event = ?", self.event),
-            ("request_id = ?", self.request_id),
-            ("client = ?", self.client),
-            ("json_extract(detail, '$.project_dir') = ?", self.project),
-            (f"instr({_SEARCHED}, ?) > 0", self.search and self.search.lower()),
-            ("id < ?", self.before_id),
+            ("audit.event = ?", self.event),
+            ("audit.request_id = ?", self.request_id),
+            ("audit.client = ?", self.client),
+            ("json_extract(audit.detail, '$.project_dir') = ?", self.project),
+            (f"instr({_SEARCHED}, ?) > 0", self.search and self.search.casefold()),
+            ("audit.id < ?", self.before_id),
         ]
         used = [(sql, [value]) for sql, value in clauses if value is not None]
         if self.released:
@@ -626,6 +629,10 @@ class ReleaseCount:
     client: str | None
     project: str | None
     count: int
+
+
+def _casefold(text: str | None) -> str | None:
+    return text.casefold() if isinstance(text, str) else text
 
 
 def _utc_now() -> datetime:

@@ -66,10 +66,15 @@ def secret_record(broker: Broker, factors: list[Factor], vault: str, name: str, 
         uses=[(row, through(row)) for row in uses[:USES_SHOWN]],
         more=len(uses) > USES_SHOWN,
         last_approval=last,
-        factor=by_id.get(str(last.detail.get("factor"))) if last is not None else None,
+        factor=by_id.get(_factor_id(last)) if last is not None else None,
         windows=[w for w in broker.windows() if w.vault == vault and w.name in (None, name)],
         picture=secret_over_time(audit, vault, name, now),
     )
+
+
+def _factor_id(approval: AuditRecord) -> str:
+    """The factor's id in an `approved` row's `detail.factor` ("passkey:pk_..." or "totp:totp_...")."""
+    return str(approval.detail.get("factor", "")).partition(":")[2]
 
 
 def through(row: AuditRecord) -> Through:
