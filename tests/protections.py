@@ -140,6 +140,36 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/broker/test_vault_definition.py",),
     ),
     Protection(
+        "where the proxy may send a secret is part of what was approved",
+        "broker/workspace.py",
+        '        what["proxy"] = proxied',
+        "        pass",
+        ("tests/attacks/test_proxy_attacks.py::test_rebinding_while_the_command_waits_cancels_its_approval",),
+    ),
+    Protection(
+        "a command run via the proxy gets placeholders, never the values",
+        "broker/delivery.py",
+        "self.runs.start(req.id, spec, loan.child_values,",
+        "self.runs.start(req.id, spec, values,",
+        ("tests/attacks/test_proxy_attacks.py::test_the_command_its_output_and_the_audit_hold_only_the_placeholder",),
+    ),
+    Protection(
+        "a proxied request matching an approveEach rule waits for its own approval",
+        "broker/proxy_gate.py",
+        "return Decision.ALLOW if await self._approved(req) else Decision.DENY",
+        "return Decision.ALLOW",
+        (
+            "tests/attacks/test_proxy_attacks.py::test_an_approve_each_request_is_not_sent_while_it_waits_or_after_a_deny",
+        ),
+    ),
+    Protection(
+        "a placeholder sent to an unbound host is reported on every channel",
+        "broker/proxy_gate.py",
+        "self.ledger.outreach.alert(\n",
+        "(\n",
+        ("tests/proxy/test_broker_wiring.py::test_a_placeholder_sent_to_another_host_is_refused_audited_and_reported",),
+    ),
+    Protection(
         "agent-written names in the console's pictures are escaped",
         "web/charts.py",
         'f"{escape(text)}</text>"',

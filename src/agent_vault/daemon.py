@@ -213,6 +213,9 @@ def assemble(
         recorder=recorder,
         peers=system.peers if system is not None else None,
         system_vaults=system.vaults if system is not None else None,
+        # the proxy's CA key lives with the broker's state, out of the agent's reach in system mode
+        proxy_dir=paths.root / "proxy-ca" if paths is not None else None,
+        proxy_settings=settings.proxy if settings is not None else None,
     )
     return Core(broker, passkeys)
 

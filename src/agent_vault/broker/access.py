@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from agent_vault.broker.ledger import Ledger, Outcome, Session, log
 from agent_vault.broker.limits import Ceilings, Refusal, RequestLimiter
 from agent_vault.broker.live import Live
 from agent_vault.broker.previews import mask_preview
+from agent_vault.broker.proxy_gate import proxy_hosts
 from agent_vault.broker.runs import command_digest, parse_run, what_runs
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.broker.windows import DEFINITION, STORE, Split, refuse_inject_only
@@ -85,6 +87,8 @@ class Access:
             spec = parse_run(run, session.requester.project_dir)
             # shown on the page and bound into the approval: the program found and PATH & co.
             run = {**spec.to_json(), **what_runs(spec, base_env or {})}
+            if spec.via == "proxy":  # where each value may go: shown on the page, bound into the approval
+                run["proxy"] = proxy_hosts(ws.vault(vault), vault, spec.names)
             names = list(spec.names)
         checked = check_names(names)
         why = check_reason(reason)
@@ -126,6 +130,47 @@ class Access:
 
         # From the coalescing check to registering the new request there is no await, so identical
         # concurrent calls of one session always find each other (and the limits count them all).
+        return await self._open(
+            session, vault, ask, windowed, operation, why, write_values, extra,
+            live=Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {})),
+            coalesce=key if operation is Operation.READ else None,
+        )  # fmt: skip
+
+    async def ask_call(self, session: Session, run: AccessRequest, name: str, call: dict[str, Any]) -> AccessRequest:
+        """Ask the approver about one request a proxied command sends (it matched an approveEach rule):
+        a request of its own, shown with method, host, path and body preview, that opens no window."""
+        ws = session.workspace
+        vault = run.vault
+        argv = " ".join(str(a) for a in run.extra["run"]["argv"])
+        what = f"{call['method']} {call['host']}{str(call['path'])[:300]}"
+        why = check_reason(f"{what} from `{argv[:200]}` (rule {call['rule']})")
+        extra: dict[str, Any] = {"proxy_call": {**call, "run_request": run.id}}
+        extra[DEFINITION] = ws.definitions[vault]
+        extra[STORE] = ws.stores[vault]
+        outcome = await self._open(
+            session, vault, (name,), (), Operation.READ, why, None, extra, live=Live(asyncio.Event(), ws), ttl=0
+        )
+        assert outcome.request is not None
+        return outcome.request
+
+    async def _open(
+        self,
+        session: Session,
+        vault: str,
+        ask: tuple[str, ...],
+        windowed: tuple[str, ...],
+        operation: Operation,
+        why: str,
+        write_values: dict[str, SecretValue] | None,
+        extra: dict[str, Any],
+        *,
+        live: Live,
+        coalesce: Any = None,
+        ttl: float | None = None,
+    ) -> Outcome:
+        """Open a pending request (within the limits), audit it and tell the approver."""
+        ledger = self.ledger
+        ws = session.workspace
         refusal = self._admit(session)
         if refusal is not None:
             if refusal.audit is not None:
@@ -134,11 +179,12 @@ class Access:
                 )
             raise refusal.error
         req = self._new_request(session, vault, ask, windowed, operation, why, write_values, extra)
+        if ttl is not None:
+            req = replace(req, ttl_minutes=ttl)
         ledger.store.insert_request(req)
         delay = (req.expires_at - ledger.clock()).total_seconds()
-        live = Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {}))
         live.deadline = time.monotonic() + delay
-        ledger.live.add(req.id, live, key if operation is Operation.READ else None)
+        ledger.live.add(req.id, live, coalesce)
         try:
             await ledger.audit(ws, "requested", req)
         except AuditError:

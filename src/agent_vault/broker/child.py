@@ -85,8 +85,11 @@ async def run_with_env(
     output_cap: int = DEFAULT_OUTPUT_CAP,
     progress: Progress | None = None,
     base_env: Mapping[str, str] | None = None,
+    mask: Mapping[str, SecretValue] | None = None,
 ) -> RunResult:
-    """Run `argv` in `cwd` with `env_names` (VAR -> secret name) set from `values`."""
+    """Run `argv` in `cwd` with `env_names` (VAR -> secret name) set from `values`; its output is
+    masked for the values in `mask` (by default `values`: what a proxied command gets are
+    placeholders, and printing one is no leak)."""
     env = dict(os.environ if base_env is None else base_env)
     env.update({var: values[name].reveal() for var, name in env_names.items()})
     start = time.monotonic()
@@ -100,8 +103,9 @@ async def run_with_env(
         start_new_session=True,
     )
     del env
-    out = _Stream(StreamMasker(values), output_cap)
-    err = _Stream(StreamMasker(values), output_cap)
+    masked = values if mask is None else mask
+    out = _Stream(StreamMasker(masked), output_cap)
+    err = _Stream(StreamMasker(masked), output_cap)
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(_pump(proc.stdout, out), _pump(proc.stderr, err))
     ticker = asyncio.ensure_future(_tick(progress, start, timeout, out, err)) if progress else None

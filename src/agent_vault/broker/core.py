@@ -30,14 +30,16 @@ from agent_vault.broker.integrity import Integrity
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Outreach, Quiet, Session
 from agent_vault.broker.limits import Ceilings, RequestLimiter
 from agent_vault.broker.peers import PeerPolicy
+from agent_vault.broker.proxy_gate import ProxyGate
 from agent_vault.broker.recorder import Recorder
 from agent_vault.broker.runs import RunManager
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.broker.windows import Clock, WindowPolicy, utc_now
 from agent_vault.broker.workspace import Workspace, env_fingerprint
 from agent_vault.broker.writes import Writes
+from agent_vault.configuration.settings import ProxySettings
 from agent_vault.domain.errors import InvalidRequest
-from agent_vault.domain.request import Requester, Status
+from agent_vault.domain.request import AccessRequest, Requester, Status
 from agent_vault.store.audit import AuditLog
 from agent_vault.store.sqlite import StateStore, Window
 
@@ -61,7 +63,10 @@ class Broker:
         recorder: Recorder | None = None,
         peers: PeerPolicy | None = None,
         system_vaults: SystemVaults | None = None,
+        proxy_dir: Path | None = None,
+        proxy_settings: ProxySettings | None = None,
     ) -> None:
+        """`proxy_dir`: where the credential-injecting proxy keeps its CA (no proxy without it)."""
         self.store = store
         self.audit = audit
         #: the one audit writer of the broker process (recorder.py); webhook forwarding is its concern
@@ -96,7 +101,13 @@ class Broker:
         self._ticker: asyncio.Future[None] | None = None
 
         # the use cases, and what front doors call of them
-        self.delivery = Delivery(self.ledger, runs=self.runs)
+        #: the credential-injecting proxy for commands run via the proxy (started on first use)
+        self.proxy = (
+            ProxyGate(proxy_dir, proxy_settings or ProxySettings(), self.ledger, self._ask_call)
+            if proxy_dir is not None
+            else None
+        )
+        self.delivery = Delivery(self.ledger, runs=self.runs, proxy=self.proxy)
         self.access = Access(
             self.ledger,
             delivery=self.delivery,
@@ -113,6 +124,9 @@ class Broker:
         self.pending = self.decisions.pending
         self.get_request = self.decisions.get_request
         self.approval_url = self.ledger.approval_url
+
+    async def _ask_call(self, session: Session, run: AccessRequest, name: str, call: dict[str, Any]) -> AccessRequest:
+        return await self.access.ask_call(session, run, name, call)
 
     @property
     def approver(self) -> Approver:
@@ -150,6 +164,8 @@ class Broker:
         await self.runs.stop()
         for rid in self.live.ids():
             await self.ledger.finish(rid, Status.CANCELLED, "cancelled", why="broker stopped")
+        if self.proxy is not None:
+            await self.proxy.stop()
 
     # -- sessions -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 from agent_vault.broker.child import RunResult
 from agent_vault.broker.integrity import UNAUDITED_APPROVAL, approved_window_end
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Session
+from agent_vault.broker.proxy_gate import Loan, ProxyGate
 from agent_vault.broker.runs import RunManager, RunSpec, parse_run
 from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.errors import ApprovalError, InvalidRequest, ProviderError, RequestDenied, RequestExpired
@@ -30,9 +31,11 @@ log = logging.getLogger("agent_vault.broker.core")
 
 
 class Delivery:
-    def __init__(self, ledger: Ledger, *, runs: RunManager) -> None:
+    def __init__(self, ledger: Ledger, *, runs: RunManager, proxy: ProxyGate | None = None) -> None:
         self.ledger = ledger
         self.runs = runs
+        #: lends placeholders to commands run `via: "proxy"` (None: this broker has no proxy)
+        self.proxy = proxy
 
     def request_for(self, session: Session, request_id: str) -> AccessRequest:
         req = self.ledger.store.get_request(request_id)
@@ -138,12 +141,20 @@ class Delivery:
                 return Outcome("pending", req, url=ledger.approval_url(req.id))
             spec = parse_run(req.extra["run"], None)
             live = ledger.live.get(req.id)
-            await ledger.audit(ws, "delivered", req, names=req.all_names, detail={"to": "command"})
+            base_env = (live.base_env if live else None) or {}
+            loan = await self._lend(session, req, spec, values) if spec.via == "proxy" else None
+            detail = {"to": "command", "via": "proxy"} if loan is not None else {"to": "command"}
+            await ledger.audit(ws, "delivered", req, names=req.all_names, detail=detail)
 
             async def finished(result: RunResult) -> None:
+                if loan is not None and self.proxy is not None:
+                    self.proxy.give_back(loan)
                 await self._ran(session, req, spec, result)
 
-            self.runs.start(req.id, spec, values, (live.base_env if live else None) or {}, finished)
+            if loan is None:
+                self.runs.start(req.id, spec, values, base_env, finished)
+            else:  # placeholders in its environment, the proxy's exports, and its output masked for the values
+                self.runs.start(req.id, spec, loan.child_values, {**base_env, **loan.env}, finished, mask=values)
             ledger.live.forget(req.id)
         if not self.runs.started(req.id):
             raise InvalidRequest(f"the command of request {req.id} already ran; its output was handed over once")
@@ -151,6 +162,11 @@ class Delivery:
         if isinstance(got, str):
             return Outcome("running", req, progress=got)
         return Outcome("ran", req, run=got)
+
+    async def _lend(self, session: Session, req: AccessRequest, spec: RunSpec, values: dict[str, SecretValue]) -> Loan:
+        if self.proxy is None:
+            raise InvalidRequest("this broker runs no proxy, so the command cannot run via the proxy; run it without")
+        return await self.proxy.lend(session, req, spec, values)
 
     async def _ran(self, session: Session, req: AccessRequest, spec: RunSpec, result: RunResult) -> list[Window]:
         """Audit a finished command; a masked value counts as a leak and closes its windows."""

@@ -36,15 +36,21 @@ class RunSpec:
     env: tuple[tuple[str, str], ...]
     shell: bool = False
     timeout: float = DEFAULT_TIMEOUT
+    #: "env": the values go into its environment; "proxy": placeholders do, and the broker's proxy puts
+    #: the values on the wire to each secret's hosts only (docs/proxy.md)
+    via: str = "env"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "argv": list(self.argv),
             "cwd": self.cwd,
             "env": [list(pair) for pair in self.env],
             "shell": self.shell,
             "timeout": self.timeout,
         }
+        if self.via != "env":  # absent for "env", so commands approved before `via` keep their digest
+            data["via"] = self.via
+        return data
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -97,8 +103,11 @@ def parse_run(data: Mapping[str, Any], project_dir: str | None) -> RunSpec:
     timeout = data.get("timeout") or DEFAULT_TIMEOUT
     if not isinstance(timeout, int | float) or not 1 <= timeout <= MAX_TIMEOUT:
         raise InvalidRequest(f"timeout must be between 1 and {MAX_TIMEOUT:.0f} seconds")
+    via = data.get("via") or "env"
+    if via not in ("env", "proxy"):
+        raise InvalidRequest(f'via must be "env" or "proxy", not {str(via)[:20]!r}')
     shown = tuple(data.get("argv") or ())
-    return RunSpec(shown, cwd, tuple(pairs), bool(data.get("shell")), float(timeout))
+    return RunSpec(shown, cwd, tuple(pairs), bool(data.get("shell")), float(timeout), str(via))
 
 
 def _inside_project(cwd: str, project_dir: str | None) -> str:
@@ -131,7 +140,9 @@ class RunManager:
         values: Mapping[str, SecretValue],
         base_env: Mapping[str, str],
         finished: Finished,
+        mask: Mapping[str, SecretValue] | None = None,
     ) -> None:
+        """Run `spec` with `values` in its environment; its output is masked for `mask` (default: `values`)."""
         latest: list[str] = []
 
         async def progress(elapsed: float, total: float | None, message: str) -> None:
@@ -148,6 +159,7 @@ class RunManager:
                     timeout=spec.timeout,
                     progress=progress,
                     base_env=base_env,
+                    mask=mask,
                 )
             except OSError as exc:  # the program could not be started at all
                 result = RunResult(None, "", f"agent-vault: could not start {argv[0]!r}: {exc.strerror or exc}\n")

@@ -180,6 +180,16 @@ def what_approval_allows(request: AccessRequest) -> str:
     action = request.action
     if action == "write":
         return "Writes these values once. Writes never open an approval window."
+    if action == "call":
+        return "This one request, sent now through the proxy with the value in it. Nothing else."
+    via_proxy = action == "run" and request.extra["run"].get("via") == "proxy"
+    if via_proxy:
+        hosts = "; ".join(f"{name} to {', '.join(h)}" for name, h in request.extra["run"].get("proxy", {}).items())
+        again = f", and the very same command again for {minutes}" if request.ttl_minutes > 0 else ""
+        return (
+            f"This command now{again}. It gets placeholders, never the values: the proxy puts each value on "
+            f"the wire only to its hosts ({hosts}). Requests matching an approveEach rule still ask you."
+        )
     if action == "run":
         if request.ttl_minutes <= 0:
             return "This command, this one time. No reads: the agent never gets the values."

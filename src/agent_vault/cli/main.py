@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         sub,
         "run",
         "run a command with secrets in its environment, after approval; output masked",
-        usage="agent-vault run --env VAR=vault/secret [--env ...] [--reason TEXT] [--timeout S] -- command [args ...]",
+        usage="agent-vault run --env VAR=vault/secret [--env ...] [--proxy] [--reason TEXT] [--timeout S] -- cmd ...",
     )
     run.add_argument(
         "--env",
@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reason", default="run by hand with agent-vault run", help="why, as the approval page shows it")
     run.add_argument("--timeout", type=float, help="seconds before the command is stopped (default 300)")
     run.add_argument("--shell", action="store_true", help="run the single command string with /bin/sh -c")
+    run.add_argument(
+        "--proxy",
+        action="store_true",
+        help="give the command placeholders and HTTPS_PROXY: the broker's proxy puts each value into requests "
+        "to that secret's hosts only (docs/proxy.md)",
+    )
     run.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="command", help="the command and its arguments, after --"
     )
@@ -470,7 +476,8 @@ def _run(args: argparse.Namespace) -> int:
         if not sep:
             raise AgentVaultError(f"--env {item!r}: use VAR=vault/secret")
         refs[var] = ref
-    return _arun(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd()))
+    via = "proxy" if args.proxy else "env"
+    return _arun(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd(), via))
 
 
 def _arun(main: Coroutine[Any, Any, T]) -> T:

@@ -623,6 +623,8 @@ def _is_credential_key(key: str) -> bool:
 
 def _is_credential_loc(loc: Loc) -> bool:
     keys = loc[2:] if loc[:1] == ("vaults",) else loc  # a vault's name is not a key
+    if keys[:1] == ("secrets",):  # `secrets.STRIPE_KEY.hosts`: a secret's name and its settings, no credential
+        keys = keys[2:]
     return any(isinstance(s, str) and _is_credential_key(s) for s in keys)
 
 

@@ -98,9 +98,12 @@ class AccessRequest:
 
     @property
     def action(self) -> str:
-        """What approving lets happen: "read" (values to the agent), "run" (one command), "write"."""
+        """What approving lets happen: "read" (values to the agent), "run" (one command), "write", or
+        "call" (one request a command sends through the proxy, matching an approveEach rule)."""
         if self.operation is Operation.WRITE:
             return "write"
+        if "proxy_call" in self.extra:
+            return "call"
         return "run" if "run" in self.extra else "read"
 
 

@@ -56,6 +56,9 @@ class RunSpecBody(TypedDict):
     env: list[list[str]]
     shell: bool
     timeout: float | None
+    #: "env" (the values in its environment) or "proxy" (placeholders, and the proxy puts the values
+    #: on the wire to their hosts only: docs/proxy.md)
+    via: NotRequired[str]
 
 
 class RequestBody(TypedDict):

@@ -147,8 +147,10 @@ def run_request(
     timeout: float | None,
     default_cwd: Path,
     reason: str,
+    via: str = "env",
 ) -> RequestBody:
-    """The request to run `command` with `env` (VAR -> "vault/secret") injected."""
+    """The request to run `command` with `env` (VAR -> "vault/secret") injected (`via` "proxy": placeholders
+    injected, and the broker's proxy puts the values on the wire to their hosts)."""
     if not isinstance(env, Mapping) or not env:
         raise InvalidRequest('env must map variable names to "vault/secret" references, e.g. {"DB_URL": "dev/DB_URL"}')
     vaults = set()
@@ -168,6 +170,8 @@ def run_request(
         "shell": shell,
         "timeout": timeout,
     }
+    if via != "env":
+        run["via"] = via
     return {
         "vault": vaults.pop(),
         "names": [],
@@ -204,13 +208,19 @@ def _strip_credentials(url: str) -> str:
 
 
 async def run_for_cli(
-    env_refs: dict[str, str], command: list[str], reason: str, timeout: float | None, shell: bool, cwd: Path
+    env_refs: dict[str, str],
+    command: list[str],
+    reason: str,
+    timeout: float | None,
+    shell: bool,
+    cwd: Path,
+    via: str = "env",
 ) -> int:
     """`agent-vault run`: ask, wait for the decision as long as the request lives, run, print masked output."""
     agent = AgentSession(broker_paths(), cwd)
     try:
         client = await agent.ensure(ClientInfo("agent-vault run", __version__))
-        answer = await client.request(run_request(env_refs, command, None, shell, timeout, cwd, reason))
+        answer = await client.request(run_request(env_refs, command, None, shell, timeout, cwd, reason, via))
         if answer["status"] == "pending":
             req = answer["request"]
             print(f"agent-vault: approve at {answer['url']} (code {req['match_code']})", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import mcp_types as t
 from mcp.server.mcpserver import Context, MCPServer
@@ -119,14 +119,17 @@ def build_server(agent: AgentSession) -> MCPServer:
         cwd: str | None = None,
         timeout: float | None = None,
         shell: bool = False,
+        via: Literal["env", "proxy"] = "env",
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Run a command with secrets in its environment WITHOUT seeing them (preferred over get_secret when
         you only need to use a secret). command: argv list, e.g. ["npm", "run", "migrate"]; env: variable ->
         "vault/secret", e.g. {"DATABASE_URL": "dev/DATABASE_URL"}. One approval; output comes back with
-        secret values masked. shell=true only for a one-string shell command."""
+        secret values masked. shell=true only for a one-string shell command. via="proxy": the command gets
+        placeholders and HTTPS_PROXY; the broker's proxy puts each value into requests to that secret's
+        configured hosts only (for API keys used over HTTP)."""
 
         async def build() -> RequestBody:
-            return run_request(env, command, cwd, shell, timeout, agent.cwd, reason)
+            return run_request(env, command, cwd, shell, timeout, agent.cwd, reason, via)
 
         return await _ask(agent, ctx, build, single=False)
 

@@ -28,7 +28,7 @@ EVENTS = (
     "auth_failed", "channel_failed", "webhook_failed", "broker_started",
     "command_finished", "masked_output", "tunnel_up", "tunnel_down", "clock_went_back",
     "tamper_detected", "factors_recorded", "settings_changed", "settings_accepted",
-    "flood_refused", "home_used", "checkpoint_failed",
+    "flood_refused", "home_used", "checkpoint_failed", "proxied", "proxy_refused",
 )  # fmt: skip
 OPERATIONS = ("read", "write")
 SCOPES = ("secret", "vault")

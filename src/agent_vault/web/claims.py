@@ -64,4 +64,22 @@ def command_view(run: Any) -> dict[str, Any] | None:
         "program": pieces(run["program"]) if isinstance(run.get("program"), str) else None,
         "knows_program": "program" in run,
         "inherits": [(var, pieces(str(value))) for var, value in run.get("inherits", [])],
+        # via the proxy: placeholders in its environment, each value only on the wire to its hosts
+        "proxy": [(name, [str(h) for h in hosts]) for name, hosts in run.get("proxy", {}).items()]
+        if run.get("via") == "proxy"
+        else None,
+    }
+
+
+def call_view(call: Any) -> dict[str, Any] | None:
+    """One request a proxied command wants to send (it matched an approveEach rule), as the page shows it."""
+    if not isinstance(call, dict):
+        return None
+    return {
+        "line": pieces(f"{call.get('method', '')} https://{call.get('host', '')}{call.get('path', '')}"),
+        "rule": pieces(str(call.get("rule") or "")),
+        "preview": str(call.get("body_preview") or ""),
+        "bytes": int(call.get("body_bytes") or 0),
+        "truncated": bool(call.get("preview_truncated")),
+        "run_request": str(call.get("run_request") or ""),
     }
