@@ -6,14 +6,15 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from tests.proxy.harness import RunningProxy
 
 CURL = "/usr/bin/curl"
 NODE = "/usr/bin/node"
-PYTHON = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python")
+#: the interpreter running the tests (it has requests and httpx2), however the suite was started
+PYTHON = sys.executable
 
 
 @dataclass(frozen=True)
