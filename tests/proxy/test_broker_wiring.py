@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
+from agent_vault.broker.proxy_gate import HELD_TOO_LONG
 from agent_vault.daemon import BrokerServer
 from agent_vault.frontdoor.session import AgentSession
 from agent_vault.home import StatePaths
@@ -222,3 +223,31 @@ async def test_a_secret_without_hosts_cannot_go_through_the_proxy(
         await agent.close()
     assert result.is_error and "has no hosts for the proxy" in text(result) and '"hosts"' in text(result)
     assert broker.broker.pending() == []
+
+
+async def test_a_held_request_no_one_decides_is_refused_when_its_time_is_up(
+    home: StatePaths,
+    project: Path,
+    step_clock: StepClock,
+    upstream_ca: tuple[Path, Path, Path],
+    upstream: FakeServer,
+) -> None:
+    enrol_totp(home)
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "settings.toml").write_text(
+        f'[proxy]\nallowPrivate = ["{BOUND}"]\ntrust = ["{upstream_ca[0]}"]\napprovalTimeoutSeconds = 1\n'
+    )
+    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
+    await server.start()
+    try:
+        command = curl(upstream.port, BOUND, "/v1/refunds", "-X", "POST", "-d", "x=1")
+        result = await run(home, project, server, step_clock, command)  # the command is approved, the call is not
+        body = result.structured_content
+        assert body["status"] == "ran" and "no decision" in body["stdout"], body["stdout"]
+        assert upstream.take() == []
+        cancelled = server.broker.audit.list(event="cancelled", limit=None)
+        assert len(cancelled) == 1 and cancelled[0].detail["why"] == HELD_TOO_LONG
+        call = server.broker.get_request(str(cancelled[0].request_id))
+        assert call is not None and call.status.value == "cancelled" and "proxy_call" in call.extra
+    finally:
+        await server.stop()

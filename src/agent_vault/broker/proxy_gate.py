@@ -51,6 +51,8 @@ from agent_vault.proxy.placeholders import Placeholders
 
 log = logging.getLogger("agent_vault.proxy")
 
+#: why a held request's approval was withdrawn (audited with the `cancelled` row)
+HELD_TOO_LONG = "no decision while the proxy held the request"
 #: asks the approver about one proxied request of a command (`Access.ask_call`)
 AskCall = Callable[[Session, AccessRequest, str, dict[str, Any]], Awaitable[AccessRequest]]
 
@@ -156,8 +158,7 @@ class ProxyGate:
         return ProxyConfig(
             allow_only=frozenset(s.allow_only) if s.allow_only is not None else None,
             allow_private=frozenset(s.allow_private),
-            # the broker's own wait ends first, so the request is refused with its reason
-            approval_timeout=float(s.approval_timeout_seconds) + 5,
+            approval_timeout=float(s.approval_timeout_seconds),
             upstream_ssl=context,
         )
 
@@ -192,11 +193,11 @@ class ProxyGate:
         live = ledger.live.get(req.id)
         if live is None:
             return False
-        try:
-            await asyncio.wait_for(live.decided.wait(), float(self.settings.approval_timeout_seconds))
-        except TimeoutError:
-            await ledger.finish(req.id, Status.CANCELLED, "cancelled", why="the proxy stopped holding the call")
-            return False
+        try:  # the proxy holds the request for `approvalTimeoutSeconds`, then gives up on this wait
+            await live.decided.wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(ledger.finish(req.id, Status.CANCELLED, "cancelled", why=HELD_TOO_LONG))
+            raise
         decided = ledger.store.get_request(req.id)
         if decided is None or decided.status is not Status.APPROVED:
             return False
