@@ -104,29 +104,47 @@ def create_api(
     on_shutdown: Callable[[], None] | None = None,
     status_extra: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
-    async def body_of(request: Request) -> dict[str, Any]:
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_BODY:
-                raise InvalidRequest(f"the request is larger than {MAX_BODY // 2**20} MiB; send less at once")
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequest("the request body is not JSON") from exc
-        if not isinstance(data, dict):
-            raise InvalidRequest("the request body must be a JSON object")
-        return data
+    """The broker's socket API as an ASGI app (see `BrokerApi`)."""
+    return BrokerApi(broker, on_shutdown, status_extra).app()
 
-    def session_of(request: Request) -> Session:
-        session = broker.session(request.headers.get(SESSION_HEADER, ""))
+
+class BrokerApi:
+    """The routes of the private socket: each checks who calls (broker/peers.py) and turns the broker's
+    errors into JSON answers; the messages are domain/wire.py's."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        on_shutdown: Callable[[], None] | None = None,
+        status_extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.on_shutdown = on_shutdown
+        #: tunnel, public URL, channels and checkpoints, for the broker's own user only
+        self.status_extra = status_extra
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/sessions", self.guarded(self.open_session), methods=["POST"]),
+            Route("/v1/sessions/current", self.guarded(self.close_session), methods=["DELETE"]),
+            Route("/v1/secrets", self.guarded(self.list_secrets), methods=["GET"]),
+            Route("/v1/requests", self.guarded(self.create_request), methods=["POST"]),
+            Route("/v1/requests/{rid}/wait", self.guarded(self.wait), methods=["GET"]),
+            Route("/v1/status", self.guarded(self.status), methods=["GET"]),
+            Route("/v1/windows/{wid}", self.guarded(self.revoke), methods=["DELETE"]),
+            Route("/v1/shutdown", self.guarded(self.shutdown), methods=["POST"]),
+        ]
+        return Starlette(routes=routes)
+
+    def session_of(self, request: Request) -> Session:
+        session = self.broker.session(request.headers.get(SESSION_HEADER, ""))
         peer = peer_of(request)
         if session is None or (peer is not None and session.requester.pid not in (None, peer[0])):
             raise InvalidRequest("unknown session; the front door must open a session first")
         return session
 
-    async def open_session(request: Request) -> Response:
-        data = await body_of(request)
+    async def open_session(self, request: Request) -> Response:
+        data = await _body_of(request)
         peer = peer_of(request)
         client = data.get("client") or {}
         project = data.get("project") or {}
@@ -139,7 +157,7 @@ def create_api(
             "git_remote": _opt_str(project.get("git_remote")),
         }
         env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
-        session = broker.open_session(Path(str(data.get("config_path", ""))), env, requester)
+        session = self.broker.open_session(Path(str(data.get("config_path", ""))), env, requester)
         config = session.workspace.config
         opened: SessionOpened = {
             "session": session.id,
@@ -148,17 +166,17 @@ def create_api(
         }
         return JSONResponse(opened)
 
-    async def close_session(request: Request) -> Response:
-        await broker.close_session(session_of(request))
+    async def close_session(self, request: Request) -> Response:
+        await self.broker.close_session(self.session_of(request))
         return JSONResponse({"closed": True})
 
-    async def list_secrets(request: Request) -> Response:
-        listing = await broker.list_secrets(session_of(request))
+    async def list_secrets(self, request: Request) -> Response:
+        listing = await self.broker.list_secrets(self.session_of(request))
         return JSONResponse({"vaults": listing})
 
-    async def create_request(request: Request) -> Response:
-        session = session_of(request)
-        data = await body_of(request)
+    async def create_request(self, request: Request) -> Response:
+        session = self.session_of(request)
+        data = await _body_of(request)
         operation = Operation(str(data.get("operation", "read")))
         generate = parse_spec(**data["generate"]) if isinstance(data.get("generate"), dict) else None
         values = data.get("values") if operation is Operation.WRITE else None
@@ -168,7 +186,7 @@ def create_api(
         run = data.get("run") if purpose == "inject" else None
         if purpose == "inject" and not isinstance(run, dict):
             raise InvalidRequest("an inject request needs a run object describing the command")
-        outcome = await broker.request_access(
+        outcome = await self.broker.request_access(
             session,
             str(data.get("vault", "")),
             data.get("names") or [],
@@ -182,43 +200,44 @@ def create_api(
         )
         return JSONResponse(outcome_view(outcome))
 
-    async def wait(request: Request) -> Response:
-        session = session_of(request)
+    async def wait(self, request: Request) -> Response:
+        session = self.session_of(request)
         try:
             timeout = min(max(float(request.query_params.get("timeout", "10")), 0.0), MAX_WAIT)
         except ValueError as exc:
             raise InvalidRequest("timeout must be a number of seconds") from exc
-        outcome = await broker.wait(session, request.path_params["rid"], timeout)
+        outcome = await self.broker.wait(session, request.path_params["rid"], timeout)
         return JSONResponse(outcome_view(outcome))
 
-    async def status(request: Request) -> Response:
+    async def status(self, request: Request) -> Response:
         # a system broker's allowed users see their own requests and windows, and nothing of its set-up
-        user = broker.peers.confined_to(peer_of(request))
+        user = self.broker.peers.confined_to(peer_of(request))
         view: StatusView = {
             "version": __version__,
             "pid": os.getpid(),
-            "url": broker.base_url,
-            "pending": [request_view(r) for r in broker.pending(user)],
-            "windows": [w.to_json() for w in broker.windows(user)],
+            "url": self.broker.base_url,
+            "pending": [request_view(r) for r in self.broker.pending(user)],
+            "windows": [w.to_json() for w in self.broker.windows(user)],
         }
-        if status_extra is not None and user is None:
+        if self.status_extra is not None and user is None:
             # tunnel, public URL, channels and their last delivery (see tunnels.remote), checkpoints
-            view.update(status_extra())  # type: ignore[typeddict-item]
+            view.update(self.status_extra())  # type: ignore[typeddict-item]
         return JSONResponse(view)
 
-    async def revoke(request: Request) -> Response:
-        user = broker.peers.confined_to(peer_of(request))
-        window = await broker.revoke_window(request.path_params["wid"], user)
+    async def revoke(self, request: Request) -> Response:
+        user = self.broker.peers.confined_to(peer_of(request))
+        window = await self.broker.revoke_window(request.path_params["wid"], user)
         return JSONResponse({"revoked": window.to_json()})
 
-    async def shutdown(request: Request) -> Response:
-        if on_shutdown is not None:
-            on_shutdown()
+    async def shutdown(self, request: Request) -> Response:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
         return JSONResponse({"stopping": True})
 
-    def guarded(handler: Handler) -> Handler:
+    def guarded(self, handler: Handler) -> Handler:
         async def run(request: Request) -> Response:
-            refusal = broker.peers.refusal(peer_of(request), request.scope["path"])  # who may call: broker/peers.py
+            # who may call: broker/peers.py
+            refusal = self.broker.peers.refusal(peer_of(request), request.scope["path"])
             if refusal is not None:
                 return error_response(refusal, 403)
             try:
@@ -230,17 +249,20 @@ def create_api(
 
         return run
 
-    routes = [
-        Route("/v1/sessions", guarded(open_session), methods=["POST"]),
-        Route("/v1/sessions/current", guarded(close_session), methods=["DELETE"]),
-        Route("/v1/secrets", guarded(list_secrets), methods=["GET"]),
-        Route("/v1/requests", guarded(create_request), methods=["POST"]),
-        Route("/v1/requests/{rid}/wait", guarded(wait), methods=["GET"]),
-        Route("/v1/status", guarded(status), methods=["GET"]),
-        Route("/v1/windows/{wid}", guarded(revoke), methods=["DELETE"]),
-        Route("/v1/shutdown", guarded(shutdown), methods=["POST"]),
-    ]
-    return Starlette(routes=routes)
+
+async def _body_of(request: Request) -> dict[str, Any]:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise InvalidRequest(f"the request is larger than {MAX_BODY // 2**20} MiB; send less at once")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest("the request body is not JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return data
 
 
 def _str_map(value: object) -> dict[str, str]:

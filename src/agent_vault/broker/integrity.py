@@ -34,6 +34,7 @@ from agent_vault.domain.errors import AuditError
 from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.home import StatePaths
 from agent_vault.store.audit import AuditLog, AuditRecord
+from agent_vault.store.interface import AuditRecords, StateRecords
 from agent_vault.store.sqlite import StateStore, Window
 
 log = logging.getLogger("agent_vault.broker.integrity")
@@ -83,7 +84,7 @@ def next_factor_set(
     return sorted(fingerprints)
 
 
-def recorded_factors(audit: AuditLog) -> Collection[str] | None:
+def recorded_factors(audit: AuditRecords) -> Collection[str] | None:
     """The fingerprints of the factor set the audit log last recorded (None: never recorded)."""
     row = audit.latest_with(FACTOR_SET, FACTOR_EVENTS)
     return None if row is None else frozenset(row.detail[FACTOR_SET])
@@ -117,8 +118,8 @@ class Integrity:
         #: to audit.db from outside (by someone who can compute the chain, e.g. with our own code)
         self._first_own: int | None = None
         self._own_decisions: set[int] = set()
-        audit.listeners.append(self._note_own)
-        audit.listeners.append(self._checkpoint)
+        audit.subscribe(self._note_own)
+        audit.subscribe(self._checkpoint)
 
     # -- windows and approvals --------------------------------------------------------------------
 
@@ -248,7 +249,7 @@ def _mark(record: AuditRecord) -> str:
     return json.dumps({"rows": record.id, "head": record.hash, "at": record.ts.isoformat()})
 
 
-def checkpoint_problem(store: StateStore, audit: AuditLog | None) -> str | None:
+def checkpoint_problem(store: StateRecords, audit: AuditRecords | None) -> str | None:
     """What is wrong with the audit log compared with the checkpoint in state.db (None: nothing).
     `audit` None means audit.db does not exist."""
     raw = store.get_meta(CHECKPOINT)
@@ -369,7 +370,7 @@ def _value_at(path: Path, key: str) -> str:
     return "?"
 
 
-def settings_change(path: Path, audit: AuditLog) -> SettingsChange | None:
+def settings_change(path: Path, audit: AuditRecords) -> SettingsChange | None:
     """None when no settings were ever recorded; otherwise the comparison (maybe without a change)."""
     accepted = audit.latest_with(SETTINGS_DIGEST, ("settings_accepted",))
     return None if accepted is None else SettingsChange(path, accepted)
@@ -393,7 +394,7 @@ def accept_settings(paths: StatePaths, prove: Callable[[FactorStore], str]) -> s
         factors = FactorStore(store)
         via = prove(factors) if factors.all() else "no factor enrolled"
         if checkpoint_problem(store, audit) is None:  # never move a checkpoint past a broken log
-            audit.listeners.append(lambda row: store.set_meta(CHECKPOINT, _mark(row)))
+            audit.subscribe(lambda row: store.set_meta(CHECKPOINT, _mark(row)))
         Recorder(audit).write("settings_accepted", {SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys, "via": via})
     return f"accepted {path} as it is now ({len(keys)} settings); `agent-vault doctor` no longer flags it"
 

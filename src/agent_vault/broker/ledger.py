@@ -21,7 +21,7 @@ from agent_vault.broker.windows import DEFINITION, Clock, WindowPolicy
 from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.request import AccessRequest, Requester, Status
 from agent_vault.domain.secret import SecretValue
-from agent_vault.store.sqlite import StateStore
+from agent_vault.store.interface import StateRecords
 
 #: why a request is cancelled when its vault's config section changed after it was made
 VAULT_CHANGED = "was changed in the config after the request (it may point at another store now)"
@@ -81,7 +81,7 @@ class Ledger:
     def __init__(
         self,
         *,
-        store: StateStore,
+        store: StateRecords,
         recorder: Recorder,
         integrity: Integrity,
         policy: WindowPolicy,

@@ -23,7 +23,8 @@ from agent_vault.broker.workspace import Workspace
 from agent_vault.configuration.project import WEBHOOK_EVENTS
 from agent_vault.domain.errors import AuditError
 from agent_vault.domain.request import AccessRequest, Operation, Requester
-from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord
+from agent_vault.store.audit import AuditEvent, AuditRecord
+from agent_vault.store.interface import AuditRecords
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ ForwardEvent = Callable[[Workspace, AuditRecord], None]
 
 
 class Recorder:
-    def __init__(self, audit: AuditLog, forward: ForwardEvent | None = None) -> None:
+    def __init__(self, audit: AuditRecords, forward: ForwardEvent | None = None) -> None:
         self.audit = audit
         #: receives every record of a webhook event, with the workspace whose webhooks apply
         self.forward = forward

@@ -18,7 +18,8 @@ from agent_vault.broker.runs import command_digest
 from agent_vault.configuration.project import VaultConfig
 from agent_vault.domain.errors import InvalidRequest
 from agent_vault.domain.request import AccessRequest
-from agent_vault.store.sqlite import StateStore, Window
+from agent_vault.store.interface import StateRecords
+from agent_vault.store.sqlite import Window
 
 Clock = Callable[[], datetime]
 
@@ -59,7 +60,7 @@ class WindowPolicy:
     library) cannot make an ended window valid again."""
 
     def __init__(
-        self, store: StateStore, clock: Clock = utc_now, vouch: Callable[[Window], bool] | None = None
+        self, store: StateRecords, clock: Clock = utc_now, vouch: Callable[[Window], bool] | None = None
     ) -> None:
         self._store = store
         self._clock = clock

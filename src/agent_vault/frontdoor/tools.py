@@ -49,40 +49,57 @@ WRITE = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempoten
 
 
 def build_server(agent: AgentSession) -> MCPServer:
+    """The MCP server of one agent session: the seed's tools and ours, each a method of `Tools`."""
     # WARNING: the SDK's INFO logging would put every broker call on the client's stderr.
     mcp = MCPServer("agent-vault", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    tools = Tools(agent)
+    mcp.tool(annotations=READ)(tools.list_secrets)
+    mcp.tool(annotations=READ)(tools.get_secret)
+    mcp.tool(annotations=READ)(tools.get_secrets)
+    mcp.tool(annotations=WRITE)(tools.set_secret)
+    mcp.tool(annotations=WRITE)(tools.set_secrets)
+    mcp.tool(annotations=RUN)(tools.run_with_secrets)
+    mcp.tool(annotations=WRITE)(tools.generate_secret)
+    mcp.tool(annotations=READ)(tools.await_approval)
+    return mcp
 
-    @mcp.tool(annotations=READ)
-    async def list_secrets(ctx: Context) -> t.CallToolResult:
+
+class Tools:
+    """What each MCP tool does for one agent session: build the broker request, ask, turn the answer
+    into a tool result. The docstrings are the tools' descriptions; the signatures their schemas."""
+
+    def __init__(self, agent: AgentSession) -> None:
+        self.agent = agent
+
+    async def list_secrets(self, ctx: Context) -> t.CallToolResult:
         """List the secret names in every configured vault (never values). No approval needed."""
 
         async def run() -> t.CallToolResult:
-            client = await agent.ensure(_client_info(ctx))
+            client = await self.agent.ensure(_client_info(ctx))
             listing = await client.list_secrets()
             return _listing_result(listing)
 
         return await _guard(run)
 
-    @mcp.tool(annotations=READ)
-    async def get_secret(vault: str, name: str, reason: str, ctx: Context) -> t.CallToolResult | t.InputRequiredResult:
+    async def get_secret(
+        self, vault: str, name: str, reason: str, ctx: Context
+    ) -> t.CallToolResult | t.InputRequiredResult:
         """Request one secret; the user approves or denies. Give a specific reason (what you will run
         with it). Blocks while waiting; if it returns pending, call await_approval. Never re-ask after a denial."""
         body: RequestBody = {"vault": vault, "names": [name], "reason": reason, "operation": "read"}
-        return await _ask(agent, ctx, body, single=True)
+        return await _ask(self.agent, ctx, body, single=True)
 
-    @mcp.tool(annotations=READ)
     async def get_secrets(
-        vault: str, names: list[str], reason: str, ctx: Context
+        self, vault: str, names: list[str], reason: str, ctx: Context
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Request several secrets with ONE approval (preferred over repeated get_secret). Names already
         inside an approval window are not asked again. Result: a JSON object of name -> value."""
         body: RequestBody = {"vault": vault, "names": names, "reason": reason, "operation": "read"}
-        return await _ask(agent, ctx, body, single=False)
+        return await _ask(self.agent, ctx, body, single=False)
 
-    @mcp.tool(annotations=WRITE)
     async def set_secret(
-        vault: str, name: str, value: str, reason: str, ctx: Context
+        self, vault: str, name: str, value: str, reason: str, ctx: Context
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Store a secret you generated (API key, token, password) in a writable vault, after the user
         approves. Use this instead of printing the secret. Returns only the name, never the value."""
@@ -93,11 +110,10 @@ def build_server(agent: AgentSession) -> MCPServer:
             "operation": "write",
             "values": {name: value},
         }
-        return await _ask(agent, ctx, body, single=True)
+        return await _ask(self.agent, ctx, body, single=True)
 
-    @mcp.tool(annotations=WRITE)
     async def set_secrets(
-        vault: str, secrets: list[SecretInput], reason: str, ctx: Context
+        self, vault: str, secrets: list[SecretInput], reason: str, ctx: Context
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Store several generated secrets with ONE approval (preferred for bootstrapping)."""
         values = {s.name: s.value for s in secrets}
@@ -108,10 +124,10 @@ def build_server(agent: AgentSession) -> MCPServer:
             "operation": "write",
             "values": values,
         }
-        return await _ask(agent, ctx, body, single=False)
+        return await _ask(self.agent, ctx, body, single=False)
 
-    @mcp.tool(annotations=RUN)
     async def run_with_secrets(
+        self,
         command: list[str],
         env: dict[str, str],
         reason: str,
@@ -129,33 +145,29 @@ def build_server(agent: AgentSession) -> MCPServer:
         configured hosts only (for API keys used over HTTP)."""
 
         async def build() -> RequestBody:
-            return run_request(env, command, cwd, shell, timeout, agent.cwd, reason, via)
+            return run_request(env, command, cwd, shell, timeout, self.agent.cwd, reason, via)
 
-        return await _ask(agent, ctx, build, single=False)
+        return await _ask(self.agent, ctx, build, single=False)
 
-    @mcp.tool(annotations=WRITE)
     async def generate_secret(
-        vault: str, name: str, reason: str, ctx: Context, format: str = "password", length: int = 32
+        self, vault: str, name: str, reason: str, ctx: Context, format: str = "password", length: int = 32
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Have agent-vault generate a new secret (format: password, hex, base64, urlsafe, alphanumeric,
         uuid) and store it in a writable vault after approval. You get only its name, never the value: use it
         through run_with_secrets."""
         body: RequestBody = {"vault": vault, "names": [name], "reason": reason, "operation": "write",
                              "generate": {"format": format, "length": length}}  # fmt: skip
-        return await _ask(agent, ctx, body, single=True)
+        return await _ask(self.agent, ctx, body, single=True)
 
-    @mcp.tool(annotations=READ)
-    async def await_approval(request_id: str, ctx: Context) -> t.CallToolResult:
+    async def await_approval(self, request_id: str, ctx: Context) -> t.CallToolResult:
         """Keep waiting for a request that an earlier call returned as pending (same session)."""
 
         async def run() -> t.CallToolResult:
-            client = await agent.ensure(_client_info(ctx))
-            answer = await agent.wait(client, request_id, _progress(ctx))
+            client = await self.agent.ensure(_client_info(ctx))
+            answer = await self.agent.wait(client, request_id, _progress(ctx))
             return _answer_result(answer, single=False)
 
         return await _guard(run)
-
-    return mcp
 
 
 Body = RequestBody | Callable[[], Awaitable[RequestBody]]

@@ -193,6 +193,10 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def subscribe(self, listener: Callable[[AuditRecord], None]) -> None:
+        """Call `listener` with each row this object commits from now on (see `listeners`)."""
+        self.listeners.append(listener)
+
     def append(self, event: AuditEvent) -> AuditRecord:
         """Commit one row durably and return it; on any failure raise AuditError, write nothing."""
         if not isinstance(event, AuditEvent):
