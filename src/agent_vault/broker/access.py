@@ -130,11 +130,9 @@ class Access:
 
         # From the coalescing check to registering the new request there is no await, so identical
         # concurrent calls of one session always find each other (and the limits count them all).
-        return await self._open(
-            session, vault, ask, windowed, operation, why, write_values, extra,
-            live=Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {})),
-            coalesce=key if operation is Operation.READ else None,
-        )  # fmt: skip
+        req = self._new_request(session, vault, ask, windowed, operation, why, write_values, extra)
+        live = Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {}))
+        return await self._open(session, req, live, coalesce=key if operation is Operation.READ else None)
 
     async def ask_call(self, session: Session, run: AccessRequest, name: str, call: dict[str, Any]) -> AccessRequest:
         """Ask the approver about one request a proxied command sends (it matched an approveEach rule):
@@ -147,40 +145,22 @@ class Access:
         extra: dict[str, Any] = {"proxy_call": {**call, "run_request": run.id}}
         extra[DEFINITION] = ws.definitions[vault]
         extra[STORE] = ws.stores[vault]
-        outcome = await self._open(
-            session, vault, (name,), (), Operation.READ, why, None, extra, live=Live(asyncio.Event(), ws), ttl=0
-        )
+        req = replace(self._new_request(session, vault, (name,), (), Operation.READ, why, None, extra), ttl_minutes=0)
+        outcome = await self._open(session, req, Live(asyncio.Event(), ws))
         assert outcome.request is not None
         return outcome.request
 
-    async def _open(
-        self,
-        session: Session,
-        vault: str,
-        ask: tuple[str, ...],
-        windowed: tuple[str, ...],
-        operation: Operation,
-        why: str,
-        write_values: dict[str, SecretValue] | None,
-        extra: dict[str, Any],
-        *,
-        live: Live,
-        coalesce: Any = None,
-        ttl: float | None = None,
-    ) -> Outcome:
-        """Open a pending request (within the limits), audit it and tell the approver."""
+    async def _open(self, session: Session, req: AccessRequest, live: Live, coalesce: Any = None) -> Outcome:
+        """Open `req` as a pending request (within the limits), audit it and tell the approver."""
         ledger = self.ledger
         ws = session.workspace
         refusal = self._admit(session)
         if refusal is not None:
             if refusal.audit is not None:
                 await ledger.audit(
-                    ws, "flood_refused", None, requester=session.requester, vault=vault, detail=refusal.audit
+                    ws, "flood_refused", None, requester=session.requester, vault=req.vault, detail=refusal.audit
                 )
             raise refusal.error
-        req = self._new_request(session, vault, ask, windowed, operation, why, write_values, extra)
-        if ttl is not None:
-            req = replace(req, ttl_minutes=ttl)
         ledger.store.insert_request(req)
         delay = (req.expires_at - ledger.clock()).total_seconds()
         live.deadline = time.monotonic() + delay
