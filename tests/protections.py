@@ -170,6 +170,13 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/proxy/test_broker_wiring.py::test_a_placeholder_sent_to_another_host_is_refused_audited_and_reported",),
     ),
     Protection(
+        "an http_request naming a secret for another host is refused before anyone is asked",
+        "broker/access.py",
+        "elsewhere = [n for n, bound in hosts.items() if not matches_any(spec.host, frozenset(bound))]",
+        "elsewhere: list[str] = []",
+        ("tests/proxy/test_http_request.py::test_a_host_the_secret_is_not_bound_to_is_refused_before_anyone_is_asked",),
+    ),
+    Protection(
         "agent-written names in the console's pictures are escaped",
         "web/charts.py",
         'f"{escape(text)}</text>"',

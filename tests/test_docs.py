@@ -44,6 +44,7 @@ def test_every_cli_command_is_in_the_readme(command: str) -> None:
         "await_approval",
         "run_with_secrets",
         "generate_secret",
+        "http_request",
     ],
 )
 def test_every_tool_is_in_the_readme(tool: str) -> None:

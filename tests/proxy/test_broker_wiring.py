@@ -76,10 +76,23 @@ def curl(port: int, host: str, path: str = "/echo", *extra: str) -> list[str]:
 async def run(
     home: StatePaths, project: Path, broker: BrokerServer, clock: StepClock, command: list[str], *decisions: str
 ) -> Any:
-    """Call run_with_secrets via the proxy over the MCP SDK client; the person takes `decisions` in
-    turn: the command's approval first, then each request that waits for its own."""
-    agent = AgentSession(home, project)
+    """Call run_with_secrets via the proxy with `command` (a shell line); see `use`."""
     args = {"command": command, "env": {"API": "dev/API_KEY"}, "reason": "call the API", "via": "proxy", "shell": True}
+    return await use(home, project, broker, clock, "run_with_secrets", args, *decisions)
+
+
+async def use(
+    home: StatePaths,
+    project: Path,
+    broker: BrokerServer,
+    clock: StepClock,
+    tool: str,
+    args: dict[str, Any],
+    *decisions: str,
+) -> Any:
+    """Call `tool` over the MCP SDK client while the person takes `decisions` in turn (by default one
+    approval): the tool's own request first, then each request that waits for its own."""
+    agent = AgentSession(home, project)
     result: list[Any] = []
     try:
         async with anyio.create_task_group() as tg:
@@ -92,7 +105,8 @@ async def run(
                             await anyio.sleep(0.01)
 
             async def agent_calls() -> None:
-                result.append(await call(agent, "run_with_secrets", args))
+                result.append(await call(agent, tool, args))
+                tg.cancel_scope.cancel()  # a request refused before anyone is asked leaves the person waiting
 
             tg.start_soon(person)
             tg.start_soon(agent_calls)

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent_vault.broker.delivery import Delivery
 from agent_vault.broker.generate import GenerationSpec
+from agent_vault.broker.http_calls import HttpSpec, parse_http
 from agent_vault.broker.ledger import Ledger, Outcome, Session, log
 from agent_vault.broker.limits import Ceilings, Refusal, RequestLimiter
 from agent_vault.broker.live import Live
@@ -27,10 +28,11 @@ from agent_vault.broker.proxy_gate import proxy_hosts
 from agent_vault.broker.runs import command_digest, parse_run, what_runs
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.broker.windows import DEFINITION, STORE, Split, refuse_inject_only
-from agent_vault.domain.errors import AuditError, ReadOnlyVault, SecretNotFound
+from agent_vault.domain.errors import AuditError, InvalidRequest, ReadOnlyVault, SecretNotFound
 from agent_vault.domain.grammar import check_names, check_reason, check_value
 from agent_vault.domain.request import AccessRequest, Operation, Status, new_match_code, new_request_id
 from agent_vault.domain.secret import SecretValue
+from agent_vault.proxy.hosts import matches_any
 
 
 class Access:
@@ -71,6 +73,7 @@ class Access:
         run: Mapping[str, Any] | None = None,
         generate: GenerationSpec | None = None,
         base_env: Mapping[str, str] | None = None,
+        http: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Ask for `names`: delivered at once inside a window, else a pending request.
 
@@ -81,6 +84,8 @@ class Access:
         ledger = self.ledger
         ws = session.workspace
         ws.refresh()
+        if http is not None:
+            return await self._ask_http(session, parse_http(http), reason)
         if run is not None and self.system_vaults is not None:
             self.system_vaults.refuse_commands()
         if run is not None:
@@ -134,12 +139,33 @@ class Access:
         live = Live(asyncio.Event(), ws, write_values, generate=generate, base_env=dict(base_env or {}))
         return await self._open(session, req, live, coalesce=key if operation is Operation.READ else None)
 
+    async def _ask_http(self, session: Session, spec: HttpSpec, reason: object) -> Outcome:
+        """An `http_request`: every secret it names must be bound to its host; each one asks (no window)."""
+        ws = session.workspace
+        vault = spec.vault
+        why = check_reason(reason)
+        check_names(list(spec.names))
+        hosts = proxy_hosts(ws.vault(vault), vault, spec.names)
+        elsewhere = [n for n, bound in hosts.items() if not matches_any(spec.host, frozenset(bound))]
+        if elsewhere:
+            raise InvalidRequest(
+                f"{', '.join(elsewhere)} in vault {vault!r} may not be sent to {spec.host} (its hosts: "
+                f"{', '.join(hosts[elsewhere[0]])}); nothing was asked or sent"
+            )
+        await asyncio.to_thread(require_existing, ws.provider(vault), vault, spec.names)
+        extra: dict[str, Any] = {"http": {**spec.view(), "proxy": hosts}}
+        extra[DEFINITION] = ws.definitions[vault]
+        extra[STORE] = ws.stores[vault]
+        req = self._new_request(session, vault, spec.names, (), Operation.READ, why, None, extra)
+        return await self._open(session, replace(req, ttl_minutes=0), Live(asyncio.Event(), ws, http=spec))
+
     async def ask_call(self, session: Session, run: AccessRequest, name: str, call: dict[str, Any]) -> AccessRequest:
         """Ask the approver about one request a proxied command sends (it matched an approveEach rule):
         a request of its own, shown with method, host, path and body preview, that opens no window."""
         ws = session.workspace
         vault = run.vault
-        argv = " ".join(str(a) for a in run.extra["run"]["argv"])
+        source = run.extra.get("run")
+        argv = " ".join(str(a) for a in source["argv"]) if source else "http_request"
         what = f"{call['method']} {call['host']}{str(call['path'])[:300]}"
         why = check_reason(f"{what} from `{argv[:200]}` (rule {call['rule']})")
         extra: dict[str, Any] = {"proxy_call": {**call, "run_request": run.id}}

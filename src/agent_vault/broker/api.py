@@ -96,6 +96,8 @@ def outcome_view(outcome: Outcome) -> OutcomeView:
             "masked": sorted(r.masked),
             "seconds": r.seconds,
         }
+    if outcome.http is not None:
+        body["http"] = outcome.http.to_json()
     return body
 
 
@@ -177,6 +179,9 @@ class BrokerApi:
     async def create_request(self, request: Request) -> Response:
         session = self.session_of(request)
         data = await _body_of(request)
+        if isinstance(data.get("http"), dict):  # `http_request`: the broker reads vault and names from it
+            outcome = await self.broker.request_access(session, "", [], data.get("reason"), http=data["http"])
+            return JSONResponse(outcome_view(outcome))
         operation = Operation(str(data.get("operation", "read")))
         generate = parse_spec(**data["generate"]) if isinstance(data.get("generate"), dict) else None
         values = data.get("values") if operation is Operation.WRITE else None

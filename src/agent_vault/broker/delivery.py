@@ -52,6 +52,8 @@ class Delivery:
             req = self.request_for(session, request_id)
         if "run" in req.extra and req.status in (Status.APPROVED, Status.DELIVERED):
             return await self.run_outcome(session, req, timeout)
+        if "http" in req.extra and req.status is Status.APPROVED:
+            return await self.http_outcome(session, req)
         return await self._outcome(session, req)
 
     async def fetch(self, ws: Workspace, vault: str, names: Sequence[str]) -> dict[str, SecretValue]:
@@ -163,10 +165,26 @@ class Delivery:
             return Outcome("running", req, progress=got)
         return Outcome("ran", req, run=got)
 
+    async def http_outcome(self, session: Session, req: AccessRequest) -> Outcome:
+        """Send an approved `http_request` once, through the proxy, and hand back its answer."""
+        ledger = self.ledger
+        ws = session.workspace
+        live = ledger.live.get(req.id)
+        if live is None or live.http is None or self.proxy is None:
+            raise InvalidRequest(f"request {req.id} can no longer be sent (the broker restarted); ask again")
+        spec = live.http
+        values = await self._take(ws, req, f"request {req.id} was already sent; it is sent once")
+        if values is None:
+            return Outcome("pending", req, url=ledger.approval_url(req.id))
+        ledger.live.forget(req.id)
+        await ledger.audit(ws, "delivered", req, names=req.all_names, detail={"to": "http", "host": spec.host})
+        answer = await self.proxy.send(session, req, spec, values)
+        return Outcome("responded", req, http=answer)
+
     async def _lend(self, session: Session, req: AccessRequest, spec: RunSpec, values: dict[str, SecretValue]) -> Loan:
         if self.proxy is None:
             raise InvalidRequest("this broker runs no proxy, so the command cannot run via the proxy; run it without")
-        return await self.proxy.lend(session, req, spec, values)
+        return await self.proxy.lend(session, req, spec.names, values)
 
     async def _ran(self, session: Session, req: AccessRequest, spec: RunSpec, result: RunResult) -> list[Window]:
         """Audit a finished command; a masked value counts as a leak and closes its windows."""

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from agent_vault.broker.child import RunResult
+from agent_vault.broker.http_calls import HttpAnswer
 from agent_vault.broker.integrity import Integrity
 from agent_vault.broker.live import LiveRequests
 from agent_vault.broker.recorder import Recorder
@@ -47,6 +48,8 @@ class Outcome:
     #: for a command run with injected secrets: its latest progress line, then its result
     progress: str | None = None
     run: RunResult | None = None
+    #: for an `http_request`: the answer, values turned back into references
+    http: HttpAnswer | None = None
 
 
 class Outreach(Protocol):

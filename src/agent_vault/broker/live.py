@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from agent_vault.broker.generate import GenerationSpec
+from agent_vault.broker.http_calls import HttpSpec
 from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.secret import SecretValue
 
@@ -26,6 +27,8 @@ class Live:
     generate: GenerationSpec | None = None
     #: the front door's environment, for a command run with injected secrets
     base_env: dict[str, str] | None = None
+    #: an `http_request` to send once approved (its body is kept here, not on disk)
+    http: HttpSpec | None = None
     timer: asyncio.TimerHandle | None = None
     #: when the request expires by the monotonic clock (a wall clock set back does not extend it)
     deadline: float = math.inf

@@ -17,6 +17,7 @@ or `[proxy] approvalTimeoutSeconds` pass. A placeholder sent anywhere else is re
 from __future__ import annotations
 
 import asyncio
+import http.client as http_client
 import logging
 import secrets
 import ssl
@@ -25,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_vault.broker import http_calls
+from agent_vault.broker.http_calls import HttpAnswer, HttpSpec
 from agent_vault.broker.ledger import Ledger, Session
-from agent_vault.broker.runs import RunSpec
 from agent_vault.configuration.project import VaultConfig
 from agent_vault.configuration.settings import ProxySettings
-from agent_vault.domain.errors import InvalidRequest
+from agent_vault.domain.errors import InvalidRequest, ProviderError
 from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.domain.secret import SecretValue
 from agent_vault.proxy import (
@@ -86,20 +88,22 @@ class ProxyGate:
     # -- lending --------------------------------------------------------------------------------
 
     async def lend(
-        self, session: Session, req: AccessRequest, spec: RunSpec, values: Mapping[str, SecretValue]
+        self, session: Session, req: AccessRequest, names: Sequence[str], values: Mapping[str, SecretValue]
     ) -> Loan:
-        """Register a placeholder for each secret of an approved command and return what it gets."""
+        """Register a placeholder for each secret of an approved command (or `http_request`) and return
+        what it gets."""
         server = await self._running()
         vault = session.workspace.vault(req.vault)
         loan_id = secrets.token_hex(4)
         texts: dict[str, str] = {}
         # the hosts the approval page showed (the vault's definition digest keeps the config from having
-        # changed since; a run recorded without them is refused)
-        hosts = {str(n): [str(h) for h in hs] for n, hs in dict(req.extra["run"].get("proxy") or {}).items()}
-        if set(hosts) != set(spec.names):
+        # changed since; a request recorded without them is refused)
+        approved = (req.extra.get("run") or req.extra.get("http") or {}).get("proxy") or {}
+        hosts = {str(n): [str(h) for h in hs] for n, hs in dict(approved).items()}
+        if set(hosts) != set(names):
             raise InvalidRequest(f"request {req.id} was not approved for the proxy; ask again")
         try:
-            for name in spec.names:
+            for name in names:
                 policy = vault.secrets[name]
                 placeholder = self.registry.add(
                     _secret_id(req.vault, name, loan_id),
@@ -123,6 +127,21 @@ class ProxyGate:
         loan.child_values = {name: SecretValue(text) for name, text in texts.items()}
         self._loans[loan_id] = loan
         return loan
+
+    async def send(
+        self, session: Session, req: AccessRequest, spec: HttpSpec, values: Mapping[str, SecretValue]
+    ) -> HttpAnswer:
+        """Send an approved `http_request` through the proxy, placeholders where its references are."""
+        loan = await self.lend(session, req, spec.names, values)
+        server = await self._running()
+        try:
+            return await asyncio.to_thread(
+                http_calls.send, spec, loan.placeholders, server.port, server.token, str(server.ca.cert_path)
+            )
+        except (OSError, http_client.HTTPException) as exc:
+            raise ProviderError(f"the request to {spec.host} failed: {type(exc).__name__}: {exc}"[:300]) from None
+        finally:
+            self.give_back(loan)
 
     def give_back(self, loan: Loan) -> None:
         """The command ended: its placeholders are worth nothing from now on."""
@@ -224,7 +243,8 @@ class ProxyGate:
         }
         await self._audit(loan, "proxy_refused", vault, name, detail)
         what = f"{vault}/{name}"
-        command = " ".join(loan.request.extra["run"]["argv"])[:120] if loan is not None else "an ended command"
+        run = loan.request.extra.get("run") if loan is not None else None
+        command = " ".join(run["argv"])[:120] if run else "http_request" if loan is not None else "an ended command"
         self.ledger.outreach.alert(
             f"agent-vault refused a request: the placeholder of {what} was sent to {violation.host} "
             f"({violation.reason.replace('_', ' ')}) by `{command}`. Nothing was sent. This looks like an "

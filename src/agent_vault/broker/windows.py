@@ -181,6 +181,11 @@ def what_approval_allows(request: AccessRequest) -> str:
     action = request.action
     if action == "write":
         return "Writes these values once. Writes never open an approval window."
+    if action == "call" and "http" in request.extra:
+        return (
+            "This one request, sent now by agent-vault through its proxy with the values in it; the agent gets "
+            "the answer with each value shown as its name. Nothing else: the next request asks again."
+        )
     if action == "call":
         return "This one request, sent now through the proxy with the value in it. Nothing else."
     via_proxy = action == "run" and request.extra["run"].get("via") == "proxy"

@@ -102,7 +102,7 @@ class AccessRequest:
         "call" (one request a command sends through the proxy, matching an approveEach rule)."""
         if self.operation is Operation.WRITE:
             return "write"
-        if "proxy_call" in self.extra:
+        if "proxy_call" in self.extra or "http" in self.extra:
             return "call"
         return "run" if "run" in self.extra else "read"
 

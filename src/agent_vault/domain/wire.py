@@ -75,6 +75,9 @@ class RequestBody(TypedDict):
     base_env: NotRequired[dict[str, str]]
     #: a generated write: the generator's keyword arguments (broker/generate.py)
     generate: NotRequired[dict[str, Any]]
+    #: `http_request`: method, url, headers, body, timeout, with {{vault/NAME}} where secrets go
+    #: (broker/http_calls.py); `vault` and `names` come from those references
+    http: NotRequired[dict[str, Any]]
 
 
 # -- answers ----------------------------------------------------------------------------------------
@@ -129,6 +132,8 @@ class OutcomeView(TypedDict):
     window_end: str | None
     progress: NotRequired[str]
     run: NotRequired[RunView]
+    #: the answer to an `http_request` (status, reason, headers kept, body with references for values)
+    http: NotRequired[dict[str, Any]]
 
 
 class WindowView(TypedDict):

@@ -61,6 +61,7 @@ def build_server(agent: AgentSession) -> MCPServer:
     mcp.tool(annotations=WRITE)(tools.set_secrets)
     mcp.tool(annotations=RUN)(tools.run_with_secrets)
     mcp.tool(annotations=WRITE)(tools.generate_secret)
+    mcp.tool(annotations=RUN)(tools.http_request)
     mcp.tool(annotations=READ)(tools.await_approval)
     return mcp
 
@@ -148,6 +149,26 @@ class Tools:
             return run_request(env, command, cwd, shell, timeout, self.agent.cwd, reason, via)
 
         return await _ask(self.agent, ctx, build, single=False)
+
+    async def http_request(
+        self,
+        method: str,
+        url: str,
+        reason: str,
+        ctx: Context,
+        headers: dict[str, str] | None = None,
+        body: str | dict[str, Any] | list[Any] | None = None,
+        timeout: float | None = None,
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Have agent-vault send one HTTPS request with secrets in it, WITHOUT seeing them: write
+        {{vault/NAME}} where a secret goes, e.g. headers={"Authorization": "Bearer {{dev/STRIPE_KEY}}"}.
+        Each secret must be configured for that host. One approval per request; the answer comes back with
+        every secret shown as its {{vault/NAME}} reference. body: text, or a JSON object/array (sent as JSON).
+        For clients that cannot use run_with_secrets via="proxy"."""
+        text = body if isinstance(body, str) or body is None else json.dumps(body, ensure_ascii=False)
+        spec: RequestBody = {"vault": "", "names": [], "reason": reason, "operation": "read"}
+        spec["http"] = {"method": method, "url": url, "headers": headers or {}, "body": text or "", "timeout": timeout}
+        return await _ask(self.agent, ctx, spec, single=False)
 
     async def generate_secret(
         self, vault: str, name: str, reason: str, ctx: Context, format: str = "password", length: int = 32
@@ -258,6 +279,8 @@ def _answer_result(answer: OutcomeView, single: bool) -> t.CallToolResult:
     status = answer["status"]
     if status == "ran":
         return _ran_result(answer["run"])
+    if status == "responded":
+        return _http_result(answer["http"])
     if status == "running":  # running, pending and written always come with their request
         req = answer["request"]
         text = (
@@ -287,6 +310,15 @@ def _answer_result(answer: OutcomeView, single: bool) -> t.CallToolResult:
     values: dict[str, str] = answer.get("values") or {}
     text = next(iter(values.values())) if single and len(values) == 1 else json.dumps(values, ensure_ascii=False)
     structured = {"status": "approved", "values": values, "windowEnd": answer.get("window_end")}
+    return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _http_result(http: dict[str, Any]) -> t.CallToolResult:
+    headers = "".join(f"{k}: {v}\n" for k, v in http["headers"].items())
+    cut = "\nnote: the body was cut at 256 KiB" if http["truncated"] else ""
+    text = f"HTTP {http['status']} {http['reason']}\n{headers}\n{http['body']}{cut}"
+    structured = {"status": "responded", "httpStatus": http["status"], "headers": http["headers"],
+                  "body": http["body"], "truncated": http["truncated"]}  # fmt: skip
     return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
 
 

@@ -31,7 +31,7 @@ from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.request import AccessRequest, Operation, Status
 from agent_vault.domain.untrusted import pieces, visible
 from agent_vault.home import is_default
-from agent_vault.web.claims import call_view, claim, command_view
+from agent_vault.web.claims import call_view, claim, command_view, http_view
 from agent_vault.web.csrf import COOKIE, CsrfTokens
 from agent_vault.web.hardening import ASGIApp, HostAllowlist, hardened, same_origin_post
 from agent_vault.web.passkey_options import options_response
@@ -185,6 +185,7 @@ class WebApp:
             "state": req.status.value,
             "run": command_view(req.extra.get("run")),
             "call": call_view(req.extra.get("proxy_call")),
+            "http": http_view(req.extra.get("http")),
             # agent- and client-written text, shown as labelled claims (web.claims)
             "reason": claim(req.reason),
             "client": claim(req.requester.client),

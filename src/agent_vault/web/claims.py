@@ -71,6 +71,19 @@ def command_view(run: Any) -> dict[str, Any] | None:
     }
 
 
+def http_view(http: Any) -> dict[str, Any] | None:
+    """An `http_request` agent-vault will send for the agent, as the page shows it: all of it."""
+    if not isinstance(http, dict):
+        return None
+    return {
+        "line": pieces(f"{http.get('method', '')} {http.get('url', '')}"),
+        "headers": [(pieces(str(k)), pieces(str(v))) for k, v in http.get("headers", [])],
+        "preview": str(http.get("body_preview") or ""),
+        "bytes": int(http.get("body_bytes") or 0),
+        "proxy": [(name, [str(h) for h in hosts]) for name, hosts in (http.get("proxy") or {}).items()],
+    }
+
+
 def call_view(call: Any) -> dict[str, Any] | None:
     """One request a proxied command wants to send (it matched an approveEach rule), as the page shows it."""
     if not isinstance(call, dict):
