@@ -24,8 +24,8 @@ from agent_vault.broker.ledger import Ledger, Outcome, Session, log
 from agent_vault.broker.limits import Ceilings, Refusal, RequestLimiter
 from agent_vault.broker.live import Live
 from agent_vault.broker.previews import mask_preview
-from agent_vault.broker.proxy_gate import proxy_hosts
-from agent_vault.broker.runs import command_digest, parse_run, what_runs
+from agent_vault.broker.proxy_gate import DEFAULT_LEND_MINUTES, MAX_LEND_MINUTES, proxy_hosts
+from agent_vault.broker.runs import command_digest, env_pairs, parse_run, what_runs
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.broker.windows import DEFINITION, STORE, Split, refuse_inject_only
 from agent_vault.domain.errors import AuditError, InvalidRequest, ReadOnlyVault, SecretNotFound
@@ -74,6 +74,7 @@ class Access:
         generate: GenerationSpec | None = None,
         base_env: Mapping[str, str] | None = None,
         http: Mapping[str, Any] | None = None,
+        lend: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Ask for `names`: delivered at once inside a window, else a pending request.
 
@@ -86,6 +87,8 @@ class Access:
         ws.refresh()
         if http is not None:
             return await self._ask_http(session, parse_http(http), reason)
+        if lend is not None:
+            return await self._ask_lend(session, vault, lend, reason)
         if run is not None and self.system_vaults is not None:
             self.system_vaults.refuse_commands()
         if run is not None:
@@ -158,6 +161,25 @@ class Access:
         extra[STORE] = ws.stores[vault]
         req = self._new_request(session, vault, spec.names, (), Operation.READ, why, None, extra)
         return await self._open(session, replace(req, ttl_minutes=0), Live(asyncio.Event(), ws, http=spec))
+
+    async def _ask_lend(self, session: Session, vault: str, lend: Mapping[str, Any], reason: object) -> Outcome:
+        """`env --proxy`: placeholders for a shell for some minutes; each value only to its hosts."""
+        ws = session.workspace
+        why = check_reason(reason)
+        pairs = env_pairs(lend.get("env"))
+        minutes = lend.get("minutes") or DEFAULT_LEND_MINUTES
+        ceiling = self.ceilings.max_ttl_minutes or MAX_LEND_MINUTES
+        if not isinstance(minutes, int | float) or not 0 < minutes <= min(ceiling, MAX_LEND_MINUTES):
+            raise InvalidRequest(f"minutes must be more than 0 and at most {min(ceiling, MAX_LEND_MINUTES):g}")
+        names = tuple(dict.fromkeys(name for _, name in pairs))
+        check_names(list(names))
+        hosts = proxy_hosts(ws.vault(vault), vault, names)
+        await asyncio.to_thread(require_existing, ws.provider(vault), vault, names)
+        extra: dict[str, Any] = {"lend": {"env": [list(p) for p in pairs], "minutes": float(minutes), "proxy": hosts}}
+        extra[DEFINITION] = ws.definitions[vault]
+        extra[STORE] = ws.stores[vault]
+        req = self._new_request(session, vault, names, (), Operation.READ, why, None, extra)
+        return await self._open(session, replace(req, ttl_minutes=0), Live(asyncio.Event(), ws))
 
     async def ask_call(self, session: Session, run: AccessRequest, name: str, call: dict[str, Any]) -> AccessRequest:
         """Ask the approver about one request a proxied command sends (it matched an approveEach rule):

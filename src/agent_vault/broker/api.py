@@ -98,6 +98,8 @@ def outcome_view(outcome: Outcome) -> OutcomeView:
         }
     if outcome.http is not None:
         body["http"] = outcome.http.to_json()
+    if outcome.exports is not None:
+        body["exports"] = outcome.exports
     return body
 
 
@@ -181,6 +183,10 @@ class BrokerApi:
         data = await _body_of(request)
         if isinstance(data.get("http"), dict):  # `http_request`: the broker reads vault and names from it
             outcome = await self.broker.request_access(session, "", [], data.get("reason"), http=data["http"])
+            return JSONResponse(outcome_view(outcome))
+        if isinstance(data.get("lend"), dict):  # `env --proxy`
+            vault, reason = str(data.get("vault", "")), data.get("reason")
+            outcome = await self.broker.request_access(session, vault, [], reason, lend=data["lend"])
             return JSONResponse(outcome_view(outcome))
         operation = Operation(str(data.get("operation", "read")))
         generate = parse_spec(**data["generate"]) if isinstance(data.get("generate"), dict) else None

@@ -14,6 +14,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from contextlib import suppress
+from datetime import timedelta
 from typing import Any
 
 from agent_vault.broker.child import RunResult
@@ -54,6 +55,8 @@ class Delivery:
             return await self.run_outcome(session, req, timeout)
         if "http" in req.extra and req.status is Status.APPROVED:
             return await self.http_outcome(session, req)
+        if "lend" in req.extra and req.status is Status.APPROVED:
+            return await self.lend_outcome(session, req)
         return await self._outcome(session, req)
 
     async def fetch(self, ws: Workspace, vault: str, names: Sequence[str]) -> dict[str, SecretValue]:
@@ -180,6 +183,24 @@ class Delivery:
         await ledger.audit(ws, "delivered", req, names=req.all_names, detail={"to": "http", "host": spec.host})
         answer = await self.proxy.send(session, req, spec, values)
         return Outcome("responded", req, http=answer)
+
+    async def lend_outcome(self, session: Session, req: AccessRequest) -> Outcome:
+        """`env --proxy`, approved: placeholders for its variables, and the proxy's exports, for a time."""
+        ledger = self.ledger
+        ws = session.workspace
+        if self.proxy is None:
+            raise InvalidRequest("this broker runs no proxy; `env --proxy` needs one")
+        values = await self._take(ws, req, f"the placeholders of request {req.id} were already handed over")
+        if values is None:
+            return Outcome("pending", req, url=ledger.approval_url(req.id))
+        ledger.live.forget(req.id)
+        lend = req.extra["lend"]
+        minutes = float(lend["minutes"])
+        loan = await self.proxy.lend_for(session, req, req.names, values, minutes)
+        until = ledger.clock() + timedelta(minutes=minutes)
+        await ledger.audit(ws, "delivered", req, names=req.names, window_end=until, detail={"to": "proxy exports"})
+        exports = {var: loan.placeholders[name] for var, name in lend["env"]}
+        return Outcome("lent", req, exports={**exports, **loan.env}, window_end=until)
 
     async def _lend(self, session: Session, req: AccessRequest, spec: RunSpec, values: dict[str, SecretValue]) -> Loan:
         if self.proxy is None:

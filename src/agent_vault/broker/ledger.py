@@ -50,6 +50,8 @@ class Outcome:
     run: RunResult | None = None
     #: for an `http_request`: the answer, values turned back into references
     http: HttpAnswer | None = None
+    #: for `env --proxy`: the variables to export, placeholders in place of values (until `window_end`)
+    exports: dict[str, str] | None = None
 
 
 class Outreach(Protocol):

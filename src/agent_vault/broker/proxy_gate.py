@@ -53,6 +53,9 @@ from agent_vault.proxy.placeholders import Placeholders
 
 log = logging.getLogger("agent_vault.proxy")
 
+#: how long `env --proxy` placeholders work when the request names no time, and at the most (minutes)
+DEFAULT_LEND_MINUTES = 60
+MAX_LEND_MINUTES = 8 * 60
 #: why a held request's approval was withdrawn (audited with the `cancelled` row)
 HELD_TOO_LONG = "no decision while the proxy held the request"
 #: asks the approver about one proxied request of a command (`Access.ask_call`)
@@ -98,7 +101,8 @@ class ProxyGate:
         texts: dict[str, str] = {}
         # the hosts the approval page showed (the vault's definition digest keeps the config from having
         # changed since; a request recorded without them is refused)
-        approved = (req.extra.get("run") or req.extra.get("http") or {}).get("proxy") or {}
+        what: dict[str, Any] = next((req.extra[k] for k in ("run", "http", "lend") if k in req.extra), {})
+        approved = what.get("proxy") or {}
         hosts = {str(n): [str(h) for h in hs] for n, hs in dict(approved).items()}
         if set(hosts) != set(names):
             raise InvalidRequest(f"request {req.id} was not approved for the proxy; ask again")
@@ -143,6 +147,15 @@ class ProxyGate:
         finally:
             self.give_back(loan)
 
+    async def lend_for(
+        self, session: Session, req: AccessRequest, names: Sequence[str], values: Mapping[str, SecretValue],
+        minutes: float,
+    ) -> Loan:  # fmt: skip
+        """Lend placeholders for `minutes` (`env --proxy`); they stop working then, or when the broker stops."""
+        loan = await self.lend(session, req, names, values)
+        asyncio.get_running_loop().call_later(minutes * 60, self.give_back, loan)
+        return loan
+
     def give_back(self, loan: Loan) -> None:
         """The command ended: its placeholders are worth nothing from now on."""
         for text in loan.placeholders.values():
@@ -150,6 +163,8 @@ class ProxyGate:
         self._loans.pop(loan.id, None)
 
     async def stop(self) -> None:
+        for loan in list(self._loans.values()):
+            self.give_back(loan)
         if self._server is not None:
             await self._server.stop()
             self._server = None

@@ -89,16 +89,7 @@ def what_runs(spec: RunSpec, base_env: Mapping[str, str]) -> dict[str, Any]:
 def parse_run(data: Mapping[str, Any], project_dir: str | None) -> RunSpec:
     """Validate a run request from a front door; the directory must be inside the project."""
     check_command(data.get("argv") or [], bool(data.get("shell")))
-    env = data.get("env")
-    if not isinstance(env, list) or not env:
-        raise InvalidRequest("env must map at least one environment variable to a secret")
-    pairs = []
-    for pair in env:
-        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-            raise InvalidRequest("env entries must be [VARIABLE, secret name] pairs")
-        if not _ENV_VAR.fullmatch(pair[0]):
-            raise InvalidRequest(f"{pair[0]!r} is not a valid environment variable name")
-        pairs.append((pair[0], pair[1]))
+    pairs = env_pairs(data.get("env"))
     cwd = _inside_project(str(data.get("cwd") or project_dir or ""), project_dir)
     timeout = data.get("timeout") or DEFAULT_TIMEOUT
     if not isinstance(timeout, int | float) or not 1 <= timeout <= MAX_TIMEOUT:
@@ -108,6 +99,20 @@ def parse_run(data: Mapping[str, Any], project_dir: str | None) -> RunSpec:
         raise InvalidRequest(f'via must be "env" or "proxy", not {str(via)[:20]!r}')
     shown = tuple(data.get("argv") or ())
     return RunSpec(shown, cwd, tuple(pairs), bool(data.get("shell")), float(timeout), str(via))
+
+
+def env_pairs(env: object) -> list[tuple[str, str]]:
+    """[VARIABLE, secret name] pairs from a front door, checked."""
+    if not isinstance(env, list) or not env:
+        raise InvalidRequest("env must map at least one environment variable to a secret")
+    pairs = []
+    for pair in env:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise InvalidRequest("env entries must be [VARIABLE, secret name] pairs")
+        if not _ENV_VAR.fullmatch(pair[0]):
+            raise InvalidRequest(f"{pair[0]!r} is not a valid environment variable name")
+        pairs.append((pair[0], pair[1]))
+    return pairs
 
 
 def _inside_project(cwd: str, project_dir: str | None) -> str:

@@ -181,6 +181,14 @@ def what_approval_allows(request: AccessRequest) -> str:
     action = request.action
     if action == "write":
         return "Writes these values once. Writes never open an approval window."
+    if action == "lend":
+        lend = request.extra["lend"]
+        hosts = "; ".join(f"{name} to {', '.join(h)}" for name, h in lend.get("proxy", {}).items())
+        return (
+            f"Placeholders for these secrets in a shell of yours for {lend['minutes']:g} minutes, and the proxy "
+            f"puts each value on the wire only to its hosts ({hosts}) for anything run there. The values never "
+            "leave agent-vault. Requests matching an approveEach rule still ask you."
+        )
     if action == "call" and "http" in request.extra:
         return (
             "This one request, sent now by agent-vault through its proxy with the values in it; the agent gets "

@@ -147,6 +147,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="command", help="the command and its arguments, after --"
     )
+    exports = command(
+        sub,
+        "env",
+        "print export lines with placeholders and the proxy's settings, after approval, for a shell to eval",
+        usage='eval "$(agent-vault env --proxy --env VAR=vault/secret [--env ...] [--minutes N])"',
+    )
+    exports.add_argument(
+        "--proxy", action="store_true", required=True, help="placeholders for the proxy (the only kind for now)"
+    )
+    exports.add_argument(
+        "--env", action="append", required=True, metavar="VAR=vault/secret", help="export a placeholder as VAR"
+    )
+    exports.add_argument("--minutes", type=float, help="how long the placeholders work (default 60)")
+    exports.add_argument(
+        "--reason", default="a shell of mine, by hand with agent-vault env", help="why, as the approval page shows it"
+    )
     _system_commands(sub, command, actions)
     demo = command(sub, "demo", "try the whole flow in a sandbox with a scripted agent")
     demo.add_argument("--yes", action="store_true", help="approve automatically (no browser needed)")
@@ -261,6 +277,7 @@ def _handlers() -> dict[str, Handler]:
         "settings": _settings,
         "demo": _demo,
         "run": _run,
+        "env": _env,
         "system": _system,
     }
 
@@ -470,14 +487,27 @@ def _run(args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise AgentVaultError("give the command after --, e.g. agent-vault run --env DB=dev/DB -- npm run migrate")
+    refs = _refs(args.env)
+    via = "proxy" if args.proxy else "env"
+    return _arun(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd(), via))
+
+
+def _env(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent_vault.frontdoor.session import exports_for_cli
+
+    return _arun(exports_for_cli(_refs(args.env), args.minutes, args.reason, Path.cwd()))
+
+
+def _refs(items: list[str]) -> dict[str, str]:
     refs = {}
-    for item in args.env:
+    for item in items:
         var, sep, ref = item.partition("=")
         if not sep:
             raise AgentVaultError(f"--env {item!r}: use VAR=vault/secret")
         refs[var] = ref
-    via = "proxy" if args.proxy else "env"
-    return _arun(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd(), via))
+    return refs
 
 
 def _arun(main: Coroutine[Any, Any, T]) -> T:

@@ -104,6 +104,8 @@ class AccessRequest:
             return "write"
         if "proxy_call" in self.extra or "http" in self.extra:
             return "call"
+        if "lend" in self.extra:
+            return "lend"
         return "run" if "run" in self.extra else "read"
 
 

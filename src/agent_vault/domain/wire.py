@@ -78,6 +78,8 @@ class RequestBody(TypedDict):
     #: `http_request`: method, url, headers, body, timeout, with {{vault/NAME}} where secrets go
     #: (broker/http_calls.py); `vault` and `names` come from those references
     http: NotRequired[dict[str, Any]]
+    #: `agent-vault env --proxy`: {"env": [[VARIABLE, secret name], ...], "minutes": N}
+    lend: NotRequired[dict[str, Any]]
 
 
 # -- answers ----------------------------------------------------------------------------------------
@@ -134,6 +136,8 @@ class OutcomeView(TypedDict):
     run: NotRequired[RunView]
     #: the answer to an `http_request` (status, reason, headers kept, body with references for values)
     http: NotRequired[dict[str, Any]]
+    #: `env --proxy`: the variables to export (placeholders and the proxy's settings), until `window_end`
+    exports: NotRequired[dict[str, str]]
 
 
 class WindowView(TypedDict):

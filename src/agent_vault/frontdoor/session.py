@@ -11,6 +11,7 @@ import asyncio
 import configparser
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -139,18 +140,8 @@ def _project_config_or(cwd: Path) -> Path:
         return cwd
 
 
-def run_request(
-    env: Mapping[str, str],
-    command: list[str],
-    cwd: str | None,
-    shell: bool,
-    timeout: float | None,
-    default_cwd: Path,
-    reason: str,
-    via: str = "env",
-) -> RequestBody:
-    """The request to run `command` with `env` (VAR -> "vault/secret") injected (`via` "proxy": placeholders
-    injected, and the broker's proxy puts the values on the wire to their hosts)."""
+def _pairs(env: Mapping[str, str]) -> tuple[list[list[str]], str]:
+    """[VAR, secret name] pairs and their one vault, from VAR -> "vault/secret" references."""
     if not isinstance(env, Mapping) or not env:
         raise InvalidRequest('env must map variable names to "vault/secret" references, e.g. {"DB_URL": "dev/DB_URL"}')
     vaults = set()
@@ -163,6 +154,22 @@ def run_request(
         pairs.append([var, name])
     if len(vaults) != 1:
         raise InvalidRequest("all secrets of one command must come from one vault; run one command per vault")
+    return pairs, vaults.pop()
+
+
+def run_request(
+    env: Mapping[str, str],
+    command: list[str],
+    cwd: str | None,
+    shell: bool,
+    timeout: float | None,
+    default_cwd: Path,
+    reason: str,
+    via: str = "env",
+) -> RequestBody:
+    """The request to run `command` with `env` (VAR -> "vault/secret") injected (`via` "proxy": placeholders
+    injected, and the broker's proxy puts the values on the wire to their hosts)."""
+    pairs, vault = _pairs(env)
     run: RunSpecBody = {
         "argv": command,
         "cwd": str(Path(cwd) if cwd and Path(cwd).is_absolute() else default_cwd / (cwd or "")),
@@ -173,7 +180,7 @@ def run_request(
     if via != "env":
         run["via"] = via
     return {
-        "vault": vaults.pop(),
+        "vault": vault,
         "names": [],
         "reason": reason,
         "operation": "read",
@@ -243,3 +250,30 @@ async def run_for_cli(
     if run["timed_out"]:
         print("agent-vault: the command timed out and was stopped", file=sys.stderr)
     return int(run["exit_code"]) if run["exit_code"] is not None else 124
+
+
+async def exports_for_cli(env_refs: dict[str, str], minutes: float | None, reason: str, cwd: Path) -> int:
+    """`agent-vault env --proxy`: ask, wait for the decision, print `export` lines for a shell to eval."""
+    pairs, vault = _pairs(env_refs)
+    agent = AgentSession(broker_paths(), cwd)
+    try:
+        client = await agent.ensure(ClientInfo("agent-vault env", __version__))
+        body: RequestBody = {"vault": vault, "names": [], "reason": reason, "operation": "read"}
+        body["lend"] = {"env": pairs, "minutes": minutes}
+        answer = await client.request(body)
+        if answer["status"] == "pending":
+            req = answer["request"]
+            print(f"agent-vault: approve at {answer['url']} (code {req['match_code']})", file=sys.stderr, flush=True)
+            agent.wait_timeout = float("inf")
+
+            async def quiet(elapsed: float, total: float, message: str) -> None:
+                pass
+
+            answer = await agent.wait(client, req["id"], quiet)
+    finally:
+        await agent.close()
+    for var, value in answer.get("exports", {}).items():
+        print(f"export {var}={shlex.quote(value)}")
+    until = answer.get("window_end") or ""
+    print(f"agent-vault: placeholders until {until[:19]} UTC; the values go only to their hosts", file=sys.stderr)
+    return 0

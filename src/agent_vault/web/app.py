@@ -186,6 +186,7 @@ class WebApp:
             "run": command_view(req.extra.get("run")),
             "call": call_view(req.extra.get("proxy_call")),
             "http": http_view(req.extra.get("http")),
+            "lend": req.extra.get("lend"),
             # agent- and client-written text, shown as labelled claims (web.claims)
             "reason": claim(req.reason),
             "client": claim(req.requester.client),
