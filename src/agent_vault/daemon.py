@@ -216,6 +216,8 @@ def assemble(
         # the proxy's CA key lives with the broker's state, out of the agent's reach in system mode
         proxy_dir=paths.root / "proxy-ca" if paths is not None else None,
         proxy_settings=settings.proxy if settings is not None else None,
+        # a system broker's allowed users enter its socket dir, never its state dir
+        proxy_public_dir=paths.socket.parent / "proxy-ca" if system is not None and paths is not None else None,
     )
     return Core(broker, passkeys)
 

@@ -78,3 +78,13 @@ def test_leaves_are_cached_then_renewed_before_they_expire(tmp_path: Path) -> No
     now[0] += dt.timedelta(hours=1, minutes=30)  # within the last hour of its day
     assert cache.context_for("a.test") is not first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".leaf-")]  # no leaf key left on disk
+
+
+def test_published_certificates_are_readable_and_the_key_stays_private(tmp_path: Path) -> None:
+    ca = LocalCA.load_or_create(tmp_path / "private")
+    cert, bundle = ca.publish(tmp_path / "public" / "proxy-ca")
+    assert cert.read_bytes() == ca.cert_path.read_bytes() and bundle.read_bytes() == ca.bundle_path.read_bytes()
+    assert stat.S_IMODE(os.stat(cert).st_mode) == 0o644 and stat.S_IMODE(os.stat(bundle).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(cert.parent).st_mode) == 0o755
+    assert sorted(p.name for p in cert.parent.iterdir()) == ["bundle.pem", "ca.pem"]  # no key
+    assert stat.S_IMODE(os.stat(tmp_path / "private").st_mode) == 0o700

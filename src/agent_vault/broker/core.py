@@ -65,8 +65,10 @@ class Broker:
         system_vaults: SystemVaults | None = None,
         proxy_dir: Path | None = None,
         proxy_settings: ProxySettings | None = None,
+        proxy_public_dir: Path | None = None,
     ) -> None:
-        """`proxy_dir`: where the credential-injecting proxy keeps its CA (no proxy without it)."""
+        """`proxy_dir`: where the credential-injecting proxy keeps its CA (no proxy without it);
+        `proxy_public_dir`: where other users' children find its certificate (a system broker's)."""
         self.store = store
         self.audit = audit
         #: the one audit writer of the broker process (recorder.py); webhook forwarding is its concern
@@ -103,7 +105,7 @@ class Broker:
         # the use cases, and what front doors call of them
         #: the credential-injecting proxy for commands run via the proxy (started on first use)
         self.proxy = (
-            ProxyGate(proxy_dir, proxy_settings or ProxySettings(), self.ledger, self._ask_call)
+            ProxyGate(proxy_dir, proxy_settings or ProxySettings(), self.ledger, self._ask_call, proxy_public_dir)
             if proxy_dir is not None
             else None
         )

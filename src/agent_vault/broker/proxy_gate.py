@@ -49,6 +49,7 @@ from agent_vault.proxy import (
     Violation,
     shaped_placeholder,
 )
+from agent_vault.proxy.environment import child_env
 from agent_vault.proxy.placeholders import Placeholders
 
 log = logging.getLogger("agent_vault.proxy")
@@ -78,8 +79,14 @@ class Loan:
 
 
 class ProxyGate:
-    def __init__(self, ca_dir: Path, settings: ProxySettings, ledger: Ledger, ask_call: AskCall) -> None:
+    def __init__(
+        self, ca_dir: Path, settings: ProxySettings, ledger: Ledger, ask_call: AskCall, public_dir: Path | None = None
+    ) -> None:
+        """`public_dir`: where children of other users find the CA's certificate (a system broker's socket
+        dir, which only the allowed users can enter); None: children read it in `ca_dir` (same user)."""
         self.ca_dir = ca_dir
+        self.public_dir = public_dir
+        self._ca_files: tuple[Path, Path] | None = None
         self.settings = settings
         self.ledger = ledger
         self.ask_call = ask_call
@@ -125,9 +132,9 @@ class ProxyGate:
             raise
         bound = {host for names in hosts.values() for host in names}
         # a local host bound to a secret goes through the proxy too (NO_PROXY lists loopback otherwise)
-        loan = Loan(
-            loan_id, session, req, texts, server.child_env(no_proxy=[h for h in DEFAULT_NO_PROXY if h not in bound])
-        )
+        assert self._ca_files is not None
+        bypass = [h for h in DEFAULT_NO_PROXY if h not in bound]
+        loan = Loan(loan_id, session, req, texts, child_env(server.url, *self._ca_files, no_proxy=bypass))
         loan.child_values = {name: SecretValue(text) for name, text in texts.items()}
         self._loans[loan_id] = loan
         return loan
@@ -178,6 +185,10 @@ class ProxyGate:
         async with self._starting:
             if self._server is None:
                 ca = await asyncio.to_thread(LocalCA.load_or_create, self.ca_dir)
+                public = self.public_dir
+                self._ca_files = (
+                    await asyncio.to_thread(ca.publish, public) if public else (ca.cert_path, ca.bundle_path)
+                )
                 server = ProxyServer(ca=ca, placeholders=self.registry, hooks=self._hooks(), config=self._config())
                 await server.start()
                 self._server = server

@@ -67,6 +67,16 @@ class LocalCA:
         _write_public(ca.bundle_path, ca.certificate.public_bytes(serialization.Encoding.PEM) + _system_roots())
         return ca
 
+    def publish(self, directory: Path) -> tuple[Path, Path]:
+        """Copies of `ca.pem` and `bundle.pem` in `directory` (made 0755, files 0644) for children of
+        other users, who cannot enter the CA's own private directory; returns (cert, bundle)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o755)  # noqa: S103 (certificates only: the key never leaves the private dir)
+        cert, bundle = directory / CERT_FILE, directory / BUNDLE_FILE
+        _write_public(cert, self.cert_path.read_bytes())
+        _write_public(bundle, self.bundle_path.read_bytes())
+        return cert, bundle
+
     def issue(self, host: str, *, now: dt.datetime, lifetime: dt.timedelta) -> Leaf:
         """A leaf certificate for `host` (a DNS name or an IP address), signed by this CA."""
         not_after = min(now + lifetime, self.certificate.not_valid_after_utc)
