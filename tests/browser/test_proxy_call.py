@@ -56,3 +56,12 @@ def test_a_call_is_shown_whole_and_approved_with_a_code_on_a_phone(
     phone.wait_for_url(f"**/approve/{rid}")
     assert totp_broker.status(rid) is Status.APPROVED
     assert not [w for w in totp_broker.server.broker.windows() if w.request_id == rid]  # a call opens no window
+
+
+def test_a_call_denied_on_a_phone_is_denied(phone: Any, totp_broker: BackgroundBroker, tmp_path: Path) -> None:
+    rid = ask_for_a_call(totp_broker, tmp_path)
+    phone.goto(f"{totp_broker.url}/approve/{rid}")
+    phone.click("#deny")
+    phone.wait_for_url(f"**/approve/{rid}")
+    assert totp_broker.status(rid) is Status.DENIED
+    assert "denied" in phone.locator(".status").inner_text().lower()

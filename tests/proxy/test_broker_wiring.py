@@ -19,7 +19,15 @@ from agent_vault.frontdoor.session import AgentSession
 from agent_vault.home import StatePaths
 from agent_vault.store.audit import RowFilter
 from tests.broker.test_inject import call, text
-from tests.conftest import FAKE_KEY, StepClock, decide_when_asked, enrol_totp, totp_approvers, write_project
+from tests.conftest import (
+    FAKE_KEY,
+    StepClock,
+    decide_when_asked,
+    enrol_totp,
+    free_port,
+    totp_approvers,
+    write_project,
+)
 from tests.proxy.fake_upstream import FakeServer, start_fake
 from tests.proxy.upstream_certs import make_upstream_certs
 
@@ -263,5 +271,45 @@ async def test_a_held_request_no_one_decides_is_refused_when_its_time_is_up(
         assert len(cancelled) == 1 and cancelled[0].detail["why"] == HELD_TOO_LONG
         call = server.broker.get_request(str(cancelled[0].request_id))
         assert call is not None and call.status.value == "cancelled" and "proxy_call" in call.extra
+    finally:
+        await server.stop()
+
+
+NO_TOKEN = (
+    'P=$(echo "$HTTPS_PROXY" | sed -E "s#//[^@]*@#//#"); echo "proxy=$P"; '
+    'curl -sS --max-time 20 --proxy "$P" --cacert "$SSL_CERT_FILE" -H "Authorization: Bearer $API" '
+    "https://{host}:{port}/echo; echo"
+)
+
+
+async def test_a_client_without_the_proxys_token_is_refused(
+    home: StatePaths, project: Path, broker: BrokerServer, step_clock: StepClock, upstream: FakeServer
+) -> None:
+    result = await run(home, project, broker, step_clock, [NO_TOKEN.format(host=BOUND, port=upstream.port)])
+    out = result.structured_content["stdout"] + result.structured_content["stderr"]
+    assert "407" in out, out
+    assert upstream.take() == []
+
+
+async def test_a_fixed_port_without_a_token_serves_a_sandbox_that_cannot_send_one(
+    home: StatePaths,
+    project: Path,
+    step_clock: StepClock,
+    upstream_ca: tuple[Path, Path, Path],
+    upstream: FakeServer,
+) -> None:
+    port = free_port()
+    enrol_totp(home)
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "settings.toml").write_text(
+        f'[proxy]\nallowPrivate = ["{BOUND}"]\ntrust = ["{upstream_ca[0]}"]\nport = {port}\nrequireToken = false\n'
+    )
+    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
+    await server.start()
+    try:
+        result = await run(home, project, server, step_clock, [NO_TOKEN.format(host=BOUND, port=upstream.port)])
+        out = result.structured_content["stdout"]
+        assert f"proxy=http://127.0.0.1:{port}" in out, out
+        assert [s.headers.get("authorization") for s in upstream.take()] == [f"Bearer {FAKE_KEY}"]
     finally:
         await server.stop()

@@ -189,7 +189,13 @@ class ProxyGate:
                 self._ca_files = (
                     await asyncio.to_thread(ca.publish, public) if public else (ca.cert_path, ca.bundle_path)
                 )
-                server = ProxyServer(ca=ca, placeholders=self.registry, hooks=self._hooks(), config=self._config())
+                server = ProxyServer(
+                    ca=ca,
+                    placeholders=self.registry,
+                    hooks=self._hooks(),
+                    config=self._config(),
+                    port=self.settings.port,
+                )
                 await server.start()
                 self._server = server
             return self._server
@@ -204,6 +210,7 @@ class ProxyGate:
             allow_only=frozenset(s.allow_only) if s.allow_only is not None else None,
             allow_private=frozenset(s.allow_private),
             approval_timeout=float(s.approval_timeout_seconds),
+            require_token=s.require_token,
             upstream_ssl=context,
         )
 

@@ -235,6 +235,10 @@ class ProxySettings(_Model):
     trust: tuple[str, ...] = ()
     #: how long a request that needs its own approval (`approveEach`) is held before it is refused
     approval_timeout_seconds: Number = Field(default=120, alias="approvalTimeoutSeconds", gt=0, le=900)
+    #: the loopback port it listens on (0: any free port), fixed for a client's sandbox to point at
+    port: WholeNumber = Field(default=0, ge=0, le=65535)
+    #: whether clients must present the proxy's token (off only for a sandbox that cannot send it)
+    require_token: bool = Field(default=True, alias="requireToken")
 
 
 class _CheckpointSink(_Model):
