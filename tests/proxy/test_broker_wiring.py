@@ -156,6 +156,7 @@ async def test_the_command_holds_a_placeholder_and_the_bound_host_gets_the_value
         (("API_KEY",), BOUND, ["API_KEY"], ["API_KEY"])  # injected into the request, scrubbed from the echo
     ]
     assert proxied[0].detail["status"] == 200 and proxied[0].request_id == run_request.request_id
+    assert proxied[0].detail["bytes_received"] > 0 and proxied[0].detail["method"] == "GET"
     assert FAKE_KEY not in json.dumps([r.to_json() for r in broker.broker.audit.list(limit=None)])
 
 

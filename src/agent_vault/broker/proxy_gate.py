@@ -293,6 +293,8 @@ class ProxyGate:
             "method": record.method,
             "path": record.path,
             "status": record.status,
+            "bytes_sent": record.bytes_sent,
+            "bytes_received": record.bytes_received,
             "outcome": record.outcome.value,
             "injected": [_name_of(s) for s in record.injected],
             "scrubbed": [_name_of(s) for s in record.scrubbed],
