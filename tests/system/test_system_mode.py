@@ -7,6 +7,7 @@ import grp
 import json
 import os
 import pwd
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -365,3 +366,27 @@ def test_an_allowed_user_sees_the_system_brokers_status_and_grants_as_their_own(
     audit = _cli_as(system, system.allowed, "audit", "list")
     said = audit.stdout + audit.stderr
     assert audit.returncode != 0 and "whose files are its user's alone" in said and "Traceback" not in said
+
+
+async def test_a_project_config_can_narrow_the_system_vaults_but_not_repoint_them(system: Installed) -> None:
+    """The agent's project config names the system vault, points it at a file of its own and keeps one
+    secret: the file is ignored (said on stderr), the narrowing applies, the values stay the system's."""
+    account = pwd.getpwnam(system.allowed)
+    project = home_of(system.allowed) / "narrowed-project"
+    project.mkdir(exist_ok=True)
+    (project / ".env.agent").write_text("API_KEY=agent-own-fake-value\n")
+    config = {"vaults": {"shared": {"type": "env", "file": ".env.agent", "only": ["API_KEY"], "ttl": 1}}}
+    (project / "agent-vault.config.json").write_text(json.dumps(config))
+    for path in (project, project / ".env.agent", project / "agent-vault.config.json"):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    argv = host.as_user(system.allowed, [str(system.python), "-m", "agent_vault"])
+    errlog = project / "stderr.log"
+    shell = f"exec {shlex.join(argv)} 2>>{shlex.quote(str(errlog))}"  # the front door's notices, kept
+    params = StdioServerParameters(
+        command="bash", args=["-c", shell], env=host.user_env(system.allowed), cwd=str(project)
+    )
+    async with Client(params) as agent:
+        listing = text(await agent.call_tool("list_secrets", {}))
+    assert "API_KEY" in listing and "DATABASE_URL" not in listing
+    said = errlog.read_text()
+    assert "vaults.shared.type, vaults.shared.file" in said and "ignored" in said

@@ -161,7 +161,8 @@ class BrokerApi:
             "git_remote": _opt_str(project.get("git_remote")),
         }
         env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
-        session = self.broker.open_session(Path(str(data.get("config_path", ""))), env, requester)
+        tighten = data.get("tighten") if isinstance(data.get("tighten"), dict) else None
+        session = self.broker.open_session(Path(str(data.get("config_path", ""))), env, requester, tighten)
         config = session.workspace.config
         opened: SessionOpened = {
             "session": session.id,

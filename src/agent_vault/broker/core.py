@@ -38,6 +38,7 @@ from agent_vault.broker.windows import Clock, WindowPolicy, utc_now
 from agent_vault.broker.workspace import Workspace, env_fingerprint
 from agent_vault.broker.writes import Writes
 from agent_vault.configuration.settings import ProxySettings
+from agent_vault.configuration.tightening import parse as tightening_of
 from agent_vault.domain.errors import InvalidRequest
 from agent_vault.domain.request import AccessRequest, Requester, Status
 from agent_vault.store.audit import AuditLog
@@ -171,15 +172,26 @@ class Broker:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def open_session(self, config_path: Path, env: Mapping[str, str], requester: dict[str, Any]) -> Session:
+    def open_session(
+        self,
+        config_path: Path,
+        env: Mapping[str, str],
+        requester: dict[str, Any],
+        tighten: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """A session of a front door; `tighten` (a system broker's only) is the project's narrowing of its vaults."""
         user = self.peers.caller(requester.get("uid"))
         path, name = Path(config_path).resolve(), None
+        tightening = None
         if self.system_vaults is not None:  # the system config, whatever the front door named
             path, env, name = self.system_vaults.place(user)
+            if tighten is not None:  # a workspace (and windows) per project tightening
+                tightening = tightening_of(tighten)
+                name = f"{name} narrowed {tightening.digest}"
         key = (name or str(path), env_fingerprint(env))
         workspace = self._workspaces.get(key)
         if workspace is None:
-            workspace = Workspace(path, env, self.ceilings.project, key=name)
+            workspace = Workspace(path, env, self.ceilings.project, key=name, tightening=tightening)
             self._workspaces[key] = workspace
         else:
             workspace.refresh()
@@ -207,7 +219,7 @@ class Broker:
         if user is None:
             return every
         own = None if self.system_vaults is None else self.system_vaults.place(user)[2]
-        return [w for w in every if w.workspace == own]
+        return [w for w in every if w.workspace == own or w.workspace.startswith(f"{own} narrowed ")]
 
     async def revoke_window(self, window_id: str, user: str | None = None) -> Window:
         """End a window now; with `user`, only one of that user's (another's is "no active window")."""

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from agent_vault.configuration.boundaries import (
     ProjectLimits,
@@ -28,16 +28,26 @@ from agent_vault.configuration.boundaries import (
     resolved_paths,
 )
 from agent_vault.configuration.project import Config, VaultConfig, load_config, redacted_view
-from agent_vault.domain.errors import ConfigError, InvalidRequest
-from agent_vault.providers.base import ProviderContext, SecretProvider
+from agent_vault.configuration.tightening import Tightening
+from agent_vault.domain.errors import ConfigError, InvalidRequest, SecretNotFound
+from agent_vault.domain.secret import SecretValue
+from agent_vault.providers.base import ProviderContext, ProviderOptions, SecretProvider
 from agent_vault.providers.registry import provider_class
 
 
 class Workspace:
     def __init__(
-        self, path: Path, env: Mapping[str, str], limits: ProjectLimits | None = None, *, key: str | None = None
+        self,
+        path: Path,
+        env: Mapping[str, str],
+        limits: ProjectLimits | None = None,
+        *,
+        key: str | None = None,
+        tightening: Tightening | None = None,
     ) -> None:
+        """`tightening`: a project's narrowing of a system broker's vaults (configuration/tightening.py)."""
         self.path = path
+        self.tightening = tightening
         #: what windows and requests belong to: the config's path, or a name given for it (a system
         #: broker's one config is a workspace per calling user, see system_vaults.py)
         self.key = key or str(path)
@@ -59,6 +69,8 @@ class Workspace:
     def _load(self) -> Config:
         st = os.stat(self.path)
         config = load_config(self.path, self._env)
+        if self.tightening is not None:
+            config = self.tightening.apply(config)
         pins = {name: locate_stores(name, vault, self.limits) for name, vault in config.vaults.items()}
         problems = project_problems(config, self.limits, pins)
         if problems:
@@ -94,6 +106,9 @@ class Workspace:
         provider = self._providers.get(name)
         if provider is None:
             provider = build_provider(name, pinned(vault, locations))
+            only = self.tightening.only(name) if self.tightening is not None else None
+            if only is not None:
+                provider = Narrowed(provider, only)
             self._providers[name] = provider
         return provider
 
@@ -212,3 +227,35 @@ def _store_line(type_name: str, view: Mapping[str, object], resolved: Mapping[st
 def env_fingerprint(env: Mapping[str, str]) -> str:
     blob = json.dumps(sorted(env.items())).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Narrowed:
+    """A store seen through a project's `only` list: other names do not exist for its agents."""
+
+    type_name: ClassVar[str] = "narrowed"
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+
+    def __init__(self, inner: SecretProvider, only: frozenset[str]) -> None:
+        self._inner = inner
+        self._only = only
+
+    def list_names(self) -> list[str]:
+        return [n for n in self._inner.list_names() if n in self._only]
+
+    def has(self, name: str) -> bool:
+        has = getattr(self._inner, "has", None)
+        return name in self._only and (has(name) if has is not None else name in self._inner.list_names())
+
+    def get(self, name: str) -> SecretValue:
+        if name not in self._only:
+            raise SecretNotFound(f"{name} is not among this project's secrets (its config's `only` list)")
+        return self._inner.get(name)
+
+    def supports_write(self) -> bool:
+        return self._inner.supports_write()
+
+    def set_many(self, values: dict[str, SecretValue]) -> None:
+        outside = sorted(set(values) - self._only)
+        if outside:
+            raise InvalidRequest(f"{', '.join(outside)} are not among this project's secrets (its `only` list)")
+        self._inner.set_many(values)

@@ -284,6 +284,11 @@ def _not_found_message(paths: list[Path]) -> str:
 # --- reading and parsing ----------------------------------------------------------------------
 
 
+def read_raw(path: Path) -> dict[str, Any]:
+    """A config file as written (JSON or TOML), before any validation; a file it cannot read is a ConfigError."""
+    return _read_raw(path)
+
+
 def _read_raw(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".toml"):

@@ -36,6 +36,9 @@ class SessionOpen(TypedDict):
     env: dict[str, str]
     client: McpClient
     project: ProjectInfo
+    #: to a system broker: the project config's `vaults` section as written, which may only name the
+    #: system's vaults and tighten them (configuration/tightening.py)
+    tighten: NotRequired[dict[str, Any]]
 
 
 class SessionOpened(TypedDict):

@@ -153,9 +153,16 @@ class BrokerClient:
                 writer.close()  # failed, cancelled or not reusable: never reuse a half-read connection
 
     async def open_session(
-        self, config_path: Path, env: dict[str, str], client: McpClient, project: ProjectInfo
+        self,
+        config_path: Path,
+        env: dict[str, str],
+        client: McpClient,
+        project: ProjectInfo,
+        tighten: dict[str, Any] | None = None,
     ) -> SessionOpened:
         body: SessionOpen = {"config_path": str(config_path), "env": env, "client": client, "project": project}
+        if tighten is not None:
+            body["tighten"] = tighten
         data = cast(SessionOpened, await self._call("POST", "/v1/sessions", body=body))
         self.session = str(data["session"])
         return data

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_vault import __version__
+from agent_vault.configuration import tightening
 from agent_vault.configuration.legacy_env import locate_config
-from agent_vault.configuration.project import load_config, referenced_env_vars
+from agent_vault.configuration.project import load_config, read_raw, referenced_env_vars
 from agent_vault.domain.errors import AgentVaultError, InvalidRequest, RequestExpired
 from agent_vault.domain.untrusted import visible
-from agent_vault.domain.wire import OutcomeView, ProjectInfo, RequestBody, RunSpecBody
+from agent_vault.domain.wire import McpClient, OutcomeView, ProjectInfo, RequestBody, RunSpecBody
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.frontdoor.home_use import HomeNotice
 from agent_vault.frontdoor.launcher import connect
@@ -62,10 +63,14 @@ class AgentSession:
         async with self._lock:
             if self.client is not None and self.client.session:
                 return self.client
+            tighten = None
             if self.paths.system:
-                # The system broker's vaults are root's (broker.system_vaults): no project config is loaded and
-                # no `env:` value leaves the agent's environment; the project's config path is only recorded.
+                # The system broker's vaults are root's (broker.system_vaults): no `env:` value leaves the agent's
+                # environment, and the project's config may only name and tighten them (its `vaults`, as written).
                 config_path, env, port = _project_config_or(self.cwd), {}, None
+                tighten = read_raw(config_path).get("vaults") if config_path.is_file() else None
+                if tighten is not None:
+                    _say_ignored(config_path, tighten)
             else:
                 config_path = locate_config(self.cwd)
                 config = load_config(config_path)  # fail here, with the file and key, before the broker
@@ -73,7 +78,8 @@ class AgentSession:
                 port = config.port
             client = await connect(self.paths, port)
             project: ProjectInfo = {"dir": str(self.cwd), "git_remote": git_remote(self.cwd)}
-            opened = await client.open_session(config_path, env, {"name": info.name, "version": info.version}, project)
+            me: McpClient = {"name": info.name, "version": info.version}
+            opened = await client.open_session(config_path, env, me, project, tighten)
             self.wait_timeout = float(opened.get("wait_timeout", self.wait_timeout))
             self.client = client
             return client
@@ -131,6 +137,15 @@ def broker_paths() -> StatePaths:
     fixed root-owned path, agent_vault.system.record), whatever AGENT_VAULT_HOME says; otherwise the per-user
     broker of the state home."""
     return my_broker() or state_paths()
+
+
+def _say_ignored(path: Path, vaults: object) -> None:
+    """Tell once what of a project's config a system broker does not use (its stores are the system's)."""
+    ignored = tightening.parse(vaults).ignored  # a malformed narrowing fails here, naming the key
+    if ignored:
+        keys = visible(", ".join(ignored[:8]) + (" ..." if len(ignored) > 8 else ""))
+        print(f"agent-vault: the system broker's vaults are its own; {path} may only name them and tighten them "
+              f"(ttl, only, writable, delivery), so these keys are ignored: {keys}", file=sys.stderr)  # fmt: skip
 
 
 def _project_config_or(cwd: Path) -> Path:
