@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pyotp
+import pytest
 
 from agent_vault.system import accounts
 from agent_vault.system.units import HARDENING
-from tests.cli.test_enrol import Terminal
+from tests.cli.test_enrol import LINK, Terminal
+from tests.softauthn import SoftAuthenticator
 from tests.system import host
 from tests.system.conftest import Installed, mode
+from tests.web.helpers import enrol_passkey
 
 
 def test_install_needs_root(fresh: Installed) -> None:
@@ -100,4 +104,24 @@ def test_system_init_enrols_the_first_factor_as_the_brokers_user(fresh: Installe
     assert term.wait() == 0, term.seen
     assert fresh.state()["factors"] == 1
     for name in ("state.db", "audit.db"):  # written as the broker's user: still its own, 0600
+        assert mode(fresh.layout.state_dir / name) == (fresh.broker, fresh.broker, 0o600)
+
+
+@pytest.mark.anyio
+async def test_system_init_enrols_a_passkey_through_the_running_system_brokers_link(fresh: Installed) -> None:
+    """The first factor a passkey: root runs `system init --passkey`; the link is the system broker's own
+    (the enrolment page it serves from the broker user's state), and the passkey lands there."""
+    done = fresh.install("--allow-user", fresh.allowed, "--no-service")
+    assert done.returncode == 0, done.stdout + done.stderr
+    fresh.start_broker()
+    term = Terminal(None, argv=[*fresh.agent_vault, "system", "init", "--passkey", "--user", fresh.broker,
+                                "--prefix", str(fresh.prefix)])  # fmt: skip
+    base, token = (await anyio.to_thread.run_sync(term.expect, LINK)).groups()
+    assert base.endswith(f":{fresh.port}")
+    enrolled = await enrol_passkey(base, token, SoftAuthenticator())
+    assert "Passkey enrolled" in enrolled.text
+    await anyio.to_thread.run_sync(term.expect, "Recovery codes")
+    assert await anyio.to_thread.run_sync(term.wait) == 0, term.seen
+    assert fresh.state()["factors"] == 1
+    for name in ("state.db", "audit.db"):
         assert mode(fresh.layout.state_dir / name) == (fresh.broker, fresh.broker, 0o600)

@@ -99,9 +99,13 @@ def record_factor_change(paths: StatePaths, event: str, factors: FactorStore, fa
 # -- init -------------------------------------------------------------------------------------
 
 
+#: set by `sudo agent-vault system init` for the `init` it runs as the broker's user: ["PREFIX", "USER"]
+SYSTEM_INIT = "AGENT_VAULT_SYSTEM_INIT"
+
+
 def run_init(passkey: bool = False, totp: bool = False, port: int | None = None) -> int:
     require_terminal()
-    paths = state_paths()
+    paths = _system_init_paths() or state_paths()
     with _factors(paths) as factors:
         if factors.all():
             raise AgentVaultError(
@@ -271,3 +275,15 @@ def factors_list() -> str:
         return "no factor enrolled: nothing can be approved. Run `agent-vault init` in a terminal."
     lines = [f"{f.id:<14} {f.kind:<8} {f.label}{'  (disabled today)' if f.disabled else ''}" for f in rows]
     return "\n".join([*lines, f"recovery codes left: {left}"])
+
+
+def _system_init_paths() -> StatePaths | None:
+    """The system broker's paths when `system init` runs this (its passkey link is the running system
+    broker's); None for a user's own `init`."""
+    given = os.environ.get(SYSTEM_INIT)
+    if not given:
+        return None
+    from agent_vault.system.layout import Layout
+
+    prefix, user = json.loads(given)
+    return Layout(Path(prefix), user).state_paths()

@@ -192,7 +192,12 @@ def _system_commands(sub: Any, command: Any, actions: Any) -> None:
     imports.add_argument("--replace", action="store_true", help="overwrite names the vault already holds")
     imports.add_argument("--keep", action="store_true", help="leave the file in place (default: overwrite, remove)")
     init = command(
-        system, "init", "enrol the system broker's first factor, an authenticator app, on this terminal (as root)"
+        system, "init", "enrol the system broker's first factor on this terminal (as root): an authenticator app"
+    )
+    init.add_argument(
+        "--passkey",
+        action="store_true",
+        help="a passkey instead, through the running system broker's one-time enrolment link",
     )
     for parser in (install, uninstall, serve, imports, init):
         parser.add_argument("--user", default="agent-vault", help="the broker's system user (default agent-vault)")

@@ -35,7 +35,7 @@ def run_system(args: argparse.Namespace) -> int:
     if args.action == "import":
         return _import(layout, args)
     if args.action == "init":
-        return _init(layout)
+        return _init(layout, passkey=args.passkey)
     raise AgentVaultError("usage: agent-vault system install|uninstall|serve|import|init")
 
 
@@ -49,21 +49,26 @@ def _broker_account(layout: Layout) -> pwd.struct_passwd:
         ) from None
 
 
-def _init(layout: Layout) -> int:
-    """`agent-vault init --totp` run as the broker's user on its state dir, on this terminal: only root
-    (or the broker's user itself) can enrol the system broker's first factor."""
+def _init(layout: Layout, passkey: bool = False) -> int:
+    """`agent-vault init --totp` (or `--passkey`, through the running system broker's enrolment link) run
+    as the broker's user on its state dir, on this terminal: only root (or the broker's user itself) can
+    enrol the system broker's first factor."""
+    import json
     import os
     import subprocess
     import sys
 
+    from agent_vault.cli.enrol import SYSTEM_INIT
     from agent_vault.system.install import require_root
 
     require_root("init")
     account = _broker_account(layout)
     env = {"AGENT_VAULT_HOME": str(layout.state_dir), "HOME": str(layout.state_dir), "PATH": os.defpath}
+    env[SYSTEM_INIT] = json.dumps([str(layout.prefix), layout.user])
     env.update({k: os.environ[k] for k in ("LANG", "LC_ALL", "TERM") if k in os.environ})
-    done = subprocess.run(
-        [sys.executable, "-I", "-m", "agent_vault", "init", "--totp"],
+    kind = "--passkey" if passkey else "--totp"
+    done = subprocess.run(  # noqa: S603 (our own interpreter and module, as the broker's user)
+        [sys.executable, "-I", "-m", "agent_vault", "init", kind],
         env=env,
         cwd=layout.state_dir,
         user=account.pw_uid,
