@@ -429,8 +429,22 @@ def system_server(layout: Layout) -> BrokerServer:
         raise SystemModeError(f"the group {record.group} is missing. Fix: run `sudo agent-vault system install`.")
     require_trusted(layout.vaults, "the system vault config")
     require_trusted(layout.settings, "the system settings")
-    system = SystemMode(PeerPolicy(group=record.group), SystemVaults(layout.vaults), group.gr_gid)
+    vaults = SystemVaults(layout.vaults, environ=broker_environment(layout))
+    system = SystemMode(PeerPolicy(group=record.group), vaults, group.gr_gid)
     return BrokerServer(Layout(layout.prefix, record.user).state_paths(), record.port, system=system)
+
+
+def broker_environment(layout: Layout) -> dict[str, str]:
+    """The variables `env:` references of the system vault config resolve from: the broker's own
+    environment, with the root-owned `broker.env` read here too (its service also loads it; started by
+    hand, on a machine without systemd, this is what gives it the stores' credentials)."""
+    environ = dict(os.environ)
+    if layout.environment.exists():
+        require_trusted(layout.environment, "the broker's environment file")
+        from agent_vault.providers.dotenv_format import parse
+
+        environ.update(parse(layout.environment.read_text(encoding="utf-8")))
+    return environ
 
 
 async def serve_system(layout: Layout) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,9 @@ class Broker:
         key = (name or str(path), env_fingerprint(env))
         workspace = self._workspaces.get(key)
         if workspace is None:
-            workspace = Workspace(path, env, self.ceilings.project, key=name, tightening=tightening)
+            # a system broker's vault config is root's (checked trusted at start), not an agent's to edit
+            limits = replace(self.ceilings.project, trusted=True) if self.system_vaults else self.ceilings.project
+            workspace = Workspace(path, env, limits, key=name, tightening=tightening)
             self._workspaces[key] = workspace
         else:
             workspace.refresh()

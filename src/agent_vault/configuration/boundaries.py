@@ -41,6 +41,9 @@ class ProjectLimits:
     allow_store_hosts: tuple[Allowance, ...] = ()
     #: where the user changes these, for the fix in an error
     settings_file: str = _DEFAULT_SETTINGS
+    #: the config is root's, not an agent's to edit (a system broker's vault config, checked trusted when
+    #: it starts): the store servers and paths it names need no allowance
+    trusted: bool = False
     #: the configs made from the seed's variables (`AGENT_VAULT_ENV_FILE`): their file is named by the
     #: MCP client's settings, not by a file in a project, so no project directory applies to it
     generated_configs: Path | None = None
@@ -75,6 +78,8 @@ def project_problems(
     if located is None:
         located = {name: locate_stores(name, vault, limits) for name, vault in config.vaults.items()}
     stores = [loc.problem for locations in located.values() for loc in locations if loc.problem]
+    if limits.trusted:
+        return stores
     return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)
 
 
@@ -204,7 +209,7 @@ def _outside_problem(name: str, key: str, real: Path, vault: VaultConfig, limits
     project = Path(os.path.realpath(vault.base_dir))
     if limits.generated_configs is not None and project == Path(os.path.realpath(limits.generated_configs)):
         return None
-    if any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
+    if limits.trusted or any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
         return None
     return (
         f"vaults.{name}.{key}: resolves to {real}, outside the project directory {project}; a project config "
