@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +49,28 @@ def upstream(upstream_ca: tuple[Path, Path, Path]) -> Iterator[FakeServer]:
     server.shutdown()
 
 
+@asynccontextmanager
+async def broker_with(home: StatePaths, clock: StepClock, ca: Path, *extra: str) -> AsyncIterator[BrokerServer]:
+    """A broker whose proxy may reach the loopback upstream and trusts its CA; `extra`: more [proxy] lines."""
+    home.root.mkdir(parents=True, exist_ok=True)
+    lines = [f'allowPrivate = ["{BOUND}", "{ELSEWHERE}"]', f'trust = ["{ca}"]', *extra]
+    (home.root / "settings.toml").write_text("[proxy]\n" + "\n".join(lines) + "\n")
+    enrol_totp(home)
+    server = BrokerServer(home, 0, approvers=totp_approvers(clock))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 @pytest.fixture
 async def broker(
     home: StatePaths, step_clock: StepClock, upstream_ca: tuple[Path, Path, Path], upstream: FakeServer
 ) -> AsyncIterator[BrokerServer]:
-    home.root.mkdir(parents=True, exist_ok=True)
-    (home.root / "settings.toml").write_text(
-        "[proxy]\n"
-        f'allowPrivate = ["{BOUND}", "{ELSEWHERE}"]\n'
-        f'trust = ["{upstream_ca[0]}"]\n'
-        "approvalTimeoutSeconds = 20\n"
-    )
-    enrol_totp(home)
-    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
-    await server.start()
-    upstream.take()
-    yield server
-    await server.stop()
+    async with broker_with(home, step_clock, upstream_ca[0], "approvalTimeoutSeconds = 20") as server:
+        upstream.take()
+        yield server
 
 
 @pytest.fixture
@@ -255,14 +261,7 @@ async def test_a_held_request_no_one_decides_is_refused_when_its_time_is_up(
     upstream_ca: tuple[Path, Path, Path],
     upstream: FakeServer,
 ) -> None:
-    enrol_totp(home)
-    home.root.mkdir(parents=True, exist_ok=True)
-    (home.root / "settings.toml").write_text(
-        f'[proxy]\nallowPrivate = ["{BOUND}"]\ntrust = ["{upstream_ca[0]}"]\napprovalTimeoutSeconds = 1\n'
-    )
-    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
-    await server.start()
-    try:
+    async with broker_with(home, step_clock, upstream_ca[0], "approvalTimeoutSeconds = 1") as server:
         command = curl(upstream.port, BOUND, "/v1/refunds", "-X", "POST", "-d", "x=1")
         result = await run(home, project, server, step_clock, command)  # the command is approved, the call is not
         body = result.structured_content
@@ -272,8 +271,6 @@ async def test_a_held_request_no_one_decides_is_refused_when_its_time_is_up(
         assert len(cancelled) == 1 and cancelled[0].detail["why"] == HELD_TOO_LONG
         call = server.broker.get_request(str(cancelled[0].request_id))
         assert call is not None and call.status.value == "cancelled" and "proxy_call" in call.extra
-    finally:
-        await server.stop()
 
 
 NO_TOKEN = (
@@ -300,17 +297,8 @@ async def test_a_fixed_port_without_a_token_serves_a_sandbox_that_cannot_send_on
     upstream: FakeServer,
 ) -> None:
     port = free_port()
-    enrol_totp(home)
-    home.root.mkdir(parents=True, exist_ok=True)
-    (home.root / "settings.toml").write_text(
-        f'[proxy]\nallowPrivate = ["{BOUND}"]\ntrust = ["{upstream_ca[0]}"]\nport = {port}\nrequireToken = false\n'
-    )
-    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
-    await server.start()
-    try:
+    async with broker_with(home, step_clock, upstream_ca[0], f"port = {port}", "requireToken = false") as server:
         result = await run(home, project, server, step_clock, [NO_TOKEN.format(host=BOUND, port=upstream.port)])
         out = result.structured_content["stdout"]
         assert f"proxy=http://127.0.0.1:{port}" in out, out
         assert [s.headers.get("authorization") for s in upstream.take()] == [f"Bearer {FAKE_KEY}"]
-    finally:
-        await server.stop()

@@ -14,7 +14,8 @@ import pytest
 
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
-from tests.conftest import FAKE_KEY, StepClock, decide_on_page
+from tests.cli.test_run import run_and_approve
+from tests.conftest import FAKE_KEY, StepClock
 from tests.proxy import test_broker_wiring as wiring
 from tests.proxy.fake_upstream import FakeServer
 from tests.proxy.test_broker_wiring import BOUND
@@ -25,25 +26,10 @@ upstream_ca, upstream, broker, project = wiring.upstream_ca, wiring.upstream, wi
 
 async def approved(cmd: list[str], project: Path, home: StatePaths, broker: BrokerServer, clock: StepClock) -> str:
     """Run `cmd` as the person would, approve its request on the page, return its stdout."""
-    env = {**os.environ, "AGENT_VAULT_HOME": str(home.root)}
-    async with await anyio.open_process(
-        cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
-        with anyio.fail_after(30):
-            while not broker.broker.pending():
-                await anyio.sleep(0.02)
-        rid = broker.broker.pending()[0].id
-        await anyio.to_thread.run_sync(decide_on_page, broker.url, rid, "approve", clock.next_code())
-        assert proc.stdout is not None and proc.stderr is not None
-        out, err = b"", b""
-        async for chunk in proc.stdout:
-            out += chunk
-        async for chunk in proc.stderr:
-            err += chunk
-        await proc.wait()
-    assert proc.returncode == 0, err.decode()
-    assert FAKE_KEY not in out.decode() + err.decode()
-    return out.decode()
+    returncode, out, err = await run_and_approve(cmd, project, home, broker, clock)
+    assert returncode == 0, err
+    assert FAKE_KEY not in out + err
+    return out
 
 
 def shell(exports: str, port: int, project: Path) -> None:

@@ -72,12 +72,8 @@ async def test_an_allowed_users_agent_gets_a_value_once_approved_and_is_named(sy
         assert "[shared]" in listing and "API_KEY" in listing
 
         async def approve() -> None:
-            page = await anyio.to_thread.run_sync(_pending_page, system)
+            page = await approve_next(system)
             assert f"{system.allowed}'s agent (uid {uid})" in page
-            code = pyotp.TOTP(TOTP_SECRET).now()
-            await anyio.to_thread.run_sync(
-                decide_on_page, f"http://localhost:{system.port}", _rid(page), "approve", code
-            )
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(approve)
@@ -110,6 +106,14 @@ def _pending_page(system: Installed) -> str:
             return f"<!-- {rid} -->" + page.text
         time.sleep(0.2)
     raise AssertionError("no request reached the system broker")
+
+
+async def approve_next(system: Installed) -> str:
+    """A person approves the next pending request with the tests' authenticator; returns its page."""
+    page = await anyio.to_thread.run_sync(_pending_page, system)
+    code = pyotp.TOTP(TOTP_SECRET).now()
+    await anyio.to_thread.run_sync(decide_on_page, f"http://localhost:{system.port}", _rid(page), "approve", code)
+    return page
 
 
 def _rid(page: str) -> str:

@@ -11,15 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import pyotp
 import pytest
 from mcp import Client
 
-from tests.conftest import FAKE_KEY, TOTP_SECRET, decide_on_page
+from tests.conftest import FAKE_KEY
 from tests.providers.openbao_server import ROOT_TOKEN, OpenBaoServer
 from tests.system import host
 from tests.system.conftest import ENROL, Installed, new_install
-from tests.system.test_system_mode import _pending_page, _rid, front_door, text
+from tests.system.test_system_mode import approve_next, front_door, text
 
 pytestmark = pytest.mark.anyio
 
@@ -62,15 +61,8 @@ async def test_the_stores_token_comes_from_the_root_owned_environment_file_only(
         listing = text(await agent.call_tool("list_secrets", {}))
         assert "[team]" in listing and "API_KEY" in listing, listing
 
-        async def approve() -> None:
-            page = await anyio.to_thread.run_sync(_pending_page, system)
-            code = pyotp.TOTP(TOTP_SECRET).now()
-            await anyio.to_thread.run_sync(
-                decide_on_page, f"http://localhost:{system.port}", _rid(page), "approve", code
-            )
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(approve)
+            tg.start_soon(approve_next, system)
             got = await agent.call_tool("get_secret", {"vault": "team", "name": "API_KEY", "reason": "test"})
     assert text(got) == FAKE_KEY
     # the token file is root's, readable by the broker's group only: the agent's user cannot read it

@@ -239,22 +239,8 @@ async def run_for_cli(
     via: str = "env",
 ) -> int:
     """`agent-vault run`: ask, wait for the decision as long as the request lives, run, print masked output."""
-    agent = AgentSession(broker_paths(), cwd)
-    try:
-        client = await agent.ensure(ClientInfo("agent-vault run", __version__))
-        answer = await client.request(run_request(env_refs, command, None, shell, timeout, cwd, reason, via))
-        if answer["status"] == "pending":
-            req = answer["request"]
-            print(f"agent-vault: approve at {answer['url']} (code {req['match_code']})", file=sys.stderr, flush=True)
-        agent.wait_timeout = float("inf")
-
-        async def show(elapsed: float, total: float, message: str) -> None:
-            pass
-
-        if answer["status"] in ("pending", "running"):
-            answer = await agent.wait(client, answer["request"]["id"], show)
-    finally:
-        await agent.close()
+    body = run_request(env_refs, command, None, shell, timeout, cwd, reason, via)
+    answer = await _asked_on_a_terminal("agent-vault run", cwd, body)
     run = answer["run"]
     sys.stdout.write(run["stdout"])
     sys.stderr.write(run["stderr"])
@@ -270,25 +256,33 @@ async def run_for_cli(
 async def exports_for_cli(env_refs: dict[str, str], minutes: float | None, reason: str, cwd: Path) -> int:
     """`agent-vault env --proxy`: ask, wait for the decision, print `export` lines for a shell to eval."""
     pairs, vault = _pairs(env_refs)
-    agent = AgentSession(broker_paths(), cwd)
-    try:
-        client = await agent.ensure(ClientInfo("agent-vault env", __version__))
-        body: RequestBody = {"vault": vault, "names": [], "reason": reason, "operation": "read"}
-        body["lend"] = {"env": pairs, "minutes": minutes}
-        answer = await client.request(body)
-        if answer["status"] == "pending":
-            req = answer["request"]
-            print(f"agent-vault: approve at {answer['url']} (code {req['match_code']})", file=sys.stderr, flush=True)
-            agent.wait_timeout = float("inf")
-
-            async def quiet(elapsed: float, total: float, message: str) -> None:
-                pass
-
-            answer = await agent.wait(client, req["id"], quiet)
-    finally:
-        await agent.close()
+    body: RequestBody = {"vault": vault, "names": [], "reason": reason, "operation": "read"}
+    body["lend"] = {"env": pairs, "minutes": minutes}
+    answer = await _asked_on_a_terminal("agent-vault env", cwd, body)
     for var, value in answer.get("exports", {}).items():
         print(f"export {var}={shlex.quote(value)}")
     until = answer.get("window_end") or ""
     print(f"agent-vault: placeholders until {until[:19]} UTC; the values go only to their hosts", file=sys.stderr)
     return 0
+
+
+async def _asked_on_a_terminal(client_name: str, cwd: Path, body: RequestBody) -> OutcomeView:
+    """Send `body` as a command typed by a person: the approval link on stderr, then wait as long as the
+    request lives (a command's run included)."""
+    agent = AgentSession(broker_paths(), cwd)
+    try:
+        client = await agent.ensure(ClientInfo(client_name, __version__))
+        answer = await client.request(body)
+        if answer["status"] == "pending":
+            req = answer["request"]
+            print(f"agent-vault: approve at {answer['url']} (code {req['match_code']})", file=sys.stderr, flush=True)
+        agent.wait_timeout = float("inf")
+
+        async def quiet(elapsed: float, total: float, message: str) -> None:
+            pass
+
+        if answer["status"] in ("pending", "running"):
+            answer = await agent.wait(client, answer["request"]["id"], quiet)
+    finally:
+        await agent.close()
+    return answer
