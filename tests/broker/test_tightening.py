@@ -81,3 +81,14 @@ async def test_the_socket_api_takes_the_narrowing_from_the_front_door(system_bro
         bad = await member.post("/v1/sessions", json={"config_path": "/x", "tighten": {"shared": {"ttl": "long"}}})
     assert listing.json()["vaults"] == {"shared": ["DATABASE_URL"]}
     assert bad.status_code == 400 and "vaults.shared.ttl" in bad.json()["error"]["message"]
+
+
+async def test_an_agent_churning_its_project_config_cannot_grow_the_broker(
+    system_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_vault.broker import core
+
+    monkeypatch.setattr(core, "MAX_WORKSPACES", 3)
+    sessions = [session(system_broker, {"shared": {"ttl": minutes}}) for minutes in range(1, 11)]
+    assert len(system_broker._workspaces) == 3  # the last three narrowings stay loaded
+    assert await system_broker.list_secrets(sessions[0]) == {"shared": ["API_KEY", "DATABASE_URL"]}  # still works

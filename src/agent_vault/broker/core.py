@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +45,9 @@ from agent_vault.domain.errors import InvalidRequest
 from agent_vault.domain.request import AccessRequest, Requester, Status
 from agent_vault.store.audit import AuditLog
 from agent_vault.store.sqlite import StateStore, Window
+
+#: configs a broker keeps loaded at once (see Broker._workspaces)
+MAX_WORKSPACES = 256
 
 __all__ = ["VAULT_CHANGED", "Broker", "Outcome", "Outreach", "Quiet", "Session"]
 
@@ -100,7 +104,10 @@ class Broker:
         self.peers = peers or PeerPolicy()
         #: a system broker's vaults, the same for every session whatever config a front door names
         self.system_vaults = system_vaults
-        self._workspaces: dict[tuple[str, str], Workspace] = {}
+        #: loaded configs by (key, env fingerprint), least recently opened first; at most MAX_WORKSPACES
+        #: (an agent that keeps changing its project config must not grow the broker without bound; a
+        #: workspace dropped here lives on in its sessions, and its windows are kept by key in the store)
+        self._workspaces: OrderedDict[tuple[str, str], Workspace] = OrderedDict()
         self._sessions: dict[str, Session] = {}
         self._ticker: asyncio.Future[None] | None = None
 
@@ -196,7 +203,10 @@ class Broker:
             limits = replace(self.ceilings.project, trusted=True) if self.system_vaults else self.ceilings.project
             workspace = Workspace(path, env, limits, key=name, tightening=tightening)
             self._workspaces[key] = workspace
+            while len(self._workspaces) > MAX_WORKSPACES:
+                self._workspaces.popitem(last=False)
         else:
+            self._workspaces.move_to_end(key)
             workspace.refresh()
         session_id = secrets.token_urlsafe(24)
         session = Session(session_id, workspace, Requester(session_id=session_id, **requester, user=user))
