@@ -218,7 +218,7 @@ class StateStore:
             "match_code": req.match_code,
             "scope": req.scope,
             "ttl_minutes": req.ttl_minutes,
-            "requester": json.dumps(_requester_row(req.requester)),
+            "requester": json.dumps(requester_row(req.requester)),
             "previews": json.dumps(req.previews),
             "extra": json.dumps(req.extra),
         }
@@ -330,7 +330,7 @@ class StateStore:
             return _window_from_row(dict(zip(cols, cur.fetchone(), strict=True)))
 
 
-def _requester_row(r: Requester) -> dict[str, Any]:
+def requester_row(r: Requester) -> dict[str, Any]:
     return {
         "session_id": r.session_id,
         "client_name": r.client_name,

@@ -1,0 +1,286 @@
+"""The broker's state in PostgreSQL (the team broker, issue 15): requests, approval windows and a few marks
+(meta), behind the same `StateRecords` interface as the SQLite engine (`store/sqlite.py`).
+
+`PostgresState` owns its tables, their one ordered `MIGRATIONS` list (append-only, never edited; the count
+applied is kept in `schema_version`, each migration in its own transaction under an advisory lock, so two
+processes opening one database at once migrate it once), and a connection pool. Times are `timestamptz`
+(read back in UTC), lists and JSON values `jsonb`. Every lifecycle change is a compare-and-set
+(`UPDATE ... WHERE status = ANY(...)`): of two racing transitions exactly one succeeds. Values never touch
+these tables; the URL (which may carry a password) is never logged or shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
+from agent_vault.store.sqlite import Window, requester_row
+
+MIGRATIONS: list[str] = [
+    # 1: requests, windows and meta, as the SQLite engine has them after its migration 5 (the approver's
+    # factors and enrolment links live elsewhere for now)
+    """
+    CREATE TABLE requests (
+        id text PRIMARY KEY,
+        workspace text NOT NULL,
+        vault text NOT NULL,
+        names jsonb NOT NULL,
+        windowed jsonb NOT NULL,
+        operation text NOT NULL,
+        reason text NOT NULL,
+        status text NOT NULL,
+        created_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL,
+        decided_at timestamptz,
+        match_code text NOT NULL,
+        scope text NOT NULL,
+        ttl_minutes double precision NOT NULL,
+        requester jsonb NOT NULL,
+        previews jsonb NOT NULL,
+        extra jsonb NOT NULL
+    );
+    CREATE INDEX requests_status ON requests (status);
+    CREATE TABLE windows (
+        id text PRIMARY KEY,
+        workspace text NOT NULL,
+        vault text NOT NULL,
+        name text,
+        scope text NOT NULL,
+        created_at timestamptz NOT NULL,
+        ends_at timestamptz NOT NULL,
+        revoked_at timestamptz,
+        request_id text NOT NULL,
+        definition text NOT NULL DEFAULT '',
+        action text NOT NULL DEFAULT '',
+        subject text NOT NULL DEFAULT ''
+    );
+    CREATE INDEX windows_lookup ON windows (workspace, vault, ends_at);
+    CREATE TABLE meta (
+        key text PRIMARY KEY,
+        value text NOT NULL
+    );
+    """,
+]
+
+#: the key of the advisory lock held while migrating (any fixed bigint; this one spells "avstate1")
+MIGRATION_LOCK = 0x6176_7374_6174_6531
+
+_SCHEMA_VERSION = """
+    CREATE TABLE IF NOT EXISTS schema_version (
+        only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+        version integer NOT NULL
+    );
+    INSERT INTO schema_version (version) VALUES (0) ON CONFLICT DO NOTHING;
+"""
+
+_REQUEST_COLUMNS = (
+    "id, workspace, vault, names, windowed, operation, reason, status, created_at, expires_at, decided_at,"
+    " match_code, scope, ttl_minutes, requester, previews, extra"
+)
+_WINDOW_COLUMNS = (
+    "id, workspace, vault, name, scope, created_at, ends_at, revoked_at, request_id, definition, action, subject"
+)
+
+Pool = ConnectionPool[Connection[DictRow]]
+
+
+class PostgresState:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 30.0) -> None:
+        self._pool: Pool = ConnectionPool(
+            url,
+            connection_class=Connection[DictRow],
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=_configure,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            name="agent-vault-state",
+            open=True,
+        )
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _migrate(self) -> None:
+        """Apply what `MIGRATIONS` has beyond `schema_version`, one transaction each, under the advisory lock."""
+        with self._pool.connection() as conn:
+            while True:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                    conn.execute(_SCHEMA_VERSION)
+                    row = conn.execute("SELECT version FROM schema_version").fetchone()
+                    assert row is not None
+                    version = int(row["version"])
+                    if version >= len(MIGRATIONS):
+                        return
+                    conn.execute(MIGRATIONS[version])
+                    conn.execute("UPDATE schema_version SET version = %s", (version + 1,))
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def insert_request(self, req: AccessRequest) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO requests ({_REQUEST_COLUMNS}) VALUES ({', '.join(['%s'] * 17)})",  # noqa: S608
+                (
+                    req.id,
+                    req.workspace,
+                    req.vault,
+                    Jsonb(list(req.names)),
+                    Jsonb(list(req.windowed)),
+                    req.operation.value,
+                    req.reason,
+                    req.status.value,
+                    _utc(req.created_at),
+                    _utc(req.expires_at),
+                    _utc(req.decided_at),
+                    req.match_code,
+                    req.scope,
+                    req.ttl_minutes,
+                    Jsonb(requester_row(req.requester)),
+                    Jsonb(list(req.previews)),
+                    Jsonb(req.extra),
+                ),
+            )
+
+    def get_request(self, request_id: str) -> AccessRequest | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = %s",  # noqa: S608
+                (request_id,),
+            ).fetchone()
+        return None if row is None else _request_from_row(row)
+
+    def is_pending(self, request_id: str) -> bool:
+        """Whether the request still waits for the approver (a channel's notice is still worth sending)."""
+        req = self.get_request(request_id)
+        return req is not None and req.status is Status.PENDING
+
+    def requests_with_status(self, *statuses: Status) -> list[AccessRequest]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status = ANY(%s::text[]) ORDER BY created_at",  # noqa: S608
+                ([s.value for s in statuses],),
+            ).fetchall()
+        return [_request_from_row(r) for r in rows]
+
+    def transition(
+        self, request_id: str, from_status: Iterable[Status], to_status: Status, at: datetime | None = None
+    ) -> bool:
+        """Compare-and-set: move to `to_status` only from one of `from_status`.
+
+        One statement: of two racing updates the second waits for the first's row lock, then re-checks
+        the status against the committed row and matches nothing."""
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                "UPDATE requests SET status = %s, decided_at = COALESCE(%s::timestamptz, decided_at)"
+                " WHERE id = %s AND status = ANY(%s::text[])",
+                (to_status.value, _utc(at), request_id, [s.value for s in from_status]),
+            )
+            return cur.rowcount == 1
+
+    def set_extra(self, request_id: str, extra: dict[str, Any]) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("UPDATE requests SET extra = %s WHERE id = %s", (Jsonb(extra), request_id))
+
+    # -- small named values (the clock's high-water mark, ...) -----------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (key, value),
+            )
+
+    # -- windows ----------------------------------------------------------------------------
+
+    def add_window(self, window: Window) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO windows ({_WINDOW_COLUMNS}) VALUES ({', '.join(['%s'] * 12)})",  # noqa: S608
+                (
+                    window.id,
+                    window.workspace,
+                    window.vault,
+                    window.name,
+                    window.scope,
+                    _utc(window.created_at),
+                    _utc(window.ends_at),
+                    _utc(window.revoked_at),
+                    window.request_id,
+                    window.definition,
+                    window.action,
+                    window.subject,
+                ),
+            )
+
+    def active_windows(self, now: datetime, workspace: str | None = None, vault: str | None = None) -> list[Window]:
+        sql = f"SELECT {_WINDOW_COLUMNS} FROM windows WHERE revoked_at IS NULL AND ends_at > %s"  # noqa: S608
+        args: list[Any] = [_utc(now)]
+        if workspace is not None:
+            sql += " AND workspace = %s"
+            args.append(workspace)
+        if vault is not None:
+            sql += " AND vault = %s"
+            args.append(vault)
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql + " ORDER BY ends_at", args).fetchall()
+        return [Window(**r) for r in rows]
+
+    def revoke_window(self, window_id: str, at: datetime) -> Window | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                f"UPDATE windows SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL"  # noqa: S608
+                f" RETURNING {_WINDOW_COLUMNS}",
+                (_utc(at), window_id),
+            ).fetchone()
+        return None if row is None else Window(**row)
+
+
+def _configure(conn: Connection[DictRow]) -> None:
+    """Each new connection reads times in UTC (psycopg then gives them `datetime.UTC`, as SQLite's engine does)."""
+    conn.execute("SET TIME ZONE 'UTC'")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A time as the SQLite engine stores it: in UTC, a naive one taken as local time."""
+    return None if value is None else value.astimezone(UTC)
+
+
+def _request_from_row(row: DictRow) -> AccessRequest:
+    return AccessRequest(
+        id=row["id"],
+        workspace=row["workspace"],
+        vault=row["vault"],
+        names=tuple(row["names"]),
+        windowed=tuple(row["windowed"]),
+        operation=Operation(row["operation"]),
+        reason=row["reason"],
+        status=Status(row["status"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        decided_at=row["decided_at"],
+        match_code=row["match_code"],
+        scope=row["scope"],
+        ttl_minutes=row["ttl_minutes"],
+        requester=Requester(**row["requester"]),
+        previews=tuple(row["previews"]),
+        extra=row["extra"],
+    )
