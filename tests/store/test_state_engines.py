@@ -325,4 +325,13 @@ def test_postgres_migration_is_idempotent_and_safe_to_race(postgres: PostgresSer
         rows = conn.execute("SELECT version FROM schema_version").fetchall()
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
     assert rows == [(len(MIGRATIONS),)]
-    assert tables == {"requests", "windows", "meta", "schema_version"}
+    assert tables == {
+        "requests",
+        "windows",
+        "meta",
+        "schema_version",
+        "factors",
+        "factor_failures",
+        "recovery_codes",
+        "enrol_tokens",
+    }

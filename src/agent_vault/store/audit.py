@@ -1,6 +1,8 @@
 """The audit log: an append-only, hash-chained SQLite table of everything the broker does.
 
 Each row is committed (fsync) before `append` returns; `verify` recomputes the chain.
+The events, the rows and their hashes, the chain walk and `RowFilter` are engine-neutral: the PostgreSQL
+engine (`store/postgres_audit.py`) shares them, with its own SQL `Dialect` for the filters.
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ class AuditLog:
     ) -> None:
         """`listeners`: called with each row this object commits, after the commit (see `listeners`)."""
         self.path = Path(path)
-        self._clock = clock or _utc_now
+        self._clock = clock or utc_now
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         #: called with each committed row (integrity keeps a checkpoint of the chain in state.db, the
@@ -249,7 +251,7 @@ class AuditLog:
                 rows = conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise AuditError(_explain(self.path, "read", exc)) from exc
-        return [_record_from_row(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def stream(self, wanted: RowFilter) -> Iterator[AuditRecord]:
         """Every row matching `wanted`, oldest first, from one read snapshot on a connection of its
@@ -259,7 +261,7 @@ class AuditLog:
         try:
             conn.execute("BEGIN")
             for row in conn.execute(f"{_SELECT} {where} ORDER BY id", params):
-                yield _record_from_row(row)
+                yield record_from_row(row)
         except sqlite3.Error as exc:
             raise AuditError(_explain(self.path, "read", exc)) from exc
         finally:
@@ -276,7 +278,7 @@ class AuditLog:
         """(UTC day, event, rows) for each of `events` on each day with any."""
         names = tuple(events)
         for event in names:
-            _known_event(event)
+            known_event(event)
         marks = ", ".join("?" for _ in names)
         where, params = wanted.where(f"event IN ({marks})", names)
         sql = f"{_DAILY} {where} GROUP BY 1, 2 ORDER BY 1"
@@ -295,7 +297,7 @@ class AuditLog:
         conn = self._connect()  # its own connection: a long walk must not block appends
         try:
             conn.execute("BEGIN")  # one read snapshot for the whole walk
-            result = _walk(conn.execute(f"{_SELECT} ORDER BY id"))
+            result = walk_chain(conn.execute(f"{_SELECT} ORDER BY id"))
             return _check_tail(conn, result)
         except sqlite3.Error as exc:
             raise AuditError(_explain(self.path, "read", exc)) from exc
@@ -326,7 +328,7 @@ class AuditLog:
                 rows = conn.execute(f"{_SELECT} {where} LIMIT 1", params).fetchall()
             except sqlite3.Error as exc:
                 raise AuditError(_explain(self.path, "read", exc)) from exc
-        return [_record_from_row(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -360,16 +362,16 @@ class AuditLog:
         seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
         last_id, prev_hash = last if last else (0, GENESIS_HASH)
         row_id = max(last_id, seq[0] if seq else 0) + 1
-        row = _row_values(row_id, _utc_text(self._clock(), "clock()"), event, prev_hash)
+        row = row_values(row_id, utc_text(self._clock(), "clock()"), event, prev_hash)
         conn.execute(_INSERT, row)
-        return _record_from_row(row)
+        return record_from_row(row)
 
 
 # -- events ---------------------------------------------------------------------------------
 
 
 def _check_event(event: AuditEvent) -> None:
-    _known_event(event.event)
+    known_event(event.event)
     if event.operation not in (None, *OPERATIONS):
         raise ValueError(f"operation must be 'read' or 'write', not {event.operation!r}")
     if event.scope not in (None, *SCOPES):
@@ -412,8 +414,8 @@ def _canonical(data: Any) -> str:
         raise ValueError(f"audit detail must be plain JSON data: {exc}") from None
 
 
-def _row_values(row_id: int, ts: str, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:
-    window_end = _utc_text(event.window_end) if event.window_end else None
+def row_values(row_id: int, ts: str, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:
+    window_end = utc_text(event.window_end) if event.window_end else None
     fields = (row_id, ts, event.event, event.vault, _canonical(list(event.names)), event.operation,
               event.reason, event.scope, window_end, event.request_id, event.client,
               _canonical(dict(event.detail)), prev_hash)  # fmt: skip
@@ -428,7 +430,7 @@ def _row_hash(fields: tuple[Any, ...]) -> str:
     return hashlib.sha256(_canonical(data).encode()).hexdigest()
 
 
-def _record_from_row(row: tuple[Any, ...]) -> AuditRecord:
+def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["ts"] = datetime.fromisoformat(values["ts"])
     if values["window_end"] is not None:
@@ -441,7 +443,7 @@ def _record_from_row(row: tuple[Any, ...]) -> AuditRecord:
 # -- verify ---------------------------------------------------------------------------------
 
 
-def _walk(rows: Iterable[tuple[Any, ...]]) -> VerifyResult:
+def walk_chain(rows: Iterable[tuple[Any, ...]]) -> VerifyResult:
     expected, prev_hash, count = 1, GENESIS_HASH, 0
     prev_ts: datetime | None = None
     for row in rows:
@@ -492,9 +494,14 @@ def _check_tail(conn: sqlite3.Connection, result: VerifyResult) -> VerifyResult:
     if not result.ok:
         return result
     seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
-    if seq is not None and seq[0] > result.rows:
+    return missing_tail(result, seq[0] if seq is not None else None)
+
+
+def missing_tail(result: VerifyResult, highest_id: int | None) -> VerifyResult:
+    """`result`, or the rows missing from the end when the engine once handed out ids beyond it."""
+    if result.ok and highest_id is not None and highest_id > result.rows:
         first = result.rows + 1
-        return VerifyResult(False, result.rows, first, f"rows {first} to {seq[0]} are missing from the end")
+        return VerifyResult(False, result.rows, first, f"rows {first} to {highest_id} are missing from the end")
     return result
 
 
@@ -560,7 +567,7 @@ def _explain(path: Path, action: str, exc: sqlite3.Error) -> str:
     return f"cannot {action} the audit log {path}: {why}"
 
 
-def _known_event(event: str) -> None:
+def known_event(event: str) -> None:
     if event not in EVENTS:
         raise ValueError(f"unknown audit event {event!r}; expected one of {', '.join(EVENTS)}")
 
@@ -569,10 +576,35 @@ def _known_event(event: str) -> None:
 #: read let through by a window (which has no request and no `delivered` row of its own)
 _RELEASED = "(audit.event = 'delivered' OR (audit.event = 'auto_approved' AND audit.request_id IS NULL))"
 #: the text `search` looks in: everything but the hashes and the time
-_SEARCHED = (
-    "casefold(audit.event || ' ' || coalesce(audit.vault, '') || ' ' || audit.names || ' ' || "
-    "coalesce(audit.reason, '') || ' ' || coalesce(audit.client, '') || ' ' || coalesce(audit.request_id, '') || "
-    "' ' || audit.detail)"
+SEARCHED_PARTS = (
+    "audit.event", "coalesce(audit.vault, '')", "audit.names", "coalesce(audit.reason, '')",
+    "coalesce(audit.client, '')", "coalesce(audit.request_id, '')", "audit.detail",
+)  # fmt: skip
+_SEARCHED = "casefold(" + " || ' ' || ".join(SEARCHED_PARTS) + ")"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one engine's SQL spells the parts of a `RowFilter` that are not plain SQL."""
+
+    #: the parameter placeholder
+    mark: str
+    #: a condition: the row's names include the parameter (a whole name)
+    has_name: str
+    #: an expression: the asking client's project directory (`detail.project_dir`)
+    project: str
+    #: a condition: the row's text (`SEARCHED_PARTS`) contains the parameter, ignoring case
+    search: str
+    #: turns the search term into its parameter
+    fold: Callable[[str], str]
+
+
+SQLITE_DIALECT = Dialect(
+    mark="?",
+    has_name="EXISTS (SELECT 1 FROM json_each(audit.names) WHERE json_each.value = ?)",
+    project="json_extract(audit.detail, '$.project_dir')",
+    search=f"instr({_SEARCHED}, ?) > 0",
+    fold=str.casefold,
 )
 
 
@@ -598,21 +630,24 @@ class RowFilter:
 
     def __post_init__(self) -> None:
         if self.event is not None:
-            _known_event(self.event)
+            known_event(self.event)
 
-    def where(self, also: str | None = None, also_params: Iterable[Any] = ()) -> tuple[str, builtins.list[Any]]:
-        """The WHERE clause and its parameters (with one more condition `also`, if given)."""
+    def where(
+        self, also: str | None = None, also_params: Iterable[Any] = (), dialect: Dialect = SQLITE_DIALECT
+    ) -> tuple[str, builtins.list[Any]]:
+        """The WHERE clause and its parameters (with one more condition `also`, if given), in `dialect`."""
+        mark = dialect.mark
         clauses: builtins.list[tuple[str, Any]] = [
-            ("audit.ts >= ?", self.since and _utc_text(self.since)),
-            ("audit.ts < ?", self.until and _utc_text(self.until)),
-            ("audit.vault = ?", self.vault),
-            ("EXISTS (SELECT 1 FROM json_each(audit.names) WHERE json_each.value = ?)", self.name),
-            ("audit.event = ?", self.event),
-            ("audit.request_id = ?", self.request_id),
-            ("audit.client = ?", self.client),
-            ("json_extract(audit.detail, '$.project_dir') = ?", self.project),
-            (f"instr({_SEARCHED}, ?) > 0", self.search and self.search.casefold()),
-            ("audit.id < ?", self.before_id),
+            (f"audit.ts >= {mark}", self.since and utc_text(self.since)),
+            (f"audit.ts < {mark}", self.until and utc_text(self.until)),
+            (f"audit.vault = {mark}", self.vault),
+            (dialect.has_name, self.name),
+            (f"audit.event = {mark}", self.event),
+            (f"audit.request_id = {mark}", self.request_id),
+            (f"audit.client = {mark}", self.client),
+            (f"{dialect.project} = {mark}", self.project),
+            (dialect.search, self.search and dialect.fold(self.search)),
+            (f"audit.id < {mark}", self.before_id),
         ]
         used = [(sql, [value]) for sql, value in clauses if value is not None]
         if self.released:
@@ -639,11 +674,11 @@ def _casefold(text: str | None) -> str | None:
     return text.casefold() if isinstance(text, str) else text
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc_text(moment: datetime, what: str | None = None) -> str:
+def utc_text(moment: datetime, what: str | None = None) -> str:
     """Fixed-width UTC ISO text, so rows sort and compare as strings. Naive filters mean UTC."""
     if moment.tzinfo is None:
         if what is not None:

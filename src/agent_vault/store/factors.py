@@ -1,6 +1,12 @@
-"""The approver's rows in state.db: factors (TOTP secrets, passkeys), failure counts, recovery codes
-(hashed) and one-time enrolment tokens (hashed). Every SQL statement on those tables is here; the
-approver (approver/factors.py) decides what a proof is worth, this only keeps and counts.
+"""The approver's rows: factors (TOTP secrets, passkeys), per-day failure counts, recovery codes (hashed) and
+one-time enrolment tokens (hashed). The approver (approver/factors.py) decides what a proof is worth; the
+stores only keep and count.
+
+This module owns what both engines share: the dataclasses, the constants, token and code hashing, how a
+factor id, an enrolment token and a fingerprint are made, and `FactorRules` (what follows from the rows
+alone: the listing with today's lockout, kinds, passkey ids, fingerprints, whether a token is live). It also
+owns `FactorStore`, the SQLite engine's rows in state.db (tables from store/sqlite.py MIGRATIONS): every SQL
+statement on those tables for SQLite is here. PostgreSQL's are in store/postgres_factors.py.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -16,6 +23,11 @@ from agent_vault.store.sqlite import StateStore
 #: wrong authenticator codes in one UTC day that switch codes off until the next day
 FAILURES_PER_DAY = 20
 ENROL_TOKEN_TTL = timedelta(minutes=10)
+
+#: (id, kind, label, created_at as ISO text in UTC, sign count, credential id) of a factor, oldest first
+ListedRow = tuple[str, str, str, str, int, str | None]
+#: (id, kind, secret, credential id, public key): what makes a factor the factor it is
+IdentityRow = tuple[str, str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,8 @@ class EnrolToken:
     used: bool
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
+    """The stores' clock (both engines compare times they are given, never the database's own clock)."""
     return datetime.now(UTC)
 
 
@@ -49,27 +62,94 @@ def token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class FactorStore:
-    """Factor rows in the broker's state database (0600, in the 0700 state dir)."""
+def code_hash(code: str) -> str:
+    """A recovery code as stored: dashes, spaces and case do not matter."""
+    normal = code.replace("-", "").replace(" ", "").lower()
+    return hashlib.sha256(normal.encode()).hexdigest()
 
-    def __init__(self, state: StateStore) -> None:
-        self._state = state
+
+def new_factor_id(kind: str) -> str:
+    """A fresh factor id: "totp_…" or "pk_…"."""
+    return ("totp_" if kind == "totp" else "pk_") + secrets.token_hex(4)
+
+
+def new_enrol_secret() -> str:
+    """A fresh one-time enrolment token (only `token_key` of it is ever stored)."""
+    return secrets.token_urlsafe(32)
+
+
+def fingerprint(row: IdentityRow) -> str:
+    """Digest of what makes a factor (id, kind, credential, public key, a digest of a TOTP secret; never the
+    secret itself): the checkpoints sign a hash of these, so both engines must give the same value."""
+    fid, kind, secret, credential_id, public_key = row
+    secret_digest = hashlib.sha256(secret.encode()).hexdigest() if secret else None
+    identity = json.dumps([fid, kind, secret_digest, credential_id, public_key])
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+class FactorRules(ABC):
+    """What follows from the rows alone, the same on every engine; an engine supplies the rows."""
+
+    @abstractmethod
+    def _listed_rows(self) -> list[ListedRow]: ...
+
+    @abstractmethod
+    def _identity_rows(self) -> list[IdentityRow]: ...
+
+    @abstractmethod
+    def totp_locked(self, day: date) -> bool: ...
+
+    @abstractmethod
+    def enrol_token(self, key: str) -> EnrolToken | None: ...
+
+    def _now(self) -> datetime:
+        return utc_now()
 
     def all(self) -> list[Factor]:
         """Every factor; an authenticator app shows as disabled while today's lockout lasts."""
-        locked = self.totp_locked(_now().date())
-        with self._state.transaction() as db:
-            rows = db.execute(
-                "SELECT id, kind, label, created_at, sign_count, credential_id FROM factors ORDER BY created_at"
-            ).fetchall()
-        return [Factor(r[0], r[1], r[2], r[3], r[1] == "totp" and locked, r[4], r[5]) for r in rows]
+        locked = self.totp_locked(self._now().date())
+        return [Factor(r[0], r[1], r[2], r[3], r[1] == "totp" and locked, r[4], r[5]) for r in self._listed_rows()]
 
     def kinds(self) -> set[str]:
         return {f.kind for f in self.all()}
 
+    def passkey_ids(self) -> list[str]:
+        """Credential ids (base64url) of every enrolled passkey."""
+        return [f.credential_id for f in self.all() if f.kind == "passkey" and f.credential_id]
+
+    def fingerprints(self) -> dict[str, str]:
+        """factor id -> `fingerprint` of it, for the audited factor set (see `integrity`)."""
+        return {row[0]: fingerprint(row) for row in self._identity_rows()}
+
+    def live_enrol_token(self, token: str) -> EnrolToken | None:
+        """The token if it exists, is unexpired and unused (hash lookup: no timing oracle on the token)."""
+        found = self.enrol_token(token_key(token)) if token else None
+        if found is None or found.used or self._now() >= found.expires_at:
+            return None
+        return found
+
+
+class FactorStore(FactorRules):
+    """Factor rows in the broker's SQLite state database (0600, in the 0700 state dir)."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+
+    def _listed_rows(self) -> list[ListedRow]:
+        with self._state.transaction() as db:
+            rows = db.execute(
+                "SELECT id, kind, label, created_at, sign_count, credential_id FROM factors ORDER BY created_at"
+            ).fetchall()
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def _identity_rows(self) -> list[IdentityRow]:
+        with self._state.transaction() as db:
+            rows = db.execute("SELECT id, kind, secret, credential_id, public_key FROM factors").fetchall()
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
     def add_totp(self, secret: str, label: str = "authenticator app") -> Factor:
-        fid = "totp_" + secrets.token_hex(4)
-        now = _now().isoformat()
+        fid = new_factor_id("totp")
+        now = self._now().isoformat()
         with self._state.transaction() as db:
             db.execute(
                 "INSERT INTO factors (id, kind, label, secret, created_at) VALUES (?, 'totp', ?, ?, ?)",
@@ -78,8 +158,8 @@ class FactorStore:
         return Factor(fid, "totp", label, now, False)
 
     def add_passkey(self, credential_id: str, public_key: str, sign_count: int, label: str) -> Factor:
-        fid = "pk_" + secrets.token_hex(4)
-        now = _now().isoformat()
+        fid = new_factor_id("passkey")
+        now = self._now().isoformat()
         with self._state.transaction() as db:
             db.execute(
                 "INSERT INTO factors (id, kind, label, credential_id, public_key, sign_count, created_at)"
@@ -92,18 +172,6 @@ class FactorStore:
         with self._state.transaction() as db:
             return db.execute("DELETE FROM factors WHERE id = ?", (factor_id,)).rowcount == 1
 
-    def fingerprints(self) -> dict[str, str]:
-        """factor id -> digest of what makes it a factor (id, kind, credential, public key, a digest of a
-        TOTP secret; never the secret itself), for the audited factor set (see `integrity`)."""
-        with self._state.transaction() as db:
-            rows = db.execute("SELECT id, kind, secret, credential_id, public_key FROM factors").fetchall()
-        out = {}
-        for fid, kind, secret, credential_id, public_key in rows:
-            secret_digest = hashlib.sha256(secret.encode()).hexdigest() if secret else None
-            identity = json.dumps([fid, kind, secret_digest, credential_id, public_key])
-            out[fid] = hashlib.sha256(identity.encode()).hexdigest()
-        return out
-
     def passkey(self, credential_id: str) -> tuple[str, str, int] | None:
         """(factor id, public key, sign count) of a passkey."""
         with self._state.transaction() as db:
@@ -112,10 +180,6 @@ class FactorStore:
                 (credential_id,),
             ).fetchone()
         return None if row is None else (row[0], row[1], int(row[2]))
-
-    def passkey_ids(self) -> list[str]:
-        """Credential ids (base64url) of every enrolled passkey."""
-        return [f.credential_id for f in self.all() if f.kind == "passkey" and f.credential_id]
 
     def bump_sign_count(self, factor_id: str, old: int, new: int) -> bool:
         with self._state.transaction() as db:
@@ -167,13 +231,13 @@ class FactorStore:
     def set_recovery_codes(self, codes: list[str]) -> None:
         with self._state.transaction() as db:
             db.execute("DELETE FROM recovery_codes")
-            db.executemany("INSERT INTO recovery_codes (hash) VALUES (?)", [(_code_hash(c),) for c in codes])
+            db.executemany("INSERT INTO recovery_codes (hash) VALUES (?)", [(code_hash(c),) for c in codes])
 
     def use_recovery_code(self, code: str) -> bool:
         with self._state.transaction() as db:
             cur = db.execute(
                 "UPDATE recovery_codes SET used_at = ? WHERE hash = ? AND used_at IS NULL",
-                (_now().isoformat(), _code_hash(code)),
+                (self._now().isoformat(), code_hash(code)),
             )
             return cur.rowcount == 1
 
@@ -185,11 +249,11 @@ class FactorStore:
 
     def new_enrol_token(self, purpose: str, needs_proof: bool) -> str:
         """A fresh one-time token; only its hash is stored. The caller shows it on the terminal only."""
-        token = secrets.token_urlsafe(32)
+        token = new_enrol_secret()
         with self._state.transaction() as db:
             db.execute(
                 "INSERT INTO enrol_tokens (hash, purpose, needs_proof, expires_at) VALUES (?, ?, ?, ?)",
-                (token_key(token), purpose, int(needs_proof), (_now() + ENROL_TOKEN_TTL).isoformat()),
+                (token_key(token), purpose, int(needs_proof), (self._now() + ENROL_TOKEN_TTL).isoformat()),
             )
         return token
 
@@ -206,19 +270,12 @@ class FactorStore:
             row[0], row[1], bool(row[2]), datetime.fromisoformat(row[3]), row[4] is not None, row[5] is not None
         )
 
-    def live_enrol_token(self, token: str) -> EnrolToken | None:
-        """The token if it exists, is unexpired and unused (hash lookup: no timing oracle on the token)."""
-        found = self.enrol_token(token_key(token)) if token else None
-        if found is None or found.used or _now() >= found.expires_at:
-            return None
-        return found
-
     def use_enrol_token(self, key: str) -> bool:
         """Compare-and-set: a live token becomes used exactly once."""
         with self._state.transaction() as db:
             cur = db.execute(
                 "UPDATE enrol_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?",
-                (_now().isoformat(), key, _now().isoformat()),
+                (self._now().isoformat(), key, self._now().isoformat()),
             )
             return cur.rowcount == 1
 
@@ -228,7 +285,7 @@ class FactorStore:
             cur = db.execute(
                 "UPDATE enrol_tokens SET confirmed_at = ? WHERE hash = ? AND purpose = 'confirm'"
                 " AND confirmed_at IS NULL AND used_at IS NULL AND expires_at > ?",
-                (_now().isoformat(), key, _now().isoformat()),
+                (self._now().isoformat(), key, self._now().isoformat()),
             )
             return cur.rowcount == 1
 
@@ -237,11 +294,6 @@ class FactorStore:
         with self._state.transaction() as db:
             cur = db.execute(
                 "UPDATE enrol_tokens SET used_at = ? WHERE hash = ? AND confirmed_at IS NOT NULL AND used_at IS NULL",
-                (_now().isoformat(), key),
+                (self._now().isoformat(), key),
             )
             return cur.rowcount == 1
-
-
-def _code_hash(code: str) -> str:
-    normal = code.replace("-", "").replace(" ", "").lower()
-    return hashlib.sha256(normal.encode()).hexdigest()

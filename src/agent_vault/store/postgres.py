@@ -1,5 +1,7 @@
 """The broker's state in PostgreSQL (the team broker, issue 15): requests, approval windows and a few marks
-(meta), behind the same `StateRecords` interface as the SQLite engine (`store/sqlite.py`).
+(meta), behind the same `StateRecords` interface as the SQLite engine (`store/sqlite.py`). The approver's
+tables (factors, failure counts, recovery codes, enrolment tokens) are made here too, by migration 2; their
+statements are `PostgresFactors`' (`store/postgres_factors.py`), on connections from `connection()`.
 
 `PostgresState` owns its tables, their one ordered `MIGRATIONS` list (append-only, never edited; the count
 applied is kept in `schema_version`, each migration in its own transaction under an advisory lock, so two
@@ -11,7 +13,8 @@ these tables; the URL (which may carry a password) is never logged or shown.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +28,7 @@ from agent_vault.store.sqlite import Window, requester_row
 
 MIGRATIONS: list[str] = [
     # 1: requests, windows and meta, as the SQLite engine has them after its migration 5 (the approver's
-    # factors and enrolment links live elsewhere for now)
+    # factors and enrolment links came with migration 2)
     """
     CREATE TABLE requests (
         id text PRIMARY KEY,
@@ -65,6 +68,42 @@ MIGRATIONS: list[str] = [
     CREATE TABLE meta (
         key text PRIMARY KEY,
         value text NOT NULL
+    );
+    """,
+    # 2: the approver's factors (TOTP secrets, passkeys), failure counts per UTC day, recovery codes (hashed)
+    # and one-time enrolment tokens (hashed), as the SQLite engine has them after its migration 5, except:
+    # no `disabled` column (only versions before PostgreSQL support set it), and `seq` keeps the order of
+    # insertion among factors made in the same microsecond
+    """
+    CREATE TABLE factors (
+        id text PRIMARY KEY,
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        kind text NOT NULL,
+        label text NOT NULL,
+        secret text,
+        credential_id text,
+        public_key text,
+        sign_count bigint NOT NULL DEFAULT 0,
+        last_step bigint NOT NULL DEFAULT 0,
+        created_at timestamptz NOT NULL
+    );
+    CREATE TABLE factor_failures (
+        day text NOT NULL,
+        kind text NOT NULL,
+        count integer NOT NULL,
+        PRIMARY KEY (day, kind)
+    );
+    CREATE TABLE recovery_codes (
+        hash text PRIMARY KEY,
+        used_at timestamptz
+    );
+    CREATE TABLE enrol_tokens (
+        hash text PRIMARY KEY,
+        purpose text NOT NULL,
+        needs_proof boolean NOT NULL,
+        expires_at timestamptz NOT NULL,
+        confirmed_at timestamptz,
+        used_at timestamptz
     );
     """,
 ]
@@ -112,6 +151,13 @@ class PostgresState:
 
     def close(self) -> None:
         self._pool.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection[DictRow]]:
+        """A connection from the pool (autocommit, dict rows, times in UTC) for modules that keep their own
+        tables here (`store/postgres_factors.py`); several statements that go together use `conn.transaction()`."""
+        with self._pool.connection() as conn:
+            yield conn
 
     def _migrate(self) -> None:
         """Apply what `MIGRATIONS` has beyond `schema_version`, one transaction each, under the advisory lock."""

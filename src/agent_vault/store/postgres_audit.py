@@ -1,0 +1,505 @@
+"""The audit log in PostgreSQL (the team broker, issue 15), behind the same `AuditRecords` interface as the
+SQLite engine (`store/audit.py`), with the same rows, the same hashes and the same `verify` findings.
+
+`PostgresAuditLog` owns the `audit` table, its one-row `audit_head` (the highest id ever handed out: the
+tail tripwire, as `sqlite_sequence` is for SQLite), the triggers that make both append-only, its own ordered
+`MIGRATIONS` (append-only, never edited; the ones applied are rows of `audit_schema_version`, applied under an
+advisory lock so two processes opening one database migrate it once), the optional application role and
+its grants, and a connection pool. Events, canonical JSON, row hashes, the chain walk and `RowFilter` are
+shared with the SQLite engine; only the SQL dialect is this module's.
+
+The hashed columns are stored so that they read back byte for byte: `names` and `detail` as `json` (which
+keeps the exact canonical text; `jsonb` would rewrite numbers such as 1e+20), times as `timestamptz`, read
+back through `to_char` as the fixed-width UTC text that was hashed.
+
+Append-only, in two layers. Triggers refuse UPDATE, DELETE and TRUNCATE on `audit` (and moving
+`audit_head` back); they stop mistakes, but the tables' owner can drop them. So give `app_role`: the owner
+(who runs the migrations, e.g. at deployment) creates that role if needed and grants it only SELECT and
+INSERT on `audit` (SELECT and UPDATE on `audit_head`, SELECT on `audit_schema_version`). **The broker should
+then connect as that role, never as the owner**: a compromised broker can still append, but can neither
+rewrite nor delete rows, nor drop the triggers. The URL (which may carry a password) is never shown.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import Connection, IsolationLevel, errors, sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from agent_vault.domain.errors import AuditError
+from agent_vault.store.audit import (
+    GENESIS_HASH,
+    SEARCHED_PARTS,
+    AuditEvent,
+    AuditRecord,
+    Dialect,
+    ReleaseCount,
+    RowFilter,
+    VerifyResult,
+    known_event,
+    missing_tail,
+    record_from_row,
+    row_values,
+    utc_now,
+    utc_text,
+    walk_chain,
+)
+
+if TYPE_CHECKING:
+    from agent_vault.store.interface import AuditRecords
+
+# Schema changes are appended, never edited: `audit_schema_version` has one row per migration applied.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE audit (
+            id bigint PRIMARY KEY,
+            ts timestamptz NOT NULL,
+            event text NOT NULL,
+            vault text,
+            names json NOT NULL,
+            operation text,
+            reason text,
+            scope text,
+            window_end timestamptz,
+            request_id text,
+            client text,
+            detail json NOT NULL,
+            prev_hash text NOT NULL,
+            hash text NOT NULL
+        )""",
+        "CREATE INDEX audit_ts ON audit (ts)",
+        "CREATE INDEX audit_request_id ON audit (request_id)",
+        "CREATE INDEX audit_event ON audit (event)",
+        """CREATE TABLE audit_head (
+            only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+            last_id bigint NOT NULL
+        )""",
+        "INSERT INTO audit_head (last_id) VALUES (0)",
+        """CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$""",
+        """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+           FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
+        """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+           FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
+        """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+           FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
+        """CREATE FUNCTION audit_head_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.last_id < OLD.last_id THEN RAISE EXCEPTION 'the audit head only moves forward'; END IF;
+               RETURN NEW;
+           END $$""",
+        """CREATE TRIGGER audit_head_forward BEFORE UPDATE ON audit_head
+           FOR EACH ROW EXECUTE FUNCTION audit_head_forward()""",
+        """CREATE TRIGGER audit_head_kept BEFORE DELETE OR TRUNCATE ON audit_head
+           FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
+    ),
+)
+
+#: advisory lock keys (any fixed bigints; these spell "avaudit1" and "avappend")
+MIGRATION_LOCK = 0x6176_6175_6469_7431
+APPEND_LOCK = 0x6176_6170_7065_6E64
+
+_SCHEMA_VERSION = """CREATE TABLE IF NOT EXISTS audit_schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+#: times read back as the fixed-width UTC text the SQLite engine stores and the hash covers (`utc_text`)
+_SELECT = (
+    "SELECT audit.id, to_char(audit.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), "
+    "audit.event, audit.vault, audit.names::text, audit.operation, audit.reason, audit.scope, "
+    "to_char(audit.window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), "
+    "audit.request_id, audit.client, audit.detail::text, audit.prev_hash, audit.hash FROM audit"
+)
+_INSERT = (
+    "INSERT INTO audit (id, ts, event, vault, names, operation, reason, scope, window_end, request_id, "
+    "client, detail, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+#: per UTC day, vault, secret name, client and project (`releases`)
+_RELEASES = (
+    "SELECT to_char(audit.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD'), audit.vault, n.value, audit.client, "
+    "audit.detail ->> 'project_dir', count(*) "
+    "FROM audit CROSS JOIN LATERAL json_array_elements_text(audit.names) AS n(value)"
+)
+_DAILY = "SELECT to_char(audit.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD'), audit.event, count(*) FROM audit"
+
+
+def postgres_dialect(collation: str | None = None) -> Dialect:
+    """The PostgreSQL spelling of `RowFilter`: jsonb's `?` for a whole name, `->>` for the project, and
+    `lower()` on both sides for search (Unicode-aware in a UTF-8 database with a non-C LC_CTYPE; else
+    under `collation`, an ICU one)."""
+    collate = "" if collation is None else f' COLLATE "{collation}"'
+    text = " || ' ' || ".join(SEARCHED_PARTS)
+    return Dialect(
+        mark="%s",
+        has_name="audit.names::jsonb ? %s",
+        project="(audit.detail ->> 'project_dir')",
+        search=f"strpos(lower(({text}){collate}), lower(%s::text{collate})) > 0",
+        fold=_as_is,
+    )
+
+
+class PostgresAuditLog:
+    """The log in one PostgreSQL database. Thread-safe; several processes may append to the same database.
+
+    `url`: a libpq URL or conninfo string. `app_role`: a role to create if missing and grant only what the
+    broker needs (see the module docstring); opening with it needs the tables' owner (and CREATEROLE if the
+    role does not exist yet). `busy_timeout`: seconds an append waits for another appender's lock."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        busy_timeout: float = 5.0,
+        listeners: Iterable[Callable[[AuditRecord], None]] = (),
+        app_role: str | None = None,
+        pool_size: int = 4,
+        pool_timeout: float = 30.0,
+    ) -> None:
+        """`listeners`: called with each row this object commits, after the commit (see `listeners`)."""
+        self._url = url
+        #: where the log is, for messages (no user name or password)
+        self.where = _describe(url)
+        self._clock = clock or utc_now
+        self._busy_timeout = busy_timeout
+        #: called with each committed row; a listener must not raise: its error would reach the appender
+        self.listeners: builtins.list[Callable[[AuditRecord], None]] = list(listeners)
+        self._closed = False
+        conn = self._connect("open")
+        try:
+            _check_encoding(conn)
+            _migrate(conn, app_role)
+            self._dialect = postgres_dialect(_fold_collation(conn))
+        except psycopg.Error as exc:
+            raise AuditError(_explain(self.where, "open", exc)) from exc
+        finally:
+            conn.close()
+        self._pool: ConnectionPool[Connection[TupleRow]] = ConnectionPool(
+            url,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            check=ConnectionPool.check_connection,
+            min_size=1,
+            max_size=pool_size,
+            timeout=pool_timeout,
+            name="agent-vault-audit",
+            open=True,
+        )
+
+    def __enter__(self) -> PostgresAuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def subscribe(self, listener: Callable[[AuditRecord], None]) -> None:
+        """Call `listener` with each row this object commits from now on (see `listeners`)."""
+        self.listeners.append(listener)
+
+    def append(self, event: AuditEvent) -> AuditRecord:
+        """Commit one row durably and return it; on any failure raise AuditError, write nothing."""
+        if not isinstance(event, AuditEvent):
+            raise TypeError("append() takes an AuditEvent")
+        _refuse_nul(event, self.where)
+        self._check_open()
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                # one appender at a time across every connection and process: the chain never forks
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                record = self._insert_next(conn, event)
+            # the transaction committed on leaving the block, synchronous_commit on: the row is durable
+        except psycopg.Error as exc:
+            raise AuditError(_explain(self.where, "write", exc)) from exc
+        for listener in self.listeners:
+            listener(record)
+        return record
+
+    def list(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        vault: str | None = None,
+        name: str | None = None,
+        event: str | None = None,
+        request_id: str | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+    ) -> builtins.list[AuditRecord]:
+        """Rows matching every given filter; `since` is inclusive, `until` exclusive, naive = UTC."""
+        wanted = RowFilter(since=since, until=until, vault=vault, name=name, event=event, request_id=request_id)
+        return self.rows(wanted, limit=limit, newest_first=newest_first)
+
+    def rows(
+        self, wanted: RowFilter, *, limit: int | None = 100, newest_first: bool = True
+    ) -> builtins.list[AuditRecord]:
+        """Rows matching `wanted`, newest first by default; at most `limit` (None: all)."""
+        where, params = wanted.where(dialect=self._dialect)
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1 (or None for no limit)")
+        order = "DESC" if newest_first else "ASC"
+        params.append(limit)  # LIMIT NULL: no limit
+        rows = self._query(f"{_SELECT} {where} ORDER BY audit.id {order} LIMIT %s", params)
+        return [record_from_row(row) for row in rows]
+
+    def stream(self, wanted: RowFilter) -> Iterator[AuditRecord]:
+        """Every row matching `wanted`, oldest first, from one read snapshot on a connection of its
+        own, through a server-side cursor (an export of a large log neither holds it all in memory nor
+        blocks appends)."""
+        where, params = wanted.where(dialect=self._dialect)
+        conn = self._connect("read")
+        try:
+            conn.isolation_level = IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction(), conn.cursor(name="audit_stream") as cursor:
+                cursor.itersize = 1000
+                cursor.execute(f"{_SELECT} {where} ORDER BY audit.id", params)
+                for row in cursor:
+                    yield record_from_row(row)
+        except psycopg.Error as exc:
+            raise AuditError(_explain(self.where, "read", exc)) from exc
+        finally:
+            conn.close()
+
+    def releases(self, wanted: RowFilter) -> builtins.list[ReleaseCount]:
+        """How often each secret was released (to the agent or into a command), per UTC day, vault,
+        name, client and project: one grouped query for the dashboard's pictures."""
+        where, params = replace(wanted, released=True).where(dialect=self._dialect)
+        sql_text = f"{_RELEASES} {where} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1"
+        return [ReleaseCount(*row) for row in self._query(sql_text, params)]
+
+    def daily(self, wanted: RowFilter, events: Iterable[str]) -> builtins.list[tuple[str, str, int]]:
+        """(UTC day, event, rows) for each of `events` on each day with any."""
+        names = tuple(events)
+        for event in names:
+            known_event(event)
+        where, params = wanted.where("audit.event = ANY(%s::text[])", [list(names)], dialect=self._dialect)
+        sql_text = f"{_DAILY} {where} GROUP BY 1, 2 ORDER BY 1"
+        return [(str(day), str(event), int(n)) for day, event, n in self._query(sql_text, params)]
+
+    def verify(self) -> VerifyResult:
+        """Walk every row in id order and report the first missing or altered one."""
+        conn = self._connect("read")  # its own connection and one REPEATABLE READ snapshot: no lock on appends
+        try:
+            conn.isolation_level = IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction():
+                with conn.cursor(name="audit_verify") as cursor:
+                    cursor.itersize = 5000
+                    cursor.execute(f"{_SELECT} ORDER BY audit.id")
+                    result = walk_chain(cursor)
+                if not result.ok:
+                    return result
+                head = conn.execute("SELECT last_id FROM audit_head").fetchone()
+            return missing_tail(result, int(head[0]) if head is not None else None)
+        except psycopg.Error as exc:
+            raise AuditError(_explain(self.where, "read", exc)) from exc
+        finally:
+            conn.close()
+
+    def approval(self, request_id: str) -> AuditRecord | None:
+        """The `approved` (or `auto_approved`) row of a request, if the log has one (an indexed lookup)."""
+        where = "WHERE audit.request_id = %s AND audit.event IN ('approved', 'auto_approved') ORDER BY audit.id"
+        rows = self._select(where, request_id)
+        return rows[0] if rows else None
+
+    def latest_with(self, key: str, events: Iterable[str]) -> AuditRecord | None:
+        """The newest row of one of `events` whose detail has `key` (rare events: by the event index)."""
+        where = "WHERE audit.event = ANY(%s::text[]) AND (audit.detail ->> %s) IS NOT NULL ORDER BY audit.id DESC"
+        rows = self._select(where, list(events), key)
+        return rows[0] if rows else None
+
+    def row(self, row_id: int) -> AuditRecord | None:
+        rows = self._select("WHERE audit.id = %s", row_id)
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _select(self, where: str, *params: Any) -> builtins.list[AuditRecord]:
+        return [record_from_row(row) for row in self._query(f"{_SELECT} {where} LIMIT 1", builtins.list(params))]
+
+    def _query(self, sql_text: str, params: builtins.list[Any]) -> builtins.list[tuple[Any, ...]]:
+        self._check_open()
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(sql_text, params).fetchall()
+        except psycopg.Error as exc:
+            raise AuditError(_explain(self.where, "read", exc)) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AuditError(f"the audit log {self.where} is closed")
+
+    def _connect(self, action: str) -> Connection[TupleRow]:
+        try:
+            conn = psycopg.connect(self._url, autocommit=True)
+        except psycopg.Error as exc:
+            raise AuditError(_explain(self.where, action, exc)) from exc
+        try:
+            self._configure(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise AuditError(_explain(self.where, action, exc)) from exc
+        return conn
+
+    def _configure(self, conn: Connection[TupleRow]) -> None:
+        """Each connection waits at most `busy_timeout` for a lock and commits durably (a server or role
+        default of `synchronous_commit = off` would let an acknowledged row vanish in a crash)."""
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(max(1, int(self._busy_timeout * 1000)))))
+        durable = conn.execute("SHOW synchronous_commit").fetchone()
+        if durable is None or durable[0] == "off":
+            conn.execute("SET synchronous_commit = on")
+
+    def _insert_next(self, conn: Connection[TupleRow], event: AuditEvent) -> AuditRecord:
+        # Continue after the highest id ever used (audit_head), so a deleted tail shows up as a gap at
+        # the next append instead of being silently reused.
+        last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        head = conn.execute("SELECT last_id FROM audit_head").fetchone()
+        last_id, prev_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+        row_id = max(last_id, int(head[0]) if head else 0) + 1
+        row = row_values(row_id, utc_text(self._clock(), "clock()"), event, prev_hash)
+        conn.execute(_INSERT, row)
+        conn.execute("UPDATE audit_head SET last_id = %s", (row_id,))
+        return record_from_row(row)
+
+
+# -- schema, role and settings ---------------------------------------------------------------
+
+
+def _migrate(conn: Connection[TupleRow], app_role: str | None) -> None:
+    if app_role is None and _schema_version(conn) == len(MIGRATIONS):
+        return  # nothing to write: the application role (SELECT and INSERT only) can open the log
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(_SCHEMA_VERSION)
+        version = _schema_version(conn)  # again, under the lock: another process may have migrated
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            for statement in MIGRATIONS[number - 1]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO audit_schema_version (version) VALUES (%s)", (number,))
+        if app_role is not None:
+            _grant(conn, app_role)
+
+
+def _schema_version(conn: Connection[TupleRow]) -> int:
+    exists = conn.execute("SELECT to_regclass('audit_schema_version') IS NOT NULL").fetchone()
+    if exists is None or not exists[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM audit_schema_version").fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise AuditError("the audit log was written by a newer agent-vault")
+    return version
+
+
+def _grant(conn: Connection[TupleRow], role: str) -> None:
+    """Create `role` if missing and let it read and append, nothing else (run as the tables' owner)."""
+    if not role:
+        raise ValueError("app_role must be a role name")
+    ident = sql.Identifier(role)
+    found = conn.execute(
+        "SELECT r.rolsuper OR pg_has_role(r.oid, c.relowner, 'MEMBER') FROM pg_roles r, pg_class c "
+        "WHERE r.rolname = %s AND c.oid = 'audit'::regclass",
+        (role,),
+    ).fetchone()
+    if found is None:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    elif found[0]:
+        raise AuditError(
+            f"app_role {role!r} is a superuser or owns the audit tables: it could rewrite history; "
+            "give the broker a role of its own"
+        )
+    conn.execute(sql.SQL("REVOKE ALL ON audit, audit_head, audit_schema_version FROM {}").format(ident))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT ON audit TO {}").format(ident))
+    conn.execute(sql.SQL("GRANT SELECT, UPDATE ON audit_head TO {}").format(ident))
+    conn.execute(sql.SQL("GRANT SELECT ON audit_schema_version TO {}").format(ident))
+    schema = conn.execute("SELECT current_schema()").fetchone()
+    if schema is not None and schema[0] is not None:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema[0]), ident))
+
+
+def _check_encoding(conn: Connection[TupleRow]) -> None:
+    row = conn.execute("SHOW server_encoding").fetchone()
+    if row is None or row[0] != "UTF8":
+        found = row[0] if row else "unknown"
+        raise AuditError(f"the audit database must use the UTF8 encoding, not {found} (CREATE DATABASE ... ENCODING)")
+
+
+def _fold_collation(conn: Connection[TupleRow]) -> str | None:
+    """None when this database's lower() folds beyond ASCII; else an ICU collation that does, if any."""
+    unicode_aware = conn.execute("SELECT lower('ÉΣ') = 'éσ'").fetchone()
+    if unicode_aware is not None and unicode_aware[0]:
+        return None
+    icu = conn.execute("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'").fetchone()
+    return "und-x-icu" if icu is not None else None
+
+
+# -- events, errors -------------------------------------------------------------------------------
+
+
+def _refuse_nul(event: AuditEvent, where: str) -> None:
+    """PostgreSQL text cannot hold NUL (jsonb not even escaped): refuse it before anything is written."""
+    fields = (event.vault, event.names, event.reason, event.request_id, event.client, event.detail)
+    if any(_has_nul(value) for value in fields):
+        raise AuditError(f"cannot write the audit log {where}: PostgreSQL cannot store a NUL character (\\x00)")
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _describe(url: str) -> str:
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "(a PostgreSQL database)"
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{info.get('host') or 'localhost'}{port}/{info.get('dbname') or ''}"
+
+
+def _explain(where: str, action: str, exc: psycopg.Error) -> str:
+    if isinstance(exc, errors.LockNotAvailable):
+        why = "another process holds the lock; try again, or stop the other agent-vault"
+    elif isinstance(exc, errors.DiskFull):
+        why = "the database server's disk is full; free some space"
+    elif isinstance(exc, errors.InsufficientPrivilege):
+        why = f"this database role may not do that ({exc.diag.message_primary})"
+    elif isinstance(exc, errors.ReadOnlySqlTransaction):
+        why = "the database is read-only (a standby?); connect to the primary"
+    elif isinstance(exc, PoolTimeout):
+        why = "no database connection became free in time (the server is down or overloaded)"
+    elif isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        why = f"the database server cannot be reached: {str(exc).strip()}"
+    else:
+        why = str(exc).strip()
+    return f"cannot {action} the audit log {where}: {why}"
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+if TYPE_CHECKING:
+
+    def _implements(log: PostgresAuditLog) -> AuditRecords:
+        return log

@@ -1,0 +1,692 @@
+"""What the broker relies on from its audit log, checked against both engines: SQLite (`AuditLog`) and
+PostgreSQL (`PostgresAuditLog`, on the session's throw-away cluster). The same events at the same times give
+the same rows and hashes; the database refuses rewrites; concurrent appends never fork the chain; verify
+names the same problems in the same words; every query returns the same rows. Every value here is fake."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_vault.domain.errors import AuditError
+from agent_vault.store.audit import (
+    GENESIS_HASH,
+    AuditEvent,
+    AuditLog,
+    AuditRecord,
+    ReleaseCount,
+    RowFilter,
+    row_values,
+    utc_text,
+)
+from agent_vault.store.interface import AuditRecords
+from tests.store.postgres_server import PostgresServer
+
+DAY1 = datetime(2026, 3, 1, tzinfo=UTC)
+DAY2 = DAY1 + timedelta(days=1)
+DAY3 = DAY2 + timedelta(days=1)
+APP = "/home/fake/src/app"
+OTHER = "/home/fake/src/other"
+CLAUDE = "claude-code 2.1"
+FAKE_VALUE = "fake-VALUE-never-stored"
+INSERT = (
+    "INSERT INTO audit (id, ts, event, vault, names, operation, reason, scope, window_end, request_id, "
+    "client, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class SetClock:
+    """A clock the test sets: each row is dated exactly when the test says."""
+
+    def __init__(self) -> None:
+        self.now = DAY1
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Store:
+    """Where one engine keeps a log: open it (again), and reach it as its owner can, without the engine."""
+
+    engine: str
+    #: the SQLite file, or the database URL (the superuser)
+    target: str
+
+    def open(self, **options: Any) -> AuditRecords:
+        if self.engine == "sqlite":
+            return AuditLog(Path(self.target), **options)
+        from agent_vault.store.postgres_audit import PostgresAuditLog
+
+        return PostgresAuditLog(self.target, **options)
+
+    @property
+    def refusal(self) -> type[Exception]:
+        """What a plain connection raises when the database refuses a statement."""
+        if self.engine == "sqlite":
+            return sqlite3.DatabaseError
+        import psycopg
+
+        return psycopg.Error
+
+    def execute(self, statement: str, *params: Any, guards: bool = True) -> list[tuple[Any, ...]]:
+        """One statement (`?` marks) on a plain connection: sqlite3, or psycopg as the superuser. Without
+        `guards`, the append-only triggers are off first (dropped in SQLite, disabled in PostgreSQL)."""
+        if self.engine == "sqlite":
+            with closing(sqlite3.connect(self.target, isolation_level=None)) as conn:
+                if not guards:
+                    conn.execute("DROP TRIGGER IF EXISTS audit_no_update")
+                    conn.execute("DROP TRIGGER IF EXISTS audit_no_delete")
+                return conn.execute(statement, params).fetchall()
+        import psycopg
+
+        with psycopg.connect(self.target, autocommit=True) as pg:
+            if not guards:
+                pg.execute("ALTER TABLE audit DISABLE TRIGGER ALL")
+            cursor = pg.execute(statement.replace("?", "%s"), params)
+            rows = cursor.fetchall() if cursor.description else []
+            if not guards:
+                pg.execute("ALTER TABLE audit ENABLE TRIGGER ALL")
+            return rows
+
+    def count(self) -> int:
+        return int(self.execute("SELECT count(*) FROM audit")[0][0])
+
+    def holding_append_lock(self) -> AbstractContextManager[None]:
+        """Another process in the middle of an append (SQLite's write lock, PostgreSQL's advisory lock)."""
+        return _holding(self)
+
+
+@contextmanager
+def _holding(store: Store) -> Iterator[None]:
+    if store.engine == "sqlite":
+        with closing(sqlite3.connect(store.target, isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("ROLLBACK")
+        return
+    import psycopg
+
+    from agent_vault.store.postgres_audit import APPEND_LOCK
+
+    with psycopg.connect(store.target) as pg:
+        pg.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+        yield
+        pg.rollback()
+
+
+@pytest.fixture
+def clock() -> SetClock:
+    return SetClock()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        return Store("sqlite", str(tmp_path / "audit.db"))
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return Store("postgres", server.database())
+
+
+@pytest.fixture
+def log(store: Store, clock: SetClock) -> Iterator[AuditRecords]:
+    audit_log = store.open(clock=clock)
+    try:
+        yield audit_log
+    finally:
+        audit_log.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, clock: SetClock, request: pytest.FixtureRequest) -> Iterator[tuple[AuditRecords, ...]]:
+    """A SQLite log and a PostgreSQL log on one clock, side by side."""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    logs = (Store("sqlite", str(tmp_path / "audit.db")).open(clock=clock), Store("postgres", server.database()))
+    pg_log = logs[1].open(clock=clock)
+    try:
+        yield logs[0], pg_log
+    finally:
+        logs[0].close()
+        pg_log.close()
+
+
+def add(log: AuditRecords, clock: SetClock, when: datetime, event: str, **fields: Any) -> AuditRecord:
+    clock.now = when
+    return log.append(AuditEvent(event, **fields))
+
+
+def fill(log: AuditRecords, n: int) -> list[AuditRecord]:
+    return [log.append(AuditEvent("requested", vault="dev", names=(f"N{i}",), request_id=f"r{i}")) for i in range(n)]
+
+
+def ids(records: list[AuditRecord]) -> list[int]:
+    return [r.id for r in records]
+
+
+# -- append and the chain -----------------------------------------------------------------------
+
+
+def test_append_returns_the_committed_record_and_links_the_chain(
+    log: AuditRecords, store: Store, clock: SetClock
+) -> None:
+    end = datetime(2026, 3, 1, 2, 15, tzinfo=timezone(timedelta(hours=2)))
+    heard: list[tuple[AuditRecord, int]] = []
+    log.subscribe(lambda record: heard.append((record, store.count())))  # called once the row is committed
+    first = add(log, clock, DAY1 + timedelta(microseconds=7), "approved", vault="dev",
+                names=("FAKE_DB_URL", "FAKE_API_KEY"), operation="read", reason="run migration 0042",
+                scope="vault", window_end=end, request_id="req-1", client="fake-client 1.0",
+                detail={"pid": 42, "project": "/fake"})  # fmt: skip
+    assert (first.id, first.prev_hash) == (1, GENESIS_HASH)
+    assert first.ts == DAY1 + timedelta(microseconds=7) and first.ts.utcoffset() == timedelta(0)
+    assert first.window_end == end and first.window_end is not None and first.window_end.utcoffset() == timedelta(0)
+    assert first.names == ("FAKE_DB_URL", "FAKE_API_KEY") and first.detail == {"pid": 42, "project": "/fake"}
+    assert store.count() == 1  # committed: another connection sees it
+    rest = fill(log, 3)
+    assert [r.id for r in rest] == [2, 3, 4]
+    assert [r.prev_hash for r in rest] == [first.hash, rest[0].hash, rest[1].hash]
+    assert log.list(limit=None, newest_first=False) == [first, *rest]
+    assert log.row(1) == first and log.row(99) is None
+    assert (log.verify().ok, log.verify().rows) == (True, 4)
+    assert heard == [(first, 1), (rest[0], 2), (rest[1], 3), (rest[2], 4)]
+
+
+def test_both_engines_give_the_same_hashes(pair: tuple[AuditRecords, ...], clock: SetClock) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    events = [
+        AuditEvent("broker_started", detail={"pid": 4242, "version": "0.0.0-fake"}),
+        AuditEvent("requested", vault="dév", names=("FAKE_API_KEY", "FAKE_DB_URL"), operation="read",
+                   reason="Réglage du CAFÉ — ünïcode ✓ 🙂", scope="vault", request_id="req-fake-1", client="fake 1.0",
+                   detail={"project_dir": "/fake/src", "nested": {"b": [1, 2.5, None, True], "a": "é"},
+                           "big": 10**30, "float": 1e20, "neg": -0.0, "tiny": 1e-7}),
+        AuditEvent("approved", vault="dév", names=("FAKE_API_KEY",), scope="secret", request_id="req-fake-1",
+                   window_end=datetime(2026, 3, 1, 2, 15, 0, 123456, tzinfo=plus_two), detail={"via": "web"}),
+        AuditEvent("delivered", names=(), detail={}),
+        AuditEvent("auth_failed", reason="line\nbreak\ttab \x1b[31m", detail={"why": "\u2028 quote \" backslash \\"}),
+    ]  # fmt: skip
+    made: list[list[AuditRecord]] = [[], []]
+    for i, event in enumerate(events):
+        clock.now = DAY1 + timedelta(seconds=i, microseconds=7 * i)
+        for side, log in enumerate(pair):
+            made[side].append(log.append(event))
+    assert [r.hash for r in made[0]] == [r.hash for r in made[1]]
+    assert made[0] == made[1]
+    read_back = [log.rows(RowFilter(), limit=None, newest_first=False) for log in pair]
+    assert read_back[0] == read_back[1] == made[0]
+    assert [r.to_json() for r in read_back[0]] == [r.to_json() for r in read_back[1]]
+    assert all(log.verify().ok for log in pair)
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {"value": FAKE_VALUE},
+        {"DB_PASSWORD": FAKE_VALUE},
+        {"Secret-Value": FAKE_VALUE},
+        {"apiKey": FAKE_VALUE},
+        {"peer": {"token": FAKE_VALUE}},
+        {"items": [{"passphrase": FAKE_VALUE}]},
+    ],
+)
+def test_value_like_detail_keys_are_refused_before_anything_is_written(
+    log: AuditRecords, store: Store, detail: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match="looks like a secret value"):
+        log.append(AuditEvent("delivered", names=("FAKE_KEY",), detail=detail))
+    assert store.count() == 0 and log.list() == []
+    assert (log.verify().ok, log.verify().rows) == (True, 0)
+    assert log.append(AuditEvent("listed")).id == 1  # and no id was used up
+
+
+def test_a_closed_log_refuses(store: Store) -> None:
+    audit_log = store.open()
+    audit_log.close()
+    audit_log.close()
+    with pytest.raises(AuditError, match="closed"):
+        audit_log.append(AuditEvent("listed"))
+
+
+def test_a_held_append_lock_times_out_with_the_same_words(store: Store) -> None:
+    audit_log = store.open(busy_timeout=0.2)
+    try:
+        audit_log.append(AuditEvent("listed"))
+        with store.holding_append_lock():
+            with pytest.raises(AuditError, match="another process holds the lock"):
+                audit_log.append(AuditEvent("listed"))
+        assert audit_log.append(AuditEvent("listed")).id == 2
+        assert audit_log.verify().ok
+    finally:
+        audit_log.close()
+
+
+# -- append-only in the database ------------------------------------------------------------------
+
+
+def test_the_database_refuses_update_delete_and_truncate(log: AuditRecords, store: Store) -> None:
+    fill(log, 3)
+    statements = ["UPDATE audit SET reason = 'nothing to see' WHERE id = 2", "DELETE FROM audit WHERE id = 2"]
+    if store.engine == "postgres":
+        statements.append("TRUNCATE audit")  # SQLite has no TRUNCATE
+    for statement in statements:
+        with pytest.raises(store.refusal, match="append-only"):
+            store.execute(statement)
+    assert store.count() == 3
+    assert log.verify().ok
+
+
+def test_the_app_role_reads_and_appends_but_cannot_rewrite_even_without_triggers(
+    request: pytest.FixtureRequest, clock: SetClock
+) -> None:
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from agent_vault.store.postgres_audit import PostgresAuditLog
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.database()
+    role = "av_app_" + secrets.token_hex(4)
+    try:
+        with PostgresAuditLog(url, clock=clock, app_role=role) as owner_log:  # the owner migrates and grants
+            first = owner_log.append(AuditEvent("broker_started"))
+        as_app = make_conninfo(url, user=role)
+        with PostgresAuditLog(as_app, clock=clock) as app_log:  # the broker connects as the app role
+            second = app_log.append(AuditEvent("listed", vault="dev"))
+            assert (second.id, second.prev_hash) == (2, first.hash)
+
+            with psycopg.connect(url, autocommit=True) as owner:  # the superuser drops every guard
+                for trigger in ("audit_no_update", "audit_no_delete", "audit_no_truncate"):
+                    owner.execute(f"DROP TRIGGER {trigger} ON audit")
+
+            with psycopg.connect(as_app, autocommit=True) as conn:
+                assert conn.execute("SELECT count(*) FROM audit").fetchone() == (2,)
+                third = row_values(3, utc_text(clock.now), AuditEvent("listed", vault="prod"), second.hash)
+                conn.execute(INSERT.replace("?", "%s"), third)  # INSERT is what appending is
+                for statement in (
+                    "UPDATE audit SET reason = 'rewritten' WHERE id = 1",
+                    "DELETE FROM audit WHERE id = 1",
+                    "TRUNCATE audit",
+                    "ALTER TABLE audit DISABLE TRIGGER ALL",
+                    "DROP TABLE audit",
+                    "CREATE TRIGGER audit_gone BEFORE INSERT ON audit EXECUTE FUNCTION audit_append_only()",
+                ):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        conn.execute(statement)
+                with pytest.raises(psycopg.errors.RaiseException, match="only moves forward"):
+                    conn.execute("UPDATE audit_head SET last_id = 0")  # the tail tripwire cannot be reset
+            assert app_log.append(AuditEvent("listed")).id == 4
+            result = app_log.verify()
+            assert (result.ok, result.rows) == (True, 4)
+    finally:
+        with psycopg.connect(url, autocommit=True) as owner:
+            owner.execute(f"DROP OWNED BY {role}")
+            owner.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_superuser_or_owner_is_refused_as_the_app_role(request: pytest.FixtureRequest) -> None:
+    from agent_vault.store.postgres_audit import PostgresAuditLog
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    with pytest.raises(AuditError, match="could rewrite history"):
+        PostgresAuditLog(server.database(), app_role="postgres")
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+
+def test_threads_appending_at_once_keep_the_chain(log: AuditRecords) -> None:
+    def worker(n: int) -> None:
+        for i in range(25):
+            log.append(AuditEvent("requested", names=(f"T{n}_{i}",)))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert ids(log.list(limit=None, newest_first=False)) == list(range(1, 201))
+    result = log.verify()
+    assert (result.ok, result.rows) == (True, 200)
+
+
+def test_two_log_objects_on_one_store_keep_the_chain(store: Store) -> None:
+    opened: list[AuditRecords] = []
+    start = threading.Barrier(2)
+    if store.engine == "sqlite":
+        # Creating a new SQLite file from two connections at once can fail: switching it to WAL gets
+        # SQLITE_BUSY without waiting (a race of the SQLite engine's first open, not of appends)
+        store.open().close()
+
+    def open_one() -> None:
+        start.wait()  # both open (PostgreSQL: both migrate an empty database) at once
+        opened.append(store.open())
+
+    openers = [threading.Thread(target=open_one) for _ in range(2)]
+    for thread in openers:
+        thread.start()
+    for thread in openers:
+        thread.join()
+    assert len(opened) == 2
+    try:
+
+        def worker(n: int) -> None:
+            for i in range(25):
+                opened[n % 2].append(AuditEvent("requested", names=(f"T{n}_{i}",)))
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for audit_log in opened:
+            assert ids(audit_log.list(limit=None, newest_first=False)) == list(range(1, 201))
+            result = audit_log.verify()
+            assert (result.ok, result.rows) == (True, 200)
+        writers = {r.names[0].split("_")[0] for r in opened[0].list(limit=None)}
+        assert writers == {f"T{n}" for n in range(8)}
+    finally:
+        for audit_log in opened:
+            audit_log.close()
+
+
+# -- verify --------------------------------------------------------------------------------------
+
+
+def test_verify_names_an_altered_row(log: AuditRecords, store: Store) -> None:
+    fill(log, 5)
+    store.execute("UPDATE audit SET event = 'approved', reason = 'innocent' WHERE id = 3", guards=False)
+    result = log.verify()
+    assert (result.ok, result.rows, result.first_bad_id) == (False, 3, 3)
+    assert result.problem == "row 3 was altered: its hash does not match its contents"
+
+
+def test_verify_names_a_deleted_middle_row(log: AuditRecords, store: Store) -> None:
+    fill(log, 5)
+    store.execute("DELETE FROM audit WHERE id = 3", guards=False)
+    result = log.verify()
+    assert (result.ok, result.first_bad_id) == (False, 3)
+    assert result.problem == "row 3 is missing (the next row present is 4)"
+
+
+def test_verify_names_a_broken_link(log: AuditRecords, store: Store) -> None:
+    records = fill(log, 5)
+    old = records[2]
+    forged = AuditEvent(old.event, vault=old.vault, names=old.names, reason="forged", request_id=old.request_id)
+    new_hash = row_values(3, utc_text(old.ts), forged, old.prev_hash)[-1]
+    store.execute("UPDATE audit SET reason = ?, hash = ? WHERE id = 3", "forged", new_hash, guards=False)
+    result = log.verify()
+    assert (result.ok, result.first_bad_id) == (False, 4)
+    assert result.problem == (
+        "row 4 does not link to row 3: row 3 was rewritten with a recomputed hash, or rows were removed or "
+        "replaced here"
+    )
+
+
+def test_verify_names_a_back_dated_row(log: AuditRecords, clock: SetClock) -> None:
+    add(log, clock, DAY2, "requested", vault="dev")
+    add(log, clock, DAY2 + timedelta(minutes=1), "approved", vault="dev")
+    faked = add(log, clock, DAY2 - timedelta(hours=1, minutes=59), "delivered", vault="dev")  # a faked clock
+    result = log.verify()
+    assert (result.ok, result.first_bad_id) == (False, 3)
+    assert result.problem == (
+        f"row 3 is dated {utc_text(faked.ts)}, 7200 s before row 2: rows were back-dated "
+        "(a faked clock, or rewritten with a recomputed chain), or the system clock was set back"
+    )
+
+
+def test_verify_names_a_deleted_tail_and_appends_keep_the_gap(log: AuditRecords, store: Store) -> None:
+    fill(log, 5)
+    store.execute("DELETE FROM audit WHERE id = 5", guards=False)
+    result = log.verify()
+    assert (result.ok, result.rows, result.first_bad_id) == (False, 4, 5)
+    assert result.problem == "rows 5 to 5 are missing from the end"
+    store.execute("DELETE FROM audit WHERE id = 4", guards=False)
+    assert log.append(AuditEvent("listed")).id == 6  # ids 4 and 5 are never handed out again
+    result = log.verify()
+    assert (result.ok, result.first_bad_id) == (False, 4)
+    assert result.problem == "row 4 is missing (the next row present is 6)"
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+
+def fixed_log(log: AuditRecords, clock: SetClock) -> dict[str, AuditRecord]:
+    """A small log over three UTC days (tests/store/test_audit_queries.py's, and one non-ASCII row)."""
+    app = {"project_dir": APP, "pid": 4242}
+    return {
+        "asked": add(log, clock, DAY1 + timedelta(hours=9), "requested", vault="dev", names=("API_KEY",),
+                     operation="read", reason="Deploy the Staging API", request_id="req-aaa", client=CLAUDE,
+                     detail=app),
+        "approved": add(log, clock, DAY1 + timedelta(hours=9, minutes=1), "approved", vault="dev",
+                        names=("API_KEY",), request_id="req-aaa", client=CLAUDE,
+                        detail={**app, "factor": "totp:totp_fake", "via": "web"}),
+        "delivered": add(log, clock, DAY1 + timedelta(hours=9, minutes=2), "delivered", vault="dev",
+                         names=("API_KEY",), request_id="req-aaa", client=CLAUDE, detail=app),
+        "window_read": add(log, clock, DAY1 + timedelta(hours=23, minutes=59, seconds=59), "auto_approved",
+                           vault="dev", names=("API_KEY", "DATABASE_URL"), reason="seed the test database",
+                           client=CLAUDE, detail={**app, "windows": ["win-1"], "approvals": ["req-aaa"]}),
+        "run_auto": add(log, clock, DAY2, "auto_approved", vault="dev", names=("DATABASE_URL",),
+                        request_id="req-bbb", client="cursor", detail={"project_dir": OTHER, "run": {"argv": []}}),
+        "run_delivered": add(log, clock, DAY2 + timedelta(hours=10), "delivered", vault="dev",
+                             names=("DATABASE_URL",), request_id="req-bbb", client="cursor",
+                             detail={"project_dir": OTHER, "to": "command"}),
+        "denied": add(log, clock, DAY2 + timedelta(hours=11), "denied", vault="prod", names=("API_KEY",),
+                      reason="rotate keys", request_id="req-ccc", client=CLAUDE + ".3",
+                      detail={"project": APP, "why": "Quota Exceeded"}),
+        "listed": add(log, clock, DAY3, "listed", vault="dev", client=CLAUDE, detail={"project_dir": APP + "/sub"}),
+        "prod_delivered": add(log, clock, DAY3 + timedelta(hours=8), "delivered", vault="prod",
+                              names=("API_KEY",), request_id="req-ddd", client=CLAUDE, detail=app),
+        "anon_delivered": add(log, clock, DAY3 + timedelta(hours=9), "delivered", vault="dev",
+                              names=("API_KEY",), request_id="req-eee"),
+        "cafe": add(log, clock, DAY3 + timedelta(hours=10), "requested", vault="dev", names=("FAKE_CAFE_KEY",),
+                    reason="Réglage du CAFÉ"),
+    }  # fmt: skip
+
+
+DAY1_ROWS = {"asked", "approved", "delivered", "window_read"}
+DAY2_ROWS = {"run_auto", "run_delivered", "denied"}
+DAY3_ROWS = {"listed", "prod_delivered", "anon_delivered", "cafe"}
+PLUS_ONE = timezone(timedelta(hours=1))
+#: every RowFilter field, alone and combined, and the rows it must select
+EXPECTED: list[tuple[RowFilter, set[str]]] = [
+    (RowFilter(), DAY1_ROWS | DAY2_ROWS | DAY3_ROWS),
+    (RowFilter(since=DAY2), DAY2_ROWS | DAY3_ROWS),
+    (RowFilter(until=DAY2), DAY1_ROWS),
+    (RowFilter(since=DAY2, until=DAY3), DAY2_ROWS),
+    (RowFilter(since=DAY2.replace(tzinfo=None), until=DAY3.replace(tzinfo=None)), DAY2_ROWS),
+    (RowFilter(since=datetime(2026, 3, 2, 1, 0, tzinfo=PLUS_ONE)), DAY2_ROWS | DAY3_ROWS),
+    (RowFilter(vault="prod"), {"denied", "prod_delivered"}),
+    (RowFilter(name="DATABASE_URL"), {"window_read", "run_auto", "run_delivered"}),
+    (RowFilter(name="DATABASE"), set()),
+    (RowFilter(event="delivered"), {"delivered", "run_delivered", "prod_delivered", "anon_delivered"}),
+    (RowFilter(request_id="req-aaa"), {"asked", "approved", "delivered"}),
+    (RowFilter(client=CLAUDE), {"asked", "approved", "delivered", "window_read", "listed", "prod_delivered"}),
+    (RowFilter(client="Cursor"), set()),
+    (RowFilter(project=APP), {"asked", "approved", "delivered", "window_read", "prod_delivered"}),
+    (RowFilter(project=OTHER), {"run_auto", "run_delivered"}),
+    (RowFilter(project="/home/fake/src"), set()),
+    (RowFilter(search="staging api"), {"asked"}),
+    (RowFilter(search="SEED THE"), {"window_read"}),
+    (RowFilter(search="database_url"), {"window_read", "run_auto", "run_delivered"}),
+    (RowFilter(search="PROD"), {"denied", "prod_delivered"}),
+    (RowFilter(search="CURSOR"), {"run_auto", "run_delivered"}),
+    (RowFilter(search="quota exceeded"), {"denied"}),
+    (RowFilter(search="win-1"), {"window_read"}),
+    (RowFilter(search="café"), {"cafe"}),
+    (RowFilter(search="RÉGLAGE DU"), {"cafe"}),
+    (RowFilter(search="nothing like this"), set()),
+    (RowFilter(released=True), {"delivered", "window_read", "run_delivered", "prod_delivered", "anon_delivered"}),
+    (RowFilter(vault="dev", event="delivered", client=CLAUDE), {"delivered"}),
+    (RowFilter(name="API_KEY", released=True, since=DAY3), {"prod_delivered", "anon_delivered"}),
+    (RowFilter(project=APP, search="seed", name="DATABASE_URL"), {"window_read"}),
+    (RowFilter(vault="prod", event="approved"), set()),
+]
+
+
+@pytest.fixture
+def fixed(pair: tuple[AuditRecords, ...], clock: SetClock) -> list[dict[str, AuditRecord]]:
+    made = [fixed_log(log, clock) for log in pair]
+    assert made[0] == made[1]  # same ids, times and hashes
+    return made
+
+
+def test_every_filter_selects_the_same_rows_on_both_engines(
+    pair: tuple[AuditRecords, ...], fixed: list[dict[str, AuditRecord]]
+) -> None:
+    named = {r.id: name for name, r in fixed[0].items()}
+    for wanted, expected in EXPECTED:
+        found = [log.rows(wanted, limit=None) for log in pair]
+        assert found[0] == found[1], wanted
+        assert {named[r.id] for r in found[0]} == expected, wanted
+        assert ids(found[0]) == sorted(ids(found[0]), reverse=True)
+        assert [log.rows(wanted, limit=2, newest_first=False) for log in pair] == [found[0][::-1][:2]] * 2
+    with_bound = RowFilter(request_id="req-aaa", before_id=fixed[0]["delivered"].id)
+    assert [{named[r.id] for r in log.rows(with_bound)} for log in pair] == [{"asked", "approved"}] * 2
+    for record in fixed[0].values():  # search never matches the hashes
+        for piece in (record.hash[10:30], record.hash.upper()):
+            assert [log.rows(RowFilter(search=piece)) for log in pair] == [[], []]
+    listed = [
+        log.list(since=DAY1, until=DAY3, vault="dev", name="API_KEY", event="delivered", request_id="req-aaa")
+        for log in pair
+    ]
+    assert listed[0] == listed[1] == [fixed[0]["delivered"]]
+    assert pair[0].approval("req-aaa") == pair[1].approval("req-aaa") == fixed[0]["approved"]
+    assert pair[0].latest_with("windows", ["auto_approved"]) == pair[1].latest_with("windows", ["auto_approved"])
+    assert pair[1].latest_with("windows", ["auto_approved"]) == fixed[0]["window_read"]
+    assert pair[1].latest_with("nothing", ["auto_approved"]) is None
+
+
+def test_before_id_pages_alike_on_both_engines(
+    pair: tuple[AuditRecords, ...], fixed: list[dict[str, AuditRecord]]
+) -> None:
+    paged: list[list[list[int]]] = []
+    for log in pair:
+        pages: list[list[int]] = []
+        before: int | None = None
+        while page := ids(log.rows(RowFilter(before_id=before), limit=3)):
+            pages.append(page)
+            before = page[-1]
+        paged.append(pages)
+    assert paged[0] == paged[1]
+    assert [len(p) for p in paged[0]] == [3, 3, 3, 2]
+    assert [i for p in paged[0] for i in p] == sorted((r.id for r in fixed[0].values()), reverse=True)
+
+
+def test_releases_count_alike_on_both_engines(
+    pair: tuple[AuditRecords, ...], fixed: list[dict[str, AuditRecord]]
+) -> None:
+    expected = Counter(
+        [
+            ReleaseCount("2026-03-01", "dev", "API_KEY", CLAUDE, APP, 2),
+            ReleaseCount("2026-03-01", "dev", "DATABASE_URL", CLAUDE, APP, 1),
+            ReleaseCount("2026-03-02", "dev", "DATABASE_URL", "cursor", OTHER, 1),
+            ReleaseCount("2026-03-03", "prod", "API_KEY", CLAUDE, APP, 1),
+            ReleaseCount("2026-03-03", "dev", "API_KEY", None, None, 1),
+        ]
+    )
+    counts = [log.releases(RowFilter()) for log in pair]
+    assert Counter(counts[0]) == Counter(counts[1]) == expected
+    assert all([c.day for c in found] == sorted(c.day for c in found) for found in counts)
+    for wanted in (RowFilter(vault="prod"), RowFilter(since=DAY2, until=DAY3), RowFilter(event="denied"),
+                   RowFilter(before_id=fixed[0]["run_auto"].id), RowFilter(name="DATABASE_URL")):  # fmt: skip
+        assert Counter(pair[0].releases(wanted)) == Counter(pair[1].releases(wanted)), wanted
+    assert pair[1].releases(RowFilter(vault="prod")) == [ReleaseCount("2026-03-03", "prod", "API_KEY", CLAUDE, APP, 1)]
+
+
+def test_daily_counts_alike_on_both_engines(
+    pair: tuple[AuditRecords, ...], fixed: list[dict[str, AuditRecord]]
+) -> None:
+    counts = [sorted(log.daily(RowFilter(), ["delivered", "denied", "expired", "requested"])) for log in pair]
+    expected = [
+        ("2026-03-01", "delivered", 1),
+        ("2026-03-01", "requested", 1),
+        ("2026-03-02", "delivered", 1),
+        ("2026-03-02", "denied", 1),
+        ("2026-03-03", "delivered", 2),
+        ("2026-03-03", "requested", 1),
+    ]
+    assert counts[0] == counts[1] == expected
+    for log in pair:
+        assert log.daily(RowFilter(vault="prod"), ["delivered", "denied"]) == [
+            ("2026-03-02", "denied", 1),
+            ("2026-03-03", "delivered", 1),
+        ]
+        assert log.daily(RowFilter(since=DAY3), ["denied"]) == []
+        with pytest.raises(ValueError, match="'fetched'"):
+            log.daily(RowFilter(), ["delivered", "fetched"])
+
+
+def test_stream_yields_every_matching_row_oldest_first_while_an_append_goes_through(
+    log: AuditRecords, clock: SetClock
+) -> None:
+    made = [add(log, clock, DAY1, "listed", vault="dev" if i % 3 else "prod") for i in range(130)]
+    assert ids(list(log.stream(RowFilter()))) == ids(made)  # no page limit
+    assert ids(list(log.stream(RowFilter(vault="prod")))) == [r.id for r in made if r.vault == "prod"]
+    assert list(log.stream(RowFilter(vault="nowhere"))) == []
+
+    streamed = log.stream(RowFilter())
+    seen = [next(streamed), next(streamed)]
+    appended: list[AuditRecord] = []
+    appender = threading.Thread(target=lambda: appended.append(log.append(AuditEvent("listed", vault="dev"))))
+    appender.start()
+    appender.join(timeout=30)
+    assert not appender.is_alive() and [r.id for r in appended] == [131], "the export blocked an append"
+    seen.extend(streamed)
+    assert ids(seen) == ids(made)  # one read snapshot: the stream ends where it began
+    assert log.rows(RowFilter(), limit=1) == appended
+    assert log.verify().ok
+
+
+# -- PostgreSQL only -------------------------------------------------------------------------------
+
+
+def test_search_folds_case_beyond_ascii_in_a_c_locale_database(request: pytest.FixtureRequest, clock: SetClock) -> None:
+    import psycopg
+
+    from agent_vault.store.postgres_audit import PostgresAuditLog
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = "c_" + secrets.token_hex(6)
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'")
+    with PostgresAuditLog(server.url(name), clock=clock) as audit_log:
+        row = audit_log.append(AuditEvent("requested", vault="dev", reason="Réglage du CAFÉ"))
+        for term in ("café", "CAFÉ", "réglage"):
+            assert audit_log.rows(RowFilter(search=term)) == [row], term
+
+
+def test_a_database_not_in_utf8_is_refused(request: pytest.FixtureRequest) -> None:
+    import psycopg
+
+    from agent_vault.store.postgres_audit import PostgresAuditLog
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = "l_" + secrets.token_hex(6)
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'")
+    with pytest.raises(AuditError, match="UTF8"):
+        PostgresAuditLog(server.url(name))
+
+
+def test_a_nul_character_is_refused_before_anything_is_written(request: pytest.FixtureRequest, clock: SetClock) -> None:
+    """PostgreSQL text cannot hold NUL (SQLite can): the append fails whole, as a full disk would."""
+    from agent_vault.store.postgres_audit import PostgresAuditLog
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    with PostgresAuditLog(server.database(), clock=clock) as audit_log:
+        for event in (
+            AuditEvent("requested", reason="fake\x00reason"),
+            AuditEvent("requested", names=("FAKE\x00KEY",)),
+            AuditEvent("requested", detail={"why": ["fake\x00"]}),
+        ):
+            with pytest.raises(AuditError, match="NUL"):
+                audit_log.append(event)
+        assert audit_log.list() == [] and audit_log.append(AuditEvent("listed")).id == 1
