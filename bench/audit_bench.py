@@ -6,7 +6,7 @@ Appends go through AuditLog.append exactly as the broker calls it (WAL, synchron
 row is committed and fsynced before append returns). Two what-ifs put that figure in context:
 synchronous=NORMAL (no fsync per commit) and 10 rows per transaction (group commit).
 
-The 1,000,000-row log is built in bulk: the product's own row builder (audit._row_values,
+The 1,000,000-row log is built in bulk: the product's own row builder (audit.row_values,
 which computes each row's hash over the previous row's) run in one Python loop, inserted with
 executemany in a single transaction with synchronous=OFF. The chain is valid by construction,
 and verify walks it with the product's code, in a separate `agent-vault audit verify` process.
@@ -95,8 +95,8 @@ def rows(n: int) -> Iterator[tuple[Any, ...]]:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     events = [sample_event(i) for i in range(500)]
     for i in range(1, n + 1):
-        ts = audit._utc_text(start + timedelta(milliseconds=250 * i))
-        row = audit._row_values(i, ts, events[i % 500], prev)
+        ts = audit.utc_text(start + timedelta(milliseconds=250 * i))
+        row = audit.row_values(i, ts, events[i % 500], prev)
         prev = row[-1]
         yield row
 
