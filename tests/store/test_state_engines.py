@@ -334,4 +334,7 @@ def test_postgres_migration_is_idempotent_and_safe_to_race(postgres: PostgresSer
         "factor_failures",
         "recovery_codes",
         "enrol_tokens",
+        "agents",
+        "approvers",
+        "request_approvals",
     }

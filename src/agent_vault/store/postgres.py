@@ -106,6 +106,39 @@ MIGRATIONS: list[str] = [
         used_at timestamptz
     );
     """,
+    # 3: agents of a team broker, as the SQLite engine's migration 6
+    """
+    CREATE TABLE agents (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        owner text NOT NULL,
+        token_hash text NOT NULL UNIQUE,
+        created_at timestamptz NOT NULL,
+        revoked_at timestamptz,
+        last_seen_at timestamptz,
+        limits jsonb NOT NULL DEFAULT '{}'
+    );
+    CREATE UNIQUE INDEX agents_live_name ON agents (name) WHERE revoked_at IS NULL;
+    """,
+    # 4: several approvers, as the SQLite engine's migration 7
+    """
+    CREATE TABLE approvers (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        created_at timestamptz NOT NULL,
+        removed_at timestamptz
+    );
+    CREATE UNIQUE INDEX approvers_live_name ON approvers (name) WHERE removed_at IS NULL;
+    ALTER TABLE factors ADD COLUMN approver text NOT NULL DEFAULT '';
+    ALTER TABLE enrol_tokens ADD COLUMN approver text NOT NULL DEFAULT '';
+    CREATE TABLE request_approvals (
+        request_id text NOT NULL,
+        approver text NOT NULL,
+        factor_id text NOT NULL,
+        at timestamptz NOT NULL,
+        PRIMARY KEY (request_id, approver)
+    );
+    """,
 ]
 
 #: the key of the advisory lock held while migrating (any fixed bigint; this one spells "avstate1")

@@ -108,6 +108,41 @@ MIGRATIONS: list[str] = [
         used_at TEXT
     );
     """,
+    # 6: agents of a team broker (docs/team.md): a name, the person who owns it, its token (hashed; shown once
+    # by `agents add`), per-agent limits (JSON); a revoked agent's row stays for the audit's sake
+    """
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT,
+        last_seen_at TEXT,
+        limits TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE UNIQUE INDEX agents_live_name ON agents(name) WHERE revoked_at IS NULL;
+    """,
+    # 7: several approvers: named people, each factor and enrolment link belongs to one ('' = the single
+    # approver of a broker from before), and each approval of a request by a distinct approver
+    """
+    CREATE TABLE approvers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        removed_at TEXT
+    );
+    CREATE UNIQUE INDEX approvers_live_name ON approvers(name) WHERE removed_at IS NULL;
+    ALTER TABLE factors ADD COLUMN approver TEXT NOT NULL DEFAULT '';
+    ALTER TABLE enrol_tokens ADD COLUMN approver TEXT NOT NULL DEFAULT '';
+    CREATE TABLE request_approvals (
+        request_id TEXT NOT NULL,
+        approver TEXT NOT NULL,
+        factor_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (request_id, approver)
+    );
+    """,
 ]
 
 
