@@ -29,7 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent_vault import __version__
-from agent_vault.approver.factors import ApproverKit, FactorStore
+from agent_vault.approver.factors import ApproverKit
 from agent_vault.approver.passkeys import RP_ID, Passkeys
 from agent_vault.approver.protocol import Approver
 from agent_vault.broker.api import PEER_KEY, create_api
@@ -41,12 +41,12 @@ from agent_vault.broker.peers import PeerPolicy
 from agent_vault.broker.recorder import Recorder
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.checkpoints.schedule import Checkpointer
-from agent_vault.configuration.settings import UserSettings, settings_path
+from agent_vault.configuration.settings import UserSettings, settings_path, storage
 from agent_vault.domain.errors import BrokerRunning, ConfigError, SystemModeError
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file
-from agent_vault.store.audit import AuditLog
-from agent_vault.store.sqlite import StateStore
+from agent_vault.store.engines import open_factors
+from agent_vault.store.interface import AuditRecords, StateRecords
 from agent_vault.system import accounts
 from agent_vault.system.layout import Layout
 from agent_vault.system.record import InstallRecord
@@ -179,8 +179,8 @@ class Core:
 
 
 def assemble(
-    store: StateStore,
-    audit: AuditLog,
+    store: StateRecords,
+    audit: AuditRecords,
     base_url: str,
     approvers: Approvers = factor_approver,
     *,
@@ -197,7 +197,7 @@ def assemble(
     without, the defaults (commands that change state while no broker runs)."""
     recorder = recorder or Recorder(audit)
     integrity = Integrity(store, recorder)
-    factors = FactorStore(store)
+    factors = open_factors(store)
     rp_id = settings.passkeys.rp_id if settings is not None else None
     passkeys = Passkeys(factors, origin=base_url, rp_id=rp_id or RP_ID, extra_origins=passkey_origins)
     kit = ApproverKit(store, factors, passkeys.check_for_request, integrity.recorded_factors)
@@ -228,7 +228,8 @@ def offline_broker(paths: StatePaths) -> Broker:
         base_url = str(json.loads(paths.broker_info.read_text())["url"])
     except (OSError, ValueError, KeyError):
         base_url = f"http://localhost:{DEFAULT_PORT}"
-    return assemble(StateStore(paths.state_db), AuditLog(paths.audit_db), base_url).broker
+    where = storage(paths)
+    return assemble(where.open_state(), where.open_audit(), base_url).broker
 
 
 #: at most one `checkpoint_failed` row per sink in this many seconds
@@ -269,8 +270,9 @@ class BrokerServer:
         self.checkpointer = Checkpointer.from_settings(
             self.paths, settings, link=f"{self.url}/dashboard", report=self._checkpoint_failed
         )
-        store = StateStore(self.paths.state_db)
-        audit = AuditLog(self.paths.audit_db, listeners=[self.checkpointer.rows_appended])
+        where = storage(self.paths, settings)
+        store = where.open_state()
+        audit = where.open_audit(listeners=[self.checkpointer.rows_appended])
         # the one audit writer; the webhooks it forwards to report their failures back through it
         recorder = Recorder(audit, forward=lambda ws, record: hub.submit(ws, record))
         hub = WebhookHub(recorder.note)

@@ -31,7 +31,7 @@ from agent_vault.store.factors import (
     FactorStore,
     token_key,
 )
-from agent_vault.store.sqlite import StateStore
+from agent_vault.store.interface import FactorRecords, StateRecords
 
 #: kept here for the approver's users: the rows themselves live in store/factors.py
 __all__ = [
@@ -93,7 +93,7 @@ class FactorApprover:
 
     def __init__(
         self,
-        factors: FactorStore,
+        factors: FactorRecords,
         clock: Callable[[], float] = time.time,
         *,
         passkey_check: PasskeyCheck | None = None,
@@ -194,8 +194,8 @@ class ApproverKit:
     """What the broker's assembly hands an approver factory: the enrolled factors, the passkey check for
     this broker's origin, and the factor set the audit log vouches for."""
 
-    store: StateStore
-    factors: FactorStore
+    store: StateRecords
+    factors: FactorRecords
     passkey_check: PasskeyCheck
     recorded: RecordedFactors
 

@@ -47,9 +47,10 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from agent_vault.approver.factors import Factor, FactorStore
+from agent_vault.approver.factors import Factor
 from agent_vault.domain.errors import NotAuthorized
 from agent_vault.domain.request import AccessRequest
+from agent_vault.store.interface import FactorRecords
 
 RP_ID = "localhost"
 RP_NAME = "agent-vault"
@@ -98,7 +99,7 @@ class Passkeys:
 
     def __init__(
         self,
-        factors: FactorStore,
+        factors: FactorRecords,
         origin: str,
         rp_id: str = RP_ID,
         clock: Callable[[], float] = time.monotonic,

@@ -43,8 +43,8 @@ from agent_vault.configuration.settings import ProxySettings
 from agent_vault.configuration.tightening import parse as tightening_of
 from agent_vault.domain.errors import InvalidRequest
 from agent_vault.domain.request import AccessRequest, Requester, Status
-from agent_vault.store.audit import AuditLog
-from agent_vault.store.sqlite import StateStore, Window
+from agent_vault.store.interface import AuditRecords, StateRecords
+from agent_vault.store.sqlite import Window
 
 #: configs a broker keeps loaded at once (see Broker._workspaces)
 MAX_WORKSPACES = 256
@@ -58,8 +58,8 @@ class Broker:
     def __init__(
         self,
         *,
-        store: StateStore,
-        audit: AuditLog,
+        store: StateRecords,
+        audit: AuditRecords,
         approver: Approver,
         base_url: str,
         clock: Clock = utc_now,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import tomllib
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
@@ -28,14 +27,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent_vault.approver.factors import FactorStore
 from agent_vault.broker.recorder import Recorder
 from agent_vault.domain.errors import AuditError
 from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.home import StatePaths
-from agent_vault.store.audit import AuditLog, AuditRecord
-from agent_vault.store.interface import AuditRecords, StateRecords
-from agent_vault.store.sqlite import StateStore, Window
+from agent_vault.store.audit import AuditRecord
+from agent_vault.store.engines import Storage, open_factors
+from agent_vault.store.interface import AuditRecords, FactorRecords, StateRecords
+from agent_vault.store.sqlite import Window
 
 log = logging.getLogger("agent_vault.broker.integrity")
 
@@ -70,7 +69,7 @@ def approved_window_end(req: AccessRequest) -> datetime | None:
 
 
 def next_factor_set(
-    factors: FactorStore, recorded: Collection[str] | None, added: str | None = None, removed: str | None = None
+    factors: FactorRecords, recorded: Collection[str] | None, added: str | None = None, removed: str | None = None
 ) -> list[str]:
     """The audited factor set after one change made through agent-vault: the last recorded set (or, if
     none was ever recorded, the factors as they are) plus `added`, minus `removed`. Built from the
@@ -92,21 +91,28 @@ def recorded_factors(audit: AuditRecords) -> Collection[str] | None:
 
 def recorded_factors_at(paths: StatePaths) -> Collection[str] | None:
     """`recorded_factors` for commands outside the broker (never creates audit.db)."""
-    if not paths.audit_db.exists():
+    where = _storage(paths)
+    if not where.has_audit():
         return None
-    with AuditLog(paths.audit_db) as audit:
+    with where.audit() as audit:
         return recorded_factors(audit)
+
+
+def _storage(paths: StatePaths) -> Storage:
+    from agent_vault.configuration.settings import storage  # the user's settings say where
+
+    return storage(paths)
 
 
 class Integrity:
     """The broker's side: vouches for windows and approvals, records baselines, reports tampering."""
 
-    def __init__(self, store: StateStore, recorder: Recorder) -> None:
+    def __init__(self, store: StateRecords, recorder: Recorder) -> None:
         """`recorder`: the broker's audit writer (tamper_detected, the baselines); its log is read here."""
         self._store = store
         self._recorder = recorder
         self._audit = audit = recorder.audit
-        self._factors = FactorStore(store)
+        self._factors = open_factors(store)
         self._windows: dict[str, bool] = {}
         self._reported: set[str] = set()
         #: what was found since this broker started, for a warning on the approval page (latest few)
@@ -216,8 +222,8 @@ class Integrity:
             return  # a broken checkpoint stays until a broker start has reported it
         try:
             self._store.set_meta(CHECKPOINT, _mark(record))
-        except sqlite3.Error:
-            log.exception("could not record the audit checkpoint in state.db")
+        except Exception:  # either engine's error; a listener must not fail the append it heard of
+            log.exception("could not record the audit checkpoint in the state store")
 
 
 # -- matching rows --------------------------------------------------------------------------------
@@ -279,10 +285,11 @@ def checkpoint_problem(store: StateRecords, audit: AuditRecords | None) -> str |
 
 
 @contextmanager
-def _opened(paths: StatePaths) -> Iterator[tuple[StateStore, AuditLog | None]]:
-    """state.db and (if it exists: never create it here) audit.db."""
-    store = StateStore(paths.state_db)
-    audit = AuditLog(paths.audit_db) if paths.audit_db.exists() else None
+def _opened(paths: StatePaths) -> Iterator[tuple[StateRecords, AuditRecords | None]]:
+    """The state store and (if it exists: never create audit.db here) the audit log."""
+    where = _storage(paths)
+    store = where.open_state()
+    audit = where.open_audit() if where.has_audit() else None
     try:
         yield store, audit
     finally:
@@ -293,7 +300,7 @@ def _opened(paths: StatePaths) -> Iterator[tuple[StateStore, AuditLog | None]]:
 
 def audit_problem(paths: StatePaths) -> str | None:
     """For `audit verify`: the checkpoint compared with the log, without creating either file."""
-    if not paths.state_db.exists():
+    if not paths.state_db.exists() and not _storage(paths).shared:
         return None
     with _opened(paths) as (store, audit):
         return checkpoint_problem(store, audit)
@@ -376,7 +383,7 @@ def settings_change(path: Path, audit: AuditRecords) -> SettingsChange | None:
     return None if accepted is None else SettingsChange(path, accepted)
 
 
-def accept_settings(paths: StatePaths, prove: Callable[[FactorStore], str]) -> str:
+def accept_settings(paths: StatePaths, prove: Callable[[FactorRecords], str]) -> str:
     """`agent-vault settings accept`: with proof from a factor (`prove`, on the user's terminal), record
     settings.toml as the user's."""
     from agent_vault.configuration.settings import load_settings, settings_path
@@ -391,7 +398,7 @@ def accept_settings(paths: StatePaths, prove: Callable[[FactorStore], str]) -> s
         if change is not None and change.digest == change.accepted_digest:
             return f"{path.name} is unchanged since {change.since.isoformat(timespec='seconds')}; nothing to accept"
         print(change.describe() if change is not None else f"{path.name} was never recorded")
-        factors = FactorStore(store)
+        factors = open_factors(store)
         via = prove(factors) if factors.all() else "no factor enrolled"
         if checkpoint_problem(store, audit) is None:  # never move a checkpoint past a broken log
             audit.subscribe(lambda row: store.set_meta(CHECKPOINT, _mark(row)))
@@ -405,7 +412,7 @@ def accept_settings(paths: StatePaths, prove: Callable[[FactorStore], str]) -> s
 def inspect(paths: StatePaths, settings: Path) -> list[tuple[str, str]]:
     """(level, text) for each sign of tampering: the checkpoint, windows and approvals without an
     audited decision, factors outside the audited set, changed settings, and what brokers reported."""
-    if not paths.state_db.exists():
+    if not paths.state_db.exists() and not _storage(paths).shared:
         return []
     with _opened(paths) as (store, audit):
         found = []
@@ -426,7 +433,7 @@ def inspect(paths: StatePaths, settings: Path) -> list[tuple[str, str]]:
     return found
 
 
-def _state_findings(store: StateStore, audit: AuditLog) -> list[tuple[str, str]]:
+def _state_findings(store: StateRecords, audit: AuditRecords) -> list[tuple[str, str]]:
     found = []
     for w in store.active_windows(datetime.now(UTC)):
         if not window_audited(w, audit.approval(w.request_id)):
@@ -440,7 +447,7 @@ def _state_findings(store: StateStore, audit: AuditLog) -> list[tuple[str, str]]
     latest = audit.latest_with(FACTOR_SET, FACTOR_EVENTS)
     if latest is not None:
         recorded = set(latest.detail[FACTOR_SET])
-        for fid, fp in sorted(FactorStore(store).fingerprints().items()):
+        for fid, fp in sorted(open_factors(store).fingerprints().items()):
             if fp not in recorded:
                 found.append(("FAIL", f"factor {fid} is not in the factor set the audit log recorded "
                                       f"({latest.ts.isoformat(timespec='seconds')}): it was added or changed "

@@ -9,11 +9,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_vault.approver.factors import FactorStore
 from agent_vault.broker.integrity import settings_snapshot
 from agent_vault.checkpoints.record import EMPTY
-from agent_vault.store.audit import AuditLog
-from agent_vault.store.sqlite import StateStore
+from agent_vault.store.engines import open_factors
+from agent_vault.store.interface import AuditRecords, StateRecords
 
 
 @dataclass(frozen=True)
@@ -26,12 +25,12 @@ class Facts:
 
 
 def factor_set_hash(fingerprints: Iterable[str]) -> str:
-    """sha256 of the sorted factor fingerprints (`FactorStore.fingerprints`: never a secret)."""
+    """sha256 of the sorted factor fingerprints (`FactorRecords.fingerprints`: never a secret)."""
     return hashlib.sha256(json.dumps(sorted(fingerprints), separators=(",", ":")).encode()).hexdigest()
 
 
-def factors_now(store: StateStore) -> str:
-    return factor_set_hash(FactorStore(store).fingerprints().values())
+def factors_now(store: StateRecords) -> str:
+    return factor_set_hash(open_factors(store).fingerprints().values())
 
 
 def settings_now(path: Path) -> str:
@@ -39,7 +38,7 @@ def settings_now(path: Path) -> str:
     return settings_snapshot(path)[0]
 
 
-def chain_now(audit: AuditLog) -> tuple[int, str, str]:
+def chain_now(audit: AuditRecords) -> tuple[int, str, str]:
     """(row, head hash, row 1's hash) of the log as it is; an empty log is row 0."""
     newest = audit.list(limit=1)
     if not newest:
@@ -48,6 +47,6 @@ def chain_now(audit: AuditLog) -> tuple[int, str, str]:
     return newest[0].id, newest[0].hash, first.hash if first is not None else EMPTY
 
 
-def read_facts(audit: AuditLog, store: StateStore, settings_file: Path) -> Facts:
+def read_facts(audit: AuditRecords, store: StateRecords, settings_file: Path) -> Facts:
     seq, head, origin = chain_now(audit)
     return Facts(seq, head, origin, factors_now(store), settings_now(settings_file))

@@ -2,7 +2,7 @@
 it attests moved), at start and at shutdown, re-sends the latest one as a heartbeat every few minutes,
 and hands each to every sink's outbox. Off (does nothing, makes no key) without sinks.
 
-The broker tells it about rows through `rows_appended` (an `AuditLog` listener; safe from any thread,
+The broker tells it about rows through `rows_appended` (an `AuditRecords` listener; safe from any thread,
 never raises). Rows other processes append (`agent-vault factors add`, ...) are caught by the timer.
 The latest checkpoint is kept in the state dir (`checkpoint-latest.json`, 0600), so the next one links
 to it across restarts (`prev`).
@@ -32,12 +32,13 @@ from agent_vault.checkpoints.record import (
     sign_heartbeat,
 )
 from agent_vault.checkpoints.sinks import Outbox, Report, Sink, build_sinks
-from agent_vault.configuration.settings import CheckpointSettings, UserSettings, settings_path
+from agent_vault.configuration.settings import CheckpointSettings, UserSettings, settings_path, storage
 from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file
-from agent_vault.store.audit import AuditLog, AuditRecord
-from agent_vault.store.sqlite import StateStore
+from agent_vault.store.audit import AuditRecord
+from agent_vault.store.engines import Storage
+from agent_vault.store.interface import AuditRecords, StateRecords
 
 log = logging.getLogger("agent_vault.checkpoints")
 
@@ -66,6 +67,7 @@ class Checkpointer:
         sinks: Sequence[Sink],
         *,
         settings_file: Path | None = None,
+        storage: Storage | None = None,
         report: Report = _stderr,
         announce: Callable[[str], None] = _announce,
         clock: Callable[[], datetime] | None = None,
@@ -76,14 +78,16 @@ class Checkpointer:
         one-time message with the public key when the key is made here (stderr, the broker's log)."""
         self.paths = paths
         self.settings = settings
+        #: where the audit log and state it checkpoints are (default: the SQLite files in the state dir)
+        self.storage = storage or Storage(paths.state_db, paths.audit_db)
         self._settings_file = settings_file or settings_path(paths)
         self._report = report
         self._announce = announce
         self._clock = clock or (lambda: datetime.now(UTC))
         self.outboxes = [Outbox(s, report=report, timeout=send_timeout, base_delay=retry_delay) for s in sinks]
         self._key: SigningKey | None = None
-        self._audit: AuditLog | None = None
-        self._store: StateStore | None = None
+        self._audit: AuditRecords | None = None
+        self._store: StateRecords | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -113,7 +117,9 @@ class Checkpointer:
         except AgentVaultError as exc:
             report("settings.toml", f"checkpoints are off: {exc}")
             sinks = []
-        return cls(paths, settings.checkpoints, sinks, report=report, announce=announce)
+        return cls(
+            paths, settings.checkpoints, sinks, storage=storage(paths, settings), report=report, announce=announce
+        )
 
     @property
     def enabled(self) -> bool:
@@ -269,8 +275,8 @@ class Checkpointer:
                 f"  {key.public.text}\n(shown again by `agent-vault audit key`)"
             )
         self._key = key
-        self._audit = AuditLog(self.paths.audit_db)
-        self._store = StateStore(self.paths.state_db)
+        self._audit = self.storage.open_audit()
+        self._store = self.storage.open_state()
         self.latest = self._load_latest(key)
 
     def _load_latest(self, key: SigningKey) -> Checkpoint | None:

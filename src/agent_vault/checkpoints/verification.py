@@ -15,16 +15,17 @@ from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 
-from agent_vault.approver.factors import FactorStore
 from agent_vault.broker.integrity import FACTOR_EVENTS, SETTINGS_DIGEST, recorded_factors
 from agent_vault.checkpoints.facts import factors_now, settings_now
 from agent_vault.checkpoints.key import PublicKey
 from agent_vault.checkpoints.record import Checkpoint, shown_time
 from agent_vault.checkpoints.sources import Source
 from agent_vault.checkpoints.watching import Finding, Watcher, short
+from agent_vault.configuration.settings import storage
 from agent_vault.home import StatePaths
-from agent_vault.store.audit import AuditLog, AuditRecord
-from agent_vault.store.sqlite import StateStore
+from agent_vault.store.audit import AuditRecord
+from agent_vault.store.engines import Storage, open_factors
+from agent_vault.store.interface import AuditRecords
 
 #: a factor change made through agent-vault writes state.db a moment before its audit row
 FACTOR_ROW_GRACE = timedelta(seconds=60)
@@ -60,20 +61,21 @@ def verify_with_checkpoints(
         return report
     latest = max(checkpoints, key=lambda c: (c.seq, c.time))
     report.latest = latest
-    if not paths.audit_db.exists():
+    where = storage(paths)
+    if not where.has_audit():
         report.findings.append(Finding("deleted", f"audit.db is missing: {latest.describe()} vouches for "
                                                   f"{latest.seq} rows. It was deleted"))  # fmt: skip
         return report
-    with AuditLog(paths.audit_db) as audit:
+    with where.audit() as audit:
         report.findings += compare(audit, checkpoints)
-        report.findings += factor_findings(audit, checkpoints, _factors_now(paths))
+        report.findings += factor_findings(audit, checkpoints, _factors_now(where))
         report.findings += settings_findings(audit, checkpoints, settings_now(settings_file))
         newest = audit.list(limit=1)
         report.unvouched = max(0, (newest[0].id if newest else 0) - latest.seq)
     return report
 
 
-def compare(audit: AuditLog, checkpoints: Sequence[Checkpoint]) -> list[Finding]:
+def compare(audit: AuditRecords, checkpoints: Sequence[Checkpoint]) -> list[Finding]:
     """The chain itself, then each checkpoint's row and head against the log."""
     found: list[Finding] = []
     chain = audit.verify()
@@ -129,19 +131,16 @@ def _recreated(cp: Checkpoint, first: AuditRecord | None) -> Finding:
                                  f"the log {cp.describe()} vouches for ({cp.seq} rows): {now}")  # fmt: skip
 
 
-def _factors_now(paths: StatePaths) -> tuple[str, list[tuple[str, str]]] | None:
-    """(hash of the factor set in state.db, fingerprints by id) or None without state.db."""
-    if not paths.state_db.exists():
+def _factors_now(where: Storage) -> tuple[str, list[tuple[str, str]]] | None:
+    """(hash of the factor set in the state store, fingerprints by id) or None without state.db."""
+    if not where.shared and not where.state_db.exists():
         return None
-    store = StateStore(paths.state_db)
-    try:
-        return factors_now(store), sorted(FactorStore(store).fingerprints().items())
-    finally:
-        store.close()
+    with where.state() as store:
+        return factors_now(store), sorted(open_factors(store).fingerprints().items())
 
 
 def factor_findings(
-    audit: AuditLog, checkpoints: Sequence[Checkpoint], now: tuple[str, list[tuple[str, str]]] | None
+    audit: AuditRecords, checkpoints: Sequence[Checkpoint], now: tuple[str, list[tuple[str, str]]] | None
 ) -> list[Finding]:
     """The factor set's hash may move only with a factor row (`factor_added`, `factor_removed`,
     `factors_recorded`) after the checkpoint before the move."""
@@ -170,7 +169,7 @@ def _explained(rows: Sequence[AuditRecord], before: Checkpoint, after: Checkpoin
     return any(r.id > before.seq and r.ts <= after.time + FACTOR_ROW_GRACE for r in rows)
 
 
-def settings_findings(audit: AuditLog, checkpoints: Sequence[Checkpoint], now: str) -> list[Finding]:
+def settings_findings(audit: AuditRecords, checkpoints: Sequence[Checkpoint], now: str) -> list[Finding]:
     """Notes (not failures): a settings.toml the checkpoints saw, or the one now, that was never accepted."""
     accepted = {str(r.detail.get(SETTINGS_DIGEST)) for r in audit.list(event="settings_accepted", limit=None)}
     found: list[Finding] = []

@@ -18,7 +18,7 @@ from agent_vault.cli.table import table
 from agent_vault.configuration.boundaries import ProjectLimits, project_problems
 from agent_vault.configuration.legacy_env import locate_config
 from agent_vault.configuration.project import VaultConfig, load_config, redacted_view
-from agent_vault.configuration.settings import UserSettings
+from agent_vault.configuration.settings import UserSettings, storage
 from agent_vault.domain.errors import (
     AgentVaultError,
     BrokerUnavailable,
@@ -30,8 +30,7 @@ from agent_vault.domain.untrusted import shown
 from agent_vault.domain.wire import WindowView
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.home import StatePaths, default_root, is_default, state_paths
-from agent_vault.store.audit import AuditLog
-from agent_vault.store.sqlite import StateStore, Window
+from agent_vault.store.sqlite import Window
 
 
 async def broker_status(as_json: bool = False) -> str:
@@ -132,11 +131,8 @@ def _probe(name: str, vault: VaultConfig) -> tuple[str, bool]:
 
 
 def _windows() -> list[Window]:
-    store = StateStore(state_paths().state_db)
-    try:
+    with storage(state_paths()).state() as store:
         return store.active_windows(datetime.now(UTC))
-    finally:
-        store.close()
 
 
 def _system_broker() -> StatePaths | None:
@@ -246,7 +242,7 @@ def _when(text: str | None) -> datetime | None:
 
 def audit_list(args: argparse.Namespace) -> str:
     _not_for_system_users("audit list")
-    with AuditLog(state_paths().audit_db) as log:
+    with storage(state_paths()).audit() as log:
         try:
             rows = log.list(
                 since=_when(args.since),
@@ -291,10 +287,11 @@ def audit_verify(
     _not_for_system_users("audit verify")
     paths = state_paths()
     problem = audit_problem(paths)  # the chain against the checkpoint state.db keeps of it
-    if not paths.audit_db.exists() and (problem is not None or checkpoints is not None):
+    where = storage(paths)
+    if not where.has_audit() and (problem is not None or checkpoints is not None):
         ok, verdict = False, f"audit log BROKEN: {problem or f'{paths.audit_db} does not exist'}"
     else:
-        with AuditLog(paths.audit_db) as log:
+        with where.audit() as log:
             result = log.verify()
         if not result.ok:
             ok, verdict = False, f"audit log BROKEN at row {result.first_bad_id}: {result.problem}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent_vault.configuration.settings import storage
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, state_paths
 
@@ -78,17 +79,11 @@ def _private(path: Path, mode: int, what: str) -> Check:
 
 
 def factor_checks(paths: StatePaths) -> list[Check]:
-    if not paths.state_db.exists():
+    where = storage(paths)
+    if not where.shared and not paths.state_db.exists():
         return [Check("FAIL", "no factor enrolled: nothing can be approved. Run `agent-vault init` in a terminal.")]
-    from agent_vault.approver.factors import FactorStore
-    from agent_vault.store.sqlite import StateStore
-
-    store = StateStore(paths.state_db)
-    try:
-        factors = FactorStore(store)
+    with where.factors() as factors:
         rows, left = factors.all(), factors.recovery_codes_left()
-    finally:
-        store.close()
     passkeys = [f for f in rows if f.kind == "passkey"]
     totps = [f for f in rows if f.kind == "totp"]
     if not rows:
@@ -192,13 +187,13 @@ def _address(hex_address: str) -> str:
 
 
 def audit_checks(paths: StatePaths) -> list[Check]:
-    if not paths.audit_db.exists():
+    where = storage(paths)
+    if not where.has_audit():
         return [Check("info", "audit log not created yet")]
     from agent_vault.domain.errors import AuditError
-    from agent_vault.store.audit import AuditLog
 
     try:
-        with AuditLog(paths.audit_db) as log:
+        with where.audit() as log:
             result = log.verify()
     except AuditError as exc:
         return [Check("FAIL", f"audit log unreadable: {exc}")]

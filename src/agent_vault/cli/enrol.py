@@ -24,7 +24,6 @@ import pyotp
 from agent_vault.approver.factors import (
     Factor,
     FactorApprover,
-    FactorStore,
     looks_like_totp,
     new_recovery_codes,
     new_totp_secret,
@@ -32,10 +31,10 @@ from agent_vault.approver.factors import (
 )
 from agent_vault.broker.integrity import next_factor_set, recorded_factors_at
 from agent_vault.broker.recorder import Recorder
+from agent_vault.configuration.settings import storage
 from agent_vault.domain.errors import AgentVaultError, NotAuthorized
 from agent_vault.home import StatePaths, state_paths
-from agent_vault.store.audit import AuditLog
-from agent_vault.store.sqlite import StateStore
+from agent_vault.store.interface import FactorRecords
 
 POLL = 0.5
 
@@ -74,20 +73,17 @@ def require_terminal() -> None:
 
 
 @contextmanager
-def _factors(paths: StatePaths) -> Iterator[FactorStore]:
-    store = StateStore(paths.state_db)
-    try:
-        yield FactorStore(store)
-    finally:
-        store.close()
+def _factors(paths: StatePaths) -> Iterator[FactorRecords]:
+    with storage(paths).factors() as factors:
+        yield factors
 
 
 def _audit(paths: StatePaths, event: str, **detail: str | list[str]) -> None:
-    with AuditLog(paths.audit_db) as log:
+    with storage(paths).audit() as log:
         Recorder(log).write(event, detail)  # the same writer as the broker's, on this command's own log handle
 
 
-def record_factor_change(paths: StatePaths, event: str, factors: FactorStore, factor: Factor, via: str) -> None:
+def record_factor_change(paths: StatePaths, event: str, factors: FactorRecords, factor: Factor, via: str) -> None:
     """Audit a factor added or removed, with the factor set as it is after the change (see integrity.py)."""
     change = {"removed": factor.id} if event == "factor_removed" else {"added": factor.id}
     _audit(
@@ -160,7 +156,7 @@ def _wait_for(done: Callable[[], bool], what: str) -> None:
     raise NotAuthorized(f"timed out waiting for {what}; nothing changed. Run the command again.")
 
 
-def _enrol_passkey(paths: StatePaths, factors: FactorStore, port: int | None, needs_proof: bool, via: str) -> None:
+def _enrol_passkey(paths: StatePaths, factors: FactorRecords, port: int | None, needs_proof: bool, via: str) -> None:
     base = _broker_url(paths, port)
     token = factors.new_enrol_token("passkey", needs_proof)
     key = token_key(token)
@@ -169,12 +165,12 @@ def _enrol_passkey(paths: StatePaths, factors: FactorStore, port: int | None, ne
     print("Passkey enrolled (the broker wrote it to the audit log).")
 
 
-def _token_used(factors: FactorStore, key: str) -> bool:
+def _token_used(factors: FactorRecords, key: str) -> bool:
     token = factors.enrol_token(key)
     return token is not None and token.used
 
 
-def _enrol_totp(paths: StatePaths, factors: FactorStore, via: str) -> None:
+def _enrol_totp(paths: StatePaths, factors: FactorRecords, via: str) -> None:
     import segno
 
     secret = new_totp_secret()
@@ -196,7 +192,7 @@ def _enrol_totp(paths: StatePaths, factors: FactorStore, via: str) -> None:
 # -- later changes ----------------------------------------------------------------------------
 
 
-def prove(paths: StatePaths, factors: FactorStore, port: int | None = None) -> str:
+def prove(paths: StatePaths, factors: FactorRecords, port: int | None = None) -> str:
     """Proof from an existing factor, typed here or given on a one-time confirm link."""
     answer = getpass.getpass(
         "Prove it is you: authenticator code or recovery code (or press Enter to use your passkey): "
@@ -217,7 +213,7 @@ def prove(paths: StatePaths, factors: FactorStore, port: int | None = None) -> s
     return "passkey (confirm link)"
 
 
-def _enrolled(factors: FactorStore) -> None:
+def _enrolled(factors: FactorRecords) -> None:
     if not factors.all():
         raise AgentVaultError("nothing is enrolled yet. Run `agent-vault init` first.")
 

@@ -33,6 +33,7 @@ from agent_vault.configuration.destinations import check_http_url, parse_allowan
 from agent_vault.domain.errors import ConfigError, SettingsError
 from agent_vault.domain.numbers import Number, WholeNumber
 from agent_vault.home import StatePaths
+from agent_vault.store.engines import Storage, is_postgres
 
 SETTINGS_FILE = "settings.toml"
 _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -224,6 +225,25 @@ class StoreSettings(_Model):
     allow_hosts: HostAllowances = Field(default=(), alias="allowHosts")
 
 
+class StorageSettings(_Model):
+    """Where the broker keeps its state and audit (`[store]`): by default SQLite files in the state dir; a
+    PostgreSQL URL puts both in that database, for a team broker and its replicas (docs/team.md)."""
+
+    #: `postgresql://user@host:5432/dbname` (libpq's `PGPASSWORD`/`PGPASSFILE`, or `env:VAR` for the whole URL,
+    #: keep a password out of this file)
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None and not is_postgres(value):
+            raise ValueError(
+                "must be a postgresql:// URL (leave [store] url out to keep the state and audit in SQLite files "
+                "in the state dir)"
+            )
+        return value
+
+
 class ProxySettings(_Model):
     """The credential-injecting proxy the broker runs for `run --proxy` (docs/proxy.md)."""
 
@@ -328,6 +348,7 @@ class UserSettings(_Model):
     stores: StoreSettings = StoreSettings()
     checkpoints: CheckpointSettings = CheckpointSettings()
     proxy: ProxySettings = ProxySettings()
+    store: StorageSettings = StorageSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -384,6 +405,13 @@ def _channel_problem(index: int, reason: str) -> PydanticCustomError:
 
 def settings_path(paths: StatePaths) -> Path:
     return paths.settings_file if paths.settings_file is not None else paths.root / SETTINGS_FILE
+
+
+def storage(paths: StatePaths, settings: UserSettings | None = None) -> Storage:
+    """Where this state dir's broker keeps its state and audit: `[store] url` of its settings (read here when
+    not given), else the SQLite files in the state dir."""
+    chosen = load_settings(paths) if settings is None else settings
+    return Storage(paths.state_db, paths.audit_db, chosen.store.url)
 
 
 def referenced_env_vars(paths: StatePaths) -> set[str]:

@@ -68,6 +68,7 @@ KEPT_PREFIXES: dict[str, str] = {
     "PASSWORD_STORE_": "pass's store directory and keys",
     "SOPS_": "sops's age and PGP keys",
     "KEYRING_PROPERTY_": "keyring's per-back-end settings (a Secret Service collection, a file path)",
+    "PG": "libpq's password, password file, service and TLS files for a `[store] url` on PostgreSQL",
 }
 
 #: Never passed, even when a settings.toml refers to them: they change what code the broker runs

@@ -168,7 +168,7 @@ class PostgresAuditLog:
         """`listeners`: called with each row this object commits, after the commit (see `listeners`)."""
         self._url = url
         #: where the log is, for messages (no user name or password)
-        self.where = _describe(url)
+        self.where = describe_url(url)
         self._clock = clock or utc_now
         self._busy_timeout = busy_timeout
         #: called with each committed row; a listener must not raise: its error would reach the appender
@@ -468,7 +468,8 @@ def _has_nul(value: object) -> bool:
     return False
 
 
-def _describe(url: str) -> str:
+def describe_url(url: str) -> str:
+    """Where a database is, for messages: host, port and name, never the user or a password."""
     try:
         info = conninfo_to_dict(url)
     except psycopg.Error:

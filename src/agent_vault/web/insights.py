@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from markupsafe import Markup
 
-from agent_vault.store.audit import AuditLog, ReleaseCount, RowFilter
+from agent_vault.store.audit import ReleaseCount, RowFilter
+from agent_vault.store.interface import AuditRecords
 from agent_vault.web.charts import Series, bars, columns
 
 #: days the overview's pictures cover (UTC days, today included)
@@ -30,7 +31,7 @@ class Pictures:
     per_project: Markup
 
 
-def overview(audit: AuditLog, now: datetime, days: int = DAYS) -> Pictures:
+def overview(audit: AuditRecords, now: datetime, days: int = DAYS) -> Pictures:
     days_shown = _days(now, days)
     wanted = RowFilter(since=days_shown[0])
     counts = audit.releases(wanted)
@@ -50,7 +51,7 @@ def overview(audit: AuditLog, now: datetime, days: int = DAYS) -> Pictures:
     )
 
 
-def secret_over_time(audit: AuditLog, vault: str, name: str, now: datetime, days: int = SECRET_DAYS) -> Markup:
+def secret_over_time(audit: AuditRecords, vault: str, name: str, now: datetime, days: int = SECRET_DAYS) -> Markup:
     days_shown = _days(now, days)
     counts = [c for c in audit.releases(RowFilter(since=days_shown[0], vault=vault, name=name)) if c.name == name]
     title = f"Releases of {vault}/{name} per day (last {days} days, UTC)"
