@@ -183,3 +183,9 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+
+
+# a throw-away PostgreSQL cluster for the whole session, for any test that asks for it (the team broker's engine)
+from tests.store.postgres_server import postgres  # noqa: E402
+
+__all__ = ["postgres"]
