@@ -47,6 +47,11 @@ class Requester:
     #: the login name of `uid`, from the system's user database: set by a system broker, which serves
     #: several local users (a per-user broker serves only its own)
     user: str | None = None
+    #: a team broker's agent (`agents add`), known by its token: its name and the person who owns it
+    agent: str | None = None
+    owner: str | None = None
+    #: the host the front door says it runs on (claimed, like the client's name)
+    host: str | None = None
 
     @property
     def client(self) -> str:
@@ -61,6 +66,9 @@ class Requester:
             "user": self.user,
             "project_dir": self.project_dir,
             "git_remote": self.git_remote,
+            "agent": self.agent,
+            "owner": self.owner,
+            "host": self.host,
         }
 
 

@@ -95,6 +95,9 @@ class RequesterView(TypedDict):
     user: str | None
     project_dir: str | None
     git_remote: str | None
+    agent: str | None
+    owner: str | None
+    host: str | None
 
 
 class RequestView(TypedDict):

@@ -375,6 +375,9 @@ def requester_row(r: Requester) -> dict[str, Any]:
         "user": r.user,
         "project_dir": r.project_dir,
         "git_remote": r.git_remote,
+        "agent": r.agent,
+        "owner": r.owner,
+        "host": r.host,
     }
 
 
