@@ -16,9 +16,7 @@ import anyio
 import pyotp
 import pytest
 
-from agent_vault.approver.factors import FactorStore
 from agent_vault.home import StatePaths, ensure_private_dir
-from agent_vault.store.sqlite import StateStore
 
 if TYPE_CHECKING:
     from agent_vault.daemon import BrokerServer
@@ -98,11 +96,10 @@ def step_clock() -> StepClock:
 def enrol_totp(paths: StatePaths) -> None:
     """Enrol the test authenticator app the way `agent-vault factors add --totp` does: audited."""
     from agent_vault.cli.enrol import record_factor_change
+    from agent_vault.configuration.settings import storage  # SQLite files, or `[store] url` when set
 
-    store = StateStore(paths.state_db)
-    factors = FactorStore(store)
-    record_factor_change(paths, "factor_added", factors, factors.add_totp(TOTP_SECRET), via="test set-up")
-    store.close()
+    with storage(paths).factors() as factors:
+        record_factor_change(paths, "factor_added", factors, factors.add_totp(TOTP_SECRET), via="test set-up")
 
 
 def totp_approvers(clock: StepClock):  # type: ignore[no-untyped-def]

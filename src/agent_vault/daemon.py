@@ -39,6 +39,7 @@ from agent_vault.broker.integrity import Integrity
 from agent_vault.broker.limits import Ceilings
 from agent_vault.broker.peers import PeerPolicy
 from agent_vault.broker.recorder import Recorder
+from agent_vault.broker.replicas import Replicas
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.checkpoints.schedule import Checkpointer
 from agent_vault.configuration.settings import UserSettings, settings_path, storage
@@ -190,13 +191,14 @@ def assemble(
     recorder: Recorder | None = None,
     passkey_origins: Callable[[], Sequence[str]] = tuple,
     system: SystemMode | None = None,
+    replicas: Replicas | None = None,
 ) -> Core:
     """Build the core, each part given what it needs when it is made (nothing patched in later).
 
     With `settings` (and the `paths` they came from) the user's ceilings and passkey RP ID apply;
     without, the defaults (commands that change state while no broker runs)."""
     recorder = recorder or Recorder(audit)
-    integrity = Integrity(store, recorder)
+    integrity = Integrity(store, recorder, shared=replicas is not None and replicas.signals.shared)
     factors = open_factors(store)
     rp_id = settings.passkeys.rp_id if settings is not None else None
     passkeys = Passkeys(factors, origin=base_url, rp_id=rp_id or RP_ID, extra_origins=passkey_origins)
@@ -218,6 +220,7 @@ def assemble(
         proxy_settings=settings.proxy if settings is not None else None,
         # a system broker's allowed users enter its socket dir, never its state dir
         proxy_public_dir=paths.socket.parent / "proxy-ca" if system is not None and paths is not None else None,
+        replicas=replicas,
     )
     return Core(broker, passkeys)
 
@@ -273,6 +276,7 @@ class BrokerServer:
         where = storage(self.paths, settings)
         store = where.open_state()
         audit = where.open_audit(listeners=[self.checkpointer.rows_appended])
+        replicas = Replicas(where.open_signals())  # the other brokers on a shared store (none on SQLite files)
         # the one audit writer; the webhooks it forwards to report their failures back through it
         recorder = Recorder(audit, forward=lambda ws, record: hub.submit(ws, record))
         hub = WebhookHub(recorder.note)
@@ -290,6 +294,7 @@ class BrokerServer:
             recorder=recorder,
             passkey_origins=self.remote.passkey_origins,  # a tunnel's origin counts only while it is up
             system=self.system,
+            replicas=replicas,
         )
         self.broker = core.broker
         await self.broker.start()

@@ -245,6 +245,8 @@ class Access:
         extra: dict[str, Any],
     ) -> AccessRequest:
         vcfg = session.workspace.vault(vault)
+        extra = dict(extra)
+        self.ledger.replicas.mark(extra)  # this process holds the waiter (replicas.py)
         now = self.ledger.clock()
         timeout: float = session.workspace.config.request_timeout
         if self.ceilings.max_request_timeout is not None:

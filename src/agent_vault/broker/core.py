@@ -29,11 +29,12 @@ from agent_vault.broker.access import Access
 from agent_vault.broker.decisions import Decisions
 from agent_vault.broker.delivery import Delivery
 from agent_vault.broker.integrity import Integrity
-from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Outreach, Quiet, Session
+from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Outreach, Quiet, Session, log_task_error
 from agent_vault.broker.limits import Ceilings, RequestLimiter
 from agent_vault.broker.peers import PeerPolicy
 from agent_vault.broker.proxy_gate import ProxyGate
 from agent_vault.broker.recorder import Recorder
+from agent_vault.broker.replicas import EVERYTHING, HOLDER_GONE, Replicas
 from agent_vault.broker.runs import RunManager
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.broker.windows import Clock, WindowPolicy, utc_now
@@ -42,7 +43,7 @@ from agent_vault.broker.writes import Writes
 from agent_vault.configuration.settings import ProxySettings
 from agent_vault.configuration.tightening import parse as tightening_of
 from agent_vault.domain.errors import InvalidRequest
-from agent_vault.domain.request import AccessRequest, Requester, Status
+from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
 from agent_vault.store.interface import AuditRecords, StateRecords
 from agent_vault.store.sqlite import Window
 
@@ -72,8 +73,12 @@ class Broker:
         proxy_dir: Path | None = None,
         proxy_settings: ProxySettings | None = None,
         proxy_public_dir: Path | None = None,
+        replicas: Replicas | None = None,
+        sweep_seconds: float = 60.0,
     ) -> None:
-        """`proxy_dir`: where the credential-injecting proxy keeps its CA (no proxy without it);
+        """`replicas`: the other broker processes on a shared store, told of decisions (closed by `stop`);
+        `sweep_seconds`: how often this process ends requests whose holder died (replicas.py).
+        `proxy_dir`: where the credential-injecting proxy keeps its CA (no proxy without it);
         `proxy_public_dir`: where other users' children find its certificate (a system broker's)."""
         self.store = store
         self.audit = audit
@@ -93,7 +98,10 @@ class Broker:
             clock=clock,
             outreach=self.outreach,
             base_url=base_url,
+            replicas=replicas,
         )
+        self.replicas = self.ledger.replicas
+        self._sweep_seconds = sweep_seconds
         self.live = self.ledger.live
         self.runs = RunManager()
         #: the user's ceilings from settings.toml: window length, pending time, what a project may point at
@@ -110,6 +118,7 @@ class Broker:
         self._workspaces: OrderedDict[tuple[str, str], Workspace] = OrderedDict()
         self._sessions: dict[str, Session] = {}
         self._ticker: asyncio.Future[None] | None = None
+        self._sweeper: asyncio.Future[None] | None = None
 
         # the use cases, and what front doors call of them
         #: the credential-injecting proxy for commands run via the proxy (started on first use)
@@ -157,8 +166,18 @@ class Broker:
         self.policy.mark_time()
         self._ticker = asyncio.ensure_future(self._mark_time_every(60.0))
         for req in self.store.requests_with_status(Status.PENDING, Status.APPROVED):
-            if self.store.transition(req.id, [req.status], Status.EXPIRED, self.clock()):
+            # another replica's requests are its own; on SQLite files every earlier broker is gone
+            if not self.replicas.held_elsewhere(req) and self.store.transition(
+                req.id, [req.status], Status.EXPIRED, self.clock()
+            ):
                 await self.ledger.audit(None, "expired", req, detail={"why": "broker restarted"})
+        loop = asyncio.get_running_loop()
+
+        def heard(request_id: str) -> None:  # on the signals' thread
+            loop.call_soon_threadsafe(self._heard, request_id)
+
+        self.replicas.signals.listen(heard)
+        self._sweeper = asyncio.ensure_future(self._sweep_every(self._sweep_seconds))
 
     async def _mark_time_every(self, seconds: float) -> None:
         """Keep the clock's high-water mark fresh, so a clock set back later is noticed."""
@@ -169,14 +188,57 @@ class Broker:
             except Exception:  # a busy database now and then must not end the ticker
                 log.exception("could not record the time")
 
+    # -- replicas (replicas.py) ---------------------------------------------------------------
+
+    def _heard(self, request_id: str) -> None:
+        """Another process decided or ended `request_id` (or `EVERYTHING`): wake what waits here."""
+        ids = self.live.ids() if request_id == EVERYTHING else [request_id]
+        for rid in ids:
+            if self.live.get(rid) is not None:
+                task = asyncio.ensure_future(self._decided_elsewhere(rid))
+                task.add_done_callback(log_task_error)
+
+    async def _decided_elsewhere(self, request_id: str) -> None:
+        req = self.store.get_request(request_id)
+        if req is None or req.status is Status.PENDING:
+            return
+        if req.status is Status.APPROVED and req.operation is Operation.WRITE:
+            await self.decisions.writes.write(req)  # the value is in this process's memory
+        self.live.wake(request_id)
+        if req.status in (Status.DENIED, Status.EXPIRED, Status.CANCELLED):
+            self.live.forget(request_id)
+
+    async def _sweep_every(self, seconds: float) -> None:
+        """End, now and then, the requests whose holder died (only ever found on a shared store)."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.end_orphans()
+            except Exception:  # the database away for a moment must not end the sweep
+                log.exception("could not look for requests of stopped broker processes")
+
+    async def end_orphans(self) -> list[str]:
+        """Expire the pending or approved requests held by processes that are gone; their ids."""
+        ended = []
+        for req in self.store.requests_with_status(Status.PENDING, Status.APPROVED):
+            if self.replicas.orphaned(req) and self.store.transition(
+                req.id, [req.status], Status.EXPIRED, self.clock()
+            ):
+                await self.ledger.audit(None, "expired", req, detail={"why": HOLDER_GONE})
+                ended.append(req.id)
+        return ended
+
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.runs.stop()
         for rid in self.live.ids():
             await self.ledger.finish(rid, Status.CANCELLED, "cancelled", why="broker stopped")
         if self.proxy is not None:
             await self.proxy.stop()
+        await asyncio.to_thread(self.replicas.close)
 
     # -- sessions -----------------------------------------------------------------------------
 

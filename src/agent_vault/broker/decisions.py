@@ -68,11 +68,15 @@ class Decisions:
             ledger.store.transition(req.id, [status], Status.CANCELLED, now)
             ledger.live.wake(req.id)
             raise
+        # a request another replica holds is that process's to finish (its value to write is in its memory)
+        elsewhere = live is None and ledger.replicas.held_elsewhere(decided)
         if approve:
             ledger.policy.open_for(decided, now)
-            if decided.operation is Operation.WRITE:
+            if decided.operation is Operation.WRITE and not elsewhere:
                 await self.writes.write(decided)
         ledger.live.wake(req.id)
         if not approve:
             ledger.live.forget(req.id)
+        if elsewhere:
+            ledger.replicas.announce(req.id)
         return ledger.store.get_request(req.id) or decided

@@ -107,8 +107,11 @@ def _storage(paths: StatePaths) -> Storage:
 class Integrity:
     """The broker's side: vouches for windows and approvals, records baselines, reports tampering."""
 
-    def __init__(self, store: StateRecords, recorder: Recorder) -> None:
-        """`recorder`: the broker's audit writer (tamper_detected, the baselines); its log is read here."""
+    def __init__(self, store: StateRecords, recorder: Recorder, *, shared: bool = False) -> None:
+        """`recorder`: the broker's audit writer (tamper_detected, the baselines); its log is read here.
+        `shared`: other broker processes append to the same log (replicas on PostgreSQL), so a decision row
+        this one did not write is not a sign of tampering there; the database's roles guard that log."""
+        self._shared = shared
         self._store = store
         self._recorder = recorder
         self._audit = audit = recorder.audit
@@ -163,7 +166,13 @@ class Integrity:
     def _appended_outside(self, row: AuditRecord | None) -> bool:
         """A decision row written after this broker started, but not by it."""
         first = self._first_own
-        return row is not None and first is not None and row.id > first and row.id not in self._own_decisions
+        return (
+            not self._shared
+            and row is not None
+            and first is not None
+            and row.id > first
+            and row.id not in self._own_decisions
+        )
 
     def report(self, object_id: str, why: str) -> None:
         """One `tamper_detected` row per object and broker run (never per read)."""

@@ -18,10 +18,12 @@ from agent_vault.broker.http_calls import HttpAnswer
 from agent_vault.broker.integrity import Integrity
 from agent_vault.broker.live import LiveRequests
 from agent_vault.broker.recorder import Recorder
+from agent_vault.broker.replicas import Replicas
 from agent_vault.broker.windows import DEFINITION, Clock, WindowPolicy
 from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.request import AccessRequest, Requester, Status
 from agent_vault.domain.secret import SecretValue
+from agent_vault.store.agents import Agent
 from agent_vault.store.interface import StateRecords
 
 #: why a request is cancelled when its vault's config section changed after it was made
@@ -34,6 +36,8 @@ class Session:
     id: str
     workspace: Workspace
     requester: Requester
+    #: a team broker's remote agent, known by its token (None: a front door on the local socket)
+    agent: Agent | None = None
 
 
 @dataclass
@@ -93,8 +97,11 @@ class Ledger:
         clock: Clock,
         outreach: Outreach,
         base_url: str,
+        replicas: Replicas | None = None,
     ) -> None:
         self.store = store
+        #: the other broker processes on a shared store (none on SQLite files)
+        self.replicas = replicas or Replicas()
         self.recorder = recorder
         #: append an audit row (and forward it): `Recorder.record`, looked up here on every call
         self.audit = recorder.record
@@ -126,15 +133,17 @@ class Ledger:
             live = self.live.get(request_id)
             if req is not None:
                 await self.audit(live.workspace if live else None, event, req, detail={"why": why} if why else {})
+            if live is None:
+                self.replicas.announce(request_id)  # its waiter, if any, is another process's
         self.live.wake(request_id)
         self.live.forget(request_id)
 
     def expire_soon(self, request_id: str) -> None:
         """What a request's timer does when it fires."""
         task = asyncio.ensure_future(self.finish(request_id, Status.EXPIRED, "expired"))
-        task.add_done_callback(_log_task_error)
+        task.add_done_callback(log_task_error)
 
 
-def _log_task_error(task: asyncio.Future[None]) -> None:
+def log_task_error(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task failed: %s", type(task.exception()).__name__)

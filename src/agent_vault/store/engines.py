@@ -3,7 +3,8 @@
 By default both are SQLite files in the state dir (`store/sqlite.py`, `store/audit.py`). With a
 `postgresql://` (or `postgres://`) URL (`[store] url` in the broker's settings, issue 15) both live in that
 one PostgreSQL database (`store/postgres.py`, `store/postgres_audit.py`; they need the `postgres` extra),
-which several broker processes may share. The approver's rows follow their state store (`open_factors`).
+which several broker processes may share. The approver's rows follow their state store (`open_factors`),
+and so do a team broker's agents (`open_agents`).
 The URL may carry a password: it is never shown, only `Storage.where` (host, port and database).
 """
 
@@ -14,9 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_vault.store.agents import AgentStore
 from agent_vault.store.audit import AuditLog, AuditRecord
 from agent_vault.store.factors import FactorStore
-from agent_vault.store.interface import AuditRecords, FactorRecords, StateRecords
+from agent_vault.store.interface import AgentRecords, AuditRecords, FactorRecords, ReplicaSignals, StateRecords
+from agent_vault.store.signals import LocalSignals
 from agent_vault.store.sqlite import StateStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -56,6 +59,18 @@ def open_factors(state: StateRecords) -> FactorRecords:
     raise TypeError(f"no factor records for a {type(state).__name__}")
 
 
+def open_agents(state: StateRecords) -> AgentRecords:
+    """A team broker's agents, kept by the engine that keeps `state`."""
+    if isinstance(state, StateStore):
+        return AgentStore(state)
+    from agent_vault.store.postgres import PostgresState  # the optional extra
+    from agent_vault.store.postgres_agents import PostgresAgents
+
+    if isinstance(state, PostgresState):
+        return PostgresAgents(state)
+    raise TypeError(f"no agent records for a {type(state).__name__}")
+
+
 @dataclass(frozen=True)
 class Storage:
     """Where one broker keeps its state and its audit log: two SQLite files, or one PostgreSQL database."""
@@ -84,6 +99,14 @@ class Storage:
 
     def open_audit(self, *, listeners: Iterable[Callable[[AuditRecord], None]] = ()) -> AuditRecords:
         return open_audit(self.url if self.url is not None else self.audit_db, listeners=listeners)
+
+    def open_signals(self) -> ReplicaSignals:
+        """How this process and the others on the same store tell each other of decisions (replicas)."""
+        if self.url is None:
+            return LocalSignals()
+        from agent_vault.store.postgres_signals import PostgresSignals
+
+        return PostgresSignals(self.url)
 
     def has_audit(self) -> bool:
         """Whether an audit log exists to read (a database always has one; a file only once written)."""
