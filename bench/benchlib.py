@@ -299,17 +299,13 @@ class Sandbox:
 
     def enrol_totp(self) -> None:
         """As `agent-vault factors add --totp` does: audited, so the broker counts it as the user's."""
-        from agent_vault.approver.factors import FactorStore
         from agent_vault.cli.enrol import record_factor_change
+        from agent_vault.configuration.settings import storage
         from agent_vault.home import StatePaths
-        from agent_vault.store.sqlite import StateStore
 
-        store = StateStore(self.home / "state.db")
-        try:
-            factors = FactorStore(store)
-            record_factor_change(StatePaths(self.home), "factor_added", factors, factors.add_totp(TOTP_SECRET), "bench")
-        finally:
-            store.close()
+        paths = StatePaths(self.home)
+        with storage(paths).factors() as factors:  # the SQLite files, or the sandbox's `[store] url`
+            record_factor_change(paths, "factor_added", factors, factors.add_totp(TOTP_SECRET), "bench")
 
     def start_broker(
         self, *, real: bool = False, fix_nodelay: bool = False, timeout: float = 30.0

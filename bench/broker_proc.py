@@ -17,12 +17,13 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
-from agent_vault.approver.factors import ApproverKit, FactorApprover, FactorStore
+from agent_vault.approver.factors import ApproverKit, FactorApprover
 from agent_vault.approver.protocol import Approver
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
-from agent_vault.store.sqlite import StateStore
+from agent_vault.store.interface import FactorRecords
 
 
 class StepClock:
@@ -36,15 +37,19 @@ class StepClock:
         return time.time() + 30 * (self.approvals + 1)
 
 
-class SteppingFactors(FactorStore):
-    """The real factor store; each accepted code moves the clock on to the next approval's step."""
+class SteppingFactors:
+    """The broker's real factor records (either engine); each accepted code moves the clock on to the
+    next approval's step."""
 
-    def __init__(self, store: StateStore, clock: StepClock) -> None:
-        super().__init__(store)
+    def __init__(self, inner: FactorRecords, clock: StepClock) -> None:
+        self._inner = inner
         self._step_clock = clock
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
     def use_step(self, factor_id: str, step: int) -> bool:
-        accepted = super().use_step(factor_id, step)
+        accepted = self._inner.use_step(factor_id, step)
         if accepted:
             self._step_clock.approvals += 1
         return accepted
@@ -52,8 +57,13 @@ class SteppingFactors(FactorStore):
 
 def approvers(kit: ApproverKit) -> Approver:
     clock = StepClock()
-    factors = SteppingFactors(kit.store, clock)
-    return FactorApprover(factors, clock=clock, passkey_check=kit.passkey_check, recorded=kit.recorded)
+    factors = SteppingFactors(kit.factors, clock)
+    return FactorApprover(
+        factors,  # type: ignore[arg-type]
+        clock=clock,
+        passkey_check=kit.passkey_check,
+        recorded=kit.recorded,
+    )
 
 
 def fix_nodelay() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = ["cold_start", "hot_path", "decision", "pending", "page_load", "audit_bench", "memory", "proxy"]
+SCRIPTS = ["cold_start", "hot_path", "decision", "pending", "page_load", "audit_bench", "memory", "proxy", "team"]
 TIMEOUT = 240
 
 

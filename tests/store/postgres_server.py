@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-
 
 def binaries() -> Path | None:
     """The directory of initdb/pg_ctl: Debian's newest, or whatever is on PATH."""
@@ -50,7 +48,10 @@ def require_postgres() -> Path:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """`durable`: fsync on, as a real deployment has it (benchmarks); tests run without it."""
+        from tests.conftest import free_port  # here: tests.conftest imports this module's fixture
+
         self.bin = require_postgres()
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="avt-pg-"))
@@ -62,7 +63,8 @@ class PostgresServer:
             os.chown(self.workdir, account.pw_uid, account.pw_gid)
             self._as = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups", "--"]
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -c fsync=off -c max_connections=200"
+        fsync = "on" if durable else "off"
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -c fsync={fsync} -c max_connections=200"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.workdir / "log"),
                   "-w", "start")  # fmt: skip
 

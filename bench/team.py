@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""10. The team broker (issue 15): many agents doing windowed reads, on SQLite and on PostgreSQL replicas.
+
+Three set-ups, each with the same vault window opened once by an approval:
+  sqlite     one broker on its SQLite files (the per-user default)
+  pg-1       one broker with `[store] url` on a throw-away PostgreSQL cluster
+  pg-2       two broker processes on that database, the agents split between them
+`--agents` sessions (each its own connection on a broker's socket, as a front door has) read one secret
+in a loop for `--duration` seconds. Reported: reads/s, p50/p99 latency of one read, and broker CPU seconds
+per read (all broker processes together). Then decision -> value across replicas: an agent on replica 2
+asks on a ttl-0 vault, a person approves on replica 1's page; the clock runs from just before the POST until
+the value reaches the agent (the wake travels by LISTEN/NOTIFY), beside the same on one replica.
+
+PostgreSQL runs on the same machine with fsync on (a commit waits for the disk, as SQLite's does).
+The load generator is one Python process on the same machine: on 2 cores it takes about one of them,
+so reads/s here is a floor for what the brokers could do with the machine to themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import benchlib as b
+
+sys.path.insert(0, str(b.ROOT))  # the tests' PostgreSQL fixture, reused as a plain class
+
+from agent_vault.frontdoor.client import BrokerClient
+
+READ = {"vault": "dev", "names": ["API_KEY"], "reason": "benchmark: read inside a window", "operation": "read"}
+ASK = {"vault": "strict", "names": ["API_KEY"], "reason": "benchmark: decision to value", "operation": "read"}
+
+
+def settings(box: b.Sandbox, url: str | None) -> None:
+    text = "[policy]\nrequestsPerMinute = 10000\nrequestBurst = 10000\nmaxPendingPerSession = 1000\n"
+    if url is not None:
+        text += f'[store]\nurl = "{url}"\n'
+    path = box.home / "settings.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+async def session(box: b.Sandbox, project: Path) -> BrokerClient:
+    api = BrokerClient(box.socket)
+    await api.open_session(project / "agent-vault.config.json", {}, {"name": "bench-team"}, {})
+    return api
+
+
+async def open_window(box: b.Sandbox, project: Path, codes: b.StepCodes) -> None:
+    api = await session(box, project)
+    asked = await api.request(READ)  # type: ignore[arg-type]
+    await b.decide(box, asked["request"]["id"], "approve", codes)  # type: ignore[typeddict-item]
+    got = await api.wait(asked["request"]["id"], 30)  # type: ignore[typeddict-item]
+    assert got["values"]["API_KEY"] == b.FAKE_KEY
+    await api.aclose()
+
+
+async def load(boxes: list[b.Sandbox], project: Path, agents: int, duration: float) -> dict[str, Any]:
+    clients = [await session(boxes[i % len(boxes)], project) for i in range(agents)]
+    pids = [box.broker_pid() for box in boxes]
+    latencies: list[float] = []
+    errors = 0
+
+    async def reader(api: BrokerClient, until: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < until:
+            t0 = time.perf_counter()
+            got = await api.request(READ)  # type: ignore[arg-type]
+            latencies.append(b.ms(time.perf_counter() - t0))
+            if got.get("status") != "delivered":
+                errors += 1
+
+    await asyncio.gather(*(reader(c, time.perf_counter() + 1.0) for c in clients))  # warm-up
+    latencies.clear()
+    cpu0 = sum(b.cpu_seconds(p) for p in pids if p is not None)
+    start = time.perf_counter()
+    await asyncio.gather(*(reader(c, start + duration) for c in clients))
+    elapsed = time.perf_counter() - start
+    cpu = sum(b.cpu_seconds(p) for p in pids if p is not None) - cpu0
+    for c in clients:
+        await c.aclose()
+    stats = b.summary(latencies)
+    return {
+        "reads": len(latencies),
+        "errors": errors,
+        "reads_per_s": len(latencies) / elapsed,
+        "p50_ms": stats["median"],
+        "p99_ms": stats.get("p99", stats["max"]),
+        "broker_cpu_ms_per_read": b.ms(cpu / max(1, len(latencies))),
+    }
+
+
+async def decision(asker: b.Sandbox, approver: b.Sandbox, project: Path, codes: b.StepCodes, n: int) -> list[float]:
+    out = []
+    api = await session(asker, project)
+    for _ in range(n):
+        asked = await api.request(ASK)  # type: ignore[arg-type]
+        rid = asked["request"]["id"]  # type: ignore[typeddict-item]
+        waiting = asyncio.ensure_future(api.wait(rid, 60))
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        await b.decide(approver, rid, "approve", codes)
+        got = await waiting
+        out.append(b.ms(time.perf_counter() - t0))
+        assert got["values"]["API_KEY"] == b.FAKE_KEY
+    await api.aclose()
+    return out
+
+
+async def run(args: Any, report: b.Report) -> None:
+    from tests.store.postgres_server import PostgresServer
+
+    agents = 10 if args.quick else args.agents
+    duration = 2.0 if args.quick else args.duration
+    n_decisions = 3 if args.quick else 20
+    results: dict[str, Any] = {}
+    server = PostgresServer(durable=True)  # fsync on: each released value's audit row durable, as on SQLite
+    try:
+        for label, replicas in (("sqlite", 1), ("pg-1", 1), ("pg-2", 2)):
+            url = None if label == "sqlite" else server.database()
+            with ExitStack() as stack:
+                boxes = [stack.enter_context(b.sandbox(totp=False)) for _ in range(replicas)]
+                project = boxes[0].project
+                for box in boxes:
+                    settings(box, url)
+                boxes[0].enrol_totp()  # on PostgreSQL the factor is shared by every replica
+                for box in boxes:
+                    box.start_broker()
+                codes = b.StepCodes()  # replica 1's clock: every approval below is taken on its page
+                await open_window(boxes[0], project, codes)
+                figures = await load(boxes, project, agents, duration)
+                results[label] = figures
+                print(f"  {label}: {json.dumps({k: round(v, 3) for k, v in figures.items()})}", flush=True)
+                report.value(
+                    f"{label}.rps", f"{label}: windowed reads/s, {agents} agents", figures["reads_per_s"], "/s"
+                )
+                report.value(f"{label}.p50", f"{label}: one read, p50", figures["p50_ms"], "ms")
+                report.value(f"{label}.p99", f"{label}: one read, p99", figures["p99_ms"], "ms")
+                report.value(f"{label}.cpu", f"{label}: broker CPU per read", figures["broker_cpu_ms_per_read"], "ms")
+                if label == "pg-2":
+                    same = await decision(boxes[0], boxes[0], project, codes, n_decisions)
+                    across = await decision(boxes[1], boxes[0], project, codes, n_decisions)
+                    report.add("pg-2.decision.same", "decision -> value, agent and approver on one replica", same)
+                    report.add("pg-2.decision.across", "decision -> value, across replicas (NOTIFY)", across)
+    finally:
+        server.stop()
+    report.extra["team"] = results
+
+
+def main() -> None:
+    p = b.parser(__doc__ or "")
+    p.add_argument("--agents", type=int, default=100)
+    p.add_argument("--duration", type=float, default=30.0)
+    args = p.parse_args()
+    b.exit_on_sigterm()
+    report = b.Report("team", args.quick)
+    asyncio.run(run(args, report))
+    report.save(args.json)
+
+
+if __name__ == "__main__":
+    main()
