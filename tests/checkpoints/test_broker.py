@@ -23,17 +23,20 @@ from tests.checkpoints.helpers import checkpoints_in, public_key
 pytestmark = pytest.mark.anyio
 
 
-def file_sink(home: StatePaths, sink: Path, every_rows: int) -> None:
+def file_sink(home: StatePaths, sink: Path, every_rows: int, store_url: str | None = None) -> None:
     sinks = f'[[checkpoints.sinks]]\nkind = "file"\npath = {json.dumps(str(sink))}\n'
-    write_settings(home, f"[checkpoints]\neveryRows = {every_rows}\n\n{sinks}")
+    store = "" if store_url is None else f"[store]\nurl = {json.dumps(store_url)}\n\n"
+    write_settings(home, f"{store}[checkpoints]\neveryRows = {every_rows}\n\n{sinks}")
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 async def test_a_running_broker_checkpoints_its_audit_offsite(
-    home: StatePaths, tmp_path: Path, start_broker: Callable[..., Any]
+    home: StatePaths, tmp_path: Path, start_broker: Callable[..., Any], engine: str, request: pytest.FixtureRequest
 ) -> None:
     sink = tmp_path / "offsite" / "checkpoints.jsonl"
     sink.parent.mkdir()
-    file_sink(home, sink, every_rows=2)
+    url = request.getfixturevalue("postgres").database() if engine == "postgres" else None
+    file_sink(home, sink, every_rows=2, store_url=url)
     server = await start_broker()
     session = session_for(server, tmp_path / "p")
     for n in range(3):  # each request is a row: checkpoints become due while the broker runs
@@ -52,6 +55,7 @@ async def test_a_running_broker_checkpoints_its_audit_offsite(
     assert [c.prev for c in made[1:]] == [c.link for c in made[:-1]]
     ok, text = audit_verify(str(sink), public_key(home))
     assert ok and "checkpoints agree" in text, text
+    assert home.audit_db.exists() is (url is None)  # on PostgreSQL the chain checked is the database's
 
 
 async def test_without_sinks_a_broker_makes_no_key_and_no_checkpoint(

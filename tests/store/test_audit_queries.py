@@ -1,5 +1,6 @@
-"""The console's audit queries against real SQLite files: every RowFilter field, paging, streaming
-exports while the broker keeps appending, and the per-day counts the dashboard's pictures draw."""
+"""The console's audit queries against both engines (real SQLite files, a real PostgreSQL database): every
+RowFilter field, paging, streaming exports while the broker keeps appending, and the per-day counts the
+dashboard's pictures draw."""
 
 from __future__ import annotations
 
@@ -37,8 +38,16 @@ def clock() -> SetClock:
     return SetClock()
 
 
-@pytest.fixture
-def log(tmp_path: Path, clock: SetClock) -> Iterator[AuditLog]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def log(request: pytest.FixtureRequest, tmp_path: Path, clock: SetClock) -> Iterator[AuditLog]:
+    """The same queries on both engines: SQLite files, and PostgreSQL (the team broker)."""
+    if request.param == "postgres":
+        from agent_vault.store.postgres_audit import PostgresAuditLog
+
+        url = request.getfixturevalue("postgres").database()
+        with PostgresAuditLog(url, clock=clock, busy_timeout=0.5) as pg_log:
+            yield pg_log  # type: ignore[misc]  # the same AuditRecords protocol
+        return
     with AuditLog(tmp_path / "audit.db", clock=clock, busy_timeout=0.5) as audit_log:
         yield audit_log
 
