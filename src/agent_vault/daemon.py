@@ -273,7 +273,7 @@ class BrokerServer:
         self.checkpointer = Checkpointer.from_settings(
             self.paths, settings, link=f"{self.url}/dashboard", report=self._checkpoint_failed
         )
-        where = storage(self.paths, settings)
+        where = storage(self.paths)  # its own section: a mistake elsewhere in the file never moves it
         store = where.open_state()
         audit = where.open_audit(listeners=[self.checkpointer.rows_appended])
         replicas = Replicas(where.open_signals())  # the other brokers on a shared store (none on SQLite files)

@@ -54,7 +54,9 @@ class PostgresServer:
 
         self.bin = require_postgres()
         self.port = free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="avt-pg-"))
+        # /tmp, not $TMPDIR: a caller's private TMPDIR (0700, e.g. under pytest's tmp) would shut the postgres
+        # user out of its own cluster
+        self.workdir = Path(tempfile.mkdtemp(prefix="avt-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
         self.workdir.chmod(0o755)
         self.data = self.workdir / "data"
         self._as: list[str] = []

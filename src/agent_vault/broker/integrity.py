@@ -165,14 +165,10 @@ class Integrity:
 
     def _appended_outside(self, row: AuditRecord | None) -> bool:
         """A decision row written after this broker started, but not by it."""
+        if self._shared:
+            return False  # other processes append decisions too; the database's roles guard that log
         first = self._first_own
-        return (
-            not self._shared
-            and row is not None
-            and first is not None
-            and row.id > first
-            and row.id not in self._own_decisions
-        )
+        return row is not None and first is not None and row.id > first and row.id not in self._own_decisions
 
     def report(self, object_id: str, why: str) -> None:
         """One `tamper_detected` row per object and broker run (never per read)."""

@@ -117,9 +117,7 @@ class Checkpointer:
         except AgentVaultError as exc:
             report("settings.toml", f"checkpoints are off: {exc}")
             sinks = []
-        return cls(
-            paths, settings.checkpoints, sinks, storage=storage(paths, settings), report=report, announce=announce
-        )
+        return cls(paths, settings.checkpoints, sinks, storage=storage(paths), report=report, announce=announce)
 
     @property
     def enabled(self) -> bool:

@@ -408,10 +408,36 @@ def settings_path(paths: StatePaths) -> Path:
 
 
 def storage(paths: StatePaths, settings: UserSettings | None = None) -> Storage:
-    """Where this state dir's broker keeps its state and audit: `[store] url` of its settings (read here when
-    not given), else the SQLite files in the state dir."""
-    chosen = load_settings(paths) if settings is None else settings
-    return Storage(paths.state_db, paths.audit_db, chosen.store.url)
+    """Where this state dir's broker keeps its state and audit: `[store] url` of `settings`, or (not given)
+    of the settings file's `[store]` table alone (`store_url`), else the SQLite files in the state dir."""
+    url = store_url(paths) if settings is None else settings.store.url
+    return Storage(paths.state_db, paths.audit_db, url)
+
+
+def store_url(paths: StatePaths, environ: Mapping[str, str] | None = None) -> str | None:
+    """`[store] url` of the settings file, read on its own: a mistake in another section (which the broker
+    reports and ignores) never moves the storage. A file the broker ignores whole (not valid TOML, writable
+    by others) names no store either, as for the broker. A wrong `[store]` itself is an error: guessing
+    where the state and audit are is never right."""
+    path = settings_path(paths)
+    try:
+        _check_private(path)
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (SettingsError, OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None  # the broker ignores this file and says why; so do the commands that read its storage
+    section = raw.get("store")
+    if section is None:
+        return None
+    missing: list[str] = []
+    data = _resolve(section, ("store",), os.environ if environ is None else environ, missing)
+    if missing:
+        raise SettingsError("\n".join(f"{path}: {m}. Fix: export it where the broker starts." for m in missing))
+    try:
+        return StorageSettings.model_validate(data, by_name=False).url
+    except ValidationError as exc:
+        raise SettingsError("\n".join(f"{path}: {p}" for p in _problems(exc, ("store",)).split("; "))) from None
 
 
 def referenced_env_vars(paths: StatePaths) -> set[str]:
