@@ -24,6 +24,7 @@ from agent_vault.broker.replicas import HOLDER_GONE, REPLICA
 from agent_vault.daemon import BrokerServer
 from agent_vault.domain.errors import RequestDenied
 from agent_vault.domain.request import Status
+from agent_vault.domain.wire import OutcomeView
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.home import StatePaths, ensure_private_dir
 from tests.conftest import FAKE_KEY, StepClock, decide_on_page, enrol_totp, totp_approvers, write_project
@@ -46,6 +47,14 @@ def team_home(root: Path, url: str) -> StatePaths:
 @pytest.fixture
 def database(postgres: PostgresServer) -> str:
     return postgres.database()
+
+
+@pytest.fixture
+def homes(tmp_path: Path, database: str) -> tuple[StatePaths, StatePaths]:
+    """Two brokers' state dirs on the same database, with the approver's factor enrolled (in it, once)."""
+    a, b = team_home(tmp_path / "a", database), team_home(tmp_path / "b", database)
+    enrol_totp(a)
+    return a, b
 
 
 @pytest.fixture
@@ -78,6 +87,19 @@ async def approve_on(server: BrokerServer, request_id: str, clock: StepClock, ac
     await anyio.to_thread.run_sync(decide_on_page, server.url, request_id, action, code)
 
 
+async def decided_on(
+    server: BrokerServer, api: BrokerClient, request_id: str, clock: StepClock, action: str = "approve"
+) -> OutcomeView:
+    """Wait on `request_id` while it is decided on `server`'s page. The wait is long (600 s): only the
+    nudge from the deciding replica can end it within the 20 s allowed."""
+    waiting = asyncio.ensure_future(api.wait(request_id, 600))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await approve_on(server, request_id, clock, action)
+    with anyio.fail_after(20):
+        return await waiting
+
+
 async def test_a_broker_on_postgres_asks_approves_delivers_and_keeps_its_window(
     tmp_path: Path, database: str, start: Start, step_clock: StepClock
 ) -> None:
@@ -106,10 +128,9 @@ async def test_a_broker_on_postgres_asks_approves_delivers_and_keeps_its_window(
 
 
 async def test_a_decision_on_one_replica_releases_the_call_waiting_on_another(
-    tmp_path: Path, database: str, start: Start, step_clock: StepClock
+    tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start, step_clock: StepClock
 ) -> None:
-    a, b = team_home(tmp_path / "a", database), team_home(tmp_path / "b", database)
-    enrol_totp(a)
+    a, b = homes
     project = write_project(tmp_path / "project").parent
     first, second = await start(a), await start(b)
     api = await agent(b, project)
@@ -117,60 +138,45 @@ async def test_a_decision_on_one_replica_releases_the_call_waiting_on_another(
     rid = asked["request"]["id"]
     assert [r.id for r in first.broker.pending()] == [rid]  # the other replica's page lists it
 
-    waiting = asyncio.ensure_future(api.wait(rid, 600))  # only a nudge can end this wait in time
-    await asyncio.sleep(0.2)
-    assert not waiting.done()
-    await approve_on(first, rid, step_clock)
-    with anyio.fail_after(20):
-        got = await waiting
+    got = await decided_on(first, api, rid, step_clock)
     assert got["values"] == {"API_KEY": FAKE_KEY}
     assert second.broker.get_request(rid).status is Status.DELIVERED  # type: ignore[union-attr]
     await api.aclose()
 
 
 async def test_a_denial_on_one_replica_ends_the_wait_on_another(
-    tmp_path: Path, database: str, start: Start, step_clock: StepClock
+    tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start, step_clock: StepClock
 ) -> None:
-    a, b = team_home(tmp_path / "a", database), team_home(tmp_path / "b", database)
-    enrol_totp(a)
+    a, b = homes
     project = write_project(tmp_path / "project").parent
     first, _ = await start(a), await start(b)
     api = await agent(b, project)
     rid = (await api.request(read()))["request"]["id"]
-    waiting = asyncio.ensure_future(api.wait(rid, 600))
-    await asyncio.sleep(0.2)
-    await approve_on(first, rid, step_clock, action="deny")
-    with anyio.fail_after(20), pytest.raises(RequestDenied):
-        await waiting
+    with pytest.raises(RequestDenied):
+        await decided_on(first, api, rid, step_clock, action="deny")
     await api.aclose()
 
 
 async def test_a_write_approved_on_one_replica_is_written_by_the_one_holding_the_value(
-    tmp_path: Path, database: str, start: Start, step_clock: StepClock
+    tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start, step_clock: StepClock
 ) -> None:
-    a, b = team_home(tmp_path / "a", database), team_home(tmp_path / "b", database)
-    enrol_totp(a)
+    a, b = homes
     project = write_project(tmp_path / "project", {"dev": {"type": "env", "file": ".env.secrets", "writable": True}})
     first, _ = await start(a), await start(b)
     api = await agent(b, project.parent)
     body = {"vault": "dev", "names": ["NEW_TOKEN"], "reason": "store the generated token", "operation": "write",
             "values": {"NEW_TOKEN": "fake-new-token-0000"}}  # fmt: skip
     rid = (await api.request(body))["request"]["id"]  # type: ignore[arg-type]
-    waiting = asyncio.ensure_future(api.wait(rid, 600))
-    await asyncio.sleep(0.2)
-    await approve_on(first, rid, step_clock)
-    with anyio.fail_after(20):
-        got = await waiting
+    got = await decided_on(first, api, rid, step_clock)
     assert got["status"] == "written"
     assert "NEW_TOKEN=fake-new-token-0000" in (project.parent / ".env.secrets").read_text()
     await api.aclose()
 
 
 async def test_a_starting_replica_leaves_the_requests_of_a_live_one_alone(
-    tmp_path: Path, database: str, start: Start, step_clock: StepClock
+    tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start, step_clock: StepClock
 ) -> None:
-    a, b = team_home(tmp_path / "a", database), team_home(tmp_path / "b", database)
-    enrol_totp(a)
+    a, b = homes
     project = write_project(tmp_path / "project").parent
     first = await start(a)
     api = await agent(a, project)
@@ -186,10 +192,9 @@ async def test_a_starting_replica_leaves_the_requests_of_a_live_one_alone(
 
 
 async def test_the_requests_of_a_killed_replica_are_ended_by_a_survivor_and_audited(
-    tmp_path: Path, database: str, start: Start
+    tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start
 ) -> None:
-    a, b = team_home(tmp_path / "a", database), team_home(tmp_path / "b", database)
-    enrol_totp(a)
+    a, b = homes
     project = write_project(tmp_path / "project").parent
     survivor = await start(a)
     env = {**os.environ, "AGENT_VAULT_HOME": str(b.root)}
@@ -225,10 +230,9 @@ async def test_the_requests_of_a_killed_replica_are_ended_by_a_survivor_and_audi
 
 
 async def test_two_replicas_appending_at_once_keep_one_unbroken_chain(
-    tmp_path: Path, database: str, start: Start, step_clock: StepClock
+    tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start, step_clock: StepClock
 ) -> None:
-    a, b = team_home(tmp_path / "a", database), team_home(tmp_path / "b", database)
-    enrol_totp(a)
+    a, b = homes
     project = write_project(tmp_path / "project", {"dev": {"type": "env", "file": ".env.secrets", "ttl": 15,
                                                             "ttlScope": "vault"}}).parent  # fmt: skip
     first, second = await start(a), await start(b)
