@@ -2,7 +2,9 @@
 
 It listens on loopback TCP for the approval pages and on a Unix socket for front doors, with
 one uvicorn server and one ASGI dispatcher: a connection on the socket carries its peer
-credentials and reaches the API; anything on TCP reaches the pages and nothing else.
+credentials and reaches the API; anything on TCP reaches the pages and nothing else. A team broker
+(`[team] listen`) serves the API to front doors on other machines on a listener of its own, with
+agent tokens (agent_vault.team).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from agent_vault.system import accounts
 from agent_vault.system.layout import Layout
 from agent_vault.system.record import InstallRecord
 from agent_vault.system.trust import require_trusted
+from agent_vault.team.listener import TeamListener
 from agent_vault.tunnels.remote import RemoteAccess, read_settings
 from agent_vault.web.app import WebApp
 
@@ -97,15 +100,22 @@ class Listeners:
     lock: IO[bytes]
 
 
-def acquire(paths: StatePaths, port: int) -> Listeners:
-    """Take the state dir's lock, then bind both sockets; clear errors, never a second broker."""
+def lock_state_dir(paths: StatePaths) -> IO[bytes]:
+    """Take the state dir's lock, held until the returned file is closed: by a broker for its life, and by
+    `store migrate` while it copies (no broker may start on the state it is moving). BrokerRunning if taken."""
     private_file(paths.broker_lock)
-    lock = open(paths.broker_lock, "r+b")  # noqa: SIM115 (held for the broker's life)
+    lock = open(paths.broker_lock, "r+b")  # noqa: SIM115 (held until the caller closes it)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
         raise BrokerRunning(f"a broker is already running for {paths.root} ({_running_pid(paths)})") from None
+    return lock
+
+
+def acquire(paths: StatePaths, port: int) -> Listeners:
+    """Take the state dir's lock, then bind both sockets; clear errors, never a second broker."""
+    lock = lock_state_dir(paths)
     try:
         tcp = _bind_tcp(port)
     except BaseException:
@@ -192,6 +202,7 @@ def assemble(
     passkey_origins: Callable[[], Sequence[str]] = tuple,
     system: SystemMode | None = None,
     replicas: Replicas | None = None,
+    team_vaults: SystemVaults | None = None,
 ) -> Core:
     """Build the core, each part given what it needs when it is made (nothing patched in later).
 
@@ -221,6 +232,7 @@ def assemble(
         # a system broker's allowed users enter its socket dir, never its state dir
         proxy_public_dir=paths.socket.parent / "proxy-ca" if system is not None and paths is not None else None,
         replicas=replicas,
+        team_vaults=team_vaults,  # a team broker's vaults for its remote agents (docs/team.md)
     )
     return Core(broker, passkeys)
 
@@ -269,6 +281,8 @@ class BrokerServer:
         self.url = f"http://localhost:{listeners.tcp.getsockname()[1]}"
         # Channels, tunnel, ceilings and the passkey RP ID come from the user's settings in the state dir.
         settings, problems = read_settings(self.paths)
+        # Front doors on other machines, over HTTPS with agent tokens (docs/team.md): bound now, served below.
+        self.team = TeamListener.bind(self.paths, settings.team) if settings.team.listen else None
         # Signed checkpoints of the audit log, sent off the machine (docs/checkpoints.md); off without sinks.
         self.checkpointer = Checkpointer.from_settings(
             self.paths, settings, link=f"{self.url}/dashboard", report=self._checkpoint_failed
@@ -295,6 +309,7 @@ class BrokerServer:
             passkey_origins=self.remote.passkey_origins,  # a tunnel's origin counts only while it is up
             system=self.system,
             replicas=replicas,
+            team_vaults=self.team.vaults if self.team is not None else None,
         )
         self.broker = core.broker
         await self.broker.start()
@@ -328,6 +343,8 @@ class BrokerServer:
             await asyncio.sleep(0.005)
         if self._task.done():
             self._task.result()
+        if self.team is not None:
+            await self.team.start(api, self.broker)
         await self.remote.start()  # a tunnel needs the pages listening
         return self.url
 
@@ -336,6 +353,8 @@ class BrokerServer:
         try:
             await self._server.serve(sockets=[listeners.tcp, listeners.unix])
         finally:
+            if self.team is not None:
+                await self.team.stop()
             await self.remote.stop()
             await self.broker.stop()
             await self.checkpointer.stop()  # the shutdown checkpoint covers every row written above

@@ -378,7 +378,9 @@ def test_unknown_vault_key_suggests_the_nearest(tmp_path: Path) -> None:
     assert "vaults.dev.ttlscope: unknown key. Fix: did you mean `ttlScope`?" in message
     assert "vaults.dev.ttl_scope: unknown key. Fix: did you mean `ttlScope`?" in message
     # the vault's allowed keys are the common ones plus the provider's
-    assert "type, ttl, ttlScope, writable, delivery, secrets, file, token" in message
+    assert (
+        "type, ttl, ttlScope, writable, delivery, secrets, approvers, require, ownerMayApprove, file, token" in message
+    )
 
 
 def test_unknown_provider_option_key_suggests_the_nearest(tmp_path: Path) -> None:

@@ -128,7 +128,13 @@ class FactorApprover:
         if proof is None:
             raise NotAuthorized("approving needs your passkey or a code from your authenticator app")
         if proof.kind == "totp":
-            return self.check_code(str(proof.data.get("code", "")), request.id, deny_after=WRONG_PER_REQUEST)
+            whose = proof.data.get("approver")
+            if whose is None and len({f.approver for f in self.factors.all() if f.kind == "totp"}) > 1:
+                raise NotAuthorized(
+                    "several approvers have authenticator apps here: choose your name, then type your code"
+                )
+            code = str(proof.data.get("code", ""))
+            return self.check_code(code, request.id, deny_after=WRONG_PER_REQUEST, approver=whose)
         if proof.kind == "passkey" and self.passkey_check is not None:
             try:
                 factor = self.passkey_check(request, proof.data)
@@ -139,13 +145,16 @@ class FactorApprover:
             return factor
         raise NotAuthorized("unsupported proof; use your passkey or an authenticator code")
 
-    def check_code(self, code: str, subject: str, deny_after: int | None = None) -> str:
-        """Check an authenticator code for `subject` (a request id, "signin", "cli"); the factor label.
+    def check_code(self, code: str, subject: str, deny_after: int | None = None, approver: str | None = None) -> str:
+        """Check an authenticator code for `subject` (a request id, "signin", "cli"); the factor label. With
+        `approver` (a factor's approver column: '' for the owner), only that approver's apps are tried.
 
         Raises NotAuthorized (with deny=True once `deny_after` wrong answers were given for `subject`).
         """
         code = code.strip().replace(" ", "")
-        candidates = self.factors.totp_secrets()
+        candidates = self.factors.totp_secrets(approver)
+        if not candidates and approver is not None and self.factors.totp_secrets():
+            raise NotAuthorized("the approver you chose has no authenticator app enrolled; choose yours")
         if not candidates:
             raise NotAuthorized(
                 "no authenticator app is enrolled; use your passkey (or add an app: `agent-vault factors add --totp`)"

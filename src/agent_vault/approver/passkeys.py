@@ -196,14 +196,15 @@ class Passkeys:
 
     # -- registration ---------------------------------------------------------------------------
 
-    def registration_options(self, token_key: str) -> str:
-        """JSON for `PublicKeyCredential.parseCreationOptionsFromJSON`, bound to one enrolment token."""
+    def registration_options(self, token_key: str, approver: str = "") -> str:
+        """JSON for `PublicKeyCredential.parseCreationOptionsFromJSON`, bound to one enrolment token; the
+        authenticator lists the passkey under `approver`'s name (a named approver's) or as "approver"."""
         exclude = [PublicKeyCredentialDescriptor(id=base64url_to_bytes(c)) for c in self.factors.passkey_ids()]
         options = generate_registration_options(
             rp_id=self.rp_id,
             rp_name=RP_NAME,
-            user_name="approver",
-            user_display_name="agent-vault approver",
+            user_name=approver or "approver",
+            user_display_name=f"agent-vault approver {approver}".strip(),
             challenge=self._issue(f"enrol:{token_key}", purpose_binding("enrol", token_key)),
             authenticator_selection=AuthenticatorSelectionCriteria(
                 resident_key=ResidentKeyRequirement.PREFERRED, user_verification=REQUIRED
@@ -280,11 +281,12 @@ class Passkeys:
             return f"{what}: the authenticator's answer could not be verified. Try again, or use another passkey"
         return f"{what}: its signature does not match the enrolled passkey. Try again, or use another factor"
 
-    def store(self, credential: tuple[str, str, int], label: str) -> Factor:
+    def store(self, credential: tuple[str, str, int], label: str, approver: str = "") -> Factor:
+        """Enrol a checked new credential as a factor of `approver` ('' for the owner)."""
         credential_id, public_key, sign_count = credential
         if self.factors.passkey(credential_id) is not None:
             raise NotAuthorized("that passkey is already enrolled")
-        return self.factors.add_passkey(credential_id, public_key, sign_count, label)
+        return self.factors.add_passkey(credential_id, public_key, sign_count, label, approver)
 
 
 def _json_text(credential: object) -> str:

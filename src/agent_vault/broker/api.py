@@ -5,6 +5,11 @@ asking) and then lists, requests and waits. A per-user broker's socket is the us
 (0600 in a 0700 dir); a system broker's is open to one group (docs/hardened.md). Each
 connection's peer credentials (pid, uid) come from the kernel: broker/peers.py decides who may
 call what, and a session is bound to the process that opened it.
+
+A team broker serves the same routes to front doors on other machines (agent_vault.team): there the
+caller is the agent whose token the listener checked (`AGENT_KEY`), never what the body says; such an
+agent may only open and close its session, list, ask and wait (`AGENT_ROUTES`), its session is bound to
+it, and it runs no command on the broker's host.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from starlette.routing import Route
 from agent_vault import __version__
 from agent_vault.broker.core import Broker, Outcome, Session
 from agent_vault.broker.generate import parse_spec
-from agent_vault.domain.errors import AgentVaultError, InvalidRequest
+from agent_vault.domain.errors import AgentVaultError, InvalidRequest, PeerRefused
 from agent_vault.domain.request import AccessRequest, Operation
 from agent_vault.domain.wire import (
     SESSION_HEADER,
@@ -33,8 +38,17 @@ from agent_vault.domain.wire import (
     SessionOpened,
     StatusView,
 )
+from agent_vault.store.agents import Agent
 
 PEER_KEY = "agent_vault.peer"
+#: the scope key of a team agent's record (store.agents.Agent), set by the team listener from its token
+AGENT_KEY = "agent_vault.agent"
+#: why a remote agent may not run commands or borrow the proxy: both would happen on the broker's host
+NO_REMOTE_COMMANDS = (
+    "run_with_secrets and `agent-vault run`/`env --proxy` are not available through a team broker: the command "
+    "would run on the broker's host, not yours. Fix: ask for the value with get_secret, or send the HTTPS call "
+    "with http_request."
+)
 MAX_WAIT = 60.0
 #: a batch of 100 values of 64 KiB each, with room for JSON escaping
 MAX_BODY = 16 * 2**20
@@ -46,6 +60,12 @@ def peer_of(request: Request) -> tuple[int, int] | None:
     """(pid, uid) of the connected process, from SO_PEERCRED; None if not on the socket."""
     peer = request.scope.get(PEER_KEY)
     return None if peer is None else (int(peer[0]), int(peer[1]))
+
+
+def agent_of(request: Request) -> Agent | None:
+    """The team agent calling, known by its token (agent_vault.team); None on the socket."""
+    agent = request.scope.get(AGENT_KEY)
+    return agent if isinstance(agent, Agent) else None
 
 
 def error_response(exc: AgentVaultError, status: int = 400) -> JSONResponse:
@@ -128,12 +148,13 @@ class BrokerApi:
         self.status_extra = status_extra
 
     def app(self) -> Starlette:
+        remote = {"agents": True}  # what a team agent may call too (AGENT_ROUTES)
         routes = [
-            Route("/v1/sessions", self.guarded(self.open_session), methods=["POST"]),
-            Route("/v1/sessions/current", self.guarded(self.close_session), methods=["DELETE"]),
-            Route("/v1/secrets", self.guarded(self.list_secrets), methods=["GET"]),
-            Route("/v1/requests", self.guarded(self.create_request), methods=["POST"]),
-            Route("/v1/requests/{rid}/wait", self.guarded(self.wait), methods=["GET"]),
+            Route("/v1/sessions", self.guarded(self.open_session, **remote), methods=["POST"]),
+            Route("/v1/sessions/current", self.guarded(self.close_session, **remote), methods=["DELETE"]),
+            Route("/v1/secrets", self.guarded(self.list_secrets, **remote), methods=["GET"]),
+            Route("/v1/requests", self.guarded(self.create_request, **remote), methods=["POST"]),
+            Route("/v1/requests/{rid}/wait", self.guarded(self.wait, **remote), methods=["GET"]),
             Route("/v1/status", self.guarded(self.status), methods=["GET"]),
             Route("/v1/windows/{wid}", self.guarded(self.revoke), methods=["DELETE"]),
             Route("/v1/shutdown", self.guarded(self.shutdown), methods=["POST"]),
@@ -145,14 +166,18 @@ class BrokerApi:
         peer = peer_of(request)
         if session is None or (peer is not None and session.requester.pid not in (None, peer[0])):
             raise InvalidRequest("unknown session; the front door must open a session first")
+        agent, owner = agent_of(request), session.agent
+        if (agent.id if agent else None) != (owner.id if owner else None):  # a session is its agent's alone
+            raise InvalidRequest("unknown session; the front door must open a session first")
         return session
 
     async def open_session(self, request: Request) -> Response:
         data = await _body_of(request)
         peer = peer_of(request)
+        agent = agent_of(request)
         client = data.get("client") or {}
         project = data.get("project") or {}
-        requester = {
+        requester: dict[str, Any] = {
             "client_name": str(client.get("name") or "unknown client")[:100],
             "client_version": str(client.get("version") or "")[:50],
             "pid": peer[0] if peer else None,
@@ -160,9 +185,12 @@ class BrokerApi:
             "project_dir": _opt_str(project.get("dir")),
             "git_remote": _opt_str(project.get("git_remote")),
         }
+        if agent is not None:  # who it is comes from its token; where it runs is its claim
+            requester["host"] = _opt_str(data.get("host"), 253)
         env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
         tighten = data.get("tighten") if isinstance(data.get("tighten"), dict) else None
-        session = self.broker.open_session(Path(str(data.get("config_path", ""))), env, requester, tighten)
+        config_path = Path(str(data.get("config_path", "")))
+        session = self.broker.open_session(config_path, env, requester, tighten, agent=agent)
         config = session.workspace.config
         opened: SessionOpened = {
             "session": session.id,
@@ -182,6 +210,8 @@ class BrokerApi:
     async def create_request(self, request: Request) -> Response:
         session = self.session_of(request)
         data = await _body_of(request)
+        if session.agent is not None and (data.get("purpose") == "inject" or "lend" in data or "run" in data):
+            raise InvalidRequest(NO_REMOTE_COMMANDS)
         if isinstance(data.get("http"), dict):  # `http_request`: the broker reads vault and names from it
             outcome = await self.broker.request_access(session, "", [], data.get("reason"), http=data["http"])
             return JSONResponse(outcome_view(outcome))
@@ -246,8 +276,12 @@ class BrokerApi:
             self.on_shutdown()
         return JSONResponse({"stopping": True})
 
-    def guarded(self, handler: Handler) -> Handler:
+    def guarded(self, handler: Handler, *, agents: bool = False) -> Handler:
+        """`handler` with who may call it checked first; `agents`: a team agent may call it too."""
+
         async def run(request: Request) -> Response:
+            if not agents and agent_of(request) is not None:
+                return error_response(PeerRefused("agents may not call this over the team listener"), 403)
             # who may call: broker/peers.py
             refusal = self.broker.peers.refusal(peer_of(request), request.scope["path"])
             if refusal is not None:
@@ -283,5 +317,5 @@ def _str_map(value: object) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items() if "\x00" not in str(k) + str(v)}
 
 
-def _opt_str(value: object) -> str | None:
-    return None if value in (None, "") else str(value)[:500]
+def _opt_str(value: object, limit: int = 500) -> str | None:
+    return None if value in (None, "") else str(value)[:limit]

@@ -44,6 +44,7 @@ from agent_vault.configuration.settings import ProxySettings
 from agent_vault.configuration.tightening import parse as tightening_of
 from agent_vault.domain.errors import InvalidRequest
 from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
+from agent_vault.store.agents import Agent
 from agent_vault.store.interface import AuditRecords, StateRecords
 from agent_vault.store.sqlite import Window
 
@@ -70,6 +71,7 @@ class Broker:
         recorder: Recorder | None = None,
         peers: PeerPolicy | None = None,
         system_vaults: SystemVaults | None = None,
+        team_vaults: SystemVaults | None = None,
         proxy_dir: Path | None = None,
         proxy_settings: ProxySettings | None = None,
         proxy_public_dir: Path | None = None,
@@ -79,7 +81,8 @@ class Broker:
         """`replicas`: the other broker processes on a shared store, told of decisions (closed by `stop`);
         `sweep_seconds`: how often this process ends requests whose holder died (replicas.py).
         `proxy_dir`: where the credential-injecting proxy keeps its CA (no proxy without it);
-        `proxy_public_dir`: where other users' children find its certificate (a system broker's)."""
+        `proxy_public_dir`: where other users' children find its certificate (a system broker's);
+        `team_vaults`: the vaults a team broker's remote agents get (`[team] config`, docs/team.md)."""
         self.store = store
         self.audit = audit
         #: the one audit writer of the broker process (recorder.py); webhook forwarding is its concern
@@ -112,6 +115,8 @@ class Broker:
         self.peers = peers or PeerPolicy()
         #: a system broker's vaults, the same for every session whatever config a front door names
         self.system_vaults = system_vaults
+        #: a team broker's vault config for its remote agents (None: it serves none)
+        self.team_vaults = team_vaults
         #: loaded configs by (key, env fingerprint), least recently opened first; at most MAX_WORKSPACES
         #: (an agent that keeps changing its project config must not grow the broker without bound; a
         #: workspace dropped here lives on in its sessions, and its windows are kept by key in the store)
@@ -248,13 +253,24 @@ class Broker:
         env: Mapping[str, str],
         requester: dict[str, Any],
         tighten: Mapping[str, Any] | None = None,
+        agent: Agent | None = None,
     ) -> Session:
-        """A session of a front door; `tighten` (a system broker's only) is the project's narrowing of its vaults."""
+        """A session of a front door; `tighten` (a system broker's, or a remote agent's) is the project's narrowing
+        of the broker's own vaults. `agent`: a team broker's remote agent, known by its token: it gets the team's
+        vaults, whatever config it names, in a workspace (and windows) of its own."""
         user = self.peers.caller(requester.get("uid"))
         path, name = Path(config_path).resolve(), None
         tightening = None
-        if self.system_vaults is not None:  # the system config, whatever the front door named
-            path, env, name = self.system_vaults.place(user)
+        fixed = self.system_vaults
+        if agent is not None:
+            if self.team_vaults is None:
+                raise InvalidRequest("this broker serves no remote agents (no [team] in its settings)")
+            fixed = self.team_vaults
+            requester = {**requester, "agent": agent.name, "owner": agent.owner}
+        if fixed is not None:  # the broker's own config, whatever the front door named
+            path, env, name = fixed.place(user)
+            if agent is not None:
+                name = f"{path} (for the agent {agent.name}, {agent.id})"
             if tighten is not None:  # a workspace (and windows) per project tightening
                 tightening = tightening_of(tighten)
                 name = f"{name} narrowed {tightening.digest}"
@@ -262,7 +278,7 @@ class Broker:
         workspace = self._workspaces.get(key)
         if workspace is None:
             # a system broker's vault config is root's (checked trusted at start), not an agent's to edit
-            limits = replace(self.ceilings.project, trusted=True) if self.system_vaults else self.ceilings.project
+            limits = replace(self.ceilings.project, trusted=True) if fixed else self.ceilings.project
             workspace = Workspace(path, env, limits, key=name, tightening=tightening)
             self._workspaces[key] = workspace
             while len(self._workspaces) > MAX_WORKSPACES:
@@ -271,7 +287,7 @@ class Broker:
             self._workspaces.move_to_end(key)
             workspace.refresh()
         session_id = secrets.token_urlsafe(24)
-        session = Session(session_id, workspace, Requester(session_id=session_id, **requester, user=user))
+        session = Session(session_id, workspace, Requester(session_id=session_id, **requester, user=user), agent)
         self._sessions[session_id] = session
         return session
 
@@ -285,6 +301,13 @@ class Broker:
             req = self.store.get_request(rid)
             if req is not None and req.requester.session_id == session.id and req.status is Status.PENDING:
                 await self.ledger.finish(rid, Status.CANCELLED, "cancelled", why="the agent session ended")
+
+    async def end_agent_sessions(self, agent_id: str) -> int:
+        """Close every session of a team agent that was revoked (their pending requests are cancelled)."""
+        ended = [s for s in list(self._sessions.values()) if s.agent is not None and s.agent.id == agent_id]
+        for session in ended:
+            await self.close_session(session)
+        return len(ended)
 
     # -- windows ------------------------------------------------------------------------------
 

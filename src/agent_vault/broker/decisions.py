@@ -1,25 +1,40 @@
 """Decisions: the person approves (with the approver's proof) or denies a pending request.
 
-An approval needs a valid factor bound to that request; it is audited before anything follows
-(a window opened, a write stored), and an audit failure undoes it. Approve and deny racing on one
-request produce exactly one outcome (the store's compare-and-set).
+An approval needs a valid factor bound to that request, of an approver the vault's rule lets approve;
+when the rule requires several distinct approvers, each approval is counted (`broker/approvals.py`) and
+the request stays pending until enough have approved. It is then approved once, audited before anything
+follows (a window opened, a write stored), and an audit failure undoes it. A deny ends the request at
+once. Approve and deny racing on one request produce exactly one outcome (the store's compare-and-set).
 """
 
 from __future__ import annotations
 
 from agent_vault.approver.protocol import Approver, Proof
+from agent_vault.approver.roster import Roster, owner_name
+from agent_vault.broker.approvals import Approvals, Progress
 from agent_vault.broker.integrity import approved_window_end
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger
 from agent_vault.broker.writes import Writes
 from agent_vault.domain.errors import ApprovalError, AuditError, InvalidRequest, NotAuthorized, RequestExpired
 from agent_vault.domain.request import AccessRequest, Operation, Status
+from agent_vault.store.engines import open_approvers, open_factors
 
 
 class Decisions:
-    def __init__(self, ledger: Ledger, *, approver: Approver, writes: Writes) -> None:
+    def __init__(self, ledger: Ledger, *, approver: Approver, writes: Writes, roster: Roster | None = None) -> None:
+        """`roster`: the broker's approvers (by default: those of its state store, the owner named by the
+        login this process runs as)."""
         self.ledger = ledger
         self.approver = approver
         self.writes = writes
+        store = ledger.store
+        roster = roster or Roster(open_factors(store), open_approvers(store), owner_name())
+        #: the counting of distinct approvers, and what the pages show of it
+        self.approvals = Approvals(ledger, roster)
+
+    def progress(self, req: AccessRequest) -> Progress:
+        """Who has approved `req` so far, and who may still (for the approval page and the console)."""
+        return self.approvals.progress(req)
 
     def pending(self, user: str | None = None) -> list[AccessRequest]:
         """The pending requests; with `user` (a system broker's caller), only those that user's agents made."""
@@ -45,6 +60,7 @@ class Decisions:
         if approve and live is not None and not ledger.vault_unchanged(live.workspace, req):
             await ledger.finish(req.id, Status.CANCELLED, "cancelled", why=VAULT_CHANGED)
             raise ApprovalError(f"vault {req.vault!r} {VAULT_CHANGED}; this request was cancelled, nothing released")
+        approvers: list[str] = []
         if approve:
             try:
                 factor = self.approver.verify(req, proof)
@@ -53,14 +69,22 @@ class Decisions:
                 if exc.deny:
                     await self.decide(req.id, False, None, via="too many failed factor checks")
                 raise
+            progress = await self.approvals.add(req, factor, live.workspace if live else None)
+            if progress.needed > 0:  # counted: it waits for more distinct approvers
+                return ledger.store.get_request(req.id) or req
+            approvers = list(progress.approved_by)
         status = Status.APPROVED if approve else Status.DENIED
         if not ledger.store.transition(req.id, [Status.PENDING], status, now):
+            current = ledger.store.get_request(req.id)
+            if approve and current is not None and current.status in (Status.APPROVED, Status.DELIVERED):
+                return current  # another approver's tap, at the same moment, completed the approval
             raise ApprovalError("this request was decided a moment ago; nothing changed")
         decided = req.with_status(status, now)
         end = approved_window_end(decided) if approve else None
-        detail = {"via": via, "factor": factor} if factor else {"via": via}
+        detail: dict[str, object] = {"via": via, "factor": factor} if factor else {"via": via}
         if approve:
             detail["action"] = decided.action  # a window is trusted only for what was approved
+            detail["approvers"] = approvers
         ws = live.workspace if live else None
         try:
             await ledger.audit(ws, "approved" if approve else "denied", decided, window_end=end, detail=detail)

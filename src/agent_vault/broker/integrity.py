@@ -45,8 +45,12 @@ FACTOR_SET = "factor_set"
 SETTINGS_DIGEST = "settings_digest"
 SETTINGS_KEYS = "settings_keys"
 FACTOR_EVENTS = ("factor_added", "factor_removed", "factors_recorded")
-#: rows only a running broker writes, each the decision behind an approval or window
-DECISION_EVENTS = frozenset({"approved", "auto_approved"})
+#: one approver's approval of a request that needs several (broker/approvals.py)
+APPROVAL_COUNTED = "approval_counted"
+#: an enrolment link for a named approver made by `agent-vault approvers invite` (cli/approvers.py)
+APPROVER_INVITED = "approver_invited"
+#: rows only a running broker writes, each the decision behind an approval or window (or a part of one)
+DECISION_EVENTS = frozenset({"approved", "auto_approved", APPROVAL_COUNTED})
 #: rows that leave the checkpoint where it is: the hot path of windowed reads, listings, deliveries
 _HOT_EVENTS = frozenset({"auto_approved", "listed", "delivered", "command_finished"})
 #: settings whose new value is safe to print (no credentials); everything else is named only
@@ -69,18 +73,28 @@ def approved_window_end(req: AccessRequest) -> datetime | None:
 
 
 def next_factor_set(
-    factors: FactorRecords, recorded: Collection[str] | None, added: str | None = None, removed: str | None = None
+    factors: FactorRecords,
+    recorded: Collection[str] | None,
+    added: str | None = None,
+    removed: str | Collection[str] | None = None,
 ) -> list[str]:
     """The audited factor set after one change made through agent-vault: the last recorded set (or, if
-    none was ever recorded, the factors as they are) plus `added`, minus `removed`. Built from the
-    record, not from state.db, so a factor slipped into state.db is not taken in by a later change."""
+    none was ever recorded, the factors as they are) plus `added`, minus `removed` (a factor id, or the
+    ids of every factor of an approver who was removed). Built from the record, not from state.db, so a
+    factor slipped into state.db is not taken in by a later change."""
     current = factors.fingerprints()
     fingerprints = set(current.values() if recorded is None else recorded)
-    if removed is not None:
-        fingerprints.discard(current.get(removed, ""))
+    for gone in [removed] if isinstance(removed, str) else removed or ():
+        fingerprints.discard(current.get(gone, ""))
     if added is not None:
         fingerprints.add(current[added])
     return sorted(fingerprints)
+
+
+def invite_link(token_key: str) -> str:
+    """What an `approver_invited` row records of its enrolment link: a digest of the token's hash, so the
+    enrolment page can tell a link `approvers invite` made from one put into the state store by hand."""
+    return hashlib.sha256(f"invite\x00{token_key}".encode()).hexdigest()
 
 
 def recorded_factors(audit: AuditRecords) -> Collection[str] | None:
@@ -185,6 +199,19 @@ class Integrity:
 
     def recorded_factors(self) -> Collection[str] | None:
         return recorded_factors(self._audit)
+
+    def approvers_of(self, request_id: str) -> frozenset[str]:
+        """The names of the approvers whose approval of `request_id` the audit log holds:
+        an approval in the state store without its `approval_counted` row (put there by hand, or whose row
+        failed) counts for nothing, nor does a row appended from outside while this broker runs."""
+        rows = self._audit.list(request_id=request_id, event=APPROVAL_COUNTED, limit=None)
+        return frozenset(str(r.detail.get("approver", "")) for r in rows if not self._appended_outside(r))
+
+    def invite_recorded(self, approver: str, token_key: str) -> bool:
+        """Whether `agent-vault approvers invite` audited the enrolment link `token_key` for `approver`."""
+        link = invite_link(token_key)
+        rows = self._audit.list(event=APPROVER_INVITED, limit=200)
+        return any(r.detail.get("link") == link and r.detail.get("approver") == approver for r in rows)
 
     def on_start(self, settings: Path) -> list[str]:
         """At broker start: report a broken checkpoint, then compare factors and settings with the audit

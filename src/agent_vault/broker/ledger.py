@@ -23,6 +23,7 @@ from agent_vault.broker.windows import DEFINITION, Clock, WindowPolicy
 from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.request import AccessRequest, Requester, Status
 from agent_vault.domain.secret import SecretValue
+from agent_vault.store.agents import Agent
 from agent_vault.store.interface import StateRecords
 
 #: why a request is cancelled when its vault's config section changed after it was made
@@ -35,6 +36,8 @@ class Session:
     id: str
     workspace: Workspace
     requester: Requester
+    #: a team broker's remote agent, known by its token (None: a front door on the local socket)
+    agent: Agent | None = None
 
 
 @dataclass

@@ -6,6 +6,10 @@ at `per_minute` on average with bursts of `burst` (a token bucket). Only new pen
 count: reads inside an approval window and asks that join an identical pending request are not
 limited. The limits come from the user's settings.toml `[policy]`, never from a project config.
 
+A team broker's agents (docs/team.md) may have limits of their own (`agents add --max-pending
+--requests-per-minute`), counted over all of an agent's sessions by `AgentPace`, the same limiter keyed
+by agent, on top of the session limits.
+
 A refusal is audited as `flood_refused`, but at most once per session per `AUDIT_EVERY` seconds:
 each such row counts the refusals since the previous one, so a flood cannot flood the audit log.
 """
@@ -22,12 +26,27 @@ from agent_vault.configuration.boundaries import ProjectLimits
 from agent_vault.configuration.settings import Limits, UserSettings
 from agent_vault.domain.errors import TooManyRequests
 from agent_vault.home import StatePaths
+from agent_vault.store.agents import Agent
 
 #: at most one `flood_refused` audit row per session in this many seconds
 AUDIT_EVERY = 60.0
 #: sessions whose pace is remembered; the oldest is forgotten beyond this (bounded memory)
 MAX_SESSIONS = 10_000
 _WHERE = "the user's settings.toml [policy]"
+#: a limit an agent does not have
+_NONE = 10**9
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How a refusal names who asked, where its limits are set, and who may change them."""
+
+    who: str = "this agent session"
+    pending: str = f"`maxPendingPerSession` in {_WHERE}"
+    pace: str = f"`requestsPerMinute` and `requestBurst` in {_WHERE}"
+    changer: str = "the user"
+    #: put before the limit's name in the `flood_refused` row
+    tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,9 +91,12 @@ class Refusal:
 
 
 class RequestLimiter:
-    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic, wording: Wording | None = None
+    ) -> None:
         self.limits = limits or Limits()
         self._clock = clock
+        self.wording = wording or Wording()
         self._paces: dict[str, _Pace] = {}
 
     def admit(self, session_id: str, session_pending: int, total_pending: int) -> Refusal | None:
@@ -82,12 +104,12 @@ class RequestLimiter:
 
         Call it with no await between it and registering the request, so concurrent calls see each other.
         """
-        lim, now = self.limits, self._clock()
+        lim, now, words = self.limits, self._clock(), self.wording
         pace = self._pace(session_id, now)
         if session_pending >= lim.per_session:
             return self._refuse(
-                pace, now, "per_session", session_pending, f"this agent session already has {session_pending} requests "
-                f"waiting for the human (the limit is {lim.per_session}, `maxPendingPerSession` in {_WHERE})",
+                pace, now, "per_session", session_pending, f"{words.who} already has {session_pending} requests "
+                f"waiting for the human (the limit is {lim.per_session}, {words.pending})",
             )  # fmt: skip
         if total_pending >= lim.total:
             return self._refuse(
@@ -97,9 +119,8 @@ class RequestLimiter:
         if pace.tokens < 1:
             wait = math.ceil((1 - pace.tokens) * 60 / lim.per_minute)
             return self._refuse(
-                pace, now, "rate", session_pending, f"this agent session asks too fast (at most {lim.per_minute:g} new "
-                f"requests a minute, {lim.burst} at once: `requestsPerMinute` and `requestBurst` in {_WHERE}); "
-                f"try again in {wait} s",
+                pace, now, "rate", session_pending, f"{words.who} asks too fast (at most {lim.per_minute:g} new "
+                f"requests a minute, {lim.burst} at once: {words.pace}); try again in {wait} s",
             )  # fmt: skip
         pace.tokens -= 1
         return None
@@ -122,11 +143,46 @@ class RequestLimiter:
         pace.refused += 1
         message = (
             f"not asked: {why}. Nothing new was opened. Wait for the human to decide the requests you have "
-            "(await_approval), ask for several secrets in one request, and ask again later; only the user can "
-            "change the limit."
+            "(await_approval), ask for several secrets in one request, and ask again later; "
+            f"only {self.wording.changer} can change the limit."
         )
         audit = None
         if now - pace.audited_at >= AUDIT_EVERY:
-            audit = {"limit": limit, "pending": pending, "refused": pace.refused}
+            audit = {"limit": self.wording.tag + limit, "pending": pending, "refused": pace.refused}
             pace.refused, pace.audited_at = 0, now
         return Refusal(TooManyRequests(message), audit)
+
+
+class AgentPace:
+    """A team broker's per-agent limits: one `RequestLimiter` per agent that has limits of its own, fed the
+    pending requests of all its sessions (its pace is one bucket of `requests_per_minute`, as many at once)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._limiters: dict[str, RequestLimiter] = {}
+
+    def admit(self, agent: Agent, pending: int) -> Refusal | None:
+        """Take one new request of `agent` (which has `pending` requests waiting), or refuse it."""
+        own = agent.limits
+        if own.max_pending is None and own.requests_per_minute is None:
+            return None
+        pace = own.requests_per_minute
+        limits = Limits(
+            per_session=own.max_pending or _NONE,
+            total=_NONE,
+            per_minute=pace or float(_NONE),
+            burst=max(1, math.ceil(pace)) if pace else _NONE,
+        )
+        limiter = self._limiters.get(agent.id)
+        if limiter is None or limiter.limits != limits:
+            words = Wording(
+                who=f"the agent {agent.name!r}",
+                pending="`--max-pending` of `agent-vault agents add`",
+                pace="`--requests-per-minute` of `agent-vault agents add`",
+                changer="the broker's administrator",
+                tag="agent_",
+            )
+            limiter = self._limiters[agent.id] = RequestLimiter(limits, self._clock, words)
+            if len(self._limiters) > MAX_SESSIONS:
+                self._limiters.pop(next(iter(self._limiters)))
+        return limiter.admit(agent.id, pending, 0)

@@ -28,7 +28,8 @@ NO_COMMANDS = (
 
 @dataclass(frozen=True)
 class SystemVaults:
-    """The system config's vaults, as every session of a system broker sees them."""
+    """The system config's vaults, as every session of a system broker sees them (and a team broker's
+    `[team] config`, as its remote agents' sessions see it: docs/team.md)."""
 
     path: Path
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

@@ -1,11 +1,15 @@
 """Deliver notices to every channel: bursts coalesced, rate-limited, each channel with a timeout.
 `ChannelHub.notify` is a `Broker.notifiers` entry that only records and schedules; a failure is
-recorded and reported, and never reaches the request."""
+recorded and reported, and never reaches the request.
+
+A channel may belong to one approver (`approver` in its `[[channels]]` entry): it is told only of
+requests that approver may approve (a vault with an `approvers` list names them; a vault without one
+lets everyone approve). A channel of nobody in particular is told of every request."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,6 +17,7 @@ from typing import Any
 
 from agent_vault.channels.base import Channel, Notice
 from agent_vault.channels.notice import build_notice
+from agent_vault.domain.approval import ApprovalRule
 from agent_vault.domain.errors import ChannelError
 from agent_vault.domain.request import AccessRequest
 from agent_vault.domain.untrusted import shown
@@ -64,8 +69,11 @@ class ChannelHub:
         coalesce: float = 2.0,
         min_interval: float = 10.0,
         timeout: float = 15.0,
+        approvers: Mapping[str, str] | None = None,
     ) -> None:
+        """`approvers`: channel name -> the approver whose channel it is (channels not named: everyone's)."""
         self.channels = list(channels)
+        self.approvers = dict(approvers or {})
         self.states = {c.name: ChannelState(c.name, c.type_name, c.describe()) for c in self.channels}
         self._still_pending = still_pending
         self._link_for = link_for
@@ -135,9 +143,25 @@ class ChannelHub:
         if not items:
             return None
         self._last_sent = asyncio.get_running_loop().time()
-        notice = build_notice(items, self._dashboard())
-        await asyncio.gather(*(self._deliver(channel, notice) for channel in self.channels))
+        dashboard = self._dashboard()
+        notice = build_notice(items, dashboard)
+        sends = []
+        for ids, channels in self._audiences(items).items():
+            mine = notice if len(ids) == len(items) else build_notice([i for i in items if i[0].id in ids], dashboard)
+            sends += [self._deliver(channel, mine) for channel in channels]
+        await asyncio.gather(*sends)
         return notice
+
+    def _audiences(self, items: Sequence[tuple[AccessRequest, str]]) -> dict[tuple[str, ...], list[Channel]]:
+        """The channels by the requests each is told of: an approver's channel only of those they may approve."""
+        rules = {req.id: ApprovalRule.of(req.extra) for req, _ in items}
+        groups: dict[tuple[str, ...], list[Channel]] = {}
+        for channel in self.channels:
+            approver = self.approvers.get(channel.name)
+            ids = tuple(rid for rid, rule in rules.items() if rule.reaches(approver))
+            if ids:
+                groups.setdefault(ids, []).append(channel)
+        return groups
 
     async def _deliver(self, channel: Channel, notice: Notice) -> None:
         state = self.states[channel.name]

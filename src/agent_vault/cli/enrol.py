@@ -78,7 +78,7 @@ def _factors(paths: StatePaths) -> Iterator[FactorRecords]:
         yield factors
 
 
-def _audit(paths: StatePaths, event: str, **detail: str | list[str]) -> None:
+def audit_row(paths: StatePaths, event: str, **detail: str | list[str]) -> None:
     with storage(paths).audit() as log:
         Recorder(log).write(event, detail)  # the same writer as the broker's, on this command's own log handle
 
@@ -86,8 +86,9 @@ def _audit(paths: StatePaths, event: str, **detail: str | list[str]) -> None:
 def record_factor_change(paths: StatePaths, event: str, factors: FactorRecords, factor: Factor, via: str) -> None:
     """Audit a factor added or removed, with the factor set as it is after the change (see integrity.py)."""
     change = {"removed": factor.id} if event == "factor_removed" else {"added": factor.id}
-    _audit(
-        paths, event, kind=factor.kind, factor=factor.id, label=factor.label, via=via,
+    whose = {"approver": factor.approver} if factor.approver else {}  # a named approver's (approver/roster.py)
+    audit_row(
+        paths, event, kind=factor.kind, factor=factor.id, label=factor.label, via=via, **whose,
         factor_set=next_factor_set(factors, recorded_factors_at(paths), **change),
     )  # fmt: skip
 
@@ -125,13 +126,15 @@ def _print_codes(codes: list[str]) -> None:
         print(f"  {code}")
 
 
-def _broker_url(paths: StatePaths, port: int | None) -> str:
+def broker_url(paths: StatePaths, port: int | None, public: bool = False) -> str:
+    """The running broker's pages (started if none runs); with `public`, its tunnel's origin while one is up."""
     from agent_vault.frontdoor.launcher import connect
 
     async def ask() -> str:
         client = await connect(paths, port)
         try:
-            return str((await client.status())["url"])
+            status = await client.status()
+            return str((status.get("public_url") if public else None) or status["url"])
         finally:
             await client.aclose()
 
@@ -157,7 +160,7 @@ def _wait_for(done: Callable[[], bool], what: str) -> None:
 
 
 def _enrol_passkey(paths: StatePaths, factors: FactorRecords, port: int | None, needs_proof: bool, via: str) -> None:
-    base = _broker_url(paths, port)
+    base = broker_url(paths, port)
     token = factors.new_enrol_token("passkey", needs_proof)
     key = token_key(token)
     _show_link(f"{base}/enroll?token={token}", "To create your passkey")
@@ -194,23 +197,41 @@ def _enrol_totp(paths: StatePaths, factors: FactorRecords, via: str) -> None:
 
 def prove(paths: StatePaths, factors: FactorRecords, port: int | None = None) -> str:
     """Proof from an existing factor, typed here or given on a one-time confirm link."""
+    return _prove(paths, factors, port)[0]
+
+
+def prove_who(paths: StatePaths, factors: FactorRecords, port: int | None = None) -> tuple[str, str]:
+    """`prove`, and whose factor gave the proof: its approver column ('' for the owner, whose recovery codes
+    are too), so a change to the approvers is audited with who proved it."""
+    via, factor = _prove(paths, factors, port)
+    _kind, sep, factor_id = (factor or "").partition(":")
+    found = factors.approver_of(factor_id) if sep else ""  # a recovery code (here or on a confirm link): the owner's
+    if found is None:
+        raise NotAuthorized("the factor that proved it was removed a moment ago; nothing changed")
+    return via, found
+
+
+def _prove(paths: StatePaths, factors: FactorRecords, port: int | None) -> tuple[str, str | None]:
+    """(how it was proven, for the audit; the factor label, None for a recovery code)."""
     answer = getpass.getpass(
         "Prove it is you: authenticator code or recovery code (or press Enter to use your passkey): "
     ).strip()
     if looks_like_totp(answer):
         approver = FactorApprover(factors, recorded=lambda: recorded_factors_at(paths))
-        return approver.check_code(answer, "cli")
+        factor = approver.check_code(answer, "cli")
+        return factor, factor
     if answer:
         if factors.use_recovery_code(answer):
-            return "recovery code"
+            return "recovery code", None
         raise NotAuthorized("that is not a valid code or unused recovery code; nothing changed")
     if not factors.passkey_ids():
         raise NotAuthorized("no passkey is enrolled; type a code from your authenticator app or a recovery code")
     token = factors.new_enrol_token("confirm", needs_proof=True)
     key = token_key(token)
-    _show_link(f"{_broker_url(paths, port)}/enroll?token={token}", "To confirm with your passkey")
+    _show_link(f"{broker_url(paths, port)}/enroll?token={token}", "To confirm with your passkey")
     _wait_for(lambda: factors.take_confirmation(key), "your confirmation")
-    return "passkey (confirm link)"
+    confirmed = factors.enrol_token(key)
+    return "passkey (confirm link)", confirmed.confirmed_by if confirmed is not None else None
 
 
 def _enrolled(factors: FactorRecords) -> None:
@@ -255,7 +276,7 @@ def recovery_codes(port: int | None = None) -> int:
         _enrolled(factors)
         via = prove(paths, factors, port)
         codes = new_recovery_codes()
-        _audit(paths, "factor_added", kind="recovery codes", factor="recovery", label=f"{len(codes)} codes", via=via)
+        audit_row(paths, "factor_added", kind="recovery codes", factor="recovery", label=f"{len(codes)} codes", via=via)
         factors.set_recovery_codes(codes)
     _print_codes(codes)
     print("The previous recovery codes no longer work.")
@@ -269,8 +290,18 @@ def factors_list() -> str:
         left = factors.recovery_codes_left()
     if not rows:
         return "no factor enrolled: nothing can be approved. Run `agent-vault init` in a terminal."
-    lines = [f"{f.id:<14} {f.kind:<8} {f.label}{'  (disabled today)' if f.disabled else ''}" for f in rows]
+    lines = [
+        f"{f.id:<14} {f.kind:<8} {f.label}{f'  (approver {f.approver})' if f.approver else ''}"
+        f"{'  (disabled today)' if f.disabled else ''}"
+        for f in rows
+    ]
     return "\n".join([*lines, f"recovery codes left: {left}"])
+
+
+def command_paths() -> StatePaths:
+    """The state dir a command that changes how approvals are proven works on: the system broker's when
+    `sudo agent-vault system ...` runs it as the broker's user, else this user's."""
+    return _system_init_paths() or state_paths()
 
 
 def _system_init_paths() -> StatePaths | None:

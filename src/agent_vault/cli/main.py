@@ -119,9 +119,48 @@ def _parser() -> argparse.ArgumentParser:
     fremove = command(factors, "remove", "remove a factor (needs proof from an existing one)")
     fremove.add_argument("factor", help="factor id from `factors list`")
     command(factors, "recovery-codes", "replace your recovery codes (needs proof)")
+    approvers = actions(command(sub, "approvers", "who else may approve: invite, list, remove (docs/team.md)"))
+    ainvite = command(approvers, "invite", "make a one-time link for NAME to enrol their passkey (needs proof)")
+    ainvite.add_argument("name", help="their name: the login or e-mail address vault `approvers` lists name")
+    ainvite.add_argument("--port", type=int, help="broker port if it has to be started (default: config or 9999)")
+    command(approvers, "list", "list the approvers: name, factors, added, removed")
+    aremove = command(approvers, "remove", "remove an approver: their factors stop approving at once (needs proof)")
+    aremove.add_argument("name", help="their name, from `approvers list`")
+    agents = actions(command(sub, "agents", "a team broker's agents on other machines: add, list, revoke"))
+    aadd = command(agents, "add", "add an agent and print its token, once (on the broker host)")
+    aadd.add_argument("name", help="the agent's name, shown on approval pages and in the audit log")
+    aadd.add_argument("--owner", required=True, help="the person answerable for it (a login or e-mail address)")
+    aadd.add_argument("--max-pending", type=_positive, help="its requests waiting for a person at once, at most")
+    aadd.add_argument("--requests-per-minute", type=float, metavar="N", help="its new requests a minute, at most")
+    alist_agents = command(agents, "list", "list the agents: name, owner, created, last seen, revoked (never a token)")
+    alist_agents.add_argument("--json", action="store_true", help="print them as JSON")
+    arevoke = command(agents, "revoke", "revoke an agent: its token is refused from its next call on")
+    arevoke.add_argument("name", help="the agent's name, from `agents list`")
     command(sub, "doctor", "show which protections are in force, and what is not protected")
     settings = actions(command(sub, "settings", "your settings.toml in the state directory"))
     command(settings, "accept", "record settings.toml as yours after you changed it (needs proof)")
+    store = actions(command(sub, "store", "the broker's state and audit log in PostgreSQL (a team broker)"))
+    migrate = command(
+        store, "migrate", "copy this state dir's SQLite state and audit log into an empty PostgreSQL database"
+    )
+    migrate.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="the empty database, postgresql://user@host:5432/dbname, or env:VAR to read that URL from VAR",
+    )
+    migrate.add_argument(
+        "--update-settings",
+        action="store_true",
+        help="also write [store] url into settings.toml and record the file in the new audit log",
+    )
+    ready = command(
+        store, "prepare", "as the database's owner: make every table, and a role for the broker that cannot rewrite"
+    )
+    ready.add_argument("--to", required=True, metavar="URL", help="the database, as its owner (or env:VAR)")
+    ready.add_argument(
+        "--app-role", required=True, metavar="NAME", help="the role the broker will connect as (made if missing)"
+    )
     run = command(
         sub,
         "run",
@@ -278,8 +317,11 @@ def _handlers() -> dict[str, Handler]:
         "audit": _audit,
         "init": _init,
         "factors": _factors,
+        "approvers": _approvers,
+        "agents": _agents,
         "doctor": _doctor,
         "settings": _settings,
+        "store": _store,
         "demo": _demo,
         "run": _run,
         "env": _env,
@@ -328,11 +370,16 @@ def _load_mcp_server() -> None:
 
 
 def _prestart() -> None:
+    import os
+
     from agent_vault.configuration.legacy_env import locate_config
     from agent_vault.configuration.project import load_config
     from agent_vault.frontdoor.launcher import prestart
+    from agent_vault.frontdoor.remote import URL_ENV
     from agent_vault.frontdoor.session import broker_paths
 
+    if os.environ.get(URL_ENV):  # a team broker on another machine: never a local one (frontdoor/remote.py)
+        return
     try:
         paths = broker_paths()
         port = None if paths.system else load_config(locate_config()).port
@@ -450,6 +497,35 @@ def _factors(args: argparse.Namespace) -> int:
     raise AgentVaultError("usage: agent-vault factors list|add|remove|recovery-codes")
 
 
+def _agents(args: argparse.Namespace) -> int:
+    from agent_vault.cli import agents
+
+    if args.action == "add":
+        print(agents.add_agent(args.name, args.owner, args.max_pending, args.requests_per_minute), flush=True)
+    elif args.action == "list":
+        _show(agents.list_agents(as_json=args.json))
+    elif args.action == "revoke":
+        _show(agents.revoke_agent(args.name))
+    else:
+        raise AgentVaultError("usage: agent-vault agents add|list|revoke")
+    return 0
+
+
+def _approvers(args: argparse.Namespace) -> int:
+    from agent_vault.cli import approvers
+    from agent_vault.cli.system import refuse_for_system_users
+
+    refuse_for_system_users(f"approvers {args.action or ''}".strip())
+    if args.action == "invite":
+        return approvers.approvers_invite(args.name, port=args.port or _config_port())
+    if args.action == "list":
+        _show(approvers.approvers_list())
+        return 0
+    if args.action == "remove":
+        return approvers.approvers_remove(args.name)
+    raise AgentVaultError("usage: agent-vault approvers invite|list|remove")
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from agent_vault.cli.doctor import run_doctor
 
@@ -470,6 +546,24 @@ def _settings(args: argparse.Namespace) -> int:
     paths = state_paths()
     print(accept_settings(paths, lambda factors: enrol.prove(paths, factors)))
     return 0
+
+
+def _store(args: argparse.Namespace) -> int:
+    from agent_vault.cli.store import migrate, prepare
+
+    if args.action == "prepare":
+        return prepare(args.to, args.app_role, say=_show)
+    if args.action != "migrate":
+        raise AgentVaultError(
+            "usage: agent-vault store migrate --to postgresql://... [--update-settings], or "
+            "agent-vault store prepare --to postgresql://OWNER@... --app-role NAME"
+        )
+    return migrate(
+        args.to,
+        update_settings=args.update_settings,
+        say=_show,
+        tell=lambda text: print(text, file=sys.stderr, flush=True),
+    )
 
 
 def _system(args: argparse.Namespace) -> int:

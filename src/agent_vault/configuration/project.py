@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from agent_vault.configuration.destinations import check_http_url
+from agent_vault.domain.approval import APPROVER_NAME, MAX_REQUIRE, ApprovalRule
 from agent_vault.domain.errors import ConfigError
 from agent_vault.domain.numbers import Number, WholeNumber
 from agent_vault.providers.base import ProviderOptions
@@ -43,7 +44,9 @@ WebhookEvent = Literal[
 WEBHOOK_EVENTS: tuple[str, ...] = typing.get_args(WebhookEvent)
 VAULT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: keys every vault section has; all its other keys belong to the provider's `Options`
-COMMON_VAULT_KEYS = ("type", "ttl", "ttlScope", "writable", "delivery", "secrets")
+COMMON_VAULT_KEYS = (
+    "type", "ttl", "ttlScope", "writable", "delivery", "secrets", "approvers", "require", "ownerMayApprove",
+)  # fmt: skip
 
 Loc = tuple[str | int, ...]
 _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -55,6 +58,7 @@ _EXAMPLE = '[vaults.local]\ntype = "env"\nfile = ".env.secrets"\nttl = 15\n'
 
 
 VaultName = Annotated[str, StringConstraints(pattern=VAULT_NAME_PATTERN)]
+ApproverName = Annotated[str, StringConstraints(pattern=f"^{APPROVER_NAME.pattern}$")]
 
 
 class _Model(BaseModel):
@@ -157,8 +161,33 @@ class VaultConfig(_Model):
     delivery: Literal["value", "inject"] = "value"
     #: per-secret settings that override the vault's, by secret name
     secrets: dict[str, SecretPolicy] = Field(default_factory=dict)
+    #: who may approve this vault's requests, by name (None: everyone enrolled); docs/team.md
+    approvers: tuple[ApproverName, ...] | None = None
+    #: how many distinct approvers must approve a request before anything is released
+    require: WholeNumber = Field(default=1, ge=1, le=MAX_REQUIRE)
+    #: whether the person who owns the asking agent may approve its request
+    owner_may_approve: bool = Field(default=True, alias="ownerMayApprove")
     options: SerializeAsAny[ProviderOptions] = Field(repr=False)
     base_dir: Path
+
+    def approval_rule(self) -> ApprovalRule:
+        """Who may approve this vault's requests, and how many of them must."""
+        return ApprovalRule(self.approvers, self.require, self.owner_may_approve)
+
+    @field_validator("approvers")
+    @classmethod
+    def _some_approvers(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise ValueError("names nobody, so nothing could ever be approved (leave it out for everyone enrolled)")
+        return None if value is None else tuple(dict.fromkeys(value))
+
+    @field_validator("require")
+    @classmethod
+    def _can_be_met(cls, value: int, info: ValidationInfo) -> int:
+        named = info.data.get("approvers")
+        if named is not None and value > len(named):
+            raise ValueError(f"is {value} but `approvers` names only {len(named)}, so nothing could ever be approved")
+        return value
 
     def delivery_of(self, secret: str) -> str:
         """How `secret` may leave the vault: "value" or "inject"."""
@@ -434,6 +463,10 @@ _FIX = {
     "ttl": "set `ttl` to the approval window in minutes, 0 or more (0 = always ask)",
     "ttlScope": 'set `ttlScope` to "secret" or "vault"',
     "writable": "set `writable` to true or false",
+    "approvers": 'set `approvers` to a list of approver names, e.g. ["alice", "bob"] (`agent-vault approvers list`)',
+    "require": f"set `require` to how many distinct approvers must approve, 1 to {MAX_REQUIRE}, at most as many as"
+    " `approvers` names",
+    "ownerMayApprove": "set `ownerMayApprove` to true or false",
     "ngrokAuthToken": 'set `ngrokAuthToken` to "env:NGROK_AUTHTOKEN" and export that variable',
     "port": "set `port` to a whole number from 1 to 65535",
     "webhooks": "make `webhooks` a list of tables, each with at least a `url`",

@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from agent_vault.channels.base import ChannelOptions
 from agent_vault.channels.registry import channel_class
 from agent_vault.configuration.destinations import check_http_url, parse_allowance
+from agent_vault.domain.approval import is_approver_name
 from agent_vault.domain.errors import ConfigError, SettingsError
 from agent_vault.domain.numbers import Number, WholeNumber
 from agent_vault.home import StatePaths
@@ -75,10 +76,12 @@ class NotifySettings(_Model):
 
 
 class ChannelSettings(_Model):
-    """One `[[channels]]` entry: `type`, an optional `name`, and the channel's own keys."""
+    """One `[[channels]]` entry: `type`, an optional `name`, an optional `approver` (whose channel it is: it
+    is told of requests only that approver may approve), and the channel's own keys."""
 
     type: str
     name: str
+    approver: str | None = None
     options: SerializeAsAny[ChannelOptions] = Field(repr=False)
 
 
@@ -261,6 +264,100 @@ class ProxySettings(_Model):
     require_token: bool = Field(default=True, alias="requireToken")
 
 
+class TeamSettings(_Model):
+    """A team broker's listener for front doors on other machines (`[team]`, docs/team.md): the broker's API
+    over HTTPS (or plain HTTP on loopback behind your reverse proxy), each call with an agent's token."""
+
+    #: `host:port` or `[v6]:port` to listen on (port 0: any free one); unset: no team listener
+    listen: str | None = None
+    #: the vault config every remote agent's session uses, a file on this host (relative: to this file's dir)
+    config: str | None = None
+    #: your own certificate and key (PEM); without them one is made at first start in the state dir
+    cert_file: str | None = Field(default=None, alias="certFile")
+    key_file: str | None = Field(default=None, alias="keyFile")
+    #: the names (or addresses) front doors reach this host by, for the certificate made here
+    host_names: tuple[str, ...] = Field(default=(), alias="hostNames")
+    #: plain HTTP on a loopback address, for a reverse proxy on this host that ends TLS
+    behind_proxy: bool = Field(default=False, alias="behindProxy")
+    #: the addresses (or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed
+    trusted_proxies: tuple[str, ...] = Field(default=(), alias="trustedProxies")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)") from None
+        return value
+
+    @field_validator("host_names")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_address(entry)
+            except ValueError:
+                if not _HOSTNAME.match(entry.lower()):
+                    raise ValueError(f"{entry!r} is not a host name or IP address") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TeamSettings:
+        if self.listen is None:
+            return self
+        if self.config is None:
+            raise ValueError(
+                "team.config is needed with team.listen: the vault config (a file on this host) that remote agents' "
+                'sessions use, e.g. config = "team-vaults.toml"'
+            )
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both team.certFile and team.keyFile, or neither (a certificate is made then)")
+        if self.behind_proxy:
+            if not is_loopback(split_listen(self.listen)[0]):
+                raise ValueError(
+                    "with team.behindProxy the listener speaks plain HTTP, so team.listen must be a loopback "
+                    "address (127.0.0.1:8443 or [::1]:8443) that only your reverse proxy on this host reaches"
+                )
+            if not self.trusted_proxies:
+                raise ValueError('team.behindProxy needs team.trustedProxies, e.g. trustedProxies = ["127.0.0.1"]')
+            if self.cert_file is not None:
+                raise ValueError("team.behindProxy serves plain HTTP: leave certFile and keyFile to your reverse proxy")
+        return self
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """(host, port) of a `host:port` or `[v6]:port` listen address."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535 or (":" in host and "[" not in value):
+        raise ValueError(f"{value!r} is not host:port (e.g. 0.0.0.0:8443, [::]:8443, 127.0.0.1:8443)")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _CheckpointSink(_Model):
     #: whether the heartbeat (the latest checkpoint again, every `heartbeatMinutes`) goes here too
     heartbeats: bool = True
@@ -349,6 +446,7 @@ class UserSettings(_Model):
     checkpoints: CheckpointSettings = CheckpointSettings()
     proxy: ProxySettings = ProxySettings()
     store: StorageSettings = StorageSettings()
+    team: TeamSettings = TeamSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -383,7 +481,12 @@ def _channel_sections(raw: list[Any]) -> list[Any]:
         if name in seen:
             raise _channel_problem(index, f"the name {name!r} is used twice; give each channel its own `name`")
         seen.add(name)
-        options = {k: v for k, v in section.items() if k not in ("type", "name")}
+        approver = section.get("approver")
+        if approver is not None and not is_approver_name(approver):
+            raise _channel_problem(
+                index, "`approver` must be an approver's name, a login or e-mail address (`agent-vault approvers list`)"
+            )
+        options = {k: v for k, v in section.items() if k not in ("type", "name", "approver")}
         try:
             model = channel_class(kind).Options
         except ConfigError as exc:
@@ -392,7 +495,7 @@ def _channel_sections(raw: list[Any]) -> list[Any]:
             validated = model.model_validate(options)
         except ValidationError as exc:
             raise _channel_problem(index, _problems(exc, prefix=())) from None
-        out.append({"type": kind, "name": name, "options": validated})
+        out.append({"type": kind, "name": name, "approver": approver, "options": validated})
     return out
 
 

@@ -110,10 +110,25 @@ class PeerRefused(AgentVaultError):
     code = "peer_refused"
 
 
+class AgentRefused(PeerRefused):
+    """A team broker's listener refused a call: no agent token, or one unknown or revoked (HTTP 401), or too
+    many failed attempts from that address (429). The message never contains the token."""
+
+    code = "agent_refused"
+
+
 class SystemModeError(AgentVaultError):
     """Installing, finding or running the system broker (system mode) failed; the message says what to do."""
 
     code = "system_mode"
+
+
+class StoreMigrationError(AgentVaultError):
+    """`agent-vault store migrate` refused or failed to move the storage (a broker runs, the target has rows,
+    the chain does not verify, the copy failed midway and was rolled back, ...): the message says why and
+    what to do."""
+
+    code = "store_migration"
 
 
 class ChannelError(AgentVaultError):
@@ -144,6 +159,8 @@ CODES: dict[str, type[AgentVaultError]] = {
         BrokerRunning,
         ChannelError,
         PeerRefused,
+        AgentRefused,
         SystemModeError,
+        StoreMigrationError,
     )
 }

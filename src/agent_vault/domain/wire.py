@@ -36,9 +36,11 @@ class SessionOpen(TypedDict):
     env: dict[str, str]
     client: McpClient
     project: ProjectInfo
-    #: to a system broker: the project config's `vaults` section as written, which may only name the
-    #: system's vaults and tighten them (configuration/tightening.py)
+    #: to a system broker (or a team broker): the project config's `vaults` section as written, which may only
+    #: name the broker's vaults and tighten them (configuration/tightening.py)
     tighten: NotRequired[dict[str, Any]]
+    #: to a team broker: the host the front door runs on (its claim; who it is comes from its token)
+    host: NotRequired[str]
 
 
 class SessionOpened(TypedDict):

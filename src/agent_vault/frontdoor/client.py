@@ -1,4 +1,5 @@
-"""The front door's client for the broker API on the Unix socket.
+"""The front door's client for the broker API on the Unix socket (and, through `frontdoor.remote`, on a team
+broker's HTTPS listener: the same client over TLS, with an agent token).
 
 Errors come back as `{"error": {"code", "message"}}` and are raised again here as the same
 `AgentVaultError` subclass, so front doors handle broker errors like local ones.
@@ -45,7 +46,11 @@ class BrokerClient:
     call this costs about a tenth of the CPU of httpx (docs/benchmarks.md, "hot path").
     """
 
-    def __init__(self, socket_path: Path, timeout: float = 30.0) -> None:
+    #: the Host header of every request
+    host = "agent-vault-broker"
+
+    def __init__(self, socket_path: Path | None, timeout: float = 30.0) -> None:
+        #: the broker's Unix socket (None for a broker reached otherwise: frontdoor/remote.py)
         self.socket_path = socket_path
         self.session: str | None = None
         self.timeout = timeout
@@ -79,10 +84,7 @@ class BrokerClient:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 status, raw = await self._exchange(message)
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach the agent-vault broker at {self.socket_path} ({type(exc).__name__}). "
-                "Fix: run `agent-vault serve`, or check `agent-vault status`."
-            ) from exc
+            raise self._unreachable(exc) from exc
         try:
             data = json.loads(raw)
         except ValueError:
@@ -94,8 +96,24 @@ class BrokerClient:
             raise BrokerUnavailable("the broker answered something that is not a JSON object")
         return data
 
+    def _unreachable(self, exc: BaseException) -> BrokerUnavailable:
+        """What to say when the broker cannot be reached (`exc` says why)."""
+        return BrokerUnavailable(
+            f"cannot reach the agent-vault broker at {self.socket_path} ({type(exc).__name__}). "
+            "Fix: run `agent-vault serve`, or check `agent-vault status`."
+        )
+
+    async def _open(self) -> Streams:
+        """A new connection to the broker."""
+        return await asyncio.open_unix_connection(str(self.socket_path))
+
+    def _credentials(self) -> list[str]:
+        """Header lines that say who calls (none on the socket: the kernel says it)."""
+        return []
+
     def _message(self, method: str, target: str, body: Any) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1", "host: agent-vault-broker", "accept: application/json"]
+        lines = [f"{method} {target} HTTP/1.1", f"host: {self.host}", "accept: application/json"]
+        lines += self._credentials()
         if self.session:
             lines.append(f"{SESSION_HEADER}: {self.session}")
         payload = b""
@@ -113,7 +131,7 @@ class BrokerClient:
                 return await self._roundtrip(conn, message, reused=True)
             except _Dropped:
                 pass  # the broker dropped the idle connection as we sent: once more on a new one
-        conn = await asyncio.open_unix_connection(str(self.socket_path))
+        conn = await self._open()
         return await self._roundtrip(conn, message, reused=False)
 
     def _take_idle(self) -> Streams | None:
@@ -159,10 +177,13 @@ class BrokerClient:
         client: McpClient,
         project: ProjectInfo,
         tighten: dict[str, Any] | None = None,
+        host: str | None = None,
     ) -> SessionOpened:
         body: SessionOpen = {"config_path": str(config_path), "env": env, "client": client, "project": project}
         if tighten is not None:
             body["tighten"] = tighten
+        if host is not None:
+            body["host"] = host
         data = cast(SessionOpened, await self._call("POST", "/v1/sessions", body=body))
         self.session = str(data["session"])
         return data

@@ -74,7 +74,7 @@ def reachable(socket_path: Path) -> None:
 
 
 async def _alive(client: BrokerClient) -> bool:
-    if not client.socket_path.exists():
+    if client.socket_path is None or not client.socket_path.exists():
         return False
     try:
         await client.status()

@@ -29,6 +29,7 @@ from agent_vault.domain.wire import McpClient, OutcomeView, ProjectInfo, Request
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.frontdoor.home_use import HomeNotice
 from agent_vault.frontdoor.launcher import connect
+from agent_vault.frontdoor.remote import URL_ENV, RemoteBrokerClient, remote_broker, this_host
 from agent_vault.home import StatePaths, state_paths
 from agent_vault.system.record import my_broker
 
@@ -59,27 +60,35 @@ class AgentSession:
         self.home_notice = HomeNotice(paths, self.cwd, locate_config)
 
     async def ensure(self, info: ClientInfo) -> BrokerClient:
-        self.home_notice.start(info.name, info.version)
+        if not os.environ.get(URL_ENV):  # a team broker elsewhere uses no state home here
+            self.home_notice.start(info.name, info.version)
         async with self._lock:
             if self.client is not None and self.client.session:
                 return self.client
             tighten = None
-            if self.paths.system:
-                # The system broker's vaults are root's (broker.system_vaults): no `env:` value leaves the agent's
-                # environment, and the project's config may only name and tighten them (its `vaults`, as written).
+            # A team broker on another machine (AGENT_VAULT_URL): never a local broker, never started here.
+            remote = remote_broker()
+            if remote is not None or self.paths.system:
+                # The system (or team) broker's vaults are its own (broker.system_vaults): no `env:` value leaves the
+                # agent's environment, and the project's config may only name and tighten them (its `vaults`).
                 config_path, env, port = _project_config_or(self.cwd), {}, None
                 tighten = read_raw(config_path).get("vaults") if config_path.is_file() else None
                 if tighten is not None:
-                    _say_ignored(config_path, tighten)
+                    _say_ignored(config_path, tighten, "team" if remote is not None else "system")
             else:
                 config_path = locate_config(self.cwd)
                 config = load_config(config_path)  # fail here, with the file and key, before the broker
                 env = {k: os.environ[k] for k in referenced_env_vars(config_path) if k in os.environ}
                 port = config.port
-            client = await connect(self.paths, port)
+            client = RemoteBrokerClient(remote) if remote is not None else await connect(self.paths, port)
             project: ProjectInfo = {"dir": str(self.cwd), "git_remote": git_remote(self.cwd)}
             me: McpClient = {"name": info.name, "version": info.version}
-            opened = await client.open_session(config_path, env, me, project, tighten)
+            host = this_host() if remote is not None else None
+            try:
+                opened = await client.open_session(config_path, env, me, project, tighten, host)
+            except BaseException:
+                await client.aclose()
+                raise
             self.wait_timeout = float(opened.get("wait_timeout", self.wait_timeout))
             self.client = client
             return client
@@ -139,12 +148,12 @@ def broker_paths() -> StatePaths:
     return my_broker() or state_paths()
 
 
-def _say_ignored(path: Path, vaults: object) -> None:
-    """Tell once what of a project's config a system broker does not use (its stores are the system's)."""
+def _say_ignored(path: Path, vaults: object, which: str = "system") -> None:
+    """Tell once what of a project's config a system (or team) broker does not use (its stores are its own)."""
     ignored = tightening.parse(vaults).ignored  # a malformed narrowing fails here, naming the key
     if ignored:
         keys = visible(", ".join(ignored[:8]) + (" ..." if len(ignored) > 8 else ""))
-        print(f"agent-vault: the system broker's vaults are its own; {path} may only name them and tighten them "
+        print(f"agent-vault: the {which} broker's vaults are its own; {path} may only name them and tighten them "
               f"(ttl, only, writable, delivery), so these keys are ignored: {keys}", file=sys.stderr)  # fmt: skip
 
 

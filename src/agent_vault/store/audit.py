@@ -30,7 +30,9 @@ EVENTS = (
     "auth_failed", "channel_failed", "webhook_failed", "broker_started",
     "command_finished", "masked_output", "tunnel_up", "tunnel_down", "clock_went_back",
     "tamper_detected", "factors_recorded", "settings_changed", "settings_accepted",
-    "flood_refused", "home_used", "checkpoint_failed", "proxied", "proxy_refused",
+    "flood_refused", "home_used", "checkpoint_failed", "proxied", "proxy_refused", "store_migrated",
+    "approval_counted", "approval_refused", "approver_invited", "approver_removed",
+    "agent_added", "agent_revoked", "agent_refused",
 )  # fmt: skip
 OPERATIONS = ("read", "write")
 SCOPES = ("secret", "vault")
@@ -297,8 +299,7 @@ class AuditLog:
         conn = self._connect()  # its own connection: a long walk must not block appends
         try:
             conn.execute("BEGIN")  # one read snapshot for the whole walk
-            result = walk_chain(conn.execute(f"{_SELECT} ORDER BY id"))
-            return _check_tail(conn, result)
+            return verify_stored(conn)[0]
         except sqlite3.Error as exc:
             raise AuditError(_explain(self.path, "read", exc)) from exc
         finally:
@@ -444,15 +445,36 @@ def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
 
 
 def walk_chain(rows: Iterable[tuple[Any, ...]]) -> VerifyResult:
-    expected, prev_hash, count = 1, GENESIS_HASH, 0
-    prev_ts: datetime | None = None
+    walk = ChainWalk()
     for row in rows:
-        count += 1
-        problem = _check_row(row, expected, prev_hash) or _check_time(row, prev_ts)
+        failed = walk.step(row)
+        if failed is not None:
+            return failed
+    return VerifyResult(True, walk.rows)
+
+
+class ChainWalk:
+    """`walk_chain` one row at a time: a bulk import (store/migration.py) checks each row before it writes it."""
+
+    def __init__(self) -> None:
+        #: rows stepped through so far
+        self.rows = 0
+        self._expected, self._prev_hash = 1, GENESIS_HASH
+        self._prev_ts: datetime | None = None
+
+    def step(self, row: tuple[Any, ...]) -> VerifyResult | None:
+        """None when `row` (stored values, hash last) continues the chain; else what is wrong with it."""
+        self.rows += 1
+        problem = _check_row(row, self._expected, self._prev_hash) or _check_time(row, self._prev_ts)
         if problem is not None:
-            return VerifyResult(False, count, problem[0], problem[1])
-        expected, prev_hash, prev_ts = row[0] + 1, row[-1], datetime.fromisoformat(row[1])
-    return VerifyResult(True, count)
+            return VerifyResult(False, self.rows, problem[0], problem[1])
+        self._expected, self._prev_hash, self._prev_ts = row[0] + 1, row[-1], datetime.fromisoformat(row[1])
+        return None
+
+    @property
+    def head(self) -> str:
+        """The hash of the last row stepped through (the genesis hash before any)."""
+        return str(self._prev_hash)
 
 
 def _check_time(row: tuple[Any, ...], prev_ts: datetime | None) -> tuple[int, str] | None:
@@ -487,6 +509,27 @@ def _check_row(row: tuple[Any, ...], expected: int, prev_hash: str) -> tuple[int
             f"with a recomputed hash, or rows were removed or replaced here"
         )
     return None
+
+
+def stored_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+    """Every row of the audit database `conn` is open on, in id order, as stored (the text its hash covers):
+    for a reader with a connection of its own, such as a read-only one (store/migration.py)."""
+    return iter(conn.execute(f"{_SELECT} ORDER BY id"))
+
+
+def verify_stored(
+    conn: sqlite3.Connection, seen: Callable[[tuple[Any, ...]], None] | None = None
+) -> tuple[VerifyResult, str]:
+    """`AuditLog.verify` on the audit database `conn` is open on (in the caller's read snapshot), and the hash
+    of the last row walked (the chain's head when it verifies). `seen` hears each row that checked out."""
+    walk = ChainWalk()
+    for row in stored_rows(conn):
+        failed = walk.step(row)
+        if failed is not None:
+            return failed, walk.head
+        if seen is not None:
+            seen(row)
+    return _check_tail(conn, VerifyResult(True, walk.rows)), walk.head
 
 
 def _check_tail(conn: sqlite3.Connection, result: VerifyResult) -> VerifyResult:

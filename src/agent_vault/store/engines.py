@@ -15,9 +15,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_vault.store.agents import AgentStore
+from agent_vault.store.approvers import ApproverStore
 from agent_vault.store.audit import AuditLog, AuditRecord
 from agent_vault.store.factors import FactorStore
-from agent_vault.store.interface import AuditRecords, FactorRecords, ReplicaSignals, StateRecords
+from agent_vault.store.interface import (
+    AgentRecords,
+    ApproverRecords,
+    AuditRecords,
+    FactorRecords,
+    ReplicaSignals,
+    StateRecords,
+)
 from agent_vault.store.signals import LocalSignals
 from agent_vault.store.sqlite import StateStore
 
@@ -56,6 +65,30 @@ def open_factors(state: StateRecords) -> FactorRecords:
     if isinstance(state, PostgresState):
         return PostgresFactors(state)
     raise TypeError(f"no factor records for a {type(state).__name__}")
+
+
+def open_approvers(state: StateRecords) -> ApproverRecords:
+    """Named approvers and their approvals of requests, kept by the engine that keeps `state`."""
+    if isinstance(state, StateStore):
+        return ApproverStore(state)
+    from agent_vault.store.postgres import PostgresState  # the optional extra: not a SQLite state, so asked for
+    from agent_vault.store.postgres_approvers import PostgresApprovers
+
+    if isinstance(state, PostgresState):
+        return PostgresApprovers(state)
+    raise TypeError(f"no approver records for a {type(state).__name__}")
+
+
+def open_agents(state: StateRecords) -> AgentRecords:
+    """A team broker's agents, kept by the engine that keeps `state`."""
+    if isinstance(state, StateStore):
+        return AgentStore(state)
+    from agent_vault.store.postgres import PostgresState  # the optional extra
+    from agent_vault.store.postgres_agents import PostgresAgents
+
+    if isinstance(state, PostgresState):
+        return PostgresAgents(state)
+    raise TypeError(f"no agent records for a {type(state).__name__}")
 
 
 @dataclass(frozen=True)

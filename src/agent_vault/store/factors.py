@@ -24,10 +24,12 @@ from agent_vault.store.sqlite import StateStore
 FAILURES_PER_DAY = 20
 ENROL_TOKEN_TTL = timedelta(minutes=10)
 
-#: (id, kind, label, created_at as ISO text in UTC, sign count, credential id) of a factor, oldest first
-ListedRow = tuple[str, str, str, str, int, str | None]
-#: (id, kind, secret, credential id, public key): what makes a factor the factor it is
-IdentityRow = tuple[str, str, str | None, str | None, str | None]
+#: (id, kind, label, created_at as ISO text in UTC, sign count, credential id, approver) of a factor, oldest first
+ListedRow = tuple[str, str, str, str, int, str | None, str]
+#: (id, kind, secret, credential id, public key, approver): what makes a factor the factor it is
+IdentityRow = tuple[str, str, str | None, str | None, str | None, str]
+#: the same without the approver: a factor of the broker's first approver (approver '')
+OwnerIdentityRow = tuple[str, str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class Factor:
     disabled: bool
     sign_count: int = 0
     credential_id: str | None = None
+    #: whose factor it is: a named approver (`agent-vault approvers invite`), or '' for the broker's first
+    #: approver, its owner (see approver/roster.py)
+    approver: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ class EnrolToken:
     expires_at: datetime
     confirmed: bool
     used: bool
+    #: whose factor the link enrols: '' for the owner, else the approver `approvers invite` named
+    approver: str = ""
+    #: the factor that confirmed a 'confirm' link ("passkey:<id>", ...; '' before it is confirmed)
+    confirmed_by: str = ""
 
 
 def utc_now() -> datetime:
@@ -78,13 +87,19 @@ def new_enrol_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def fingerprint(row: IdentityRow) -> str:
-    """Digest of what makes a factor (id, kind, credential, public key, a digest of a TOTP secret; never the
-    secret itself): the checkpoints sign a hash of these, so both engines must give the same value."""
-    fid, kind, secret, credential_id, public_key = row
+def fingerprint(row: IdentityRow | OwnerIdentityRow) -> str:
+    """Digest of what makes a factor (id, kind, credential, public key, a digest of a TOTP secret, never the
+    secret itself; and whose it is): the checkpoints sign a hash of these, so both engines must give the same
+    value. A named approver's factor has its name in the digest, so a factor moved to another approver by
+    editing the store no longer matches the audited set; the owner's (approver '') has the digest it had
+    before there were several approvers, so the sets audited before stay valid."""
+    fid, kind, secret, credential_id, public_key = row[:5]
+    approver = row[5:]
     secret_digest = hashlib.sha256(secret.encode()).hexdigest() if secret else None
-    identity = json.dumps([fid, kind, secret_digest, credential_id, public_key])
-    return hashlib.sha256(identity.encode()).hexdigest()
+    fields: list[str | None] = [fid, kind, secret_digest, credential_id, public_key]
+    if approver and approver[0]:
+        fields.append(approver[0])
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
 class FactorRules(ABC):
@@ -108,7 +123,13 @@ class FactorRules(ABC):
     def all(self) -> list[Factor]:
         """Every factor; an authenticator app shows as disabled while today's lockout lasts."""
         locked = self.totp_locked(self._now().date())
-        return [Factor(r[0], r[1], r[2], r[3], r[1] == "totp" and locked, r[4], r[5]) for r in self._listed_rows()]
+        return [
+            Factor(r[0], r[1], r[2], r[3], r[1] == "totp" and locked, r[4], r[5], r[6]) for r in self._listed_rows()
+        ]
+
+    def approver_of(self, factor_id: str) -> str | None:
+        """Whose factor `factor_id` is ('' for the owner's); None when no such factor is enrolled."""
+        return next((f.approver for f in self.all() if f.id == factor_id), None)
 
     def kinds(self) -> set[str]:
         return {f.kind for f in self.all()}
@@ -138,35 +159,38 @@ class FactorStore(FactorRules):
     def _listed_rows(self) -> list[ListedRow]:
         with self._state.transaction() as db:
             rows = db.execute(
-                "SELECT id, kind, label, created_at, sign_count, credential_id FROM factors ORDER BY created_at"
+                "SELECT id, kind, label, created_at, sign_count, credential_id, approver FROM factors"
+                " ORDER BY created_at"
             ).fetchall()
-        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def _identity_rows(self) -> list[IdentityRow]:
         with self._state.transaction() as db:
-            rows = db.execute("SELECT id, kind, secret, credential_id, public_key FROM factors").fetchall()
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+            rows = db.execute("SELECT id, kind, secret, credential_id, public_key, approver FROM factors").fetchall()
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
-    def add_totp(self, secret: str, label: str = "authenticator app") -> Factor:
+    def add_totp(self, secret: str, label: str = "authenticator app", approver: str = "") -> Factor:
         fid = new_factor_id("totp")
         now = self._now().isoformat()
         with self._state.transaction() as db:
             db.execute(
-                "INSERT INTO factors (id, kind, label, secret, created_at) VALUES (?, 'totp', ?, ?, ?)",
-                (fid, label, secret, now),
+                "INSERT INTO factors (id, kind, label, secret, created_at, approver) VALUES (?, 'totp', ?, ?, ?, ?)",
+                (fid, label, secret, now, approver),
             )
-        return Factor(fid, "totp", label, now, False)
+        return Factor(fid, "totp", label, now, False, approver=approver)
 
-    def add_passkey(self, credential_id: str, public_key: str, sign_count: int, label: str) -> Factor:
+    def add_passkey(
+        self, credential_id: str, public_key: str, sign_count: int, label: str, approver: str = ""
+    ) -> Factor:
         fid = new_factor_id("passkey")
         now = self._now().isoformat()
         with self._state.transaction() as db:
             db.execute(
-                "INSERT INTO factors (id, kind, label, credential_id, public_key, sign_count, created_at)"
-                " VALUES (?, 'passkey', ?, ?, ?, ?, ?)",
-                (fid, label, credential_id, public_key, sign_count, now),
+                "INSERT INTO factors (id, kind, label, credential_id, public_key, sign_count, created_at, approver)"
+                " VALUES (?, 'passkey', ?, ?, ?, ?, ?, ?)",
+                (fid, label, credential_id, public_key, sign_count, now, approver),
             )
-        return Factor(fid, "passkey", label, now, False, sign_count, credential_id)
+        return Factor(fid, "passkey", label, now, False, sign_count, credential_id, approver)
 
     def remove(self, factor_id: str) -> bool:
         with self._state.transaction() as db:
@@ -186,10 +210,14 @@ class FactorStore(FactorRules):
             cur = db.execute("UPDATE factors SET sign_count = ? WHERE id = ? AND sign_count = ?", (new, factor_id, old))
             return cur.rowcount == 1
 
-    def totp_secrets(self) -> list[tuple[str, str, int]]:
-        """(factor id, secret, last accepted step) for each TOTP factor."""
+    def totp_secrets(self, approver: str | None = None) -> list[tuple[str, str, int]]:
+        """(factor id, secret, last accepted step) for each TOTP factor (of `approver` only, when given)."""
+        sql = "SELECT id, secret, last_step FROM factors WHERE kind = 'totp'"
+        args: tuple[str, ...] = ()
+        if approver is not None:
+            sql, args = sql + " AND approver = ?", (approver,)
         with self._state.transaction() as db:
-            rows = db.execute("SELECT id, secret, last_step FROM factors WHERE kind = 'totp'").fetchall()
+            rows = db.execute(sql, args).fetchall()
         return [(r[0], r[1], int(r[2])) for r in rows]
 
     def use_step(self, factor_id: str, step: int) -> bool:
@@ -247,13 +275,15 @@ class FactorStore(FactorRules):
 
     # -- enrolment tokens -----------------------------------------------------------------------
 
-    def new_enrol_token(self, purpose: str, needs_proof: bool) -> str:
-        """A fresh one-time token; only its hash is stored. The caller shows it on the terminal only."""
+    def new_enrol_token(self, purpose: str, needs_proof: bool, approver: str = "") -> str:
+        """A fresh one-time token (enrolling a factor of `approver`); only its hash is stored. The caller shows
+        it on the terminal only."""
         token = new_enrol_secret()
+        expires = (self._now() + ENROL_TOKEN_TTL).isoformat()
         with self._state.transaction() as db:
             db.execute(
-                "INSERT INTO enrol_tokens (hash, purpose, needs_proof, expires_at) VALUES (?, ?, ?, ?)",
-                (token_key(token), purpose, int(needs_proof), (self._now() + ENROL_TOKEN_TTL).isoformat()),
+                "INSERT INTO enrol_tokens (hash, purpose, needs_proof, expires_at, approver) VALUES (?, ?, ?, ?, ?)",
+                (token_key(token), purpose, int(needs_proof), expires, approver),
             )
         return token
 
@@ -261,14 +291,16 @@ class FactorStore(FactorRules):
         """The token stored under `key` (a hash), whatever its state; None if unknown."""
         with self._state.transaction() as db:
             row = db.execute(
-                "SELECT hash, purpose, needs_proof, expires_at, confirmed_at, used_at FROM enrol_tokens WHERE hash = ?",
+                "SELECT hash, purpose, needs_proof, expires_at, confirmed_at, used_at, approver, confirmed_by"
+                " FROM enrol_tokens WHERE hash = ?",
                 (key,),
             ).fetchone()
         if row is None:
             return None
         return EnrolToken(
-            row[0], row[1], bool(row[2]), datetime.fromisoformat(row[3]), row[4] is not None, row[5] is not None
-        )
+            row[0], row[1], bool(row[2]), datetime.fromisoformat(row[3]), row[4] is not None, row[5] is not None,
+            row[6], row[7],
+        )  # fmt: skip
 
     def use_enrol_token(self, key: str) -> bool:
         """Compare-and-set: a live token becomes used exactly once."""
@@ -279,13 +311,13 @@ class FactorStore(FactorRules):
             )
             return cur.rowcount == 1
 
-    def confirm_enrol_token(self, key: str) -> bool:
-        """Record that the approver proved a factor on a 'confirm' link (the terminal then takes it)."""
+    def confirm_enrol_token(self, key: str, by: str = "") -> bool:
+        """Record that an approver proved factor `by` on a 'confirm' link (the terminal then takes it)."""
         with self._state.transaction() as db:
             cur = db.execute(
-                "UPDATE enrol_tokens SET confirmed_at = ? WHERE hash = ? AND purpose = 'confirm'"
+                "UPDATE enrol_tokens SET confirmed_at = ?, confirmed_by = ? WHERE hash = ? AND purpose = 'confirm'"
                 " AND confirmed_at IS NULL AND used_at IS NULL AND expires_at > ?",
-                (self._now().isoformat(), key, self._now().isoformat()),
+                (self._now().isoformat(), by, key, self._now().isoformat()),
             )
             return cur.rowcount == 1
 

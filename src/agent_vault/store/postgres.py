@@ -8,18 +8,20 @@ applied is kept in `schema_version`, each migration in its own transaction under
 processes opening one database at once migrate it once), and a connection pool. Times are `timestamptz`
 (read back in UTC), lists and JSON values `jsonb`. Every lifecycle change is a compare-and-set
 (`UPDATE ... WHERE status = ANY(...)`): of two racing transitions exactly one succeeds. Values never touch
-these tables; the URL (which may carry a password) is never logged or shown.
+these tables; the URL (which may carry a password) is never logged or shown. `copy_rows`, `table_rows`,
+`count_rows` and `table_columns` serve a bulk copy into every table (`store/migration.py`), on the caller's
+connection and in its transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg import Connection
-from psycopg.rows import DictRow, dict_row
+from psycopg import Connection, sql
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -131,6 +133,7 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX approvers_live_name ON approvers (name) WHERE removed_at IS NULL;
     ALTER TABLE factors ADD COLUMN approver text NOT NULL DEFAULT '';
     ALTER TABLE enrol_tokens ADD COLUMN approver text NOT NULL DEFAULT '';
+    ALTER TABLE enrol_tokens ADD COLUMN confirmed_by text NOT NULL DEFAULT '';
     CREATE TABLE request_approvals (
         request_id text NOT NULL,
         approver text NOT NULL,
@@ -195,6 +198,8 @@ class PostgresState:
     def _migrate(self) -> None:
         """Apply what `MIGRATIONS` has beyond `schema_version`, one transaction each, under the advisory lock."""
         with self._pool.connection() as conn:
+            if _migrated(conn):  # nothing to do, and nothing written: a broker's own role may not make tables
+                return
             while True:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -331,6 +336,72 @@ class PostgresState:
                 (_utc(at), window_id),
             ).fetchone()
         return None if row is None else Window(**row)
+
+
+# -- a bulk copy into every table (store/migration.py), on the caller's connection and transaction ----------
+
+#: every table `MIGRATIONS` makes for the state and the approver's rows (`schema_version` aside)
+TABLES = (
+    "requests", "windows", "meta", "factors", "factor_failures", "recovery_codes", "enrol_tokens", "agents",
+    "approvers", "request_approvals",
+)  # fmt: skip
+#: columns the database fills in itself, left out of a copy (`factors.seq` numbers rows in the order they come)
+GENERATED_COLUMNS: dict[str, tuple[str, ...]] = {"factors": ("seq",)}
+
+
+def table_columns(conn: Connection[Any], table: str) -> dict[str, str]:
+    """Column name -> type (information_schema's `data_type`, e.g. "jsonb") of one of `TABLES`, in table order."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
+            (_known(table),),
+        ).fetchall()
+    return {str(name): str(kind) for name, kind in rows}
+
+
+def count_rows(conn: Connection[Any], table: str) -> int:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(_known(table)))).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def copy_rows(conn: Connection[Any], table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """COPY `rows` (values in `columns` order: Python values, or text the column's type parses, such as ISO
+    times and JSON text) into `table`; the number of rows. A value a column refuses fails the whole COPY."""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(_known(table)), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    count = 0
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
+def table_rows(conn: Connection[Any], table: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Every row of `table`, as `columns` (Python values: jsonb parsed, times in the session's zone)."""
+    statement = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(_known(table))
+    )
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(statement).fetchall()
+
+
+def _known(table: str) -> str:
+    if table not in TABLES:
+        raise ValueError(f"{table!r} is not a table of the state store")
+    return table
+
+
+def _migrated(conn: Connection[DictRow]) -> bool:
+    """Whether every migration is applied already (read without taking a lock or making a table)."""
+    found = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present").fetchone()
+    if found is None or not found["present"]:
+        return False
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    return row is not None and int(row["version"]) >= len(MIGRATIONS)
 
 
 def _configure(conn: Connection[DictRow]) -> None:

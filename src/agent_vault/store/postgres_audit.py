@@ -12,6 +12,10 @@ The hashed columns are stored so that they read back byte for byte: `names` and 
 keeps the exact canonical text; `jsonb` would rewrite numbers such as 1e+20), times as `timestamptz`, read
 back through `to_char` as the fixed-width UTC text that was hashed.
 
+`import_chain` moves a whole chain in (from a local broker's audit.db: `agent-vault store migrate`) with its
+ids, times and hashes as they are, into an empty log only, checking each row as it goes; it inserts, like
+`append`, so the triggers and the application role's grants below hold for it too.
+
 Append-only, in two layers. Triggers refuse UPDATE, DELETE and TRUNCATE on `audit` (and moving
 `audit_head` back); they stop mistakes, but the tables' owner can drop them. So give `app_role`: the owner
 (who runs the migrations, e.g. at deployment) creates that role if needed and grants it only SELECT and
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -40,6 +45,7 @@ from agent_vault.store.audit import (
     SEARCHED_PARTS,
     AuditEvent,
     AuditRecord,
+    ChainWalk,
     Dialect,
     ReleaseCount,
     RowFilter,
@@ -122,6 +128,10 @@ _SELECT = (
 _INSERT = (
     "INSERT INTO audit (id, ts, event, vault, names, operation, reason, scope, window_end, request_id, "
     "client, detail, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_COPY = (
+    "COPY audit (id, ts, event, vault, names, operation, reason, scope, window_end, request_id, client, detail, "
+    "prev_hash, hash) FROM STDIN"
 )
 #: per UTC day, vault, secret name, client and project (`releases`)
 _RELEASES = (
@@ -321,6 +331,80 @@ class PostgresAuditLog:
     def row(self, row_id: int) -> AuditRecord | None:
         rows = self._select("WHERE audit.id = %s", row_id)
         return rows[0] if rows else None
+
+    # -- a bulk import (store/migration.py) --------------------------------------------------------
+
+    @contextmanager
+    def bulk(self) -> Iterator[Connection[TupleRow]]:
+        """A connection of its own in one transaction that holds the append lock (no other appender writes
+        meanwhile), committed when the block ends and rolled back if it raises (or if the process dies):
+        for `import_chain` together with the other tables of this database. Times read in UTC."""
+        self._check_open()
+        conn = self._connect("write")
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL TIME ZONE 'UTC'")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                yield conn
+        finally:
+            conn.close()
+
+    def import_chain(
+        self,
+        conn: Connection[TupleRow],
+        rows: Iterable[tuple[Any, ...]],
+        *,
+        progress: Callable[[int], None] | None = None,
+        every: int = 10_000,
+    ) -> tuple[int, str]:
+        """Copy a whole chain into this log, which must be empty, row for row: the same ids, times and
+        hashes, so signed checkpoints of the original still match. On `conn` in a `bulk()` transaction.
+
+        `rows` are stored rows (`store.audit.stored_rows`: the text the hashes cover, the hash last). Each
+        is checked before it is written (ids 1, 2, 3 ..., its hash, its link to the row before, time
+        order); the first that does not continue the chain raises AuditError, and the caller's transaction
+        rolls back. `audit_head` ends at the last id. The rows are then read back as `verify` reads them
+        and walked again, so what commits verifies. `progress` hears the rows written, every `every` rows
+        and at the end. Returns (rows, hash of the last row). INSERT only: the append-only triggers stay."""
+        found = conn.execute("SELECT (SELECT count(*) FROM audit), (SELECT last_id FROM audit_head)").fetchone()
+        if found is None or tuple(found) != (0, 0):
+            rows_now, head = (found[0], found[1]) if found is not None else ("?", "?")
+            raise AuditError(
+                f"the audit log {self.where} is not empty ({rows_now} rows, ids handed out up to {head}): "
+                "a chain can only be imported into an empty log"
+            )
+        walk = ChainWalk()
+        with conn.cursor() as cursor, cursor.copy(_COPY) as copy:
+            for row in rows:
+                failed = walk.step(row)
+                if failed is not None:
+                    raise AuditError(f"the chain to import is broken, nothing was imported: {failed.problem}")
+                if any(isinstance(value, str) and "\x00" in value for value in row):
+                    raise AuditError(f"row {row[0]} holds a NUL character (\\x00), which PostgreSQL cannot store")
+                copy.write_row(row)
+                if progress is not None and walk.rows % every == 0:
+                    progress(walk.rows)
+        if walk.rows:
+            conn.execute("UPDATE audit_head SET last_id = %s", (walk.rows,))
+        if progress is not None and walk.rows % every != 0:
+            progress(walk.rows)
+        again = ChainWalk()
+        with conn.cursor(name="audit_import_check") as cursor:
+            cursor.itersize = 5000
+            cursor.execute(f"{_SELECT} ORDER BY audit.id")
+            for row in cursor:
+                failed = again.step(row)
+                if failed is not None:
+                    raise AuditError(f"an imported row does not read back as it was written: {failed.problem}")
+        if (again.rows, again.head) != (walk.rows, walk.head):
+            raise AuditError(f"{again.rows} rows read back after importing {walk.rows}: nothing was imported")
+        return again.rows, again.head
+
+    def append_on(self, conn: Connection[TupleRow], event: AuditEvent) -> AuditRecord:
+        """`append` inside a `bulk()` transaction (after `import_chain`): the row commits with the rest, and
+        no listener hears of it (it is not committed when this returns)."""
+        _refuse_nul(event, self.where)
+        return self._insert_next(conn, event)
 
     def close(self) -> None:
         if not self._closed:

@@ -45,38 +45,45 @@ class PostgresFactors(FactorRules):
     def _listed_rows(self) -> list[ListedRow]:
         with self._state.connection() as conn:
             rows = conn.execute(
-                "SELECT id, kind, label, created_at, sign_count, credential_id FROM factors ORDER BY created_at, seq"
+                "SELECT id, kind, label, created_at, sign_count, credential_id, approver FROM factors"
+                " ORDER BY created_at, seq"
             ).fetchall()
         return [
-            (r["id"], r["kind"], r["label"], _iso(r["created_at"]), int(r["sign_count"]), r["credential_id"])
+            (
+                r["id"], r["kind"], r["label"], _iso(r["created_at"]), int(r["sign_count"]), r["credential_id"],
+                r["approver"],
+            )
             for r in rows
-        ]
+        ]  # fmt: skip
 
     def _identity_rows(self) -> list[IdentityRow]:
         with self._state.connection() as conn:
-            rows = conn.execute("SELECT id, kind, secret, credential_id, public_key FROM factors").fetchall()
-        return [(r["id"], r["kind"], r["secret"], r["credential_id"], r["public_key"]) for r in rows]
+            rows = conn.execute("SELECT id, kind, secret, credential_id, public_key, approver FROM factors").fetchall()
+        return [(r["id"], r["kind"], r["secret"], r["credential_id"], r["public_key"], r["approver"]) for r in rows]
 
-    def add_totp(self, secret: str, label: str = "authenticator app") -> Factor:
+    def add_totp(self, secret: str, label: str = "authenticator app", approver: str = "") -> Factor:
         fid = new_factor_id("totp")
         now = self._now()
         with self._state.connection() as conn:
             conn.execute(
-                "INSERT INTO factors (id, kind, label, secret, created_at) VALUES (%s, 'totp', %s, %s, %s)",
-                (fid, label, secret, now),
+                "INSERT INTO factors (id, kind, label, secret, created_at, approver)"
+                " VALUES (%s, 'totp', %s, %s, %s, %s)",
+                (fid, label, secret, now, approver),
             )
-        return Factor(fid, "totp", label, _iso(now), False)
+        return Factor(fid, "totp", label, _iso(now), False, approver=approver)
 
-    def add_passkey(self, credential_id: str, public_key: str, sign_count: int, label: str) -> Factor:
+    def add_passkey(
+        self, credential_id: str, public_key: str, sign_count: int, label: str, approver: str = ""
+    ) -> Factor:
         fid = new_factor_id("passkey")
         now = self._now()
         with self._state.connection() as conn:
             conn.execute(
-                "INSERT INTO factors (id, kind, label, credential_id, public_key, sign_count, created_at)"
-                " VALUES (%s, 'passkey', %s, %s, %s, %s, %s)",
-                (fid, label, credential_id, public_key, sign_count, now),
+                "INSERT INTO factors (id, kind, label, credential_id, public_key, sign_count, created_at, approver)"
+                " VALUES (%s, 'passkey', %s, %s, %s, %s, %s, %s)",
+                (fid, label, credential_id, public_key, sign_count, now, approver),
             )
-        return Factor(fid, "passkey", label, _iso(now), False, sign_count, credential_id)
+        return Factor(fid, "passkey", label, _iso(now), False, sign_count, credential_id, approver)
 
     def remove(self, factor_id: str) -> bool:
         with self._state.connection() as conn:
@@ -98,10 +105,14 @@ class PostgresFactors(FactorRules):
             )
             return cur.rowcount == 1
 
-    def totp_secrets(self) -> list[tuple[str, str, int]]:
-        """(factor id, secret, last accepted step) for each TOTP factor."""
+    def totp_secrets(self, approver: str | None = None) -> list[tuple[str, str, int]]:
+        """(factor id, secret, last accepted step) for each TOTP factor (of `approver` only, when given)."""
         with self._state.connection() as conn:
-            rows = conn.execute("SELECT id, secret, last_step FROM factors WHERE kind = 'totp'").fetchall()
+            rows = conn.execute(
+                "SELECT id, secret, last_step FROM factors WHERE kind = 'totp'"
+                " AND (%s::text IS NULL OR approver = %s::text)",
+                (approver, approver),
+            ).fetchall()
         return [(r["id"], r["secret"], int(r["last_step"])) for r in rows]
 
     def use_step(self, factor_id: str, step: int) -> bool:
@@ -162,13 +173,15 @@ class PostgresFactors(FactorRules):
 
     # -- enrolment tokens -----------------------------------------------------------------------
 
-    def new_enrol_token(self, purpose: str, needs_proof: bool) -> str:
-        """A fresh one-time token; only its hash is stored. The caller shows it on the terminal only."""
+    def new_enrol_token(self, purpose: str, needs_proof: bool, approver: str = "") -> str:
+        """A fresh one-time token (enrolling a factor of `approver`); only its hash is stored. The caller shows
+        it on the terminal only."""
         token = new_enrol_secret()
         with self._state.connection() as conn:
             conn.execute(
-                "INSERT INTO enrol_tokens (hash, purpose, needs_proof, expires_at) VALUES (%s, %s, %s, %s)",
-                (token_key(token), purpose, needs_proof, self._now() + ENROL_TOKEN_TTL),
+                "INSERT INTO enrol_tokens (hash, purpose, needs_proof, expires_at, approver)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (token_key(token), purpose, needs_proof, self._now() + ENROL_TOKEN_TTL, approver),
             )
         return token
 
@@ -176,8 +189,8 @@ class PostgresFactors(FactorRules):
         """The token stored under `key` (a hash), whatever its state; None if unknown."""
         with self._state.connection() as conn:
             row = conn.execute(
-                "SELECT hash, purpose, needs_proof, expires_at, confirmed_at, used_at FROM enrol_tokens"
-                " WHERE hash = %s",
+                "SELECT hash, purpose, needs_proof, expires_at, confirmed_at, used_at, approver, confirmed_by"
+                " FROM enrol_tokens WHERE hash = %s",
                 (key,),
             ).fetchone()
         if row is None:
@@ -189,6 +202,8 @@ class PostgresFactors(FactorRules):
             row["expires_at"].astimezone(UTC),
             row["confirmed_at"] is not None,
             row["used_at"] is not None,
+            row["approver"],
+            row["confirmed_by"],
         )
 
     def use_enrol_token(self, key: str) -> bool:
@@ -201,14 +216,14 @@ class PostgresFactors(FactorRules):
             )
             return cur.rowcount == 1
 
-    def confirm_enrol_token(self, key: str) -> bool:
-        """Record that the approver proved a factor on a 'confirm' link (the terminal then takes it)."""
+    def confirm_enrol_token(self, key: str, by: str = "") -> bool:
+        """Record that an approver proved factor `by` on a 'confirm' link (the terminal then takes it)."""
         now = self._now()
         with self._state.connection() as conn:
             cur = conn.execute(
-                "UPDATE enrol_tokens SET confirmed_at = %s WHERE hash = %s AND purpose = 'confirm'"
+                "UPDATE enrol_tokens SET confirmed_at = %s, confirmed_by = %s WHERE hash = %s AND purpose = 'confirm'"
                 " AND confirmed_at IS NULL AND used_at IS NULL AND expires_at > %s",
-                (now, key, now),
+                (now, by, key, now),
             )
             return cur.rowcount == 1
 

@@ -124,7 +124,8 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX agents_live_name ON agents(name) WHERE revoked_at IS NULL;
     """,
     # 7: several approvers: named people, each factor and enrolment link belongs to one ('' = the single
-    # approver of a broker from before), and each approval of a request by a distinct approver
+    # approver of a broker from before), which factor confirmed a confirm link (who proved a terminal's
+    # change), and each approval of a request by a distinct approver
     """
     CREATE TABLE approvers (
         id TEXT PRIMARY KEY,
@@ -135,6 +136,7 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX approvers_live_name ON approvers(name) WHERE removed_at IS NULL;
     ALTER TABLE factors ADD COLUMN approver TEXT NOT NULL DEFAULT '';
     ALTER TABLE enrol_tokens ADD COLUMN approver TEXT NOT NULL DEFAULT '';
+    ALTER TABLE enrol_tokens ADD COLUMN confirmed_by TEXT NOT NULL DEFAULT '';
     CREATE TABLE request_approvals (
         request_id TEXT NOT NULL,
         approver TEXT NOT NULL,

@@ -91,6 +91,7 @@ class RemoteAccess(Outreach):
             coalesce=pacing.coalesce_seconds,
             min_interval=pacing.min_interval_seconds,
             timeout=pacing.timeout_seconds,
+            approvers={spec.name: spec.approver for spec in settings.channels if spec.approver},
         )
 
     # -- the broker's outreach ------------------------------------------------------------------

@@ -58,6 +58,9 @@ def breakable(path: object) -> Markup:
 
 
 class WebApp:
+    #: the flash key suffix of "your approval counted" (one of several), beside the refusals' keys
+    COUNTED = "#counted"
+
     def __init__(
         self,
         broker: Broker,
@@ -115,7 +118,14 @@ class WebApp:
     def factor_kinds(self) -> dict[str, Any]:
         enrolled = bool(self.factors.totp_secrets())
         off = self.codes.codes_off() if enrolled else None
-        return {"has_passkey": self.passkeys.enrolled(), "has_totp": enrolled and off is None, "codes_off": off}
+        holders = self.broker.decisions.approvals.roster.code_holders() if enrolled else []
+        return {
+            "has_passkey": self.passkeys.enrolled(),
+            "has_totp": enrolled and off is None,
+            "codes_off": off,
+            # several approvers with authenticator apps: the page asks whose code it is (checked against theirs only)
+            "code_holders": holders if len(holders) > 1 else [],
+        }
 
     async def audit(self, event: str, **detail: Any) -> None:
         await self.broker.recorder.record(None, event, None, detail=detail)
@@ -138,6 +148,7 @@ class WebApp:
         if req is None:
             return self.not_found(request)
         error = self.take_flash(request, req.id)
+        counted = self.take_flash(request, req.id + self.COUNTED)  # one approval of several: whose, and what is left
         tampering = self.broker.integrity.warnings  # state edited outside agent-vault (integrity.py)
         # own_code: a code field for the approver's own code (only the demo's sandbox has one; see Approver)
         own_code = self.broker.approver.own_code_label()
@@ -148,6 +159,7 @@ class WebApp:
             **self.factor_kinds(),
             own_code=own_code,
             error=error,
+            counted=counted,
             tampering=tampering,
         )
 
@@ -162,15 +174,24 @@ class WebApp:
     async def decide(self, request: Request) -> Response:
         rid = request.path_params["rid"]
         form = await self.posted(request, lambda _: rid)
-        if form is None or self.broker.get_request(rid) is None:
+        req = self.broker.get_request(rid) if form is not None else None
+        if form is None or req is None:
             return self.not_found(request)
         approve = str(form.get("action", "")) == "approve"
         # Decided in place on the console (signed in): back there, with any refusal shown there.
         console = str(form.get("back", "")) == "dashboard" and self.signed_in(request)
+        where = "dashboard" if console else rid
+        before = self.broker.decisions.progress(req).approved_by
         try:
-            await self.broker.decide(rid, approve, _proof(form) if approve else None)
+            decided = await self.broker.decide(rid, approve, _proof(form) if approve else None)
         except AgentVaultError as exc:
-            self.flash(request, "dashboard" if console else rid, f"{rid}: {exc}" if console else str(exc))
+            self.flash(request, where, f"{rid}: {exc}" if console else str(exc))
+        else:
+            if decided.status is Status.PENDING:  # one approval of several: counted, say whose and what is left
+                progress = self.broker.decisions.progress(decided)
+                whose = [n for n in progress.approved_by if n not in before] or ["you"]
+                said = f"Your approval as {whose[0]} counted: {progress.summary()}."
+                self.flash(request, where + self.COUNTED, f"{rid}: {said}" if console else said)
         return RedirectResponse("/dashboard#pending" if console else f"/approve/{rid}", status_code=303)
 
     def request_view(self, req: AccessRequest) -> dict[str, Any]:
@@ -192,8 +213,11 @@ class WebApp:
             "client": claim(req.requester.client),
             "project": pieces(req.requester.project_dir or ""),
             "remote": pieces(req.requester.git_remote or ""),
+            "host": pieces(req.requester.host or ""),  # a team agent's host, as its front door claims
             "store": req.extra.get("store"),
             "other_home": self.other_home,
+            # several approvers: who has approved, who may still (broker/approvals.py)
+            "progress": self.broker.decisions.progress(req),
         }
 
     def asgi(self) -> ASGIApp:
@@ -217,5 +241,8 @@ def _proof(form: FormData) -> Proof | None:
         return Proof("passkey", {"credential": assertion})
     code = str(form.get("code", "")).strip()
     if code:
-        return Proof("totp", {"code": code})
+        data: dict[str, Any] = {"code": code}
+        if "approver" in form:  # whose code it is, picked on the page when several approvers have apps
+            data["approver"] = str(form.get("approver", ""))
+        return Proof("totp", data)
     return None

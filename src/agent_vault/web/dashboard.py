@@ -26,6 +26,7 @@ from agent_vault.web.passkey_options import options_response
 if TYPE_CHECKING:
     from agent_vault.web.app import WebApp
 
+
 SIGNIN = "signin"
 DASHBOARD = "dashboard"
 #: audit rows on the overview (the audit page has them all)
@@ -115,7 +116,9 @@ class DashboardPages:
             pictures=insights.overview(broker.audit, now),
             events=broker.audit.list(limit=RECENT_ROWS),
             factors=self.app.factors.all(),
+            owner=broker.decisions.approvals.roster.owner,  # the name of approver '' (approver/roster.py)
             error=self.app.take_flash(request, DASHBOARD),
+            counted=self.app.take_flash(request, DASHBOARD + self.app.COUNTED),
             tampering=broker.integrity.warnings,
             **self.app.factor_kinds(),
             own_code=broker.approver.own_code_label(),
