@@ -95,3 +95,28 @@ async def test_unknown_vault_and_missing_secret_are_errors_before_asking(
     assert missing.is_error and "nobody was asked" in missing.content[0].text  # type: ignore[union-attr]
     assert bad_id.is_error and "not a request id" in bad_id.content[0].text  # type: ignore[union-attr]
     assert broker_server.broker.pending() == []
+
+
+async def test_after_the_broker_restarts_the_next_tool_call_opens_a_new_session(
+    home: StatePaths, tmp_path: Path, step_clock: StepClock
+) -> None:
+    from tests.conftest import enrol_totp, totp_approvers
+
+    project = tmp_path / "p"
+    write_project(project)
+    enrol_totp(home)
+    server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
+    await server.start()
+    agent = AgentSession(home, project)
+    async with Client(build_server(agent)) as client:
+        first = await client.call_tool("list_secrets", {})
+        await server.stop()  # the broker restarts: it no longer knows the front door's session
+        server = BrokerServer(home, 0, approvers=totp_approvers(step_clock))
+        await server.start()
+        try:
+            again = await client.call_tool("list_secrets", {})
+        finally:
+            await agent.close()
+            await server.stop()
+    assert not first.is_error and not again.is_error, again.content
+    assert "API_KEY" in again.content[0].text  # type: ignore[union-attr]

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from agent_vault import __version__
 from agent_vault.broker.core import Broker, Outcome, Session
 from agent_vault.broker.generate import parse_spec
-from agent_vault.domain.errors import AgentVaultError, InvalidRequest, PeerRefused
+from agent_vault.domain.errors import AgentVaultError, InvalidRequest, PeerRefused, SessionUnknown
 from agent_vault.domain.request import AccessRequest, Operation
 from agent_vault.domain.wire import (
     SESSION_HEADER,
@@ -165,10 +165,10 @@ class BrokerApi:
         session = self.broker.session(request.headers.get(SESSION_HEADER, ""))
         peer = peer_of(request)
         if session is None or (peer is not None and session.requester.pid not in (None, peer[0])):
-            raise InvalidRequest("unknown session; the front door must open a session first")
+            raise SessionUnknown("unknown session; the front door must open a session first")
         agent, owner = agent_of(request), session.agent
         if (agent.id if agent else None) != (owner.id if owner else None):  # a session is its agent's alone
-            raise InvalidRequest("unknown session; the front door must open a session first")
+            raise SessionUnknown("unknown session; the front door must open a session first")
         return session
 
     async def open_session(self, request: Request) -> Response:

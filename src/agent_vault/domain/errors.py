@@ -55,6 +55,12 @@ class InvalidRequest(AgentVaultError):
     code = "invalid"
 
 
+class SessionUnknown(InvalidRequest):
+    """The broker does not know the front door's session: it restarted, or this is another replica."""
+
+    code = "session_unknown"
+
+
 class ApprovalError(AgentVaultError):
     """A request did not end in an approval."""
 
@@ -148,6 +154,7 @@ CODES: dict[str, type[AgentVaultError]] = {
         ProviderAuthError,
         ReadOnlyVault,
         InvalidRequest,
+        SessionUnknown,
         ApprovalError,
         RequestDenied,
         RequestExpired,

@@ -55,12 +55,18 @@ class RemoteBroker:
         return context
 
 
-def remote_broker(environ: Mapping[str, str] | None = None) -> RemoteBroker | None:
-    """The team broker this front door's environment names; None when `AGENT_VAULT_URL` is not set."""
+def remote_brokers(environ: Mapping[str, str] | None = None) -> list[RemoteBroker]:
+    """The team broker's replicas this front door's environment names (`AGENT_VAULT_URL`, one address or
+    several separated by commas, tried in order); empty when it is not set."""
     env = os.environ if environ is None else environ
-    url = env.get(URL_ENV, "").strip()
-    if not url:
-        return None
+    urls = [u.strip() for u in env.get(URL_ENV, "").split(",") if u.strip()]
+    if not urls:
+        return []
+    token, ca = _token(env), env.get(CA_ENV, "").strip()
+    return [_remote(url, token, Path(ca).expanduser() if ca else None) for url in urls]
+
+
+def _remote(url: str, token: str, ca: Path | None) -> RemoteBroker:
     parts = urlsplit(url)
     try:
         port = parts.port or 443
@@ -69,13 +75,10 @@ def remote_broker(environ: Mapping[str, str] | None = None) -> RemoteBroker | No
     if parts.scheme != "https" or not parts.hostname or port < 1 or parts.username or parts.password:
         raise ConfigError(
             f"{URL_ENV} must be the https:// address of a team broker's listener, like "
-            "https://vault.example.internal:8443 (no user or password in it: the agent token goes in "
-            f"{TOKEN_ENV})."
+            "https://vault.example.internal:8443, or several replicas' addresses separated by commas (no user or "
+            f"password in it: the agent token goes in {TOKEN_ENV})."
         )
-    ca = env.get(CA_ENV, "").strip()
-    return RemoteBroker(
-        f"https://{parts.netloc}", parts.hostname, port, _token(env), Path(ca).expanduser() if ca else None
-    )
+    return RemoteBroker(f"https://{parts.netloc}", parts.hostname, port, token, ca)
 
 
 def _token(env: Mapping[str, str]) -> str:

@@ -18,18 +18,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from agent_vault import __version__
 from agent_vault.configuration import tightening
 from agent_vault.configuration.legacy_env import locate_config
 from agent_vault.configuration.project import load_config, read_raw, referenced_env_vars
-from agent_vault.domain.errors import AgentVaultError, InvalidRequest, RequestExpired
+from agent_vault.domain.errors import AgentVaultError, BrokerUnavailable, InvalidRequest, RequestExpired, SessionUnknown
 from agent_vault.domain.untrusted import visible
-from agent_vault.domain.wire import McpClient, OutcomeView, ProjectInfo, RequestBody, RunSpecBody
+from agent_vault.domain.wire import McpClient, OutcomeView, ProjectInfo, RequestBody, RunSpecBody, SessionOpened
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.frontdoor.home_use import HomeNotice
 from agent_vault.frontdoor.launcher import connect
-from agent_vault.frontdoor.remote import URL_ENV, RemoteBrokerClient, remote_broker, this_host
+from agent_vault.frontdoor.remote import URL_ENV, RemoteBroker, RemoteBrokerClient, remote_brokers, this_host
 from agent_vault.home import StatePaths, state_paths
 from agent_vault.system.record import my_broker
 
@@ -40,6 +41,7 @@ LONG_POLL = 55.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 Progress = Callable[[float, float, str], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,6 +60,8 @@ class AgentSession:
         self.stopping = asyncio.Event()
         #: says so (stderr, the default home's audit log) when `paths` is not the user's default home
         self.home_notice = HomeNotice(paths, self.cwd, locate_config)
+        #: which of a team broker's replicas (`AGENT_VAULT_URL`, in order) to try first
+        self._replica = 0
 
     async def ensure(self, info: ClientInfo) -> BrokerClient:
         if not os.environ.get(URL_ENV):  # a team broker elsewhere uses no state home here
@@ -67,7 +71,8 @@ class AgentSession:
                 return self.client
             tighten = None
             # A team broker on another machine (AGENT_VAULT_URL): never a local broker, never started here.
-            remote = remote_broker()
+            replicas = remote_brokers()
+            remote = replicas[self._replica % len(replicas)] if replicas else None
             if remote is not None or self.paths.system:
                 # The system (or team) broker's vaults are its own (broker.system_vaults): no `env:` value leaves the
                 # agent's environment, and the project's config may only name and tighten them (its `vaults`).
@@ -80,18 +85,63 @@ class AgentSession:
                 config = load_config(config_path)  # fail here, with the file and key, before the broker
                 env = {k: os.environ[k] for k in referenced_env_vars(config_path) if k in os.environ}
                 port = config.port
-            client = RemoteBrokerClient(remote) if remote is not None else await connect(self.paths, port)
             project: ProjectInfo = {"dir": str(self.cwd), "git_remote": git_remote(self.cwd)}
             me: McpClient = {"name": info.name, "version": info.version}
             host = this_host() if remote is not None else None
-            try:
-                opened = await client.open_session(config_path, env, me, project, tighten, host)
-            except BaseException:
-                await client.aclose()
-                raise
+            if replicas:
+                client, opened = await self._open_on_a_replica(replicas, (config_path, env, me, project, tighten, host))
+            else:
+                client = await connect(self.paths, port)
+                try:
+                    opened = await client.open_session(config_path, env, me, project, tighten, host)
+                except BaseException:
+                    await client.aclose()
+                    raise
             self.wait_timeout = float(opened.get("wait_timeout", self.wait_timeout))
             self.client = client
             return client
+
+    async def _open_on_a_replica(
+        self, replicas: list[RemoteBroker], opening: tuple[Any, ...]
+    ) -> tuple[BrokerClient, SessionOpened]:
+        """A session on the first team broker replica that answers, starting with the one last used."""
+        failure: BrokerUnavailable | None = None
+        for step in range(len(replicas)):
+            index = (self._replica + step) % len(replicas)
+            client = RemoteBrokerClient(replicas[index])
+            try:
+                opened = await client.open_session(*opening)
+            except BrokerUnavailable as exc:  # down, or unreachable from here: the next replica
+                await client.aclose()
+                failure = exc
+                continue
+            except BaseException:
+                await client.aclose()
+                raise
+            self._replica = index
+            return client, opened
+        assert failure is not None
+        raise failure
+
+    async def with_broker(self, info: ClientInfo, call: Callable[[BrokerClient], Awaitable[T]]) -> T:
+        """`call` with this session's broker; when the broker went away or no longer knows the session (it
+        restarted; a team replica died), once more on a new session (another replica first). Only for calls
+        that start something: a wait belongs to the session that asked."""
+        client = await self.ensure(info)
+        try:
+            return await call(client)
+        except (BrokerUnavailable, SessionUnknown):
+            await self.lost(client)
+        return await call(await self.ensure(info))
+
+    async def lost(self, client: BrokerClient) -> None:
+        """Forget `client`'s session (its broker is gone or forgot it); the next call opens a new one, on the
+        next team replica."""
+        if self.client is client:
+            self.client = None
+            self._replica += 1
+        with suppress(OSError):
+            await client.aclose()
 
     async def close(self) -> None:
         if self.client is not None:

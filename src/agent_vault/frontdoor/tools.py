@@ -23,6 +23,7 @@ from agent_vault import __version__
 from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.untrusted import visible
 from agent_vault.domain.wire import OutcomeView, RequestBody, RequestView, RunView
+from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.frontdoor.session import AgentSession, ClientInfo, run_request
 
 INSTRUCTIONS = (
@@ -77,8 +78,7 @@ class Tools:
         """List the secret names in every configured vault (never values). No approval needed."""
 
         async def run() -> t.CallToolResult:
-            client = await self.agent.ensure(_client_info(ctx))
-            listing = await client.list_secrets()
+            listing = await self.agent.with_broker(_client_info(ctx), lambda client: client.list_secrets())
             return _listing_result(listing)
 
         return await _guard(run)
@@ -197,11 +197,15 @@ Body = RequestBody | Callable[[], Awaitable[RequestBody]]
 async def _ask(agent: AgentSession, ctx: Context, spec: Body, single: bool) -> t.CallToolResult | t.InputRequiredResult:
     async def run() -> t.CallToolResult | t.InputRequiredResult:
         body = await spec() if callable(spec) else spec
-        client = await agent.ensure(_client_info(ctx))
         resumed = ctx.request_state  # set when the client retries after showing the approval link
         if resumed:
+            client = await agent.ensure(_client_info(ctx))
             return _answer_result(await agent.wait(client, resumed, _progress(ctx)), single)
-        answer = await client.request(body)
+
+        async def ask(on: BrokerClient) -> tuple[BrokerClient, OutcomeView]:
+            return on, await on.request(body)
+
+        client, answer = await agent.with_broker(_client_info(ctx), ask)
         if answer["status"] == "running":
             answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
         if answer["status"] != "pending":
