@@ -4,16 +4,18 @@ By default both are SQLite files in the state dir (`store/sqlite.py`, `store/aud
 `postgresql://` (or `postgres://`) URL (`[store] url` in the broker's settings, issue 15) both live in that
 one PostgreSQL database (`store/postgres.py`, `store/postgres_audit.py`; they need the `postgres` extra),
 which several broker processes may share. The approver's rows follow their state store (`open_factors`),
-and so do a team broker's agents (`open_agents`).
+and so do named approvers (`open_approvers`) and a team broker's agents (`open_agents`).
 The URL may carry a password: it is never shown, only `Storage.where` (host, port and database).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 from agent_vault.store.agents import AgentStore
 from agent_vault.store.approvers import ApproverStore
@@ -31,6 +33,7 @@ from agent_vault.store.signals import LocalSignals
 from agent_vault.store.sqlite import StateStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+T = TypeVar("T")
 
 
 def is_postgres(url: str | None) -> bool:
@@ -57,38 +60,29 @@ def open_audit(url_or_path: str | Path, *, listeners: Iterable[Callable[[AuditRe
 
 def open_factors(state: StateRecords) -> FactorRecords:
     """The approver's rows, kept by the engine that keeps `state`."""
-    if isinstance(state, StateStore):
-        return FactorStore(state)
-    from agent_vault.store.postgres import PostgresState  # the optional extra: not a SQLite state, so asked for
-    from agent_vault.store.postgres_factors import PostgresFactors
-
-    if isinstance(state, PostgresState):
-        return PostgresFactors(state)
-    raise TypeError(f"no factor records for a {type(state).__name__}")
+    return _beside(state, FactorStore, "postgres_factors", "PostgresFactors")
 
 
 def open_approvers(state: StateRecords) -> ApproverRecords:
     """Named approvers and their approvals of requests, kept by the engine that keeps `state`."""
-    if isinstance(state, StateStore):
-        return ApproverStore(state)
-    from agent_vault.store.postgres import PostgresState  # the optional extra: not a SQLite state, so asked for
-    from agent_vault.store.postgres_approvers import PostgresApprovers
-
-    if isinstance(state, PostgresState):
-        return PostgresApprovers(state)
-    raise TypeError(f"no approver records for a {type(state).__name__}")
+    return _beside(state, ApproverStore, "postgres_approvers", "PostgresApprovers")
 
 
 def open_agents(state: StateRecords) -> AgentRecords:
     """A team broker's agents, kept by the engine that keeps `state`."""
+    return _beside(state, AgentStore, "postgres_agents", "PostgresAgents")
+
+
+def _beside(state: StateRecords, on_sqlite: Callable[[StateStore], T], module: str, name: str) -> T:
+    """Records kept in `state`'s own engine: `on_sqlite` on the SQLite files, else the class `name` of
+    `store/<module>.py` on PostgreSQL (the optional extra, imported only then)."""
     if isinstance(state, StateStore):
-        return AgentStore(state)
-    from agent_vault.store.postgres import PostgresState  # the optional extra
-    from agent_vault.store.postgres_agents import PostgresAgents
+        return on_sqlite(state)
+    from agent_vault.store.postgres import PostgresState  # the optional extra: not a SQLite state, so asked for
 
     if isinstance(state, PostgresState):
-        return PostgresAgents(state)
-    raise TypeError(f"no agent records for a {type(state).__name__}")
+        return cast(T, getattr(importlib.import_module(f"agent_vault.store.{module}"), name)(state))
+    raise TypeError(f"no {name} records for a {type(state).__name__}")
 
 
 @dataclass(frozen=True)
