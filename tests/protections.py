@@ -1221,4 +1221,15 @@ PROTECTIONS: tuple[Protection, ...] = (
         "        if False:\n",
         ("tests/team/test_listener.py::test_per_agent_limits_count_all_its_sessions",),
     ),
+    Protection(
+        "an agent row written or changed in the state store by hand is refused at the team listener",
+        "team/gate.py",
+        "        if not await asyncio.to_thread(self._vouched, agent, token_digest(token.strip())):",
+        "        if False:",
+        (
+            "tests/attacks/test_agent_tokens.py::"
+            "test_an_agent_written_into_the_state_store_by_hand_is_refused_and_reported",
+            "tests/attacks/test_agent_tokens.py::test_an_audited_agent_whose_owner_was_changed_by_hand_is_refused",
+        ),
+    ),
 )

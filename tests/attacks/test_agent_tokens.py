@@ -152,3 +152,30 @@ async def test_pages_never_take_an_agent_token(team_broker: TeamBroker) -> None:
         api = await browser.get("/v1/secrets", headers={"authorization": f"Bearer {token}"})
     assert "Sign in" in console.text or console.status_code in (303, 401, 403)
     assert "API_KEY" not in console.text and api.status_code == 404
+
+
+async def test_an_agent_written_into_the_state_store_by_hand_is_refused_and_reported(team_broker: TeamBroker) -> None:
+    from agent_vault.store.engines import open_agents
+
+    # someone who can write the broker's store adds an agent without `agents add` (so without its audit row)
+    _, token = open_agents(team_broker.server.broker.store).add_agent("backdoor", "mallory")
+    async with team_broker.client(token) as client:
+        answer = await client.post("/v1/sessions", json=opening())
+    assert answer.status_code == 401 and "outside agent-vault" in answer.json()["error"]["message"]
+    assert token not in answer.text
+    [row] = team_broker.server.broker.audit.list(event="tamper_detected", limit=1)
+    assert "backdoor" in row.detail["why"]
+
+
+async def test_an_audited_agent_whose_owner_was_changed_by_hand_is_refused(team_broker: TeamBroker) -> None:
+    import sqlite3
+
+    _, token = team_broker.add_agent("ci-runner", "alice")
+    async with team_broker.client(token) as client:
+        assert (await client.post("/v1/sessions", json=opening())).status_code == 200
+    # the owner decides who may not approve (ownerMayApprove = false): moving it must not be silent
+    with sqlite3.connect(team_broker.home.state_db) as db:
+        db.execute("UPDATE agents SET owner = 'bob' WHERE name = 'ci-runner'")
+    async with team_broker.client(token) as client:
+        answer = await client.post("/v1/sessions", json=opening())
+    assert answer.status_code == 401 and "changed outside agent-vault" in answer.json()["error"]["message"]

@@ -60,7 +60,7 @@ class TeamBroker:
     def add_agent(self, name: str, owner: str, limits: AgentLimits | None = None) -> tuple[Agent, str]:
         """What `agent-vault agents add` does: the row, then its audit row (the token back, once)."""
         agent, token = open_agents(self.server.broker.store).add_agent(name, owner, limits)
-        record_agent_change(self.home, load_settings(self.home), "agent_added", agent, via="test set-up")
+        record_agent_change(self.home, load_settings(self.home), "agent_added", agent, via="test set-up", token=token)
         return agent, token
 
     def revoke(self, name: str) -> None:

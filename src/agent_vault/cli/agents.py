@@ -17,7 +17,7 @@ from agent_vault.cli.table import table
 from agent_vault.configuration.settings import UserSettings, load_settings, settings_path, storage
 from agent_vault.domain.errors import AgentVaultError, SettingsError
 from agent_vault.home import StatePaths, state_paths
-from agent_vault.store.agents import Agent, AgentLimits
+from agent_vault.store.agents import Agent, AgentLimits, token_check, token_digest
 from agent_vault.store.engines import open_agents
 
 
@@ -30,7 +30,7 @@ def add_agent(name: str, owner: str, max_pending: int | None, per_minute: float 
         records = open_agents(state)
         agent, token = records.add_agent(name, owner, AgentLimits(max_pending, per_minute))
         try:
-            record_agent_change(paths, settings, "agent_added", agent, via="agents add")
+            record_agent_change(paths, settings, "agent_added", agent, via="agents add", token=token)
         except BaseException:  # an agent the audit does not know of must not work: take it back
             records.revoke_agent(agent.name)
             raise
@@ -89,11 +89,17 @@ def _settings(paths: StatePaths) -> UserSettings:
         raise SettingsError(f"{exc}\nagents are kept where the broker's settings say; fix them first.") from None
 
 
-def record_agent_change(paths: StatePaths, settings: UserSettings, event: str, agent: Agent, via: str) -> None:
-    """Audit an agent added or revoked (`agent_added`, `agent_revoked`): who, whose, which limits; no token."""
+def record_agent_change(
+    paths: StatePaths, settings: UserSettings, event: str, agent: Agent, via: str, token: str | None = None
+) -> None:
+    """Audit an agent added or revoked (`agent_added`, `agent_revoked`): who, whose, which limits, and for an
+    added one a check of its token (`token_check`: a digest of the stored digest, never the token), which the
+    team listener requires before it takes the agent's word (team/gate.py)."""
     detail: dict[str, object] = {"agent": agent.name, "owner": agent.owner, "agent_id": agent.id, "via": via}
     if event == "agent_added":
         detail["limits"] = agent.limits.to_json()
+        if token is not None:
+            detail["token_check"] = token_check(token_digest(token))
     with storage(paths, settings).audit() as log:
         Recorder(log).write(event, detail)  # the broker's writer, on this command's own log handle
 

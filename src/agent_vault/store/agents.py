@@ -92,6 +92,12 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def token_check(digest: str) -> str:
+    """What an `agent_added` audit row records of the agent's token: a digest of its stored digest (never the
+    token), so the broker can tell an agent row that `agents add` made from one written or changed by hand."""
+    return hashlib.sha256(f"agent-vault agent token\x00{digest}".encode()).hexdigest()
+
+
 def is_token_form(text: str) -> bool:
     """Whether `text` has the form of an agent token (no lookup is worth making otherwise)."""
     return _TOKEN.fullmatch(text) is not None

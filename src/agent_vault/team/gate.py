@@ -22,7 +22,7 @@ from typing import Any
 
 from agent_vault.broker.core import Broker
 from agent_vault.domain.errors import AgentRefused, AuditError
-from agent_vault.store.agents import Agent
+from agent_vault.store.agents import Agent, token_check, token_digest
 from agent_vault.store.interface import AgentRecords
 
 log = logging.getLogger("agent_vault.team")
@@ -75,6 +75,7 @@ class AgentGate:
         self._clock = clock
         self._sources: OrderedDict[str, _Failures] = OrderedDict()
         self._seen: dict[str, float] = {}
+        self._vouches: dict[tuple[str, str, str, str], bool] = {}
 
     async def admit(self, authorization: str | None, source: str) -> Agent | Refused:
         """The live agent `authorization` names, or why not (audited)."""
@@ -107,8 +108,42 @@ class AgentGate:
                     "administrator for a new agent and token (`agent-vault agents add`)."
                 ),
             )
+        if not await asyncio.to_thread(self._vouched, agent, token_digest(token.strip())):
+            why = (
+                f"agent {agent.name!r} (owner {agent.owner}) is in the state store without the audit row "
+                "`agents add` writes, or differs from it: it was added or changed outside agent-vault"
+            )
+            self.broker.integrity.report(f"agent:{agent.id}", why)
+            await self._refused(failures, now, source, "agent not vouched for by the audit log", agent)
+            return Refused(
+                401,
+                AgentRefused(
+                    f"the agent token was refused: {why}. Fix: the broker's administrator checks "
+                    "`agent-vault doctor` and adds the agent again with `agent-vault agents add`."
+                ),
+            )
         await self._seen_now(agent, now)
         return agent
+
+    def _vouched(self, agent: Agent, digest: str) -> bool:
+        """Whether an `agent_added` audit row made this very agent: same id, name, owner and token (checked
+        once per agent and token, then kept: audit rows never change)."""
+        key = (agent.id, agent.name, agent.owner, digest)
+        verdict = self._vouches.get(key)
+        if verdict is None:
+            check = token_check(digest)
+            rows = self.broker.audit.list(event="agent_added", limit=None)
+            verdict = any(
+                r.detail.get("agent_id") == agent.id
+                and r.detail.get("agent") == agent.name
+                and r.detail.get("owner") == agent.owner
+                and r.detail.get("token_check") == check
+                for r in rows
+            )
+            if len(self._vouches) >= MAX_SOURCES:
+                self._vouches.pop(next(iter(self._vouches)))
+            self._vouches[key] = verdict
+        return verdict
 
     def _failures(self, source: str, now: float) -> _Failures:
         entry = self._sources.get(source)
