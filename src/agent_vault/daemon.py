@@ -10,7 +10,6 @@ agent tokens (agent_vault.team).
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import json
 import logging
@@ -45,9 +44,10 @@ from agent_vault.broker.replicas import Replicas
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.checkpoints.schedule import Checkpointer
 from agent_vault.configuration.settings import UserSettings, settings_path, storage
-from agent_vault.domain.errors import BrokerRunning, ConfigError, SystemModeError
+from agent_vault.domain.errors import BrokerRunning, SystemModeError
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file
+from agent_vault.listening import listen_tcp
 from agent_vault.store.engines import open_factors
 from agent_vault.store.interface import AuditRecords, StateRecords
 from agent_vault.system import accounts
@@ -131,23 +131,11 @@ def acquire(paths: StatePaths, port: int) -> Listeners:
 
 
 def _bind_tcp(port: int) -> socket.socket:
-    # IPPROTO_TCP explicitly: only then does asyncio set TCP_NODELAY on accepted connections; without
-    # it every answer after the first on a kept-alive connection waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((LOOPBACK, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"port {port} on {LOOPBACK} is already in use by another program. Fix: stop that program, "
-                'or set "port" in your agent-vault config (or pass --port) to a free port.'
-            ) from None
-        raise
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+    in_use = (
+        f"port {port} on {LOOPBACK} is already in use by another program. Fix: stop that program, "
+        'or set "port" in your agent-vault config (or pass --port) to a free port.'
+    )
+    return listen_tcp(socket.AF_INET, (LOOPBACK, port), in_use)
 
 
 def _bind_unix(path: Path) -> socket.socket:

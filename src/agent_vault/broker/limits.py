@@ -74,13 +74,27 @@ class Ceilings:
 
 
 @dataclass
-class _Pace:
-    """One session's token bucket, and its refusals not yet written to the audit log."""
+class Bucket:
+    """A token bucket (`burst` at once, refilled at `per_minute`), and the refusals not yet written to the
+    audit log: one session's pace here, one address's failed attempts at the team listener (team/gate.py)."""
 
     tokens: float
     at: float
     refused: int = 0
     audited_at: float = -math.inf
+
+    def refill(self, now: float, burst: float, per_minute: float) -> None:
+        self.tokens = min(burst, self.tokens + (now - self.at) * per_minute / 60)
+        self.at = now
+
+    def refusal(self, now: float) -> int | None:
+        """Count one refusal; when an audit row is due (at most one every `AUDIT_EVERY` s), the refusals it
+        reports (counted since the last row), else None."""
+        self.refused += 1
+        if now - self.audited_at < AUDIT_EVERY:
+            return None
+        counted, self.refused, self.audited_at = self.refused, 0, now
+        return counted
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,7 @@ class RequestLimiter:
         self.limits = limits or Limits()
         self._clock = clock
         self.wording = wording or Wording()
-        self._paces: dict[str, _Pace] = {}
+        self._paces: dict[str, Bucket] = {}
 
     def admit(self, session_id: str, session_pending: int, total_pending: int) -> Refusal | None:
         """Take one new request for `session_id` (with its and the broker's pending counts), or refuse it.
@@ -128,28 +142,24 @@ class RequestLimiter:
     def forget(self, session_id: str) -> None:
         self._paces.pop(session_id, None)
 
-    def _pace(self, session_id: str, now: float) -> _Pace:
+    def _pace(self, session_id: str, now: float) -> Bucket:
         lim = self.limits
         pace = self._paces.get(session_id)
         if pace is None:
-            pace = self._paces[session_id] = _Pace(float(lim.burst), now)
+            pace = self._paces[session_id] = Bucket(float(lim.burst), now)
             if len(self._paces) > MAX_SESSIONS:
                 self._paces.pop(next(iter(self._paces)))
-        pace.tokens = min(float(lim.burst), pace.tokens + (now - pace.at) * lim.per_minute / 60)
-        pace.at = now
+        pace.refill(now, float(lim.burst), lim.per_minute)
         return pace
 
-    def _refuse(self, pace: _Pace, now: float, limit: str, pending: int, why: str) -> Refusal:
-        pace.refused += 1
+    def _refuse(self, pace: Bucket, now: float, limit: str, pending: int, why: str) -> Refusal:
         message = (
             f"not asked: {why}. Nothing new was opened. Wait for the human to decide the requests you have "
             "(await_approval), ask for several secrets in one request, and ask again later; "
             f"only {self.wording.changer} can change the limit."
         )
-        audit = None
-        if now - pace.audited_at >= AUDIT_EVERY:
-            audit = {"limit": self.wording.tag + limit, "pending": pending, "refused": pace.refused}
-            pace.refused, pace.audited_at = 0, now
+        counted = pace.refusal(now)
+        audit = None if counted is None else {"limit": self.wording.tag + limit, "pending": pending, "refused": counted}
         return Refusal(TooManyRequests(message), audit)
 
 

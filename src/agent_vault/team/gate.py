@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent_vault.broker.core import Broker
+from agent_vault.broker.limits import Bucket
 from agent_vault.domain.errors import AgentRefused, AuditError
 from agent_vault.store.agents import Agent, token_check, token_digest
 from agent_vault.store.interface import AgentRecords
@@ -30,8 +31,6 @@ log = logging.getLogger("agent_vault.team")
 #: failed attempts one address may make at once, then this many a minute
 FAILURES_BURST = 10
 FAILURES_PER_MINUTE = 10.0
-#: at most one `agent_refused` row per address in this many seconds (each counts the refusals since)
-AUDIT_EVERY = 60.0
 #: an agent's `last seen` is written at most this often (seconds)
 SEEN_EVERY = 60.0
 #: addresses remembered; the oldest is forgotten beyond this (bounded memory)
@@ -47,14 +46,6 @@ NOT_ISSUED = (
     "check AGENT_VAULT_TOKEN (or the file AGENT_VAULT_TOKEN_FILE names), or ask the broker's administrator for a "
     "new one (`agent-vault agents add`)."
 )
-
-
-@dataclass
-class _Failures:
-    tokens: float
-    at: float
-    refused: int = 0
-    audited_at: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -73,7 +64,7 @@ class AgentGate:
         self.agents = agents
         self.broker = broker
         self._clock = clock
-        self._sources: OrderedDict[str, _Failures] = OrderedDict()
+        self._sources: OrderedDict[str, Bucket] = OrderedDict()
         self._seen: dict[str, float] = {}
         self._vouches: dict[tuple[str, str, str, str], bool] = {}
 
@@ -145,32 +136,30 @@ class AgentGate:
             self._vouches[key] = verdict
         return verdict
 
-    def _failures(self, source: str, now: float) -> _Failures:
+    def _failures(self, source: str, now: float) -> Bucket:
         entry = self._sources.get(source)
         if entry is None:
-            entry = self._sources[source] = _Failures(float(FAILURES_BURST), now)
+            entry = self._sources[source] = Bucket(float(FAILURES_BURST), now)
             while len(self._sources) > MAX_SOURCES:
                 self._sources.popitem(last=False)
         else:
             self._sources.move_to_end(source)
-        entry.tokens = min(float(FAILURES_BURST), entry.tokens + (now - entry.at) * FAILURES_PER_MINUTE / 60)
-        entry.at = now
+        entry.refill(now, float(FAILURES_BURST), FAILURES_PER_MINUTE)
         return entry
 
     async def _refused(
-        self, failures: _Failures, now: float, source: str, why: str, agent: Agent | None, *, count: bool = True
+        self, failures: Bucket, now: float, source: str, why: str, agent: Agent | None, *, count: bool = True
     ) -> None:
         """Count a failed attempt (`count`) and audit it: the first from an address at once, then at most one
         row a minute counting the refusals since."""
         if count:
             failures.tokens -= 1
-        failures.refused += 1
-        if now - failures.audited_at < AUDIT_EVERY:
+        counted = failures.refusal(now)  # at most one `agent_refused` row per address a minute
+        if counted is None:
             return
-        detail: dict[str, Any] = {"source": source, "why": why, "refused": failures.refused}
+        detail: dict[str, Any] = {"source": source, "why": why, "refused": counted}
         if agent is not None:
             detail.update(agent=agent.name, owner=agent.owner)
-        failures.refused, failures.audited_at = 0, now
         try:
             await asyncio.to_thread(self.broker.recorder.write, "agent_refused", detail)
         except AuditError:

@@ -11,7 +11,6 @@ certificate, the port) before the broker starts serving, so such a mistake stops
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import socket
 import sys
@@ -27,6 +26,7 @@ from agent_vault.configuration.project import load_config
 from agent_vault.configuration.settings import TeamSettings, settings_path, split_listen
 from agent_vault.domain.errors import ConfigError
 from agent_vault.home import StatePaths
+from agent_vault.listening import listen_tcp
 from agent_vault.store.engines import open_agents
 from agent_vault.team.app import ASGIApp, TeamApp
 from agent_vault.team.certificate import Certificate, given, self_signed, wanted_names
@@ -146,25 +146,18 @@ def _path(value: str, base: Path) -> Path:
 
 def _bind(host: str, port: int) -> socket.socket:
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
+        family, _, _, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise ConfigError(
             f"[team] listen: cannot resolve {host!r} ({exc.strerror}). Fix: use this host's address."
         ) from None
-    sock = socket.socket(family, kind, proto)  # IPPROTO_TCP: asyncio then sets TCP_NODELAY (see daemon._bind_tcp)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    in_use = (
+        f"[team] listen: port {port} on {host} is already in use. Fix: stop that program, or choose "
+        "another port in team.listen."
+    )
     try:
-        sock.bind(address)
+        return listen_tcp(family, address, in_use)
     except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"[team] listen: port {port} on {host} is already in use. Fix: stop that program, or choose "
-                "another port in team.listen."
-            ) from None
         raise ConfigError(f"[team] listen: cannot listen on {host}:{port} ({exc.strerror}).") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
