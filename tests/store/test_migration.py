@@ -24,8 +24,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from agent_vault.cli.store import migrate, with_store_url
-from agent_vault.configuration.settings import storage
+from agent_vault.cli.store import migrate
+from agent_vault.configuration.settings import storage, with_store_url
 from agent_vault.domain.errors import AuditError, StoreMigrationError
 from agent_vault.home import StatePaths
 from agent_vault.store.audit import AuditEvent, AuditLog, row_values, utc_text
