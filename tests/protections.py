@@ -1017,8 +1017,8 @@ PROTECTIONS: tuple[Protection, ...] = (
     ),
     Protection(
         "`store migrate --update-settings` accepts only its own [store] url line, never an unaccepted settings edit",
-        "cli/store.py",
-        "if change.digest == change.accepted_digest or settings_snapshot(self.staged)[0] == change.accepted_digest:",
+        "broker/integrity.py",
+        "if change.digest == change.accepted_digest or settings_snapshot(edited)[0] == change.accepted_digest:",
         "if True:",
         (
             "tests/attacks/test_store_migrate.py::test_a_settings_edit_is_not_accepted_through_the_move",
