@@ -319,10 +319,10 @@ async def test_audit_failure_releases_nothing(broker: Broker, tmp_path: Path) ->
     assert out.request is not None
     await broker.decide(out.request.id, True, OK)
 
-    def broken(event: object) -> object:
+    def broken(*events: object) -> object:
         raise AuditError("disk full")
 
-    broker.audit.append = broken  # type: ignore[method-assign]
+    broker.audit.append = broker.audit.append_many = broken  # type: ignore[method-assign]
     with pytest.raises(AuditError):
         await broker.wait(session, out.request.id, 0)
 

@@ -11,7 +11,7 @@ Named approvers and their approvals of requests likewise: `ApproverRecords`, `Ap
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -61,6 +61,7 @@ class AuditRecords(Protocol):
     """The audit log: append-only, hash-chained, each row durable before `append` returns."""
 
     def append(self, event: AuditEvent) -> AuditRecord: ...
+    def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]: ...
     def subscribe(self, listener: Callable[[AuditRecord], None]) -> None: ...
     def list(
         self,

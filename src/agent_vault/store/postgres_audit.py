@@ -27,7 +27,7 @@ rewrite nor delete rows, nor drop the triggers. The URL (which may carry a passw
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -217,21 +217,29 @@ class PostgresAuditLog:
 
     def append(self, event: AuditEvent) -> AuditRecord:
         """Commit one row durably and return it; on any failure raise AuditError, write nothing."""
-        if not isinstance(event, AuditEvent):
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
+        """Commit `events` as consecutive rows, in order, in one transaction (one flush of the WAL for all:
+        the group commit of concurrent releases), and return them; on any failure raise AuditError, write
+        none."""
+        if not all(isinstance(event, AuditEvent) for event in events):
             raise TypeError("append() takes an AuditEvent")
-        _refuse_nul(event, self.where)
+        for event in events:
+            _refuse_nul(event, self.where)
         self._check_open()
         try:
             with self._pool.connection() as conn, conn.transaction():
                 # one appender at a time across every connection and process: the chain never forks
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-                record = self._insert_next(conn, event)
-            # the transaction committed on leaving the block, synchronous_commit on: the row is durable
+                records = self._insert_all(conn, events)
+            # the transaction committed on leaving the block, synchronous_commit on: the rows are durable
         except psycopg.Error as exc:
             raise AuditError(_explain(self.where, "write", exc)) from exc
-        for listener in self.listeners:
-            listener(record)
-        return record
+        for record in records:
+            for listener in self.listeners:
+                listener(record)
+        return records
 
     def list(
         self,
@@ -404,7 +412,7 @@ class PostgresAuditLog:
         """`append` inside a `bulk()` transaction (after `import_chain`): the row commits with the rest, and
         no listener hears of it (it is not committed when this returns)."""
         _refuse_nul(event, self.where)
-        return self._insert_next(conn, event)
+        return self._insert_all(conn, [event])[0]
 
     def close(self) -> None:
         if not self._closed:
@@ -448,17 +456,23 @@ class PostgresAuditLog:
         if durable is None or durable[0] == "off":
             conn.execute("SET synchronous_commit = on")
 
-    def _insert_next(self, conn: Connection[TupleRow], event: AuditEvent) -> AuditRecord:
+    def _insert_all(self, conn: Connection[TupleRow], events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
         # Continue after the highest id ever used (audit_head), so a deleted tail shows up as a gap at
         # the next append instead of being silently reused.
         last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         head = conn.execute("SELECT last_id FROM audit_head").fetchone()
         last_id, prev_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
-        row_id = max(last_id, int(head[0]) if head else 0) + 1
-        row = row_values(row_id, utc_text(self._clock(), "clock()"), event, prev_hash)
-        conn.execute(_INSERT, row)
+        row_id = max(last_id, int(head[0]) if head else 0)
+        rows = []
+        for event in events:
+            row_id += 1
+            row = row_values(row_id, utc_text(self._clock(), "clock()"), event, prev_hash)
+            rows.append(row)
+            prev_hash = row[-1]
+        with conn.cursor() as cursor:
+            cursor.executemany(_INSERT, rows)  # pipelined: one round trip for the rows
         conn.execute("UPDATE audit_head SET last_id = %s", (row_id,))
-        return record_from_row(row)
+        return [record_from_row(row) for row in rows]
 
 
 # -- schema, role and settings ---------------------------------------------------------------
