@@ -260,8 +260,14 @@ def factors_remove(factor_id: str, port: int | None = None) -> int:
         found = [f for f in factors.all() if f.id == factor_id]
         if not found:
             raise AgentVaultError(f"no factor {factor_id!r}; see `agent-vault factors list`")
-        if len(factors.all()) == 1:
-            raise AgentVaultError("that is your only factor: enrol another first (`agent-vault factors add`)")
+        whose = found[0].approver
+        if sum(f.approver == whose for f in factors.all()) == 1:  # another approver's factors are not yours
+            if not whose:
+                raise AgentVaultError("that is your only factor: enrol another first (`agent-vault factors add`)")
+            raise AgentVaultError(
+                f"that is approver {whose}'s only factor: send them a new link to enrol another first "
+                f"(`agent-vault approvers invite {whose}`), or remove them (`agent-vault approvers remove {whose}`)"
+            )
         via = prove(paths, factors, port)
         record_factor_change(paths, "factor_removed", factors, found[0], via)
         factors.remove(factor_id)
