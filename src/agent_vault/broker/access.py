@@ -297,8 +297,15 @@ class Access:
         provider = ws.provider(vault)
 
         def check_and_read() -> dict[str, SecretValue]:
-            require_existing(provider, vault, names)
-            return {n: provider.get(n) for n in names}
+            values, missing = {}, []
+            for name in names:  # `get` knows whether a name exists: no listing of the whole store first
+                try:
+                    values[name] = provider.get(name)
+                except SecretNotFound:
+                    missing.append(name)
+            if missing:
+                raise not_found(vault, missing)
+            return values
 
         values = await asyncio.to_thread(check_and_read)
         await self.ledger.audit(
@@ -340,7 +347,11 @@ def require_existing(provider: Any, vault: str, names: Sequence[str]) -> None:
     if missing and has is not None:
         missing = [n for n in missing if not has(n)]
     if missing:
-        raise SecretNotFound(
-            f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
-            "Call list_secrets for the exact names; nobody was asked to approve."
-        )
+        raise not_found(vault, missing)
+
+
+def not_found(vault: str, missing: Sequence[str]) -> SecretNotFound:
+    return SecretNotFound(
+        f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
+        "Call list_secrets for the exact names; nobody was asked to approve."
+    )
