@@ -1232,4 +1232,12 @@ PROTECTIONS: tuple[Protection, ...] = (
             "tests/attacks/test_agent_tokens.py::test_an_audited_agent_whose_owner_was_changed_by_hand_is_refused",
         ),
     ),
+    Protection(
+        "a session is its front door's process's: another process on the socket cannot use its id, over HTTP "
+        "or the framed protocol (the peer is the kernel's word, never a frame's)",
+        "broker/api.py",
+        "session.requester.pid not in (None, peer[0])",
+        "False",
+        ("tests/attacks/test_framed_socket.py::test_a_framed_call_cannot_use_another_processs_session",),
+    ),
 )

@@ -201,7 +201,7 @@ async def test_a_vault_window_releases_nothing_when_one_name_is_missing(broker: 
     out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
     assert out.request is not None
     await broker.decide(out.request.id, True, OK)
-    with pytest.raises(SecretNotFound, match="'NOPE'.*list_secrets"):
+    with pytest.raises(SecretNotFound, match=r"'NOPE'.*list_secrets"):
         await broker.request_access(session, "dev", ["API_KEY", "NOPE"], "deploy again")
     assert "auto_approved" not in [r.event for r in broker.audit.list()], "no value left, none recorded"
 
