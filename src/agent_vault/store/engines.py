@@ -104,7 +104,7 @@ class Storage:
         """Where it is, for messages: the files, or the database's host, port and name (never a password)."""
         if self.url is None:
             return f"{self.state_db} and {self.audit_db}"
-        from agent_vault.store.postgres_audit import describe_url
+        from agent_vault.store.postgres_reach import describe_url
 
         return describe_url(self.url)
 

@@ -34,8 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import Connection, IsolationLevel, errors, sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import Connection, IsolationLevel, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -58,6 +57,7 @@ from agent_vault.store.audit import (
     utc_text,
     walk_chain,
 )
+from agent_vault.store.postgres_reach import IdleCheck, describe_url, why
 
 if TYPE_CHECKING:
     from agent_vault.store.interface import AuditRecords
@@ -173,12 +173,13 @@ class PostgresAuditLog:
         listeners: Iterable[Callable[[AuditRecord], None]] = (),
         app_role: str | None = None,
         pool_size: int = 4,
-        pool_timeout: float = 30.0,
+        pool_timeout: float = 5.0,
     ) -> None:
         """`listeners`: called with each row this object commits, after the commit (see `listeners`)."""
         self._url = url
         #: where the log is, for messages (no user name or password)
         self.where = describe_url(url)
+        self._idle = IdleCheck()
         self._clock = clock or utc_now
         self._busy_timeout = busy_timeout
         #: called with each committed row; a listener must not raise: its error would reach the appender
@@ -197,7 +198,8 @@ class PostgresAuditLog:
             url,
             kwargs={"autocommit": True},
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            check=self._idle.check,
+            reset=self._idle.reset,
             min_size=1,
             max_size=pool_size,
             timeout=pool_timeout,
@@ -566,32 +568,8 @@ def _has_nul(value: object) -> bool:
     return False
 
 
-def describe_url(url: str) -> str:
-    """Where a database is, for messages: host, port and name, never the user or a password."""
-    try:
-        info = conninfo_to_dict(url)
-    except psycopg.Error:
-        return "(a PostgreSQL database)"
-    port = f":{info['port']}" if info.get("port") else ""
-    return f"postgresql://{info.get('host') or 'localhost'}{port}/{info.get('dbname') or ''}"
-
-
-def _explain(where: str, action: str, exc: psycopg.Error) -> str:
-    if isinstance(exc, errors.LockNotAvailable):
-        why = "another process holds the lock; try again, or stop the other agent-vault"
-    elif isinstance(exc, errors.DiskFull):
-        why = "the database server's disk is full; free some space"
-    elif isinstance(exc, errors.InsufficientPrivilege):
-        why = f"this database role may not do that ({exc.diag.message_primary})"
-    elif isinstance(exc, errors.ReadOnlySqlTransaction):
-        why = "the database is read-only (a standby?); connect to the primary"
-    elif isinstance(exc, PoolTimeout):
-        why = "no database connection became free in time (the server is down or overloaded)"
-    elif isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
-        why = f"the database server cannot be reached: {str(exc).strip()}"
-    else:
-        why = str(exc).strip()
-    return f"cannot {action} the audit log {where}: {why}"
+def _explain(where: str, action: str, exc: psycopg.Error | PoolTimeout) -> str:
+    return f"cannot {action} the audit log {where}: {why(exc)}"
 
 
 def _as_is(text: str) -> str:
