@@ -1240,4 +1240,15 @@ PROTECTIONS: tuple[Protection, ...] = (
         "False",
         ("tests/attacks/test_framed_socket.py::test_a_framed_call_cannot_use_another_processs_session",),
     ),
+    Protection(
+        "a store path's remembered real path is used only while the path still leads to the same file: a "
+        "re-pointed symlink is resolved again",
+        "configuration/boundaries.py",
+        "if known is not None and known[0] == (st.st_dev, st.st_ino):",
+        "if known is not None:",
+        (
+            "tests/attacks/test_symlink_swap.py::test_an_open_window_does_not_follow_a_repointed_symlink",
+            "tests/attacks/test_symlink_swap.py::test_a_pending_request_is_bound_to_where_the_link_pointed",
+        ),
+    ),
 )

@@ -195,7 +195,7 @@ def locate_stores(name: str, vault: VaultConfig, limits: ProjectLimits) -> tuple
         if not isinstance(value, str) or not value:
             continue
         key = fields[field].alias or field
-        real = Path(os.path.realpath(configured_path(value, vault.base_dir, name, key)))
+        real = resolved(configured_path(value, vault.base_dir, name, key))
         try:
             st = os.stat(real.parent)
             holder: tuple[int, int] | None = (st.st_dev, st.st_ino)
@@ -205,9 +205,40 @@ def locate_stores(name: str, vault: VaultConfig, limits: ProjectLimits) -> tuple
     return tuple(found)
 
 
+#: path as given -> ((st_dev, st_ino) of what it led to, its realpath then); see `resolved`
+_RESOLVED: dict[str, tuple[tuple[int, int], Path]] = {}
+_RESOLVED_MAX = 4096
+
+
+def resolved(path: str | Path) -> Path:
+    """`os.path.realpath(path)`, remembered by the identity of the file or directory it leads to: while `path`
+    still leads to that very file (one stat, following links), its real path is the one found before, and a
+    path re-pointed anywhere else (a symlink swapped, a file replaced) is resolved again. A file moved whole
+    keeps its identity and its remembered path: it is still the file that was checked, and the path no
+    longer found there fails when read. Saves the lstat of every component on each call."""
+    given = str(path)
+    try:
+        st = os.stat(given)
+    except OSError:
+        return Path(os.path.realpath(given))
+    known = _RESOLVED.get(given)
+    if known is not None and known[0] == (st.st_dev, st.st_ino):
+        return known[1]
+    real = Path(os.path.realpath(given))
+    try:
+        again = os.stat(real)
+    except OSError:
+        return real
+    if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):  # not swapped between the two looks
+        if len(_RESOLVED) >= _RESOLVED_MAX:
+            _RESOLVED.clear()
+        _RESOLVED[given] = ((st.st_dev, st.st_ino), real)
+    return real
+
+
 def _outside_problem(name: str, key: str, real: Path, vault: VaultConfig, limits: ProjectLimits) -> str | None:
-    project = Path(os.path.realpath(vault.base_dir))
-    if limits.generated_configs is not None and project == Path(os.path.realpath(limits.generated_configs)):
+    project = resolved(vault.base_dir)
+    if limits.generated_configs is not None and project == resolved(limits.generated_configs):
         return None
     if limits.trusted or any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
         return None
