@@ -368,13 +368,7 @@ class AuditLog:
         last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
         last_id, prev_hash = last if last else (0, GENESIS_HASH)
-        row_id = max(last_id, seq[0] if seq else 0)
-        rows = []
-        for event in events:
-            row_id += 1
-            row = row_values(row_id, utc_text(self._clock(), "clock()"), event, prev_hash)
-            rows.append(row)
-            prev_hash = row[-1]
+        rows = chained_rows(max(last_id, seq[0] if seq else 0), prev_hash, events, self._clock)
         conn.executemany(_INSERT, rows)
         return [record_from_row(row) for row in rows]
 
@@ -424,6 +418,19 @@ def _canonical(data: Any) -> str:
         return _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"audit detail must be plain JSON data: {exc}") from None
+
+
+def chained_rows(
+    last_id: int, prev_hash: str, events: Sequence[AuditEvent], clock: Callable[[], datetime]
+) -> builtins.list[tuple[Any, ...]]:
+    """The rows of `events`, numbered after `last_id` and each linked to the one before (the first to
+    `prev_hash`, the log's last), dated by `clock` as they are made."""
+    rows = []
+    for row_id, event in enumerate(events, start=last_id + 1):
+        row = row_values(row_id, utc_text(clock(), "clock()"), event, prev_hash)
+        rows.append(row)
+        prev_hash = row[-1]
+    return rows
 
 
 def row_values(row_id: int, ts: str, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:

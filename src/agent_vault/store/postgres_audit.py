@@ -49,12 +49,11 @@ from agent_vault.store.audit import (
     ReleaseCount,
     RowFilter,
     VerifyResult,
+    chained_rows,
     known_event,
     missing_tail,
     record_from_row,
-    row_values,
     utc_now,
-    utc_text,
     walk_chain,
 )
 from agent_vault.store.postgres_reach import IdleCheck, describe_url, why
@@ -464,16 +463,12 @@ class PostgresAuditLog:
         last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         head = conn.execute("SELECT last_id FROM audit_head").fetchone()
         last_id, prev_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
-        row_id = max(last_id, int(head[0]) if head else 0)
-        rows = []
-        for event in events:
-            row_id += 1
-            row = row_values(row_id, utc_text(self._clock(), "clock()"), event, prev_hash)
-            rows.append(row)
-            prev_hash = row[-1]
+        rows = chained_rows(max(last_id, int(head[0]) if head else 0), prev_hash, events, self._clock)
+        if not rows:
+            return []
         with conn.cursor() as cursor:
             cursor.executemany(_INSERT, rows)  # pipelined: one round trip for the rows
-        conn.execute("UPDATE audit_head SET last_id = %s", (row_id,))
+        conn.execute("UPDATE audit_head SET last_id = %s", (rows[-1][0],))
         return [record_from_row(row) for row in rows]
 
 
