@@ -121,7 +121,11 @@ class Access:
 
         action = "write" if operation is Operation.WRITE else "run" if run is not None else "read"
         subject = command_digest(run) if run is not None else ""
-        split = ledger.policy.split(ws.key, vault, checked, ws.definitions[vault], action, subject)
+        where = (ws.key, vault, checked, ws.definitions[vault], action, subject)
+        if ledger.store.over_network:  # the window lookup waits on the database: not on the event loop
+            split = await asyncio.to_thread(ledger.policy.split, *where)
+        else:
+            split = ledger.policy.split(*where)
         windowed, ask = split.allowed, split.ask
         if not ask and run is None:
             return await self._auto_approve(session, vault, split, why)  # checks names as it reads

@@ -54,6 +54,9 @@ class MetaRecords(Protocol):
 class StateRecords(RequestRecords, WindowRecords, MetaRecords, Protocol):
     """The broker's state: requests, windows and marks."""
 
+    #: whether a call waits on a database server (then the broker makes it off the event loop where it can)
+    over_network: bool
+
     def close(self) -> None: ...
 
 

@@ -178,6 +178,8 @@ class PostgresState:
     first calls once the server is back find working ones: a restart or failover costs the calls made
     meanwhile, not the ones after."""
 
+    over_network = True
+
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 5.0) -> None:
         self.where = describe_url(url)
         self._checking = threading.Lock()

@@ -199,6 +199,8 @@ def _dt(value: str | None) -> datetime | None:
 
 
 class StateStore:
+    over_network = False
+
     def __init__(self, path: Path) -> None:
         private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
