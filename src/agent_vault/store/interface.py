@@ -11,7 +11,7 @@ Named approvers and their approvals of requests likewise: `ApproverRecords`, `Ap
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from agent_vault.store.agents import Agent, AgentLimits
 from agent_vault.store.approvers import NamedApprover, RequestApproval
 from agent_vault.store.audit import AuditEvent, AuditRecord, ReleaseCount, RowFilter, VerifyResult
 from agent_vault.store.factors import EnrolToken, Factor
+from agent_vault.store.leases import LeaseRecord
 from agent_vault.store.sqlite import Window
 
 
@@ -118,6 +119,17 @@ class FactorRecords(Protocol):
     def use_enrol_token(self, key: str) -> bool: ...
     def confirm_enrol_token(self, key: str, by: str = "") -> bool: ...
     def take_confirmation(self, key: str) -> bool: ...
+
+
+class LeaseRecords(Protocol):
+    """Leases of minted credentials (docs/leases.md): added when a store issues one, ended once (a
+    compare-and-set from "open") when the broker revokes it or finds it ended by itself."""
+
+    def add_lease(self, lease: LeaseRecord) -> None: ...
+    def open_leases(self) -> list[LeaseRecord]: ...
+    def leases_of_windows(self, window_ids: Sequence[str]) -> list[LeaseRecord]: ...
+    def end_lease(self, lease_id: str, state: str, at: datetime, why: str) -> bool: ...
+    def set_ends_at(self, lease_id: str, ends_at: datetime) -> None: ...
 
 
 class ReplicaSignals(Protocol):
