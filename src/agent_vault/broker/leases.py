@@ -254,16 +254,16 @@ class Leases:
                     "lease_revoke_failed", lease, detail={"why": why, "problem": _UNREVOCABLE.format(kind=lease.kind)}
                 )
             return 0
-        if lease.ends_at <= now:  # the store ended it by itself already
-            if await asyncio.to_thread(self.records.end_lease, lease.id, LAPSED, now, why):
-                self._stores.pop(lease.id, None)
-            return 0
-        try:
+        try:  # asked even when the credential's own end has passed: the store's clock is not ours
             store = self._stores.get(lease.id) or await asyncio.to_thread(self._rebuild, lease)
             if store is None:
                 raise LookupError(f"vault {lease.vault!r} of {lease.config_path} no longer mints credentials")
             await asyncio.to_thread(store.revoke, lease.store_lease)
         except Exception as exc:
+            if lease.ends_at <= now:  # the store ended it by itself already
+                if await asyncio.to_thread(self.records.end_lease, lease.id, LAPSED, now, why):
+                    self._stores.pop(lease.id, None)
+                return 0
             if lease.id not in self._failed:
                 self._failed.add(lease.id)
                 log.warning("could not revoke lease %s of %s/%s", lease.id, lease.vault, lease.name)
