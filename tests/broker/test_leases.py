@@ -21,7 +21,7 @@ from agent_vault.home import StatePaths
 from agent_vault.store.leases import LAPSED, OPEN, REVOKED
 from tests.broker.test_core import OK, Clock, make_broker
 from tests.conftest import write_project
-from tests.providers.database_engine import DatabaseEngine, database_engine  # noqa: F401 (the fixture)
+from tests.providers.database_engine import DatabaseEngine
 
 pytestmark = pytest.mark.anyio
 

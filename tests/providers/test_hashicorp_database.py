@@ -14,7 +14,7 @@ from agent_vault.domain.errors import ProviderError, ReadOnlyVault, SecretNotFou
 from agent_vault.domain.secret import SecretValue
 from agent_vault.providers.base import ProviderContext, leasing
 from agent_vault.providers.hashicorp_database import HashiCorpDatabaseOptions, HashiCorpDatabaseProvider
-from tests.providers.database_engine import DatabaseEngine, database_engine  # noqa: F401 (the fixture)
+from tests.providers.database_engine import DatabaseEngine
 
 
 def provider(engine: DatabaseEngine, tmp_path: Path, **roles: object) -> HashiCorpDatabaseProvider:
@@ -70,7 +70,7 @@ def test_nothing_stored_can_be_read_or_written(database_engine: DatabaseEngine, 
 def test_an_unknown_role_and_a_token_without_the_policy_are_clear_errors(
     database_engine: DatabaseEngine, tmp_path: Path
 ) -> None:
-    with pytest.raises(ProviderError, match="database/creds/ghost.*roles exist"):
+    with pytest.raises(ProviderError, match=r"database/creds/ghost.*roles exist"):
         provider(database_engine, tmp_path, MIGRATOR="ghost").issue("MIGRATOR", 60)
     options = HashiCorpDatabaseOptions.model_validate(
         {"address": database_engine.bao.url, "token": database_engine.bao.token(), "roles": {"M": "migrator"}}

@@ -150,8 +150,8 @@ class LeaseStore:
         """Every lease still open, the soonest to end first."""
         with self._state.transaction() as db:
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM leases WHERE state = ? ORDER BY until, id",
-                (OPEN,),  # noqa: S608
+                f"SELECT {_COLUMNS} FROM leases WHERE state = ? ORDER BY until, id",  # noqa: S608
+                (OPEN,),
             ).fetchall()
         return [lease_from_row(r) for r in rows]
 

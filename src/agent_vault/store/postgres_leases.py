@@ -41,8 +41,8 @@ class PostgresLeases:
         """Every lease still open, the soonest to end first."""
         with self._state.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             rows = cur.execute(
-                f"SELECT {_COLUMNS} FROM leases WHERE state = %s ORDER BY until, id",
-                (OPEN,),  # noqa: S608
+                f"SELECT {_COLUMNS} FROM leases WHERE state = %s ORDER BY until, id",  # noqa: S608
+                (OPEN,),
             ).fetchall()
         return [lease_from_row(r) for r in rows]
 
