@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agent_vault.store.sqlite import StateStore
+from agent_vault.domain.wire import LeaseView, WindowView
+from agent_vault.store.sqlite import StateStore, Window
 
 if TYPE_CHECKING:
     from agent_vault.store.interface import LeaseRecords
@@ -63,7 +64,7 @@ class LeaseRecord:
         """The store's lease id shortened for pages, tables and the audit log."""
         return shorten(self.store_lease)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> LeaseView:
         """What `grants list --json`, the console and the status show."""
         return {
             "id": self.id,
@@ -78,6 +79,12 @@ class LeaseRecord:
             "revocable": self.revocable,
             "state": self.state,
         }
+
+
+def window_views(windows: Sequence[Window], leases: LeaseRecords) -> list[WindowView]:
+    """`windows` as `grants list --json` and the status show them, each with the leases minted under it."""
+    found = leases.leases_of_windows([w.id for w in windows])
+    return [{**w.to_json(), "leases": [x.to_json() for x in found if x.window_id == w.id]} for w in windows]
 
 
 def shorten(store_lease: str) -> str:
