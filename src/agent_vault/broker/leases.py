@@ -298,7 +298,7 @@ class Leases:
 
     async def start(self) -> None:
         """End what a stopped broker left due, then sweep every `sweep_seconds`."""
-        await self.sweep()
+        await self.sweep()  # leases past their window, left by a broker that stopped
         for lease in await asyncio.to_thread(self.records.open_leases):
             self._schedule(lease)
         self._sweeper = asyncio.ensure_future(self._sweep_every())
