@@ -381,8 +381,9 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a store server named by the project config gets no credential without the user's allowance",
         "configuration/boundaries.py",
-        "    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)\n",
-        "    return webhook_problems(config, limits) + stores\n",
+        "    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)"
+        " + role_problems(config, limits)\n",
+        "    return webhook_problems(config, limits) + stores + role_problems(config, limits)\n",
         ("tests/attacks/test_store_endpoint.py",),
     ),
     # -- the proxy: where a placeholder may go ------------------------------------------------
@@ -1250,5 +1251,39 @@ PROTECTIONS: tuple[Protection, ...] = (
             "tests/attacks/test_symlink_swap.py::test_an_open_window_does_not_follow_a_repointed_symlink",
             "tests/attacks/test_symlink_swap.py::test_a_pending_request_is_bound_to_where_the_link_pointed",
         ),
+    ),
+    Protection(
+        "a project config mints credentials only from roles the user's settings allow",
+        "configuration/boundaries.py",
+        "            if role not in limits.allow_roles:\n",
+        "            if False:\n",
+        (
+            "tests/attacks/test_lease_attacks.py::test_a_project_config_cannot_mint_from_a_role_the_settings_do_not_allow",
+        ),
+    ),
+    Protection(
+        "a minted database login's lease is cut to the window, whatever the role's own lease",
+        "providers/hashicorp_database.py",
+        "            ends_at = self.renew(lease_id, seconds)\n",
+        "            ends_at = datetime.now(UTC) + timedelta(hours=1)\n",
+        ("tests/attacks/test_lease_attacks.py::test_a_project_config_cannot_make_a_login_outlive_its_window",),
+    ),
+    Protection(
+        "revoking a window revokes the credentials minted under it",
+        "broker/core.py",
+        '        await self.leases.end_windows([window.id], "window revoked")\n',
+        "",
+        (
+            "tests/broker/test_leases.py::"
+            "test_an_approved_read_mints_a_login_whose_lease_is_the_window_and_grants_revoke_ends_it",
+            "tests/frontdoor/test_lease_e2e.py::test_get_secret_mints_a_login_the_page_dates_and_grants_revoke_ends",
+        ),
+    ),
+    Protection(
+        "a broker revokes at start the leases a stopped broker left past their window",
+        "broker/leases.py",
+        "        await self.sweep()  # leases past their window, left by a broker that stopped\n",
+        "",
+        ("tests/broker/test_leases.py::test_a_restarted_broker_revokes_a_lease_left_past_its_window",),
     ),
 )

@@ -20,6 +20,7 @@ from typing import Any
 from agent_vault.broker.delivery import Delivery
 from agent_vault.broker.generate import GenerationSpec
 from agent_vault.broker.http_calls import HttpSpec, parse_http
+from agent_vault.broker.leases import LEASE, lease_note
 from agent_vault.broker.ledger import Ledger, Outcome, Session, log
 from agent_vault.broker.limits import AgentPace, Ceilings, Refusal, RequestLimiter
 from agent_vault.broker.live import Live
@@ -137,6 +138,7 @@ class Access:
         extra: dict[str, Any] = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
         extra[DEFINITION] = ws.definitions[vault]
         extra[STORE] = ws.stores[vault]
+        _note_lease(extra, provider)
         key = (session.id, ws.key, vault, ask, windowed, operation, why, json.dumps(extra, sort_keys=True))
         existing = ledger.live.coalesced(key) if operation is Operation.READ else None
         if existing is not None:
@@ -167,6 +169,7 @@ class Access:
         extra: dict[str, Any] = {"http": {**spec.view(), "proxy": hosts}}
         extra[DEFINITION] = ws.definitions[vault]
         extra[STORE] = ws.stores[vault]
+        _note_lease(extra, ws.provider(vault))
         req = self._new_request(session, vault, spec.names, (), Operation.READ, why, None, extra)
         return await self._open(session, replace(req, ttl_minutes=0), Live(asyncio.Event(), ws, http=spec))
 
@@ -186,6 +189,7 @@ class Access:
         extra: dict[str, Any] = {"lend": {"env": [list(p) for p in pairs], "minutes": float(minutes), "proxy": hosts}}
         extra[DEFINITION] = ws.definitions[vault]
         extra[STORE] = ws.stores[vault]
+        _note_lease(extra, ws.provider(vault))
         req = self._new_request(session, vault, names, (), Operation.READ, why, None, extra)
         return await self._open(session, replace(req, ttl_minutes=0), Live(asyncio.Event(), ws))
 
@@ -299,19 +303,9 @@ class Access:
         ws = session.workspace
         names, end = split.allowed, split.window_end
         provider = ws.provider(vault)
-
-        def check_and_read() -> dict[str, SecretValue]:
-            values, missing = {}, []
-            for name in names:  # `get` knows whether a name exists: no listing of the whole store first
-                try:
-                    values[name] = provider.get(name)
-                except SecretNotFound:
-                    missing.append(name)
-            if missing:
-                raise not_found(vault, missing)
-            return values
-
-        values = await asyncio.to_thread(check_and_read)
+        values, _ = await self.delivery.leases.values(
+            ws, vault, names, requester=session.requester, prepare=lambda: require_existing(provider, vault, names)
+        )
         await self.ledger.audit(
             ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
             scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ, detail=split.audit_detail(),
@@ -341,6 +335,13 @@ class Access:
             ws, "auto_approved", req, names=names, window_end=end, detail={"run": dict(run), **split.audit_detail()}
         )
         return await self.delivery.run_outcome(session, req, 0)
+
+
+def _note_lease(extra: dict[str, Any], provider: Any) -> None:
+    """Tell the request's page that its values are minted with a lease (leases.py), if they are."""
+    note = lease_note(provider)
+    if note is not None:
+        extra[LEASE] = note
 
 
 def require_existing(provider: Any, vault: str, names: Sequence[str]) -> None:

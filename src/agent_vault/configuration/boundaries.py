@@ -4,7 +4,7 @@ A project config names the files and directories its vaults read, and the URLs a
 its webhooks. An agent can edit it, so by default a vault's store stays inside the config's directory
 (after symlinks are resolved), and a webhook reaches only public hosts and carries no credential from
 the environment. The user widens this in settings.toml: `[paths] allowOutsideProject`, `[webhooks]
-allowPrivate` and `allowEnv`. Problems read `key: what is wrong. Fix: ...`.
+allowPrivate` and `allowEnv`, `[leases] allowRoles`. Problems read `key: what is wrong. Fix: ...`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class ProjectLimits:
     allow_outside: tuple[Path, ...] = ()
     #: servers a project config may send a store's credentials to
     allow_store_hosts: tuple[Allowance, ...] = ()
+    #: roles a project config may mint credentials from (`[leases] allowRoles`)
+    allow_roles: frozenset[str] = frozenset()
     #: where the user changes these, for the fix in an error
     settings_file: str = _DEFAULT_SETTINGS
     #: the config is root's, not an agent's to edit (a system broker's vault config, checked trusted when
@@ -57,6 +59,7 @@ class ProjectLimits:
                 Path(os.path.realpath(Path(p).expanduser())) for p in settings.paths.allow_outside_project
             ),
             allow_store_hosts=tuple(parse_allowance(entry) for entry in settings.stores.allow_hosts),
+            allow_roles=frozenset(settings.leases.allow_roles),
             settings_file=str(settings_path(paths)),
             generated_configs=generated_configs(paths.root),
         )
@@ -80,7 +83,7 @@ def project_problems(
     stores = [loc.problem for locations in located.values() for loc in locations if loc.problem]
     if limits.trusted:
         return stores
-    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)
+    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits) + role_problems(config, limits)
 
 
 # -- store servers --------------------------------------------------------------------------------
@@ -117,6 +120,21 @@ def endpoint_problems(config: Config, limits: ProjectLimits) -> list[str]:
                 f"{entry!r} to `allowHosts` under [stores] in {limits.settings_file}; or leave `{key}` out to "
                 "use the store's default server."
             )
+    return problems
+
+
+def role_problems(config: Config, limits: ProjectLimits) -> list[str]:
+    """Each role a project config mints credentials from that the user has not allowed: the broker's own
+    login may reach mightier roles than the project should have, and an agent can edit the config."""
+    problems = []
+    for name, vault in config.vaults.items():
+        for role in vault.options.minted_from():
+            if role not in limits.allow_roles:
+                problems.append(
+                    f"vaults.{name}.roles: this project config mints credentials from {role!r}, a role it chose "
+                    f"(and an agent can edit it). Fix: if this project may use that role, add {role!r} to "
+                    f"`allowRoles` under [leases] in {limits.settings_file}."
+                )
     return problems
 
 

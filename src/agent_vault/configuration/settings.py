@@ -229,6 +229,26 @@ class StoreSettings(_Model):
     allow_hosts: HostAllowances = Field(default=(), alias="allowHosts")
 
 
+class LeaseSettings(_Model):
+    """Credentials minted per approval (docs/leases.md): which roles a project config may mint from, and
+    whether the broker revokes what it minted when it stops."""
+
+    #: the roles a project config may name (a Vault `MOUNT/creds/ROLE` path, with `NAMESPACE/` in front when
+    #: the vault names a namespace; an AWS role ARN); none by default, so an agent cannot pick a mightier role
+    allow_roles: tuple[str, ...] = Field(default=(), alias="allowRoles")
+    #: revoke every open lease this broker issued when it stops (windows outlive a restart; a value minted
+    #: again inside one is a new login)
+    revoke_on_shutdown: bool = Field(default=True, alias="revokeOnShutdown")
+
+    @field_validator("allow_roles")
+    @classmethod
+    def _roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [role for role in value if not role or role != role.strip() or "*" in role]
+        if bad:
+            raise ValueError(f'{bad[0]!r} is not a role: give each exactly, such as "database/creds/migrator"')
+        return value
+
+
 class StorageSettings(_Model):
     """Where the broker keeps its state and audit (`[store]`): by default SQLite files in the state dir; a
     PostgreSQL URL puts both in that database, for a team broker and its replicas (docs/team.md)."""
@@ -444,6 +464,7 @@ class UserSettings(_Model):
     webhooks: WebhookSettings = WebhookSettings()
     paths: PathSettings = PathSettings()
     stores: StoreSettings = StoreSettings()
+    leases: LeaseSettings = LeaseSettings()
     checkpoints: CheckpointSettings = CheckpointSettings()
     proxy: ProxySettings = ProxySettings()
     store: StorageSettings = StorageSettings()

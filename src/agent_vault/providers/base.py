@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -21,6 +23,12 @@ class ProviderOptions(BaseModel):
     #: fields naming the server the store's credentials are sent to: a project config may name one only
     #: where the user's settings allow it (`[stores] allowHosts`), or a token goes where an agent chose
     store_endpoints: ClassVar[tuple[str, ...]] = ()
+
+    def minted_from(self) -> tuple[str, ...]:
+        """The roles a store mints credentials from for this vault (a Vault `database/creds/ROLE` path, an
+        AWS role ARN), as `[leases] allowRoles` in the user's settings names them: a project config may
+        name one only where the user allows it, or an agent could mint from a mightier role. None here."""
+        return ()
 
 
 class ProviderContext(BaseModel):
@@ -68,6 +76,51 @@ class SecretProvider(Protocol):
     def set_many(self, values: dict[str, SecretValue]) -> None:
         """Create or update all of `values` at once (all or nothing where the store allows)."""
         ...
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A credential minted for one use, and how long it lives (see `Leasing`)."""
+
+    value: SecretValue = field(repr=False)
+    #: the store's id of the lease (what `renew` and `revoke` take); no credential, but shown shortened
+    lease_id: str
+    #: when the credential itself stops working, whatever the broker does
+    ends_at: datetime
+
+
+@runtime_checkable
+class Leasing(Protocol):
+    """Optional, like `has(name)`: a provider whose values are minted per use, each with a lease.
+
+    The broker asks `issue` instead of `get` for such a provider: the value lives `seconds` (the approval
+    window's remaining time) or what the store allows, and is revoked when the window ends or is revoked.
+    Existing providers implement none of it. Values never go into an exception or a log line.
+    """
+
+    #: what the approval page calls one value ("database login", "AWS session")
+    lease_kind: ClassVar[str]
+    #: whether `revoke` can end a credential before `Lease.ends_at` (AWS STS cannot)
+    revocable: ClassVar[bool]
+    #: the shortest lease the store grants (AWS STS: 900 seconds); shorter asks get this
+    min_lease_seconds: ClassVar[int]
+
+    def issue(self, name: str, seconds: int) -> Lease:
+        """Mint a new credential for `name` that lives `seconds` (or as close as the store allows)."""
+        ...
+
+    def renew(self, lease_id: str, seconds: int) -> datetime:
+        """Let the lease live `seconds` from now (within what the store allows); when it now ends."""
+        ...
+
+    def revoke(self, lease_id: str) -> None:
+        """End the credential now (idempotent: an unknown or ended lease is not an error)."""
+        ...
+
+
+def leasing(provider: object) -> Leasing | None:
+    """`provider` as a `Leasing` one, or None when it keeps stored values."""
+    return provider if isinstance(provider, Leasing) else None
 
 
 def read_only(vault: str, needs: str = "", config_dir: Path | None = None) -> ReadOnlyVault:

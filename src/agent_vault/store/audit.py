@@ -32,7 +32,7 @@ EVENTS = (
     "tamper_detected", "factors_recorded", "settings_changed", "settings_accepted",
     "flood_refused", "home_used", "checkpoint_failed", "proxied", "proxy_refused", "store_migrated",
     "approval_counted", "approval_refused", "approver_invited", "approver_removed",
-    "agent_added", "agent_revoked", "agent_refused",
+    "agent_added", "agent_revoked", "agent_refused", "lease_issued", "lease_revoked", "lease_revoke_failed",
 )  # fmt: skip
 OPERATIONS = ("read", "write")
 SCOPES = ("secret", "vault")

@@ -4,7 +4,8 @@ By default both are SQLite files in the state dir (`store/sqlite.py`, `store/aud
 `postgresql://` (or `postgres://`) URL (`[store] url` in the broker's settings, issue 15) both live in that
 one PostgreSQL database (`store/postgres.py`, `store/postgres_audit.py`; they need the `postgres` extra),
 which several broker processes may share. The approver's rows follow their state store (`open_factors`),
-and so do named approvers (`open_approvers`) and a team broker's agents (`open_agents`).
+and so do named approvers (`open_approvers`), a team broker's agents (`open_agents`) and leases of minted
+credentials (`open_leases`).
 The URL may carry a password: it is never shown, only `Storage.where` (host, port and database).
 """
 
@@ -26,9 +27,11 @@ from agent_vault.store.interface import (
     ApproverRecords,
     AuditRecords,
     FactorRecords,
+    LeaseRecords,
     ReplicaSignals,
     StateRecords,
 )
+from agent_vault.store.leases import LeaseStore
 from agent_vault.store.signals import LocalSignals
 from agent_vault.store.sqlite import StateStore
 
@@ -71,6 +74,11 @@ def open_approvers(state: StateRecords) -> ApproverRecords:
 def open_agents(state: StateRecords) -> AgentRecords:
     """A team broker's agents, kept by the engine that keeps `state`."""
     return _beside(state, AgentStore, "postgres_agents", "PostgresAgents")
+
+
+def open_leases(state: StateRecords) -> LeaseRecords:
+    """Leases of minted credentials, kept by the engine that keeps `state`."""
+    return _beside(state, LeaseStore, "postgres_leases", "PostgresLeases")
 
 
 def _beside(state: StateRecords, on_sqlite: Callable[[StateStore], T], module: str, name: str) -> T:

@@ -147,6 +147,29 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (request_id, approver)
     );
     """,
+    # 5: leases of minted credentials, as the SQLite engine's migration 8
+    """
+    CREATE TABLE leases (
+        id text PRIMARY KEY,
+        workspace text NOT NULL,
+        config_path text NOT NULL,
+        vault text NOT NULL,
+        name text NOT NULL,
+        store_lease text NOT NULL,
+        kind text NOT NULL,
+        revocable boolean NOT NULL,
+        window_id text,
+        request_id text,
+        issued_at timestamptz NOT NULL,
+        until timestamptz NOT NULL,
+        ends_at timestamptz NOT NULL,
+        state text NOT NULL,
+        ended_at timestamptz,
+        why text NOT NULL DEFAULT ''
+    );
+    CREATE INDEX leases_open ON leases (state, until);
+    CREATE INDEX leases_window ON leases (window_id);
+    """,
 ]
 
 #: the key of the advisory lock held while migrating (any fixed bigint; this one spells "avstate1")
@@ -387,7 +410,7 @@ class PostgresState:
 #: every table `MIGRATIONS` makes for the state and the approver's rows (`schema_version` aside)
 TABLES = (
     "requests", "windows", "meta", "factors", "factor_failures", "recovery_codes", "enrol_tokens", "agents",
-    "approvers", "request_approvals",
+    "approvers", "request_approvals", "leases",
 )  # fmt: skip
 #: columns the database fills in itself, left out of a copy (`factors.seq` numbers rows in the order they come)
 GENERATED_COLUMNS: dict[str, tuple[str, ...]] = {"factors": ("seq",)}
