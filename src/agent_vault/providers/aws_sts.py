@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent_vault.domain.errors import ConfigError, ProviderError, ReadOnlyVault, SecretNotFound
+from agent_vault.domain.errors import ConfigError, ProviderError, SecretNotFound
 from agent_vault.domain.grammar import is_valid_name
 from agent_vault.domain.secret import SecretValue
 from agent_vault.domain.untrusted import shown
 from agent_vault.providers.aws import AwsOptions, AwsSecretsManagerProvider
-from agent_vault.providers.base import Lease, ProviderContext, ProviderOptions
+from agent_vault.providers.base import Lease, MintedNames, ProviderContext, ProviderOptions
 
 __all__ = ["MIN_SECONDS", "AssumedRole", "AwsStsOptions", "AwsStsProvider", "NotRevocable"]
 
@@ -99,7 +99,7 @@ class AwsStsOptions(AwsOptions):
         return tuple(sorted({role.role_arn for role in self.roles.values()}))
 
 
-class AwsStsProvider(AwsSecretsManagerProvider):
+class AwsStsProvider(MintedNames, AwsSecretsManagerProvider):
     """Temporary credentials from STS AssumeRole (see docs/leases.md)."""
 
     type_name: ClassVar[str] = "aws-sts"
@@ -108,6 +108,8 @@ class AwsStsProvider(AwsSecretsManagerProvider):
     _store: ClassVar[str] = "AWS STS"
     lease_kind: ClassVar[str] = "AWS session"
     revocable: ClassVar[bool] = False
+    minted: ClassVar[str] = "AWS session credentials"
+    _roles: dict[str, AssumedRole]
     min_lease_seconds: ClassVar[int] = MIN_SECONDS
 
     def __init__(self, options: ProviderOptions, context: ProviderContext) -> None:
@@ -118,24 +120,6 @@ class AwsStsProvider(AwsSecretsManagerProvider):
 
     def __repr__(self) -> str:
         return f"AwsStsProvider(vault={self._vault!r})"
-
-    def list_names(self) -> list[str]:
-        return sorted(self._roles)
-
-    def has(self, name: str) -> bool:
-        return name in self._roles
-
-    def get(self, name: str) -> SecretValue:
-        raise ProviderError(
-            f"vault {self._vault!r} mints AWS session credentials per approval; it has no stored value to read. "
-            "Ask through agent-vault's broker (get_secret, run_with_secrets), which issues them with a lease."
-        )
-
-    def supports_write(self) -> bool:
-        return False
-
-    def set_many(self, values: dict[str, SecretValue]) -> None:
-        raise ReadOnlyVault(f"vault {self._vault!r} mints AWS session credentials; nothing can be written there.")
 
     # --- leases (providers.base.Leasing) ------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from agent_vault.domain.errors import ReadOnlyVault
+from agent_vault.domain.errors import ProviderError, ReadOnlyVault
 from agent_vault.domain.secret import SecretValue
 
 
@@ -134,3 +135,36 @@ def read_only(vault: str, needs: str = "", config_dir: Path | None = None) -> Re
         f"vault {vault!r} is read-only. Fix: set `writable: true` (TOML: `writable = true`){also} on vault "
         f"{vault!r} in the agent-vault config{where} if agents may store secrets there."
     )
+
+
+class MintedNames:
+    """The SecretProvider half of a store that mints its values per approval (it implements `Leasing`): its
+    names are the roles in its config, it has no stored value to read, and nothing can be written to it. A
+    provider puts this first among its bases and sets `_vault`, `_roles` and `minted` ("a new database login")."""
+
+    _vault: str
+    _roles: Mapping[str, object]
+    #: what one release mints, for messages
+    minted: ClassVar[str]
+
+    def list_names(self) -> list[str]:
+        return sorted(self._roles)
+
+    def has(self, name: str) -> bool:
+        return name in self._roles
+
+    def get(self, name: str) -> SecretValue:
+        """Never a stored value: the broker asks `issue` for one, with a lease."""
+        raise ProviderError(
+            f"vault {self._vault!r} mints {self.minted} per approval; it has no stored value to read. Ask through "
+            "agent-vault's broker (get_secret, run_with_secrets), which issues one with a lease."
+        )
+
+    def supports_write(self) -> bool:
+        return False
+
+    def set_many(self, values: dict[str, SecretValue]) -> None:
+        raise ReadOnlyVault(
+            f"vault {self._vault!r} mints {self.minted} per approval; nothing can be written there. Fix: store the "
+            "value in a writable vault."
+        )

@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent_vault.domain.errors import ConfigError, ProviderError, ReadOnlyVault, SecretNotFound
+from agent_vault.domain.errors import ConfigError, ProviderError, SecretNotFound
 from agent_vault.domain.grammar import is_valid_name
 from agent_vault.domain.secret import SecretValue
 from agent_vault.domain.untrusted import shown
-from agent_vault.providers.base import Lease, ProviderContext, ProviderOptions
+from agent_vault.providers.base import Lease, MintedNames, ProviderContext, ProviderOptions
 from agent_vault.providers.hashicorp import HashiCorpVaultOptions, HashiCorpVaultProvider, _Absent, _clean_path
 
 __all__ = ["DatabaseRole", "HashiCorpDatabaseOptions", "HashiCorpDatabaseProvider"]
@@ -96,7 +96,7 @@ class HashiCorpDatabaseOptions(HashiCorpVaultOptions):
         return tuple(sorted({f"{where}{self.mount}/creds/{r.role}" for r in self.roles.values()}))
 
 
-class HashiCorpDatabaseProvider(HashiCorpVaultProvider):
+class HashiCorpDatabaseProvider(MintedNames, HashiCorpVaultProvider):
     """Database logins minted by one database secrets engine mount (see docs/leases.md)."""
 
     type_name: ClassVar[str] = "hashicorp-database"
@@ -104,6 +104,8 @@ class HashiCorpDatabaseProvider(HashiCorpVaultProvider):
     lease_kind: ClassVar[str] = "database login"
     revocable: ClassVar[bool] = True
     min_lease_seconds: ClassVar[int] = 1
+    minted: ClassVar[str] = "a new database login"
+    _roles: dict[str, DatabaseRole]
 
     def __init__(self, options: ProviderOptions, context: ProviderContext, **kwargs: Any) -> None:
         if not isinstance(options, HashiCorpDatabaseOptions):
@@ -113,30 +115,6 @@ class HashiCorpDatabaseProvider(HashiCorpVaultProvider):
 
     def __repr__(self) -> str:
         return f"HashiCorpDatabaseProvider(vault={self._vault!r}, address={self._address!r}, mount={self._mount!r})"
-
-    # --- the SecretProvider protocol ----------------------------------------------------------
-
-    def list_names(self) -> list[str]:
-        return sorted(self._roles)
-
-    def has(self, name: str) -> bool:
-        return name in self._roles
-
-    def get(self, name: str) -> SecretValue:
-        """Never a stored value: logins are minted, with a lease, by `issue` (the broker asks for that)."""
-        raise ProviderError(
-            f"vault {self._vault!r} mints a new database login per approval; it has no stored value to read. "
-            "Ask through agent-vault's broker (get_secret, run_with_secrets), which issues one with a lease."
-        )
-
-    def supports_write(self) -> bool:
-        return False
-
-    def set_many(self, values: dict[str, SecretValue]) -> None:
-        raise ReadOnlyVault(
-            f"vault {self._vault!r} mints database logins from roles of {self._mount}; nothing can be written "
-            "there. Fix: store the value in a writable vault."
-        )
 
     # --- leases (providers.base.Leasing) ------------------------------------------------------
 
