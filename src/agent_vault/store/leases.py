@@ -112,6 +112,14 @@ def _dt(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
+def lease_values(lease: LeaseRecord) -> tuple[Any, ...]:
+    """`lease` as the values of `_COLUMNS`, in order (PostgreSQL takes them as they are; SQLite's
+    `LeaseStore` stores the times as text and the flag as 0/1)."""
+    return (lease.id, lease.workspace, lease.config_path, lease.vault, lease.name, lease.store_lease, lease.kind,
+            lease.revocable, lease.window_id, lease.request_id, lease.issued_at, lease.until, lease.ends_at,
+            lease.state, lease.ended_at, lease.why)  # fmt: skip
+
+
 def lease_from_row(row: Sequence[Any]) -> LeaseRecord:
     """A row of `_COLUMNS`, from either engine."""
     (lid, workspace, config_path, vault, name, store_lease, kind, revocable, window_id, request_id, issued_at,
@@ -146,12 +154,11 @@ class LeaseStore:
         with self._state.transaction() as db:
             db.execute(
                 f"INSERT INTO leases ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",  # noqa: S608
-                (
-                    lease.id, lease.workspace, lease.config_path, lease.vault, lease.name, lease.store_lease,
-                    lease.kind, int(lease.revocable), lease.window_id, lease.request_id, _ts(lease.issued_at),
-                    _ts(lease.until), _ts(lease.ends_at), lease.state, _ts(lease.ended_at), lease.why,
+                tuple(
+                    _ts(v) if isinstance(v, datetime) else int(v) if isinstance(v, bool) else v
+                    for v in lease_values(lease)
                 ),
-            )  # fmt: skip
+            )
 
     def open_leases(self) -> list[LeaseRecord]:
         """Every lease still open, the soonest to end first."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from psycopg.rows import tuple_row
 
-from agent_vault.store.leases import _COLUMNS, OPEN, LeaseRecord, lease_from_row
+from agent_vault.store.leases import _COLUMNS, OPEN, LeaseRecord, lease_from_row, lease_values
 from agent_vault.store.postgres import PostgresState
 
 if TYPE_CHECKING:
@@ -30,12 +30,8 @@ class PostgresLeases:
         with self._state.connection() as conn:
             conn.execute(
                 f"INSERT INTO leases ({_COLUMNS}) VALUES ({', '.join(['%s'] * 16)})",  # noqa: S608
-                (
-                    lease.id, lease.workspace, lease.config_path, lease.vault, lease.name, lease.store_lease,
-                    lease.kind, lease.revocable, lease.window_id, lease.request_id, lease.issued_at, lease.until,
-                    lease.ends_at, lease.state, lease.ended_at, lease.why,
-                ),
-            )  # fmt: skip
+                lease_values(lease),
+            )
 
     def open_leases(self) -> list[LeaseRecord]:
         """Every lease still open, the soonest to end first."""
