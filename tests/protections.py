@@ -299,7 +299,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a store outside the project needs the user's allowance",
         "configuration/boundaries.py",
-        "if limits.trusted or any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):",
+        "if any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):",
         "if True:",
         ("tests/attacks/test_symlink_swap.py::test_a_store_outside_the_project_is_refused_unless_the_user_allows_it",),
     ),

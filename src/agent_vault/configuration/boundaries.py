@@ -255,10 +255,14 @@ def resolved(path: str | Path) -> Path:
 
 
 def _outside_problem(name: str, key: str, real: Path, vault: VaultConfig, limits: ProjectLimits) -> str | None:
-    project = resolved(vault.base_dir)
-    if limits.generated_configs is not None and project == resolved(limits.generated_configs):
+    if limits.trusted:
         return None
-    if limits.trusted or any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
+    project = resolved(vault.base_dir)
+    if any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
+        return None
+    # Last, as the rarest case: the folder of configs made from a legacy env, which often does not exist (and a
+    # path that does not exist is resolved anew on every call).
+    if limits.generated_configs is not None and project == resolved(limits.generated_configs):
         return None
     return (
         f"vaults.{name}.{key}: resolves to {real}, outside the project directory {project}; a project config "
