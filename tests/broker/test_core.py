@@ -186,6 +186,40 @@ async def test_secret_scope_covers_only_that_secret(broker: Broker, tmp_path: Pa
     assert (await broker.request_access(session, "dev", ["DATABASE_URL"], "other")).status == "pending"
 
 
+async def test_a_window_reads_the_store_as_it_is_now(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a window values come from memory while the file is unchanged: an edit of the same size is read at
+    once, and a deleted name is not found."""
+    import os
+
+    from agent_vault.providers import files
+
+    monkeypatch.setattr(files, "_RACY_NS", 0)  # trust a just-written file's stamp (each edit moves mtime)
+    session = open_session(broker, tmp_path / "p", ttl=30, ttlScope="vault")
+    secrets = tmp_path / "p" / ".env.secrets"
+    old = (datetime.now().timestamp() - 3600,) * 2
+    os.utime(secrets, old)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    await broker.decide(out.request.id, True, OK)
+    for _ in range(2):  # the second read is answered from memory
+        got = await broker.request_access(session, "dev", ["API_KEY"], "again")
+        assert got.status == "delivered" and got.values["API_KEY"].reveal() == FAKE_KEY
+    text = secrets.read_text()
+    edited = "fake-api-key-edited"[: len(FAKE_KEY)].ljust(len(FAKE_KEY), "x")
+    secrets.write_text(text.replace(FAKE_KEY, edited))
+    os.utime(secrets, (old[0] + 1, old[1] + 1))
+    got = await broker.request_access(session, "dev", ["API_KEY"], "after the edit")
+    assert got.values["API_KEY"].reveal() == edited
+    assert await broker.list_secrets(session) == {"dev": ["API_KEY", "DATABASE_URL"]}
+    secrets.write_text("".join(line + "\n" for line in text.splitlines() if not line.startswith("API_KEY")))
+    os.utime(secrets, (old[0] + 2, old[1] + 2))
+    with pytest.raises(SecretNotFound):
+        await broker.request_access(session, "dev", ["API_KEY"], "after deleting it")
+    assert await broker.list_secrets(session) == {"dev": ["DATABASE_URL"]}
+
+
 async def test_vault_scope_covers_the_vault_and_other_sessions(broker: Broker, tmp_path: Path) -> None:
     session = open_session(broker, tmp_path / "p", ttl=30, ttlScope="vault")
     out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")

@@ -34,7 +34,7 @@ from agent_vault.domain.errors import AuditError, InvalidRequest, ReadOnlyVault,
 from agent_vault.domain.grammar import check_names, check_reason, check_value
 from agent_vault.domain.request import AccessRequest, Operation, Status, new_match_code, new_request_id
 from agent_vault.domain.secret import SecretValue
-from agent_vault.providers.base import leasing
+from agent_vault.providers.base import held, leasing
 from agent_vault.proxy.hosts import matches_any
 
 
@@ -62,7 +62,10 @@ class Access:
         ws.refresh()
         listing: dict[str, list[str]] = {}
         for name in ws.config.vaults:
-            listing[name] = await asyncio.to_thread(ws.provider(name).list_names)
+            provider = ws.provider(name)
+            memory = held(provider)  # a store unchanged since it was read answers without a thread hop
+            names = memory.held_names() if memory is not None else None
+            listing[name] = names if names is not None else await asyncio.to_thread(provider.list_names)
         await self.ledger.audit(ws, "listed", None, requester=session.requester, vault=None)
         return listing
 
@@ -316,10 +319,12 @@ class Access:
         self, session: Session, vault: str, split: Split, reason: str, read: dict[str, SecretValue] | None = None
     ) -> Outcome:
         """Every name is inside a read window: check the names and read them in one trip to a thread (unless
-        `read` holds them already, see `_look`)."""
+        `read` holds them already, see `_look`, or the store answers from memory)."""
         ws = session.workspace
         names, end = split.allowed, split.window_end
         provider = ws.provider(vault)
+        if read is None and (memory := held(provider)) is not None:
+            read = memory.held_values(names)  # a store unchanged since it was read: no thread hop
         if read is not None:
             values = read
         else:
