@@ -102,7 +102,37 @@ async def test_list_secrets_names_only(broker: Broker, tmp_path: Path) -> None:
     session = open_session(broker, tmp_path / "p")
     listing = await broker.list_secrets(session)
     assert listing == {"dev": ["API_KEY", "DATABASE_URL"]}
+    await broker.recorder.drain()  # a listing's row follows its answer (Recorder.record_behind)
     assert [r.event for r in broker.audit.list()][:1] == ["listed"]
+
+
+async def test_a_listing_row_is_written_before_any_later_row_and_a_failed_one_fails_closed(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Names are answered before their row is durable, but the row precedes every later one in the chain;
+    once such a row could not be written, the next listing waits for its own row and fails with the error."""
+    session = open_session(broker, tmp_path / "p", ttl=15)
+    await broker.list_secrets(session)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    assert [r.event for r in broker.audit.list()][:2] == ["requested", "listed"]  # durable, in order (newest first)
+
+    real_append, real_many = broker.audit.append, broker.audit.append_many
+
+    def broken(*events: object) -> object:
+        raise AuditError("disk full")
+
+    broker.audit.append = broker.audit.append_many = broken  # type: ignore[method-assign]
+    assert await broker.list_secrets(session) == {"dev": ["API_KEY", "DATABASE_URL"]}  # answered; its row failed
+    await broker.recorder.drain()
+    with pytest.raises(AuditError):
+        await broker.list_secrets(session)  # fail closed: this one waited for its row
+    broker.audit.append, broker.audit.append_many = real_append, real_many  # type: ignore[method-assign]
+    await broker.list_secrets(session)  # written again: awaited once more, then behind as before
+    assert broker.audit.list()[0].event == "listed"
+    await broker.list_secrets(session)
+    await broker.recorder.drain()
+    assert [r.event for r in broker.audit.list()][:2] == ["listed", "listed"]
 
 
 async def test_missing_secret_fails_before_asking(broker: Broker, tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ class Access:
             memory = held(provider)  # a store unchanged since it was read answers without a thread hop
             names = memory.held_names() if memory is not None else None
             listing[name] = names if names is not None else await asyncio.to_thread(provider.list_names)
-        await self.ledger.audit(ws, "listed", None, requester=session.requester, vault=None)
+        await self.ledger.recorder.record_behind(ws, "listed", requester=session.requester, vault=None)
         return listing
 
     async def request_access(
