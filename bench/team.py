@@ -124,7 +124,7 @@ async def run(args: Any, report: b.Report) -> None:
 
     agents = 10 if args.quick else args.agents
     duration = 2.0 if args.quick else args.duration
-    n_decisions = 3 if args.quick else 20
+    n_decisions = 3 if args.quick else 50
     results: dict[str, Any] = {}
     server = PostgresServer(durable=True)  # fsync on: each released value's audit row durable, as on SQLite
     try:
