@@ -1244,7 +1244,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a store path's remembered real path is used only while the path still leads to the same file: a "
         "re-pointed symlink is resolved again",
-        "configuration/boundaries.py",
+        "providers/files.py",
         "if known is not None and known[0] == (st.st_dev, st.st_ino):",
         "if known is not None:",
         (
