@@ -1287,6 +1287,13 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/broker/test_leases.py::test_a_restarted_broker_revokes_a_lease_left_past_its_window",),
     ),
     Protection(
+        "a login minted for a command without a window is revoked when the command finishes",
+        "broker/delivery.py",
+        "await self.leases.end_request(request_id, COMMAND_FINISHED)",
+        "pass",
+        ("tests/broker/test_leases.py::test_a_command_gets_a_minted_login_that_ends_with_the_command",),
+    ),
+    Protection(
         "after a listing's row (written behind its answer) fails, the next listing waits for its row",
         "broker/recorder.py",
         "            self._behind_failed = True\n",

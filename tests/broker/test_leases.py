@@ -278,3 +278,46 @@ async def test_a_project_narrowing_a_system_minting_vault_mints_only_the_secrets
         assert [lease.name for lease in broker.leases.records.open_leases()] == ["REPORTER"]
     finally:
         await broker.stop()
+
+
+async def test_a_command_gets_a_minted_login_that_ends_with_the_command(
+    home: StatePaths, tmp_path: Path, clock: RealTime, database_engine: DatabaseEngine
+) -> None:
+    """run_with_secrets from a minting vault without a window: the command's environment holds a new login that
+    works while it runs, and the lease is revoked when the command finishes (nothing of it outlives the run)."""
+    import sys
+
+    from agent_vault.broker.delivery import COMMAND_FINISHED
+
+    broker = make_broker(home, clock, allowed(database_engine))
+    await broker.start()
+    try:
+        session = session_of(broker, database_engine, tmp_path / "p", ttl=0)
+        kept = tmp_path / "login-the-command-got.json"  # for the test to try after the command; never printed
+        probe = tmp_path / "p" / "probe.py"
+        probe.write_text(
+            "import json, os, pathlib, sys, psycopg\n"
+            "login = json.loads(os.environ['DB_LOGIN'])\n"
+            f"pathlib.Path({str(kept)!r}).write_text(os.environ['DB_LOGIN'])\n"
+            f"with psycopg.connect({database_engine.dsn!r}, user=login['username'], password=login['password']) as c:\n"
+            "    me = c.execute('SELECT current_user').fetchone()[0]\n"
+            "print('connected as the minted login:', me == login['username'])\n"
+        )
+        run = {
+            "argv": [sys.executable, str(probe)], "env": [["DB_LOGIN", "MIGRATOR"]], "cwd": str(tmp_path / "p"),
+            "timeout": 60,
+        }  # fmt: skip
+        asked = await broker.request_access(session, "db", [], "run migration 0042", run=run)
+        assert asked.request is not None and asked.status == "pending"
+        await broker.decide(asked.request.id, True, OK)
+        got = await broker.wait(session, asked.request.id, 30)
+        while got.status == "running":
+            got = await broker.wait(session, asked.request.id, 30)
+        assert got.status == "ran" and got.run is not None
+        assert "connected as the minted login: True" in got.run.stdout, got.run.stderr
+        assert broker.leases.records.open_leases() == []
+        assert not database_engine.can_log_in(kept.read_text())
+        [revoked] = events(broker, "lease_revoked")
+        assert revoked.detail["why"] == COMMAND_FINISHED
+    finally:
+        await broker.stop()
