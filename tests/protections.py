@@ -1294,6 +1294,17 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/broker/test_leases.py::test_a_command_gets_a_minted_login_that_ends_with_the_command",),
     ),
     Protection(
+        "a grouped window lookup serves only the reads that asked before it started (a revocation is seen)",
+        "broker/windows.py",
+        "                for done in group:\n",
+        "                group, self._waiting = group + self._waiting, []  # late arrivals ride on this answer\n"
+        "                for done in group:\n",
+        (
+            "tests/broker/test_replicas.py::"
+            "test_a_read_sees_a_revocation_made_while_an_earlier_window_lookup_was_under_way",
+        ),
+    ),
+    Protection(
         "after a listing's row (written behind its answer) fails, the next listing waits for its row",
         "broker/recorder.py",
         "            self._behind_failed = True\n",

@@ -34,7 +34,7 @@ from agent_vault.domain.errors import AuditError, InvalidRequest, ReadOnlyVault,
 from agent_vault.domain.grammar import check_names, check_reason, check_value
 from agent_vault.domain.request import AccessRequest, Operation, Status, new_match_code, new_request_id
 from agent_vault.domain.secret import SecretValue
-from agent_vault.providers.base import held, leasing
+from agent_vault.providers.base import held
 from agent_vault.proxy.hosts import matches_any
 
 
@@ -127,15 +127,13 @@ class Access:
         action = "write" if operation is Operation.WRITE else "run" if run is not None else "read"
         subject = command_digest(run) if run is not None else ""
         where = (ws.key, vault, checked, ws.definitions[vault], action, subject)
-        read: dict[str, SecretValue] | None = None
-        if ledger.store.over_network:  # the window lookup waits on the database: not on the event loop
-            readable = run is None and leasing(provider) is None
-            split, read = await asyncio.to_thread(self._look, where, provider, vault, readable)
+        if ledger.store.over_network:  # the window lookup waits on the database: grouped, off the event loop
+            split = await ledger.policy.split_soon(*where)
         else:
             split = ledger.policy.split(*where)
         windowed, ask = split.allowed, split.ask
         if not ask and run is None:
-            return await self._auto_approve(session, vault, split, why, read)  # checks names as it reads
+            return await self._auto_approve(session, vault, split, why)  # checks names as it reads
         if operation is Operation.READ:
             await asyncio.to_thread(require_existing, provider, vault, checked)
         if not ask and run is not None:
@@ -304,27 +302,14 @@ class Access:
         ceiling = self.ceilings.max_ttl_minutes
         return configured if ceiling is None else min(configured, ceiling)
 
-    def _look(
-        self, where: tuple[Any, ...], provider: Any, vault: str, readable: bool
-    ) -> tuple[Split, dict[str, SecretValue] | None]:
-        """On a worker thread: what the windows let through, and when that is every name of a read from a store
-        that keeps its values, those values too (checked and read on the same trip: one thread hop per read)."""
-        split = self.ledger.policy.split(*where)
-        if not readable or split.ask:
-            return split, None
-        require_existing(provider, vault, split.allowed)
-        return split, {n: provider.get(n) for n in split.allowed}
-
-    async def _auto_approve(
-        self, session: Session, vault: str, split: Split, reason: str, read: dict[str, SecretValue] | None = None
-    ) -> Outcome:
-        """Every name is inside a read window: check the names and read them in one trip to a thread (unless
-        `read` holds them already, see `_look`, or the store answers from memory)."""
+    async def _auto_approve(self, session: Session, vault: str, split: Split, reason: str) -> Outcome:
+        """Every name is inside a read window: check the names and read them in one trip to a thread (or none,
+        when the store answers from memory)."""
         ws = session.workspace
         names, end = split.allowed, split.window_end
         provider = ws.provider(vault)
-        if read is None and (memory := held(provider)) is not None:
-            read = memory.held_values(names)  # a store unchanged since it was read: no thread hop
+        memory = held(provider)
+        read = memory.held_values(names) if memory is not None else None  # a store unchanged since it was read
         if read is not None:
             values = read
         else:
