@@ -347,21 +347,50 @@ def _mcp(args: argparse.Namespace | None) -> int:
         threading.Thread(target=_prestart, daemon=True).start()
         return _serve_mcp(None)
     # Answer the session's opening from the SDK's recorded replies while, in the background, the
-    # SDK loads and the broker (if none runs) starts. Everything the first answer needs is ready
-    # before those threads start, and they yield the interpreter every 0.5 ms meanwhile.
+    # broker (if none runs) starts and what the fast path needs loads, then the SDK. Everything the
+    # first answer needs is ready before those threads start, and they yield the interpreter every
+    # 0.5 ms meanwhile.
     opening = mcp_opening.Opening(mcp_opening.claim_stdio(), replies)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     threading.Thread(target=_prestart, daemon=True).start()
-    loading = threading.Thread(target=_load_mcp_server, daemon=True)
+    sdk_wanted = threading.Event()
+    loading = threading.Thread(target=_load_mcp_server, args=(sdk_wanted, interval), daemon=True)
     loading.start()
-    try:
-        if not opening.serve():
-            return 0  # the client left before it needed the real server
+    if not opening.serve():
+        return 0  # the client left before it needed the real server
+    if not opening.switchable():  # stdin is a regular file: the SDK takes the rest of the session
+        sdk_wanted.set()
         loading.join()
-    finally:
-        sys.setswitchinterval(interval)
-    return _serve_mcp(opening.hand_over())
+        return _serve_mcp(opening.hand_over())
+    return _switch_mcp(opening, replies, sdk_wanted, loading)
+
+
+def _switch_mcp(opening: Any, replies: Any, sdk_wanted: Any, loading: Any) -> int:
+    """The rest of the session on the switchboard: hot calls answered at once, the rest by the SDK."""
+    import asyncio
+
+    from agent_vault.frontdoor import fastpath
+    from agent_vault.frontdoor.calls import Adoptions
+    from agent_vault.frontdoor.session import AgentSession, broker_paths, serve_until_stopped
+    from agent_vault.frontdoor.switchboard import Switchboard
+
+    agent = AgentSession(broker_paths())
+    adoptions = Adoptions()
+    params = opening.initialize_params
+    era = fastpath.Era(fastpath.handshake_client(params) if opening.version and params else None)
+    fast = fastpath.FastPath(agent, adoptions, fastpath.Envelope.recorded(replies), era)
+
+    async def start_sdk(stdin: Any, stdout: Any) -> None:
+        sdk_wanted.set()
+        await asyncio.to_thread(loading.join)
+        from agent_vault.frontdoor.tools import run_sdk
+
+        await run_sdk(agent, (stdin, stdout), adoptions)
+
+    board = Switchboard(opening, fast, start_sdk, on_answer=sdk_wanted.set)
+    _arun(serve_until_stopped(agent, board.run()))
+    return 0
 
 
 def _serve_mcp(streams: tuple[Any, Any] | None) -> int:
@@ -372,9 +401,19 @@ def _serve_mcp(streams: tuple[Any, Any] | None) -> int:
     return 0
 
 
-def _load_mcp_server() -> None:
-    import agent_vault.frontdoor.session
-    import agent_vault.frontdoor.tools  # noqa: F401 (the import is the slow part being overlapped)
+#: how long the SDK's import waits for the session's first answer before it starts anyway (seconds)
+SDK_LOAD_DELAY = 1.0
+
+
+def _load_mcp_server(wanted: Any, interval: float) -> None:
+    """Import what the fast path needs, then (after the first tool call's answer, or SDK_LOAD_DELAY) the SDK."""
+    import agent_vault.frontdoor.fastpath  # the import is what this thread is for
+
+    wanted.wait(SDK_LOAD_DELAY)  # the SDK's import (~0.6 s of CPU) stays off the first call's path
+    try:
+        import agent_vault.frontdoor.tools  # noqa: F401
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def _prestart() -> None:

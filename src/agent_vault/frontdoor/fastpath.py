@@ -1,0 +1,214 @@
+"""Answer the hot tool calls (list_secrets, get_secret inside an approval window) without the MCP SDK.
+
+The SDK spends about 0.85 ms per call decoding, validating, dispatching and encoding, and its import
+(about 0.6 s) used to stand before the first call. Here a `tools/call` whose every part is known is
+answered from the standard library with the same code the SDK's tools run (calls.py, results.py),
+in the JSON the SDK would write: `tests/frontdoor/test_fastpath.py` holds each reply JSON-equal to
+the SDK's for the same call in the same state, on both protocol eras.
+
+What is known, exactly: a request (int or string id) to `tools/call` with only `name`, `arguments`
+and `_meta`; the tool list_secrets with no arguments, or get_secret with string `vault`, `name` and
+`reason` and nothing else; `_meta` holding at most a progress token and, on the 2026-07-28 era, the
+per-request envelope the recording knows; and a session whose era the SDK would serve the same way
+(`Era`). Everything else (other tools, other arguments, resumed calls, another era, batches,
+responses to the server's own requests) is the SDK's, as is a get_secret that has to wait: its
+request, already sent to the broker, is handed to the SDK's tool through `Adoptions`, so progress
+and the approval link come from the SDK as before and the broker is asked once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from agent_vault.domain.wire import RequestBody
+from agent_vault.frontdoor import calls
+from agent_vault.frontdoor.opening import Replies
+from agent_vault.frontdoor.results import JsonObject
+from agent_vault.frontdoor.session import AgentSession, ClientInfo
+
+#: the fast tools and their arguments (all strings, all required, nothing else)
+FAST_TOOLS: dict[str, tuple[str, ...]] = {"list_secrets": (), "get_secret": ("vault", "name", "reason")}
+PROGRESS_TOKEN = "progressToken"  # noqa: S105 (a JSON key, not a password)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The 2026-07-28 era's per-request `_meta` keys (from the recording) and the stamp results carry."""
+
+    protocol_version: str
+    client_info: str
+    client_capabilities: str
+    #: result `_meta` by protocol version (the server's name and version)
+    stamps: dict[str, JsonObject]
+
+    @classmethod
+    def recorded(cls, replies: Replies) -> Envelope:
+        """The keys and stamps the recording of the SDK's replies holds (its tools/list results carry the stamp)."""
+        keys = replies.meta_keys
+        stamps = {version: dict(recorded["tools/list"]["_meta"]) for version, recorded in replies.modern.items()}
+        return cls(keys["protocolVersion"], keys["clientInfo"], keys["clientCapabilities"], stamps)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One tools/call the fast path answers."""
+
+    id: int | str
+    tool: str
+    arguments: dict[str, str]
+    client: ClientInfo
+    #: what a 2026-07-28 result carries besides the tool's own fields; None on the handshake era
+    modern: JsonObject | None
+
+
+class Era:
+    """Which protocol era the SDK would serve the next request in, from what it has been given.
+
+    Handshake: the opening answered `initialize` (and replayed it to the SDK), and no other
+    `initialize` went to the SDK since. Modern: no `initialize` at all and the SDK's first request,
+    if any, carried the envelope. Anything else turns the fast path off for the session.
+    """
+
+    def __init__(self, handshake_client: ClientInfo | None) -> None:
+        #: the client of the `initialize` the opening answered (and replayed to the SDK)
+        self.handshake_client = handshake_client
+        #: the era of the first request the SDK was given ("handshake" or "modern"), if any
+        self.sdk_first: str | None = "handshake" if handshake_client is not None else None
+        #: an `initialize` went to the SDK: the session is whatever it made of it
+        self.off = False
+
+    def forwarded(self, message: Any, envelope_key: str) -> None:
+        """Note a message going to the SDK."""
+        if not isinstance(message, dict) or "method" not in message:
+            return  # a response to the server's own request, or not JSON-RPC: changes no era
+        if message.get("method") == "initialize":
+            self.off = True
+            return
+        if "id" in message and self.sdk_first is None:
+            params = message.get("params")
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            self.sdk_first = "modern" if isinstance(meta, dict) and envelope_key in meta else "handshake"
+
+
+class FastPath:
+    """The fast answers of one agent session; `claim` says which messages, `answer` answers one."""
+
+    def __init__(self, agent: AgentSession, adoptions: calls.Adoptions, envelope: Envelope, era: Era) -> None:
+        self.agent = agent
+        self.adoptions = adoptions
+        self.envelope = envelope
+        self.era = era
+
+    def forwarded(self, message: Any) -> None:
+        self.era.forwarded(message, self.envelope.protocol_version)
+
+    def claim(self, message: Any) -> Call | None:
+        """The call in `message` when the fast path answers it exactly as the SDK would; None: the SDK's."""
+        if self.era.off or not isinstance(message, dict) or message.keys() != {"jsonrpc", "id", "method", "params"}:
+            return None
+        request_id, params = message["id"], message["params"]
+        if message["jsonrpc"] != "2.0" or message["method"] != "tools/call" or not isinstance(params, dict):
+            return None
+        if type(request_id) is not int and type(request_id) is not str:
+            return None
+        if not params.keys() <= {"name", "arguments", "_meta"} or not isinstance(params.get("arguments"), dict):
+            return None
+        tool, arguments = params.get("name"), params["arguments"]
+        wanted = FAST_TOOLS.get(tool) if isinstance(tool, str) else None
+        if wanted is None or arguments.keys() != set(wanted) or not all(_text(arguments[k]) for k in wanted):
+            return None
+        found = self._era_of(params.get("_meta"))
+        if found is None:
+            return None
+        client, modern = found
+        return Call(request_id, str(tool), dict(arguments), client, modern)
+
+    def _era_of(self, meta: Any) -> tuple[ClientInfo, JsonObject | None] | None:
+        """The client and the result's extra fields for a request with this `_meta`; None: the SDK's."""
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict) or not _progress_token_ok(meta.get(PROGRESS_TOKEN, 0)):
+            return None
+        keys = self.envelope
+        if keys.protocol_version not in meta:  # the handshake era
+            if self.era.handshake_client is None or not meta.keys() <= {PROGRESS_TOKEN}:
+                return None
+            return self.era.handshake_client, None
+        if self.era.handshake_client is not None or self.era.sdk_first == "handshake":
+            return None
+        if not meta.keys() <= {PROGRESS_TOKEN, keys.protocol_version, keys.client_info, keys.client_capabilities}:
+            return None
+        stamp = keys.stamps.get(meta[keys.protocol_version])
+        info, capabilities = meta.get(keys.client_info), meta.get(keys.client_capabilities)
+        if stamp is None or not _implementation(info) or not _capabilities(capabilities):
+            return None
+        assert isinstance(info, dict)
+        return _client(info), {"_meta": stamp, "resultType": "complete"}
+
+    async def answer(self, call: Call) -> bytes | None:
+        """The reply line to `call`; None when it has to wait (its request is then kept for the SDK's tool)."""
+        if call.tool == "list_secrets":
+            result = await calls.list_secrets(self.agent, call.client)
+        else:
+            args = call.arguments
+            body: RequestBody = {"vault": args["vault"], "names": [args["name"]], "reason": args["reason"],
+                                 "operation": "read"}  # fmt: skip
+            first = await calls.ask(self.agent, call.client, body, single=True)
+            if isinstance(first, calls.Waiting):
+                self.adoptions.keep(str(call.id), body, first)
+                return None
+            result = first
+        if call.modern is not None:
+            result = {**result, **call.modern}
+        reply = {"jsonrpc": "2.0", "id": call.id, "result": result}
+        return json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _text(value: Any) -> bool:
+    """A string the SDK takes as it is (valid UTF-8 on the wire: no lone surrogates)."""
+    if type(value) is not str:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _progress_token_ok(token: Any) -> bool:
+    return type(token) is int or _text(token)
+
+
+def _implementation(info: Any) -> bool:
+    """A client's name and version (and title), all strings, as the SDK's `Implementation` takes them."""
+    return (
+        isinstance(info, dict)
+        and {"name", "version"} <= info.keys() <= {"name", "version", "title"}
+        and all(_text(v) for v in info.values())
+    )
+
+
+def _capabilities(capabilities: Any) -> bool:
+    """Capabilities shaped as the SDK accepts them: each a map of flags (`listChanged`) or of maps."""
+    if not isinstance(capabilities, dict):
+        return False
+    for value in capabilities.values():
+        if not isinstance(value, dict):
+            return False
+        for key, inner in value.items():
+            if not (type(inner) is bool if key == "listChanged" else isinstance(inner, dict)):
+                return False
+    return True
+
+
+def _client(info: dict[str, str]) -> ClientInfo:
+    """The client as the SDK's tools name it (tools.py `_client_info`)."""
+    return ClientInfo(info["name"] or "unknown client", info["version"] or "")
+
+
+def handshake_client(params: JsonObject) -> ClientInfo:
+    """The client an `initialize` the opening answered names (it checked the name and version are strings)."""
+    info = params["clientInfo"]
+    return _client({"name": info["name"], "version": info["version"]})
