@@ -53,9 +53,19 @@ async def test_seed_usage_example_over_stdio(
         },
     )
     progress: list[str] = []
+    link_shown = anyio.Event()
 
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append(message or "")
+        if broker_server.url + "/approve/" in (message or ""):
+            link_shown.set()
+
+    async def decide_once_the_link_is_shown() -> None:
+        # The person approves from the link the agent's client shows: the progress must carry it. (The
+        # first call that waits may be handed from the fast path to the SDK while it is still loading.)
+        with anyio.fail_after(30):
+            await link_shown.wait()
+        await decide_when_asked(broker_server, step_clock)
 
     async with Client(stdio_params(home, project), mode=mode) as agent:  # type: ignore[arg-type]
         tools = {t.name for t in (await agent.list_tools()).tools}
@@ -74,7 +84,7 @@ async def test_seed_usage_example_over_stdio(
 
         # get_secret: the agent blocks, the human approves on the page with a code
         async with anyio.create_task_group() as tg:
-            tg.start_soon(decide_when_asked, broker_server, step_clock)
+            tg.start_soon(decide_once_the_link_is_shown)
             got = await agent.call_tool(
                 "get_secret",
                 {"vault": "dev", "name": "API_KEY", "reason": "Need API_KEY to call the staging API"},

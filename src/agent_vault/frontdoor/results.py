@@ -2,8 +2,8 @@
 
 Built from the standard library only, so that the tools on the MCP SDK (tools.py, which turn these
 into the SDK's result model) and the fast path that answers hot calls without the SDK (fastpath.py)
-give one answer from one place. Keys are the wire's (`structuredContent`, `isError`); fields the SDK
-would leave out (None) are left out.
+give one answer from one place. Keys are the wire's (`structuredContent`, `isError`, which the SDK
+writes even when false).
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ JsonObject = dict[str, Any]
 
 
 def _text_result(text: str, structured: JsonObject, *, error: bool = False) -> JsonObject:
-    result: JsonObject = {"content": [{"type": "text", "text": text}], "structuredContent": structured}
-    if error:
-        result["isError"] = True
-    return result
+    return {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": error}
 
 
 def error_result(exc: AgentVaultError) -> JsonObject:
