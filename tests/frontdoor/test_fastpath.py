@@ -47,7 +47,7 @@ MODERN_META = {
 ELICITING = {ENVELOPE.client_capabilities: {"roots": {"listChanged": True}, "elicitation": {"url": {}}}}
 #: the protocol versions served: every handshake version the recording knows, and the modern one
 ERAS = [*sorted(REPLIES.handshake), "2026-07-28"]
-UNICODE_VALUE = "fake-ünïcødé-☃-\"quoted\"-end"
+UNICODE_VALUE = 'fake-ünïcødé-☃-"quoted"-end'
 
 
 class Both:
@@ -135,7 +135,8 @@ def project_with(tmp_path: Path, name: str, secrets: dict[str, str]) -> Path:
             "strict": {"type": "env", "file": ".env.secrets", "ttl": 0},
         },
     )
-    (root / ".env.secrets").write_text("".join(f"{k}={json.dumps(v, ensure_ascii=False)}\n" for k, v in secrets.items()))
+    lines = (f"{k}={json.dumps(v, ensure_ascii=False)}\n" for k, v in secrets.items())
+    (root / ".env.secrets").write_text("".join(lines))
     return root
 
 
@@ -149,9 +150,7 @@ async def test_list_secrets_is_answered_as_the_sdk_answers(
         result = await both.same("list_secrets", {})
         with_token = await both.same("list_secrets", {}, progressToken="tok-1")
     assert result == with_token and not result.get("isError")
-    assert result["structuredContent"]["vaults"]["dev"] == sorted(secrets) or result["structuredContent"]["vaults"][
-        "dev"
-    ] == list(secrets)
+    assert sorted(result["structuredContent"]["vaults"]["dev"]) == sorted(secrets)
     if count == 0:
         assert "(no secrets)" in result["content"][0]["text"]
     assert "fake-value" not in json.dumps(result)
@@ -172,7 +171,8 @@ async def test_get_secret_inside_a_window_and_its_refusals_are_answered_as_the_s
 
         got = await both.same("get_secret", {"vault": "dev", "name": "API_KEY", "reason": "deploy staging"})
         assert got["content"][0]["text"] == FAKE_KEY and got["structuredContent"]["windowEnd"]
-        with_token = await both.same("get_secret", {"vault": "dev", "name": "API_KEY", "reason": "again"}, progressToken=7)
+        again = {"vault": "dev", "name": "API_KEY", "reason": "again"}
+        with_token = await both.same("get_secret", again, progressToken=7)
         assert with_token == got
         # a value with non-ASCII and quotes goes out as the SDK writes it
         odd = await both.same("get_secret", {"vault": "dev", "name": "UNICODE", "reason": "ünïcødé reason"})
@@ -214,7 +214,7 @@ async def test_a_call_that_waits_is_handed_to_the_sdk_which_does_not_ask_again(
     assert handed["result"]["isError"] and "denied" in handed["result"]["content"][0]["text"]
     handed["id"] = own["id"]
     # the same apart from which broker request each names
-    first, second = (json.dumps(reply).replace(req.id, "REQUEST") for reply, req in zip((handed, own), asked))
+    first, second = (json.dumps(r).replace(q.id, "REQUEST") for r, q in zip((handed, own), asked, strict=True))
     assert asked[0].id in json.dumps(handed) and first == second
 
 
