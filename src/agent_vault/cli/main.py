@@ -354,19 +354,54 @@ def _mcp(args: argparse.Namespace | None) -> int:
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     threading.Thread(target=_prestart, daemon=True).start()
-    sdk_wanted = threading.Event()
-    loading = threading.Thread(target=_load_mcp_server, args=(sdk_wanted, interval), daemon=True)
-    loading.start()
+    sdk = _SdkLoading(interval)
     if not opening.serve():
         return 0  # the client left before it needed the real server
     if not opening.switchable():  # stdin is a regular file: the SDK takes the rest of the session
-        sdk_wanted.set()
-        loading.join()
+        sdk.wanted.set()
+        sdk.thread.join()
         return _serve_mcp(opening.hand_over())
-    return _switch_mcp(opening, replies, sdk_wanted, loading)
+    return _switch_mcp(opening, replies, sdk)
 
 
-def _switch_mcp(opening: Any, replies: Any, sdk_wanted: Any, loading: Any) -> int:
+class _SdkLoading:
+    """Imports what the fast path needs at once, then the MCP SDK (about 0.6 s of CPU and 63 MiB) when a
+    message needs it or when the session has been idle for IDLE seconds: not while hot calls are being
+    answered, where it would take the interpreter from them."""
+
+    #: seconds without a message or an answer before the SDK's import starts
+    IDLE = 0.25
+
+    def __init__(self, interval: float) -> None:
+        import threading
+        import time
+
+        self._interval = interval
+        self.wanted = threading.Event()
+        #: when the session last read a message or wrote an answer (time.monotonic)
+        self.last_activity = time.monotonic()
+        self.thread = threading.Thread(target=self._load, daemon=True)
+        self.thread.start()
+
+    def active(self) -> None:
+        import time
+
+        self.last_activity = time.monotonic()
+
+    def _load(self) -> None:
+        import time
+
+        import agent_vault.frontdoor.fastpath  # the import is what this thread is for
+
+        while not self.wanted.wait(self.IDLE / 5) and time.monotonic() - self.last_activity < self.IDLE:
+            pass
+        try:
+            import agent_vault.frontdoor.tools  # noqa: F401
+        finally:
+            sys.setswitchinterval(self._interval)
+
+
+def _switch_mcp(opening: Any, replies: Any, sdk: _SdkLoading) -> int:
     """The rest of the session on the switchboard: hot calls answered at once, the rest by the SDK."""
     import asyncio
 
@@ -382,13 +417,13 @@ def _switch_mcp(opening: Any, replies: Any, sdk_wanted: Any, loading: Any) -> in
     fast = fastpath.FastPath(agent, adoptions, fastpath.Envelope.recorded(replies), era)
 
     async def start_sdk(stdin: Any, stdout: Any) -> None:
-        sdk_wanted.set()
-        await asyncio.to_thread(loading.join)
+        sdk.wanted.set()
+        await asyncio.to_thread(sdk.thread.join)
         from agent_vault.frontdoor.tools import run_sdk
 
         await run_sdk(agent, (stdin, stdout), adoptions)
 
-    board = Switchboard(opening, fast, start_sdk, on_answer=sdk_wanted.set)
+    board = Switchboard(opening, fast, start_sdk, on_activity=sdk.active)
     _arun(serve_until_stopped(agent, board.run()))
     return 0
 
@@ -399,21 +434,6 @@ def _serve_mcp(streams: tuple[Any, Any] | None) -> int:
 
     _arun(serve_stdio(AgentSession(broker_paths()), streams))
     return 0
-
-
-#: how long the SDK's import waits for the session's first answer before it starts anyway (seconds)
-SDK_LOAD_DELAY = 1.0
-
-
-def _load_mcp_server(wanted: Any, interval: float) -> None:
-    """Import what the fast path needs, then (after the first tool call's answer, or SDK_LOAD_DELAY) the SDK."""
-    import agent_vault.frontdoor.fastpath  # the import is what this thread is for
-
-    wanted.wait(SDK_LOAD_DELAY)  # the SDK's import (~0.6 s of CPU) stays off the first call's path
-    try:
-        import agent_vault.frontdoor.tools  # noqa: F401
-    finally:
-        sys.setswitchinterval(interval)
 
 
 def _prestart() -> None:

@@ -75,14 +75,14 @@ class Switchboard:
         fast: FastPath,
         start_sdk: StartSdk,
         warn: Callable[[str], object] = sys.stderr.write,
-        on_answer: Callable[[], object] = lambda: None,
+        on_activity: Callable[[], object] = lambda: None,
     ) -> None:
         self.opening = opening
         self.fast = fast
         self._start_sdk = start_sdk
         self._warn = warn
-        #: called after each fast answer is written (the SDK's import waits for the first)
-        self._on_answer = on_answer
+        #: called with each message read and each fast answer written (the SDK loads when the session is idle)
+        self._on_activity = on_activity
         self.sdk_in = SdkLines()
         #: the SDK's server, once a message needed it
         self.sdk: asyncio.Task[None] | None = None
@@ -129,6 +129,7 @@ class Switchboard:
             await self._writer.drain()
 
     def _dispatch(self, line: bytes) -> None:
+        self._on_activity()
         try:
             message = json.loads(line)
         except ValueError:
@@ -170,7 +171,7 @@ class Switchboard:
             self._forward(line, message)
             return
         self._writer.write(reply)
-        self._on_answer()
+        self._on_activity()
         await self._writer.drain()
 
     def _forward(self, line: bytes, message: Any) -> None:
