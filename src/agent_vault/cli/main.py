@@ -366,11 +366,11 @@ def _mcp(args: argparse.Namespace | None) -> int:
 
 class _SdkLoading:
     """Imports what the fast path needs at once, then the MCP SDK (about 0.6 s of CPU and 63 MiB) when a
-    message needs it or when the session has been idle for IDLE seconds: not while hot calls are being
-    answered, where it would take the interpreter from them."""
+    message needs it or when the session has been idle for IDLE seconds (an agent thinking between calls):
+    not while hot calls are being answered, where the import would take the interpreter from them."""
 
     #: seconds without a message or an answer before the SDK's import starts
-    IDLE = 0.25
+    IDLE = 2.0
 
     def __init__(self, interval: float) -> None:
         import threading
