@@ -266,3 +266,23 @@ async def test_the_era_the_sdk_serves_decides_what_the_fast_path_claims(home: St
     assert handshake.claim(call) is not None and handshake.claim(enveloped) is None
     handshake.forwarded({"jsonrpc": "2.0", "id": 3, "method": "initialize", "params": {}})
     assert handshake.claim(call) is None  # a second initialize: whatever the SDK made of it is the SDK's
+
+
+async def test_a_kept_request_is_adopted_only_by_the_same_call(home: StatePaths, tmp_path: Path) -> None:
+    """A request the fast path left waiting goes to the SDK's tool of the same id and body, once; a call that
+    reuses the id for another body asks the broker itself instead of waiting on someone else's request."""
+    from agent_vault.domain.wire import OutcomeView, RequestBody
+    from agent_vault.frontdoor.calls import Waiting
+    from agent_vault.frontdoor.client import BrokerClient
+
+    body: RequestBody = {"vault": "strict", "names": ["API_KEY"], "reason": "r", "operation": "read"}
+    other: RequestBody = {**body, "names": ["OTHER"]}
+    pending: OutcomeView = {"status": "pending", "url": None, "window_end": None}
+    waiting = Waiting(BrokerClient(None), pending)
+    adoptions = Adoptions()
+    adoptions.keep("7", body, waiting)
+    assert adoptions.take("7", other) is None
+    assert adoptions.take("7", body) is None  # gone with the mismatch
+    adoptions.keep("8", body, waiting)
+    assert adoptions.take("8", body) is waiting
+    assert adoptions.take("8", body) is None  # once

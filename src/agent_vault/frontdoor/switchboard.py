@@ -21,6 +21,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 from agent_vault.frontdoor.fastpath import Call, FastPath
@@ -118,6 +119,10 @@ class Switchboard:
                 if not line:
                     break
                 self._dispatch(line)
+        except asyncio.CancelledError:  # stopped (a signal): the SDK's calls end with the session
+            if self.sdk is not None:
+                self.sdk.cancel()
+            raise
         finally:
             flying = list(self._flight.values())
             for task in flying:
@@ -125,8 +130,10 @@ class Switchboard:
             await asyncio.gather(*flying, return_exceptions=True)
             self.sdk_in.close()
             if self.sdk is not None:
-                await self.sdk
-            await self._writer.drain()
+                with suppress(asyncio.CancelledError):
+                    await self.sdk
+            with suppress(ConnectionError):
+                await self._writer.drain()
 
     def _dispatch(self, line: bytes) -> None:
         self._on_activity()
