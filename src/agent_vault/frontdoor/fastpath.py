@@ -3,8 +3,8 @@
 The SDK spends about 0.85 ms per call decoding, validating, dispatching and encoding, and its import
 (about 0.6 s) used to stand before the first call. Here a `tools/call` whose every part is known is
 answered from the standard library with the same code the SDK's tools run (calls.py, results.py),
-in the JSON the SDK would write: `tests/frontdoor/test_fastpath.py` holds each reply JSON-equal to
-the SDK's for the same call in the same state, on both protocol eras.
+in the JSON the SDK would write: `tests/frontdoor/test_fastpath.py` holds each reply byte-identical
+to the SDK's for the same call in the same state, on both protocol eras.
 
 What is known, exactly: a request (int or string id) to `tools/call` with only `name`, `arguments`
 and `_meta`; the tool list_secrets with no arguments, or get_secret with string `vault`, `name` and
@@ -59,7 +59,7 @@ class Call:
     tool: str
     arguments: dict[str, str]
     client: ClientInfo
-    #: what a 2026-07-28 result carries besides the tool's own fields; None on the handshake era
+    #: the `_meta` a 2026-07-28 result carries (the server's name and version); None on the handshake era
     modern: JsonObject | None
 
 
@@ -145,7 +145,7 @@ class FastPath:
         if stamp is None or not _implementation(info) or not _capabilities(capabilities):
             return None
         assert isinstance(info, dict)
-        return _client(info), {"_meta": stamp, "resultType": "complete"}
+        return _client(info), stamp
 
     async def answer(self, call: Call) -> bytes | None:
         """The reply line to `call`; None when it has to wait (its request is then kept for the SDK's tool)."""
@@ -160,8 +160,9 @@ class FastPath:
                 self.adoptions.keep(str(call.id), body, first)
                 return None
             result = first
-        if call.modern is not None:
-            result = {**result, **call.modern}
+        if call.modern is not None:  # in the SDK's order: its fields, then resultType, then _meta
+            result = {"content": result["content"], "isError": result["isError"], "resultType": "complete",
+                      "structuredContent": result["structuredContent"], "_meta": call.modern}  # fmt: skip
         reply = {"jsonrpc": "2.0", "id": call.id, "result": result}
         return json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 

@@ -3,7 +3,8 @@
 Built from the standard library only, so that the tools on the MCP SDK (tools.py, which turn these
 into the SDK's result model) and the fast path that answers hot calls without the SDK (fastpath.py)
 give one answer from one place. Keys are the wire's (`structuredContent`, `isError`, which the SDK
-writes even when false).
+writes even when false), in the order the SDK writes them, so that the fast path's reply is the SDK's
+byte for byte (tests/frontdoor/test_fastpath.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ JsonObject = dict[str, Any]
 
 
 def _text_result(text: str, structured: JsonObject, *, error: bool = False) -> JsonObject:
-    return {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": error}
+    return {"content": [{"text": text, "type": "text"}], "isError": error, "structuredContent": structured}
 
 
 def error_result(exc: AgentVaultError) -> JsonObject:
