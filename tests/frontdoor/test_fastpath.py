@@ -284,3 +284,13 @@ async def test_a_kept_request_is_adopted_only_by_the_same_call(home: StatePaths,
     adoptions.keep("8", body, waiting)
     assert adoptions.take("8", body) is waiting
     assert adoptions.take("8", body) is None  # once
+
+
+async def test_request_ids_come_back_as_the_sdk_writes_them(
+    home: StatePaths, tmp_path: Path, broker_server: BrokerServer
+) -> None:
+    async with served(home, project_with(tmp_path, "p", {"API_KEY": FAKE_KEY}), "2025-11-25") as both:
+        for request_id in ["7", "abc", "", 0, -3, 2**40]:
+            message = {**both.call("list_secrets", {}), "id": request_id}
+            fast = await both.fast_reply(message)
+            assert fast == await both.sdk(message), request_id
