@@ -58,7 +58,8 @@ class Both:
         self.modern = version not in REPLIES.handshake
         self.adoptions = Adoptions()
         handshake = None if self.modern else ClientInfo(CLIENT["name"], CLIENT["version"])
-        self.fast = fastpath.FastPath(agent, self.adoptions, ENVELOPE, fastpath.Era(handshake))
+        era = fastpath.Era(handshake, fastpath.takes_links({}))  # the capabilities `served` initializes with
+        self.fast = fastpath.FastPath(agent, self.adoptions, ENVELOPE, era)
         self._to_sdk, self._from_sdk = to_sdk, from_sdk
         self._next = 100
 
@@ -189,12 +190,13 @@ async def test_get_secret_inside_a_window_and_its_refusals_are_answered_as_the_s
 async def test_a_call_that_waits_is_handed_to_the_sdk_which_does_not_ask_again(
     version: str, home: StatePaths, tmp_path: Path, broker_server: BrokerServer, step_clock: StepClock
 ) -> None:
-    """A denied request (vault strict, no window): the fast path sends it, the SDK's tool waits on it and
-    answers as it answers a request it sent itself."""
+    """A denied request (vault strict, no window) from a client that takes progress (2025-11-25) or the link
+    (2026-07-28): the fast path sends it, the SDK's tool waits on it and answers as it answers a request it
+    sent itself."""
     project = project_with(tmp_path, "p", {"API_KEY": FAKE_KEY})
     async with served(home, project, version) as both:
         args = {"vault": "strict", "name": "API_KEY", "reason": "drop the production table"}
-        meta = ELICITING if both.modern else {}
+        meta = ELICITING if both.modern else {"progressToken": "p-1"}
         message = both.call("get_secret", args, **meta)
         assert await both.fast_reply(message) is None  # pending: kept for the SDK's tool
         assert len(broker_server.broker.pending()) == 1
@@ -214,6 +216,43 @@ async def test_a_call_that_waits_is_handed_to_the_sdk_which_does_not_ask_again(
     # the same apart from which broker request each names
     first, second = (json.dumps(r).replace(q.id, "REQUEST") for r, q in zip((handed, own), asked, strict=True))
     assert asked[0].id in json.dumps(handed) and first == second
+
+
+@pytest.mark.parametrize("version", ["2025-11-25", "2026-07-28"])
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+async def test_a_call_that_waits_for_a_client_without_progress_or_links_is_answered_as_the_sdk_answers(
+    version: str,
+    decision: str,
+    home: StatePaths,
+    tmp_path: Path,
+    broker_server: BrokerServer,
+    step_clock: StepClock,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """No progress token, no URL elicitation: the SDK's tool only announces the request on stderr and waits,
+    and the fast path does the same itself (the SDK is not needed); the replies are the same."""
+    project = project_with(tmp_path, "p", {"API_KEY": FAKE_KEY})
+    async with served(home, project, version) as both:
+        args = {"vault": "strict", "name": "API_KEY", "reason": "deploy"}
+        replies: list[bytes] = []
+        for ask in (both.fast_reply, both.sdk):
+            capfd.readouterr()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(decide_when_asked, broker_server, step_clock, decision)
+                reply = await ask(both.call("get_secret", args))
+            assert reply is not None, "the fast path handed a call it can finish to the SDK"
+            replies.append(reply)
+            assert "approval needed (READ API_KEY in strict" in capfd.readouterr().err  # announced once each
+    asked = broker_server.broker.store.requests_with_status(*Status)
+    assert len(asked) == 2
+    fast, sdk = (r.replace(q.id.encode(), b"REQUEST") for r, q in zip(replies, asked, strict=True))
+    renumbered = fast.replace(b'"id":%d,' % (both._next - 1), b'"id":%d,' % both._next, 1)
+    assert renumbered == sdk
+    result = json.loads(sdk)["result"]
+    if decision == "approve":
+        assert result["content"][0]["text"] == FAKE_KEY
+    else:
+        assert result["isError"] and "denied" in result["content"][0]["text"]
 
 
 async def test_calls_the_fast_path_must_not_answer_are_left_to_the_sdk(
@@ -294,3 +333,14 @@ async def test_request_ids_come_back_as_the_sdk_writes_them(
             message = {**both.call("list_secrets", {}), "id": request_id}
             fast = await both.fast_reply(message)
             assert fast == await both.sdk(message), request_id
+
+
+def test_which_clients_take_the_approval_link() -> None:
+    """As tools.py `_offer_link` decides: URL elicitation declared; shapes the fast path cannot judge count as yes."""
+    assert fastpath.takes_links({"elicitation": {"url": {}}})
+    assert fastpath.takes_links({"elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": True}})
+    assert not fastpath.takes_links({})
+    assert not fastpath.takes_links({"elicitation": {}})
+    assert not fastpath.takes_links({"elicitation": {"form": {}}, "sampling": {}})
+    assert fastpath.takes_links({"elicitation": True})
+    assert fastpath.takes_links({"roots": {"listChanged": "yes"}})

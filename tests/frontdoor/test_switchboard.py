@@ -19,7 +19,7 @@ from agent_vault.frontdoor.session import AgentSession
 from agent_vault.frontdoor.switchboard import Switchboard
 from agent_vault.frontdoor.tools import run_sdk
 from agent_vault.home import StatePaths
-from tests.conftest import write_project
+from tests.conftest import FAKE_KEY, StepClock, decide_when_asked, write_project
 
 pytestmark = pytest.mark.anyio
 
@@ -51,7 +51,8 @@ class Session:
         assert self.opening.serve() is True  # stopped at the tool call
         self.agent = AgentSession(home, project)
         adoptions = Adoptions()
-        era = fastpath.Era(fastpath.handshake_client(self.opening.initialize_params or {}))
+        params = self.opening.initialize_params or {}
+        era = fastpath.Era(fastpath.handshake_client(params), fastpath.takes_links(params["capabilities"]))
         fast = fastpath.FastPath(self.agent, adoptions, fastpath.Envelope.recorded(replies), era)
         self.sdk_started = False
 
@@ -136,3 +137,21 @@ async def test_what_the_fast_path_does_not_claim_reaches_the_sdk_in_order(
     assert got[5]["result"] == {} and got[6]["result"]["isError"] and "API_KEY" in json.dumps(got[7])
     assert session.sdk_started
     assert await session.close(task) == []
+
+
+async def test_a_client_without_progress_or_links_waits_for_a_decision_without_the_sdk(
+    home: StatePaths, tmp_path: Path, broker_server: BrokerServer, step_clock: StepClock
+) -> None:
+    project = tmp_path / "p"
+    write_project(project)
+    session = Session(home, project)
+    task = asyncio.ensure_future(session.board.run())
+    assert [(await session.reply())["id"] for _ in range(2)] == [1, 2]
+    session.send(call(3, "get_secret", {"vault": "dev", "name": "API_KEY", "reason": "deploy"}))
+    session.send(call(4))  # answered while call 3 waits for the person
+    assert (await session.reply())["id"] == 4
+    await decide_when_asked(broker_server, step_clock)
+    third = await session.reply()
+    assert third["id"] == 3 and third["result"]["content"][0]["text"] == FAKE_KEY
+    assert await session.close(task) == []
+    assert not session.sdk_started

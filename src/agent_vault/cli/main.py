@@ -413,7 +413,11 @@ def _switch_mcp(opening: Any, replies: Any, sdk: _SdkLoading) -> int:
     agent = AgentSession(broker_paths())
     adoptions = Adoptions()
     params = opening.initialize_params
-    era = fastpath.Era(fastpath.handshake_client(params) if opening.version and params else None)
+    handshake = opening.version is not None and params is not None
+    era = fastpath.Era(
+        fastpath.handshake_client(params) if handshake else None,
+        fastpath.takes_links(params.get("capabilities")) if handshake else True,
+    )
     fast = fastpath.FastPath(agent, adoptions, fastpath.Envelope.recorded(replies), era)
 
     async def start_sdk(stdin: Any, stdout: Any) -> None:

@@ -4,16 +4,20 @@
 once (a value inside an approval window, a denial, an error) that answer is the result. When it has
 to wait (pending on a person, a command running) the rest needs the MCP layer (progress
 notifications, the approval link through elicitation), so `ask` returns the broker's answer as
-`Waiting` and the caller goes on from there; the fast path hands such a call to the SDK's tool,
+`Waiting` and the caller goes on from there: the SDK's tool with progress and the link, or, for a
+client that takes neither (no progress token, no URL elicitation), the fast path with `wait_quietly`,
+which is what the SDK's tool does then; otherwise the fast path hands the call to the SDK's tool,
 which adopts the waiting request instead of asking the broker a second time (`Adoptions`).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from agent_vault.domain.errors import AgentVaultError
+from agent_vault.domain.untrusted import visible
 from agent_vault.domain.wire import OutcomeView, RequestBody
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.frontdoor.results import JsonObject, answer_result, error_result, listing_result
@@ -48,6 +52,31 @@ async def ask(agent: AgentSession, info: ClientInfo, body: RequestBody, single: 
         return error_result(exc)
     if answer["status"] in ("pending", "running"):
         return Waiting(client, answer)
+    return answer_result(answer, single)
+
+
+def announce(answer: OutcomeView) -> None:
+    """Say on stderr that a request waits for approval, with its page (MCP clients show the server's stderr)."""
+    req = answer["request"]
+    what = "WRITE" if req["operation"] == "write" else "READ"
+    names = ", ".join(req["names"])
+    line = f"agent-vault: approval needed ({what} {names} in {req['vault']}, code {req['match_code']}): {answer['url']}"
+    print(visible(line), file=sys.stderr, flush=True)
+
+
+async def wait_quietly(agent: AgentSession, waiting: Waiting, single: bool) -> JsonObject:
+    """The result of a waiting request for a client that takes no progress and no link: announce it, wait."""
+
+    async def no_progress(done: float, total: float, message: str) -> None:
+        pass
+
+    answer = waiting.answer
+    try:
+        if answer["status"] == "pending":
+            announce(answer)
+        answer = await agent.wait(waiting.client, answer["request"]["id"], no_progress)
+    except AgentVaultError as exc:
+        return error_result(exc)
     return answer_result(answer, single)
 
 

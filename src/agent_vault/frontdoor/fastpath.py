@@ -11,9 +11,11 @@ and `_meta`; the tool list_secrets with no arguments, or get_secret with string 
 `reason` and nothing else; `_meta` holding at most a progress token and, on the 2026-07-28 era, the
 per-request envelope the recording knows; and a session whose era the SDK would serve the same way
 (`Era`). Everything else (other tools, other arguments, resumed calls, another era, batches,
-responses to the server's own requests) is the SDK's, as is a get_secret that has to wait: its
-request, already sent to the broker, is handed to the SDK's tool through `Adoptions`, so progress
-and the approval link come from the SDK as before and the broker is asked once.
+responses to the server's own requests) is the SDK's. A get_secret that has to wait for a person is
+the fast path's to the end only when the client takes neither progress (no progress token) nor the
+approval link (no URL elicitation): the SDK's tool then announces it on stderr and waits, and so
+does `calls.wait_quietly`. Otherwise its request, already sent to the broker, is handed to the SDK's
+tool through `Adoptions`, so progress and the link come from the SDK and the broker is asked once.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class Call:
     tool: str
     arguments: dict[str, str]
     client: ClientInfo
+    #: whether the client takes progress or the approval link (a call that waits is then the SDK's)
+    follows: bool
     #: the `_meta` a 2026-07-28 result carries (the server's name and version); None on the handshake era
     modern: JsonObject | None
 
@@ -71,9 +75,11 @@ class Era:
     if any, carried the envelope. Anything else turns the fast path off for the session.
     """
 
-    def __init__(self, handshake_client: ClientInfo | None) -> None:
+    def __init__(self, handshake_client: ClientInfo | None, handshake_links: bool = True) -> None:
         #: the client of the `initialize` the opening answered (and replayed to the SDK)
         self.handshake_client = handshake_client
+        #: whether that client takes the approval link through URL elicitation (or may: True when unsure)
+        self.handshake_links = handshake_links
         #: the era of the first request the SDK was given ("handshake" or "modern"), if any
         self.sdk_first: str | None = "handshake" if handshake_client is not None else None
         #: an `initialize` went to the SDK: the session is whatever it made of it
@@ -119,14 +125,17 @@ class FastPath:
         wanted = FAST_TOOLS.get(tool) if isinstance(tool, str) else None
         if wanted is None or arguments.keys() != set(wanted) or not all(_text(arguments[k]) for k in wanted):
             return None
-        found = self._era_of(params.get("_meta"))
+        meta = params.get("_meta")
+        found = self._era_of(meta)
         if found is None:
             return None
-        client, modern = found
-        return Call(request_id, str(tool), dict(arguments), client, modern)
+        client, links, modern = found
+        follows = links or (isinstance(meta, dict) and PROGRESS_TOKEN in meta)
+        return Call(request_id, str(tool), dict(arguments), client, follows, modern)
 
-    def _era_of(self, meta: Any) -> tuple[ClientInfo, JsonObject | None] | None:
-        """The client and the result's extra fields for a request with this `_meta`; None: the SDK's."""
+    def _era_of(self, meta: Any) -> tuple[ClientInfo, bool, JsonObject | None] | None:
+        """The client, whether it takes the approval link, and the result's `_meta` for a request with this
+        `_meta`; None: the SDK's."""
         if meta is None:
             meta = {}
         if not isinstance(meta, dict) or not _progress_token_ok(meta.get(PROGRESS_TOKEN, 0)):
@@ -135,7 +144,7 @@ class FastPath:
         if keys.protocol_version not in meta:  # the handshake era
             if self.era.handshake_client is None or not meta.keys() <= {PROGRESS_TOKEN}:
                 return None
-            return self.era.handshake_client, None
+            return self.era.handshake_client, self.era.handshake_links, None
         if self.era.handshake_client is not None or self.era.sdk_first == "handshake":
             return None
         if not meta.keys() <= {PROGRESS_TOKEN, keys.protocol_version, keys.client_info, keys.client_capabilities}:
@@ -145,7 +154,7 @@ class FastPath:
         if stamp is None or not _implementation(info) or not _capabilities(capabilities):
             return None
         assert isinstance(info, dict)
-        return _client(info), stamp
+        return _client(info), takes_links(capabilities), stamp
 
     async def answer(self, call: Call) -> bytes | None:
         """The reply line to `call`; None when it has to wait (its request is then kept for the SDK's tool)."""
@@ -156,10 +165,10 @@ class FastPath:
             body: RequestBody = {"vault": args["vault"], "names": [args["name"]], "reason": args["reason"],
                                  "operation": "read"}  # fmt: skip
             first = await calls.ask(self.agent, call.client, body, single=True)
-            if isinstance(first, calls.Waiting):
+            if isinstance(first, calls.Waiting) and call.follows:
                 self.adoptions.keep(str(call.id), body, first)
                 return None
-            result = first
+            result = await calls.wait_quietly(self.agent, first, True) if isinstance(first, calls.Waiting) else first
         if call.modern is not None:  # in the SDK's order: its fields, then resultType, then _meta
             result = {"content": result["content"], "isError": result["isError"], "resultType": "complete",
                       "structuredContent": result["structuredContent"], "_meta": call.modern}  # fmt: skip
@@ -202,6 +211,15 @@ def _capabilities(capabilities: Any) -> bool:
             if not (type(inner) is bool if key == "listChanged" else isinstance(inner, dict)):
                 return False
     return True
+
+
+def takes_links(capabilities: Any) -> bool:
+    """Whether a client with these capabilities takes the approval link through URL elicitation (tools.py
+    `_offer_link`); True for capabilities shaped otherwise than `_capabilities` accepts (the SDK judges)."""
+    if not _capabilities(capabilities):
+        return True
+    elicitation = capabilities.get("elicitation")
+    return isinstance(elicitation, dict) and elicitation.get("url") is not None
 
 
 def _client(info: dict[str, str]) -> ClientInfo:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Literal, TypeVar
@@ -22,7 +21,6 @@ from pydantic import BaseModel, Field
 
 from agent_vault import __version__
 from agent_vault.domain.errors import AgentVaultError
-from agent_vault.domain.untrusted import visible
 from agent_vault.domain.wire import OutcomeView, RequestBody, RequestView
 from agent_vault.frontdoor import calls
 from agent_vault.frontdoor.results import JsonObject, answer_result, error_result
@@ -212,7 +210,7 @@ async def _ask(
             answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
         if answer["status"] != "pending":
             return _sdk_result(answer_result(answer, single))
-        _announce(answer)
+        calls.announce(answer)
         offer = _offer_link(ctx, answer)
         if isinstance(offer, t.InputRequiredResult):
             return offer
@@ -268,18 +266,6 @@ async def _guard(run: Callable[[], Awaitable[R]]) -> R | t.CallToolResult:
 def _sdk_result(result: JsonObject) -> t.CallToolResult:
     """results.py's JSON as the SDK's result model (which the SDK turns back into the same JSON)."""
     return t.CallToolResult.model_validate(result, by_alias=True)
-
-
-def _announce(answer: OutcomeView) -> None:
-    req = answer["request"]
-    what = "WRITE" if req["operation"] == "write" else "READ"
-    names = ", ".join(req["names"])
-    line = f"agent-vault: approval needed ({what} {names} in {req['vault']}, code {req['match_code']}): {answer['url']}"
-    print(
-        visible(line),
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def _client_info(ctx: Context) -> ClientInfo:
