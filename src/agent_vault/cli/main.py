@@ -352,7 +352,7 @@ def _mcp(args: argparse.Namespace | None) -> int:
     # 0.5 ms meanwhile.
     opening = mcp_opening.Opening(mcp_opening.claim_stdio(), replies)
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(_SdkLoading.YIELD)
     threading.Thread(target=_prestart, daemon=True).start()
     sdk = _SdkLoading(interval)
     if not opening.serve():
@@ -365,36 +365,37 @@ def _mcp(args: argparse.Namespace | None) -> int:
 
 
 class _SdkLoading:
-    """Imports what the fast path needs at once, then the MCP SDK (about 0.6 s of CPU and 63 MiB) when a
+    """Imports what the fast path needs at once, then the MCP SDK (about 0.6 s of CPU and 35 MiB here) when a
     message needs it or when the session has been idle for IDLE seconds (an agent thinking between calls):
     not while hot calls are being answered, where the import would take the interpreter from them."""
 
     #: seconds without a message or an answer before the SDK's import starts
     IDLE = 2.0
+    #: how often a background import lets the session's thread run (seconds; sys.setswitchinterval)
+    YIELD = 0.0005
 
     def __init__(self, interval: float) -> None:
         import threading
         import time
 
         self._interval = interval
+        self._clock = time.monotonic
         self.wanted = threading.Event()
         #: when the session last read a message or wrote an answer (time.monotonic)
-        self.last_activity = time.monotonic()
+        self.last_activity = self._clock()
         self.thread = threading.Thread(target=self._load, daemon=True)
         self.thread.start()
 
     def active(self) -> None:
-        import time
-
-        self.last_activity = time.monotonic()
+        self.last_activity = self._clock()
 
     def _load(self) -> None:
-        import time
-
         import agent_vault.frontdoor.fastpath  # the import is what this thread is for
 
-        while not self.wanted.wait(self.IDLE / 5) and time.monotonic() - self.last_activity < self.IDLE:
+        sys.setswitchinterval(self._interval)
+        while not self.wanted.wait(self.IDLE / 5) and self._clock() - self.last_activity < self.IDLE:
             pass
+        sys.setswitchinterval(self.YIELD)
         try:
             import agent_vault.frontdoor.tools  # noqa: F401
         finally:
