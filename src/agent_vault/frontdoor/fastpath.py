@@ -157,7 +157,8 @@ class FastPath:
         return _client(info), takes_links(capabilities), stamp
 
     async def answer(self, call: Call) -> bytes | None:
-        """The reply line to `call`; None when it has to wait (its request is then kept for the SDK's tool)."""
+        """The reply line to `call`; None when it waits for a person and the client takes progress or the link
+        (its request is then kept for the SDK's tool)."""
         if call.tool == "list_secrets":
             result = await calls.list_secrets(self.agent, call.client)
         else:

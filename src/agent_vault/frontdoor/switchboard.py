@@ -7,8 +7,8 @@ writer. Every message is written whole by the event loop's one writer, so replie
 notifications and the server's own requests never interleave. What the SDK needs to see goes to it
 in the order it arrived: the opening's replayed `initialize`, notifications, the client's replies
 to the server's requests (elicitation), cancellations of its calls, and every request the fast path
-does not claim, including a fast get_secret that has to wait (handed over after its request was
-sent to the broker: calls.py `Adoptions`).
+does not claim, including a fast get_secret that has to wait for a client that takes progress or
+the approval link (handed over after its request was sent to the broker: calls.py `Adoptions`).
 
 The SDK's server starts with the first message it has to see; a session of fast calls only never
 starts it. A `notifications/cancelled` for a fast call in flight cancels it (no reply, as the SDK
