@@ -53,9 +53,19 @@ async def test_seed_usage_example_over_stdio(
         },
     )
     progress: list[str] = []
+    link_shown = anyio.Event()
 
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append(message or "")
+        if broker_server.url + "/approve/" in (message or ""):
+            link_shown.set()
+
+    async def decide_once_the_link_is_shown() -> None:
+        # The person approves from the link the agent's client shows: the progress must carry it. (The
+        # first call that waits may be handed from the fast path to the SDK while it is still loading.)
+        with anyio.fail_after(30):
+            await link_shown.wait()
+        await decide_when_asked(broker_server, step_clock)
 
     async with Client(stdio_params(home, project), mode=mode) as agent:  # type: ignore[arg-type]
         tools = {t.name for t in (await agent.list_tools()).tools}
@@ -74,7 +84,7 @@ async def test_seed_usage_example_over_stdio(
 
         # get_secret: the agent blocks, the human approves on the page with a code
         async with anyio.create_task_group() as tg:
-            tg.start_soon(decide_when_asked, broker_server, step_clock)
+            tg.start_soon(decide_once_the_link_is_shown)
             got = await agent.call_tool(
                 "get_secret",
                 {"vault": "dev", "name": "API_KEY", "reason": "Need API_KEY to call the staging API"},
@@ -182,3 +192,57 @@ async def test_page_and_audit_show_who_asked(home: StatePaths, tmp_path: Path, b
     assert requested.client and requested.detail["project_dir"] == str(project)
     assert requested.detail["git_remote"] == "https://example.com/team/app.git"
     assert requested.detail["pid"] > 0 and requested.detail["uid"] == os.getuid()
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])  # protocol 2026-07-28 and 2025-11-25
+async def test_fast_calls_are_answered_while_a_call_waits_on_the_sdk(
+    mode: str, home: StatePaths, tmp_path: Path, broker_server: BrokerServer, step_clock: StepClock
+) -> None:
+    """One reader and one writer for the session (frontdoor/switchboard.py): while the SDK's tool waits for a
+    decision (progress notifications; on 2025-11-25 the link offered through an elicitation request, whose
+    answer from the client must reach the SDK), hot calls are answered at once, and none of it interleaves."""
+    import mcp_types as t
+
+    project = tmp_path / "project"
+    write_project(project)
+    progress: list[str] = []
+    offered: list[str] = []
+    link_shown = anyio.Event()
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(message or "")
+        if broker_server.url + "/approve/" in (message or ""):
+            link_shown.set()
+
+    async def on_elicit(context: object, params: t.ElicitRequestParams) -> t.ElicitResult:
+        offered.append(getattr(params, "url", ""))
+        return t.ElicitResult(action="accept")
+
+    params = stdio_params(home, project)
+    async with Client(params, mode=mode, elicitation_callback=on_elicit) as agent:  # type: ignore[arg-type]
+        async with anyio.create_task_group() as tg:
+            results: dict[str, object] = {}
+
+            async def waiting_get() -> None:
+                results["get"] = await agent.call_tool(
+                    "get_secret", {"vault": "dev", "name": "API_KEY", "reason": "deploy"}, progress_callback=on_progress
+                )
+
+            tg.start_soon(waiting_get)
+            if mode == "legacy":  # 2026-07-28 returns the link as input_required and retries: no progress first
+                with anyio.fail_after(30):
+                    await link_shown.wait()
+            else:
+                with anyio.fail_after(30):
+                    while not broker_server.broker.pending():
+                        await anyio.sleep(0.01)
+            listings = [await agent.call_tool("list_secrets", {}) for _ in range(5)]
+            assert broker_server.broker.pending(), "the waiting call was decided before the listings"
+            assert all("API_KEY" in text_of(listing) for listing in listings)
+            await decide_when_asked(broker_server, step_clock)
+        windowed = await agent.call_tool("get_secret", {"vault": "dev", "name": "API_KEY", "reason": "again"})
+    assert text_of(results["get"]) == FAKE_KEY and text_of(windowed) == FAKE_KEY
+    if mode == "legacy":
+        assert offered and offered[0].startswith(broker_server.url + "/approve/")
+        assert any(broker_server.url + "/approve/" in m for m in progress)
+    assert len(broker_server.broker.store.requests_with_status(*Status)) == 1

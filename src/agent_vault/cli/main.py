@@ -347,21 +347,90 @@ def _mcp(args: argparse.Namespace | None) -> int:
         threading.Thread(target=_prestart, daemon=True).start()
         return _serve_mcp(None)
     # Answer the session's opening from the SDK's recorded replies while, in the background, the
-    # SDK loads and the broker (if none runs) starts. Everything the first answer needs is ready
-    # before those threads start, and they yield the interpreter every 0.5 ms meanwhile.
+    # broker (if none runs) starts and what the fast path needs loads, then the SDK. Everything the
+    # first answer needs is ready before those threads start, and they yield the interpreter every
+    # 0.5 ms meanwhile.
     opening = mcp_opening.Opening(mcp_opening.claim_stdio(), replies)
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(_SdkLoading.YIELD)
     threading.Thread(target=_prestart, daemon=True).start()
-    loading = threading.Thread(target=_load_mcp_server, daemon=True)
-    loading.start()
-    try:
-        if not opening.serve():
-            return 0  # the client left before it needed the real server
-        loading.join()
-    finally:
-        sys.setswitchinterval(interval)
-    return _serve_mcp(opening.hand_over())
+    sdk = _SdkLoading(interval)
+    if not opening.serve():
+        return 0  # the client left before it needed the real server
+    if not opening.switchable():  # stdin is a regular file: the SDK takes the rest of the session
+        sdk.wanted.set()
+        sdk.thread.join()
+        return _serve_mcp(opening.hand_over())
+    return _switch_mcp(opening, replies, sdk)
+
+
+class _SdkLoading:
+    """Imports what the fast path needs at once, then the MCP SDK (about 0.6 s of CPU and 35 MiB here) when a
+    message needs it or when the session has been idle for IDLE seconds (an agent thinking between calls):
+    not while hot calls are being answered, where the import would take the interpreter from them."""
+
+    #: seconds without a message or an answer before the SDK's import starts
+    IDLE = 2.0
+    #: how often a background import lets the session's thread run (seconds; sys.setswitchinterval)
+    YIELD = 0.0005
+
+    def __init__(self, interval: float) -> None:
+        import threading
+        import time
+
+        self._interval = interval
+        self._clock = time.monotonic
+        self.wanted = threading.Event()
+        #: when the session last read a message or wrote an answer (time.monotonic)
+        self.last_activity = self._clock()
+        self.thread = threading.Thread(target=self._load, daemon=True)
+        self.thread.start()
+
+    def active(self) -> None:
+        self.last_activity = self._clock()
+
+    def _load(self) -> None:
+        import agent_vault.frontdoor.fastpath  # the import is what this thread is for
+
+        sys.setswitchinterval(self._interval)
+        while not self.wanted.wait(self.IDLE / 5) and self._clock() - self.last_activity < self.IDLE:
+            pass
+        sys.setswitchinterval(self.YIELD)
+        try:
+            import agent_vault.frontdoor.tools  # noqa: F401
+        finally:
+            sys.setswitchinterval(self._interval)
+
+
+def _switch_mcp(opening: Any, replies: Any, sdk: _SdkLoading) -> int:
+    """The rest of the session on the switchboard: hot calls answered at once, the rest by the SDK."""
+    import asyncio
+
+    from agent_vault.frontdoor import fastpath
+    from agent_vault.frontdoor.calls import Adoptions
+    from agent_vault.frontdoor.session import AgentSession, broker_paths, serve_until_stopped
+    from agent_vault.frontdoor.switchboard import Switchboard
+
+    agent = AgentSession(broker_paths())
+    adoptions = Adoptions()
+    params = opening.initialize_params
+    handshake = opening.version is not None and params is not None
+    era = fastpath.Era(
+        fastpath.handshake_client(params) if handshake else None,
+        fastpath.takes_links(params.get("capabilities")) if handshake else True,
+    )
+    fast = fastpath.FastPath(agent, adoptions, fastpath.Envelope.recorded(replies), era)
+
+    async def start_sdk(stdin: Any, stdout: Any) -> None:
+        sdk.wanted.set()
+        await asyncio.to_thread(sdk.thread.join)
+        from agent_vault.frontdoor.tools import run_sdk
+
+        await run_sdk(agent, (stdin, stdout), adoptions)
+
+    board = Switchboard(opening, fast, start_sdk, on_activity=sdk.active)
+    _arun(serve_until_stopped(agent, board.run()))
+    return 0
 
 
 def _serve_mcp(streams: tuple[Any, Any] | None) -> int:
@@ -370,11 +439,6 @@ def _serve_mcp(streams: tuple[Any, Any] | None) -> int:
 
     _arun(serve_stdio(AgentSession(broker_paths()), streams))
     return 0
-
-
-def _load_mcp_server() -> None:
-    import agent_vault.frontdoor.session
-    import agent_vault.frontdoor.tools  # noqa: F401 (the import is the slow part being overlapped)
 
 
 def _prestart() -> None:

@@ -5,9 +5,11 @@ Importing the SDK takes about 0.6 s, and a client waits for the `initialize` rep
 says beyond the protocol version it asks for, so they are recorded from the SDK itself into
 `mcp_replies.json` and answered from there, from the standard library only, while the SDK loads
 in a background thread. The first message that needs the real server (a tool call, anything
-unusual) hands the session over: the SDK is given the messages it must see to reach the same
-state (`initialize`, `notifications/initialized`), its own replies to those are dropped, and the
-rest of stdin and stdout are its own from then on.
+unusual) ends the opening: the SDK is given the messages it must see to reach the same state
+(`initialize`, `notifications/initialized`) and its own replies to those are dropped. From there
+the switchboard (switchboard.py) reads stdin and writes stdout for the rest of the session,
+answering hot tool calls itself and passing everything else to the SDK; where the event loop
+cannot watch the wire (a regular file), `hand_over` gives the rest of stdin and stdout to the SDK.
 
 The recording must match what the installed SDK would answer: `python -m agent_vault.frontdoor.opening
 --record` writes it, tests/frontdoor/test_opening.py fails when it is stale, and at run time the SDK's
@@ -133,6 +135,10 @@ class Opening:
         self.answered: dict[Any, JsonObject] = {}
         #: the handshake version agreed on, once `initialize` was answered
         self.version: str | None = None
+        #: the params of the `initialize` answered
+        self.initialize_params: JsonObject | None = None
+        #: the line that ended the opening (it needs the real server); b"" while none did
+        self.stopped_at = b""
 
     def serve(self) -> bool:
         """Answer what we can; True once the real server is needed, False if the client left."""
@@ -141,7 +147,7 @@ class Opening:
             if not line:
                 return False
             if not self._handle(line):
-                self.replay.append(line)
+                self.stopped_at = line
                 return True
 
     def _handle(self, line: bytes) -> bool:
@@ -186,6 +192,7 @@ class Opening:
             return None
         version = requested if requested in self.replies.handshake else self.replies.latest_handshake
         self.version = version
+        self.initialize_params = params
         return self.replies.handshake[version]["initialize"]
 
     def _stateless(self, method: str, params: JsonObject | None) -> JsonObject | None:
@@ -212,6 +219,10 @@ class Opening:
         reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
         self.wire.writer.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
 
+    def switchable(self) -> bool:
+        """Whether the event loop can read and write the wire, so the switchboard can serve the rest."""
+        return _loop_can_watch(self.wire.fd_in) and _loop_can_watch(self.wire.writer.fileno())
+
     def hand_over(self, warn: Callable[[str], object] = sys.stderr.write) -> tuple[Any, Any]:
         """stdin and stdout for the SDK's stdio transport: replayed lines first, then the wire.
 
@@ -219,7 +230,7 @@ class Opening:
         pipe, a socket or a terminal; otherwise (a regular file, say) by blocking file objects,
         which the transport reads and writes from worker threads.
         """
-        first = b"".join(self.replay) + bytes(self.wire.pending)
+        first = b"".join(self.replay) + self.stopped_at + bytes(self.wire.pending)
         self.wire.pending.clear()
         stdout = FilteredOut(self.wire.writer, dict(self.answered), warn)
         if _loop_can_watch(self.wire.fd_in) and _loop_can_watch(self.wire.writer.fileno()):

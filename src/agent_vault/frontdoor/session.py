@@ -191,6 +191,32 @@ class AgentSession:
         return answer
 
 
+async def serve_until_stopped(agent: AgentSession, serve: Awaitable[None]) -> None:
+    """Run `serve` (this session's MCP server) until it ends. On SIGTERM or SIGINT, calls that wait for a
+    decision answer "not approved" first (half a second), then it stops. The broker session is closed either way."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(serve)
+
+    def stop() -> None:
+        if not agent.stopping.is_set():
+            agent.stopping.set()
+            loop.call_later(0.5, task.cancel)  # let waiting calls send their "not approved" replies
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for number in signals:
+        loop.add_signal_handler(number, stop)
+    try:
+        with suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(agent.close()), 2)
+
+
 def broker_paths() -> StatePaths:
     """The broker a front door uses: the system broker when root set one up for this user (its marker at a
     fixed root-owned path, agent_vault.system.record), whatever AGENT_VAULT_HOME says; otherwise the per-user

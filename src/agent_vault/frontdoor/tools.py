@@ -1,8 +1,9 @@
 """The MCP tools: thin adapters from the seed's tool contract to the broker.
 
 Tool names and parameters are the seed's (list_secrets, get_secret, get_secrets, set_secret,
-set_secrets) plus await_approval. Each tool turns broker answers into MCP results in one
-place (`_result`): values as text and structured content, errors as isError results.
+set_secrets) plus await_approval. The first step of a call and the shape of every result are
+calls.py's and results.py's, shared with the fast path (fastpath.py); what is left here needs the
+SDK's context: progress while a call waits, the approval link through elicitation, resuming.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Literal, TypeVar
@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 
 from agent_vault import __version__
 from agent_vault.domain.errors import AgentVaultError
-from agent_vault.domain.untrusted import visible
-from agent_vault.domain.wire import OutcomeView, RequestBody, RequestView, RunView
-from agent_vault.frontdoor.client import BrokerClient
-from agent_vault.frontdoor.session import AgentSession, ClientInfo, run_request
+from agent_vault.domain.wire import OutcomeView, RequestBody, RequestView
+from agent_vault.frontdoor import calls
+from agent_vault.frontdoor.results import JsonObject, answer_result, error_result
+from agent_vault.frontdoor.session import AgentSession, ClientInfo, run_request, serve_until_stopped
 
 INSTRUCTIONS = (
     "agent-vault gives you secrets only with the user's approval. Call list_secrets to see names. "
@@ -49,12 +49,15 @@ RUN = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_
 WRITE = t.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
-def build_server(agent: AgentSession) -> MCPServer:
-    """The MCP server of one agent session: the seed's tools and ours, each a method of `Tools`."""
+def build_server(agent: AgentSession, adoptions: calls.Adoptions | None = None) -> MCPServer:
+    """The MCP server of one agent session: the seed's tools and ours, each a method of `Tools`.
+
+    `adoptions`: requests the fast path already sent to the broker, which the tool of the same
+    request id waits on instead of asking again (switchboard.py)."""
     # WARNING: the SDK's INFO logging would put every broker call on the client's stderr.
     mcp = MCPServer("agent-vault", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    tools = Tools(agent)
+    tools = Tools(agent, adoptions or calls.Adoptions())
     mcp.tool(annotations=READ)(tools.list_secrets)
     mcp.tool(annotations=READ)(tools.get_secret)
     mcp.tool(annotations=READ)(tools.get_secrets)
@@ -71,17 +74,13 @@ class Tools:
     """What each MCP tool does for one agent session: build the broker request, ask, turn the answer
     into a tool result. The docstrings are the tools' descriptions; the signatures their schemas."""
 
-    def __init__(self, agent: AgentSession) -> None:
+    def __init__(self, agent: AgentSession, adoptions: calls.Adoptions) -> None:
         self.agent = agent
+        self.adoptions = adoptions
 
     async def list_secrets(self, ctx: Context) -> t.CallToolResult:
         """List the secret names in every configured vault (never values). No approval needed."""
-
-        async def run() -> t.CallToolResult:
-            listing = await self.agent.with_broker(_client_info(ctx), lambda client: client.list_secrets())
-            return _listing_result(listing)
-
-        return await _guard(run)
+        return _sdk_result(await calls.list_secrets(self.agent, _client_info(ctx)))
 
     async def get_secret(
         self, vault: str, name: str, reason: str, ctx: Context
@@ -89,7 +88,7 @@ class Tools:
         """Request one secret; the user approves or denies. Give a specific reason (what you will run
         with it). Blocks while waiting; if it returns pending, call await_approval. Never re-ask after a denial."""
         body: RequestBody = {"vault": vault, "names": [name], "reason": reason, "operation": "read"}
-        return await _ask(self.agent, ctx, body, single=True)
+        return await _ask(self.agent, self.adoptions, ctx, body, single=True)
 
     async def get_secrets(
         self, vault: str, names: list[str], reason: str, ctx: Context
@@ -97,7 +96,7 @@ class Tools:
         """Request several secrets with ONE approval (preferred over repeated get_secret). Names already
         inside an approval window are not asked again. Result: a JSON object of name -> value."""
         body: RequestBody = {"vault": vault, "names": names, "reason": reason, "operation": "read"}
-        return await _ask(self.agent, ctx, body, single=False)
+        return await _ask(self.agent, self.adoptions, ctx, body, single=False)
 
     async def set_secret(
         self, vault: str, name: str, value: str, reason: str, ctx: Context
@@ -111,7 +110,7 @@ class Tools:
             "operation": "write",
             "values": {name: value},
         }
-        return await _ask(self.agent, ctx, body, single=True)
+        return await _ask(self.agent, self.adoptions, ctx, body, single=True)
 
     async def set_secrets(
         self, vault: str, secrets: list[SecretInput], reason: str, ctx: Context
@@ -125,7 +124,7 @@ class Tools:
             "operation": "write",
             "values": values,
         }
-        return await _ask(self.agent, ctx, body, single=False)
+        return await _ask(self.agent, self.adoptions, ctx, body, single=False)
 
     async def run_with_secrets(
         self,
@@ -148,7 +147,7 @@ class Tools:
         async def build() -> RequestBody:
             return run_request(env, command, cwd, shell, timeout, self.agent.cwd, reason, via)
 
-        return await _ask(self.agent, ctx, build, single=False)
+        return await _ask(self.agent, self.adoptions, ctx, build, single=False)
 
     async def http_request(
         self,
@@ -168,7 +167,7 @@ class Tools:
         text = body if isinstance(body, str) or body is None else json.dumps(body, ensure_ascii=False)
         spec: RequestBody = {"vault": "", "names": [], "reason": reason, "operation": "read"}
         spec["http"] = {"method": method, "url": url, "headers": headers or {}, "body": text or "", "timeout": timeout}
-        return await _ask(self.agent, ctx, spec, single=False)
+        return await _ask(self.agent, self.adoptions, ctx, spec, single=False)
 
     async def generate_secret(
         self, vault: str, name: str, reason: str, ctx: Context, format: str = "password", length: int = 32
@@ -178,7 +177,7 @@ class Tools:
         through run_with_secrets."""
         body: RequestBody = {"vault": vault, "names": [name], "reason": reason, "operation": "write",
                              "generate": {"format": format, "length": length}}  # fmt: skip
-        return await _ask(self.agent, ctx, body, single=True)
+        return await _ask(self.agent, self.adoptions, ctx, body, single=True)
 
     async def await_approval(self, request_id: str, ctx: Context) -> t.CallToolResult:
         """Keep waiting for a request that an earlier call returned as pending (same session)."""
@@ -186,7 +185,7 @@ class Tools:
         async def run() -> t.CallToolResult:
             client = await self.agent.ensure(_client_info(ctx))
             answer = await self.agent.wait(client, request_id, _progress(ctx))
-            return _answer_result(answer, single=False)
+            return _sdk_result(answer_result(answer, single=False))
 
         return await _guard(run)
 
@@ -194,23 +193,24 @@ class Tools:
 Body = RequestBody | Callable[[], Awaitable[RequestBody]]
 
 
-async def _ask(agent: AgentSession, ctx: Context, spec: Body, single: bool) -> t.CallToolResult | t.InputRequiredResult:
+async def _ask(
+    agent: AgentSession, adoptions: calls.Adoptions, ctx: Context, spec: Body, single: bool
+) -> t.CallToolResult | t.InputRequiredResult:
     async def run() -> t.CallToolResult | t.InputRequiredResult:
         body = await spec() if callable(spec) else spec
         resumed = ctx.request_state  # set when the client retries after showing the approval link
         if resumed:
             client = await agent.ensure(_client_info(ctx))
-            return _answer_result(await agent.wait(client, resumed, _progress(ctx)), single)
-
-        async def ask(on: BrokerClient) -> tuple[BrokerClient, OutcomeView]:
-            return on, await on.request(body)
-
-        client, answer = await agent.with_broker(_client_info(ctx), ask)
+            return _sdk_result(answer_result(await agent.wait(client, resumed, _progress(ctx)), single))
+        first = adoptions.take(ctx.request_id, body) or await calls.ask(agent, _client_info(ctx), body, single)
+        if not isinstance(first, calls.Waiting):
+            return _sdk_result(first)
+        client, answer = first.client, first.answer
         if answer["status"] == "running":
             answer = await agent.wait(client, answer["request"]["id"], _progress(ctx))
         if answer["status"] != "pending":
-            return _answer_result(answer, single)
-        _announce(answer)
+            return _sdk_result(answer_result(answer, single))
+        calls.announce(answer)
         offer = _offer_link(ctx, answer)
         if isinstance(offer, t.InputRequiredResult):
             return offer
@@ -219,7 +219,7 @@ async def _ask(agent: AgentSession, ctx: Context, spec: Body, single: bool) -> t
         finally:
             if offer is not None:
                 offer.cancel()
-        return _answer_result(answer, single)
+        return _sdk_result(answer_result(answer, single))
 
     return await _guard(run)
 
@@ -260,112 +260,12 @@ async def _guard(run: Callable[[], Awaitable[R]]) -> R | t.CallToolResult:
     try:
         return await run()
     except AgentVaultError as exc:
-        return t.CallToolResult(
-            content=[t.TextContent(type="text", text=str(exc))],
-            structured_content={"status": "error", "code": exc.code, "message": str(exc)},
-            is_error=True,
-        )
+        return _sdk_result(error_result(exc))
 
 
-def _announce(answer: OutcomeView) -> None:
-    req = answer["request"]
-    what = "WRITE" if req["operation"] == "write" else "READ"
-    names = ", ".join(req["names"])
-    line = f"agent-vault: approval needed ({what} {names} in {req['vault']}, code {req['match_code']}): {answer['url']}"
-    print(
-        visible(line),
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-def _answer_result(answer: OutcomeView, single: bool) -> t.CallToolResult:
-    status = answer["status"]
-    if status == "ran":
-        return _ran_result(answer["run"])
-    if status == "responded":
-        return _http_result(answer["http"])
-    if status == "running":  # running, pending and written always come with their request
-        req = answer["request"]
-        text = (
-            f"The command was approved and is still running (request id {req['id']}). Call "
-            "await_approval with this request_id to collect its output; do not run it again."
-        )
-        structured: dict[str, Any] = {"status": "running", "requestId": req["id"], "progress": answer.get("progress")}
-        return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
-    if status == "pending":
-        req = answer["request"]
-        text = (
-            f"Still pending: the user has not decided yet. Request id {req['id']}, match code "
-            f"{req['match_code']}. Approval page: {answer['url']} . Call await_approval with this "
-            "request_id to keep waiting; do not request the secret again."
-        )
-        structured = {"status": "pending", "requestId": req["id"], "matchCode": req["match_code"],
-                      "url": answer["url"], "expiresAt": req["expires_at"]}  # fmt: skip
-        return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
-    if status == "written":
-        req = answer["request"]
-        names = ", ".join(req["names"])
-        text = f"Stored {names} in vault {req['vault']!r}. Refer to it by name; the value was not echoed."
-        return t.CallToolResult(
-            content=[t.TextContent(type="text", text=text)],
-            structured_content={"status": "written", "vault": req["vault"], "names": req["names"]},
-        )
-    values: dict[str, str] = answer.get("values") or {}
-    text = next(iter(values.values())) if single and len(values) == 1 else json.dumps(values, ensure_ascii=False)
-    structured = {"status": "approved", "values": values, "windowEnd": answer.get("window_end")}
-    return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
-
-
-def _http_result(http: dict[str, Any]) -> t.CallToolResult:
-    headers = "".join(f"{k}: {v}\n" for k, v in http["headers"].items())
-    cut = "\nnote: the body was cut at 256 KiB" if http["truncated"] else ""
-    text = f"HTTP {http['status']} {http['reason']}\n{headers}\n{http['body']}{cut}"
-    structured = {"status": "responded", "httpStatus": http["status"], "headers": http["headers"],
-                  "body": http["body"], "truncated": http["truncated"]}  # fmt: skip
-    return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
-
-
-def _ran_result(run: RunView) -> t.CallToolResult:
-    notes = []
-    if run["timed_out"]:
-        notes.append("the command hit its timeout and was stopped (with everything it started)")
-    if run["truncated"]:
-        notes.append("output was cut at the size limit")
-    if run["masked"]:
-        notes.append(
-            f"the output contained {', '.join(run['masked'])} (shown as [masked:NAME]); this was reported to the "
-            "user as a possible leak and its approval window was closed. Do not try to reveal it"
-        )
-    code = run["exit_code"]
-    text = f"exit code: {code if code is not None else 'none (not started or killed)'}\n"
-    text += "".join(f"note: {n}\n" for n in notes)
-    text += f"--- stdout ---\n{run['stdout']}"
-    text += f"{'' if run['stdout'].endswith(chr(10)) or not run['stdout'] else chr(10)}--- stderr ---\n{run['stderr']}"
-    structured = {
-        "status": "ran",
-        "exitCode": code,
-        "stdout": run["stdout"],
-        "stderr": run["stderr"],
-        "timedOut": run["timed_out"],
-        "truncated": run["truncated"],
-        "masked": run["masked"],
-    }
-    return t.CallToolResult(content=[t.TextContent(type="text", text=text)], structured_content=structured)
-
-
-def _listing_result(listing: dict[str, list[str]]) -> t.CallToolResult:
-    lines: list[str] = []
-    for vault, names in listing.items():
-        lines.append(f"[{vault}]")
-        lines.extend(f"  - {name}" for name in names)
-        if not names:
-            lines.append("  (no secrets)")
-        lines.append("")
-    return t.CallToolResult(
-        content=[t.TextContent(type="text", text="\n".join(lines).rstrip() + "\n")],
-        structured_content={"vaults": listing},
-    )
+def _sdk_result(result: JsonObject) -> t.CallToolResult:
+    """results.py's JSON as the SDK's result model (which the SDK turns back into the same JSON)."""
+    return t.CallToolResult.model_validate(result, by_alias=True)
 
 
 def _client_info(ctx: Context) -> ClientInfo:
@@ -394,35 +294,24 @@ async def serve_stdio(agent: AgentSession, streams: tuple[Any, Any] | None = Non
     `streams`: a (stdin, stdout) pair of text files to serve instead of the process's own, as
     handed over by `mcp_opening` after it answered the session's opening messages.
     """
-    import signal
+    await serve_until_stopped(agent, run_sdk(agent, streams))
 
+
+async def run_sdk(
+    agent: AgentSession, streams: tuple[Any, Any] | None, adoptions: calls.Adoptions | None = None
+) -> None:
+    """The SDK's server of this session on stdin/stdout, or on `streams`, until its input ends."""
     import anyio
 
-    server = build_server(agent)
-    try:
-        async with anyio.create_task_group() as tg:
+    server = build_server(agent, adoptions)
+    if streams is None:
+        await server.run_stdio_async()
+        return
+    from mcp.server.stdio import stdio_server
 
-            async def run() -> None:
-                if streams is None:
-                    await server.run_stdio_async()
-                else:
-                    from mcp.server.stdio import stdio_server
-
-                    stdin, stdout = streams
-                    if not hasattr(stdin, "__aiter__"):  # blocking files: the transport's worker threads
-                        stdin, stdout = anyio.wrap_file(stdin), anyio.wrap_file(stdout)
-                    lowlevel = server._lowlevel_server  # what run_stdio_async runs, on our streams
-                    async with stdio_server(stdin, stdout) as (read, write):
-                        await lowlevel.run(read, write, lowlevel.create_initialization_options())
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(run)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    agent.stopping.set()
-                    await anyio.sleep(0.5)  # let waiting calls send their "not approved" replies
-                    tg.cancel_scope.cancel()
-                    break
-    finally:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            await agent.close()
+    stdin, stdout = streams
+    if not hasattr(stdin, "__aiter__"):  # blocking files: the transport's worker threads
+        stdin, stdout = anyio.wrap_file(stdin), anyio.wrap_file(stdout)
+    lowlevel = server._lowlevel_server  # what run_stdio_async runs, on our streams
+    async with stdio_server(stdin, stdout) as (read, write):
+        await lowlevel.run(read, write, lowlevel.create_initialization_options())
