@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -24,23 +24,33 @@ from agent_vault.broker.proxy_gate import Loan, ProxyGate
 from agent_vault.broker.runs import RunManager, RunSpec, parse_run
 from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.errors import ApprovalError, InvalidRequest, ProviderError, RequestDenied, RequestExpired
-from agent_vault.domain.request import AccessRequest, Operation, Status
+from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Status
 from agent_vault.domain.secret import SecretValue
 from agent_vault.store.sqlite import Window
 
 log = logging.getLogger("agent_vault.broker.core")
 
+#: what a seen leak sets off (rotation.Rotations.leaked): session, vault, names, where it was seen
+Leaked = Callable[[Session, str, Sequence[str], str], Awaitable[str]]
+
 
 class Delivery:
-    def __init__(self, ledger: Ledger, *, runs: RunManager, proxy: ProxyGate | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, *, runs: RunManager, proxy: ProxyGate | None = None, leaked: Leaked | None = None
+    ) -> None:
         self.ledger = ledger
         self.runs = runs
         #: lends placeholders to commands run `via: "proxy"` (None: this broker has no proxy)
         self.proxy = proxy
+        #: the leak loop: alert, offering or asking for a rotation (None: only the alert)
+        self.leaked = leaked
 
     def request_for(self, session: Session, request_id: str) -> AccessRequest:
+        """A request of this session; or any rotation in its workspace (asking to rotate a secret whose rotation
+        is already pending joins that request, and its outcome carries no value)."""
         req = self.ledger.store.get_request(request_id)
-        if req is None or not secrets.compare_digest(req.requester.session_id, session.id):
+        joined = req is not None and ROTATE in req.extra and req.workspace == session.workspace.key
+        if req is None or not (secrets.compare_digest(req.requester.session_id, session.id) or joined):
             raise InvalidRequest(f"no request {request_id!r} belongs to this session")
         return req
 
@@ -226,6 +236,14 @@ class Delivery:
         closed = ledger.policy.close_covering(ws.key, vault, masked)
         detail["closed_windows"] = [w.id for w in closed]
         await ledger.audit(ws, "masked_output", None, request_id=request_id, detail=detail, **common)
+        argv = " ".join(spec.argv)
+        seen = f"the command `{argv[:120]}` printed it (masked in what the agent got)"
+        if self.leaked is not None:
+            try:
+                await self.leaked(session, vault, masked, seen)
+                return closed
+            except Exception:  # the config changed under it, say: the plain alert below still goes out
+                log.exception("could not offer a rotation for a leak")
         message = f"a command printed {', '.join(masked)} from vault {vault!r}; its approval window was closed"
         try:
             ledger.outreach.alert(message)
