@@ -89,6 +89,8 @@ class Delivery:
                 f"the human denied {what} to {names} in vault {req.vault!r} (request {req.id}). "
                 "Do not ask again for the same secret; ask the user how they want to proceed."
             )
+        if req.status is Status.CANCELLED and req.operation is Operation.WRITE and req.extra.get("error"):
+            return _write_outcome(req)  # approved, but the store (or a rotation's command) failed: say why
         if req.status in (Status.EXPIRED, Status.CANCELLED):
             raise RequestExpired(
                 f"request {req.id} for {names} {req.status.value} without a decision. "
