@@ -1232,4 +1232,46 @@ PROTECTIONS: tuple[Protection, ...] = (
             "tests/attacks/test_agent_tokens.py::test_an_audited_agent_whose_owner_was_changed_by_hand_is_refused",
         ),
     ),
+    Protection(
+        "denying a rotation needs the approver's factor (an agent cannot keep a leaked value alive)",
+        "broker/decisions.py",
+        "        if approve or rotation:\n",
+        "        if approve:\n",
+        ("tests/attacks/test_rotation_attacks.py::test_the_agent_cannot_deny_a_rotation_without_a_factor",),
+    ),
+    Protection(
+        "closing the agent's session does not end a rotation",
+        "broker/core.py",
+        "mine = req is not None and req.requester.session_id == session.id and ROTATE not in req.extra",
+        "mine = req is not None and req.requester.session_id == session.id",
+        ("tests/attacks/test_rotation_attacks.py::test_the_agent_cannot_deny_a_rotation_without_a_factor",),
+    ),
+    Protection(
+        "a project config's rotate.command runs only if the user's settings list that exact command",
+        "configuration/boundaries.py",
+        "    if not command or limits.trusted or tuple(command) in limits.allow_rotate_commands:\n",
+        "    if True:\n",
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_a_project_config_cannot_make_the_broker_run_its_own_rotate_command",
+            "tests/broker/test_rotation.py::test_a_command_the_settings_do_not_list_is_refused_before_anyone_is_asked",
+        ),
+    ),
+    Protection(
+        "a rotation is bound to the rotate settings it was asked with: an edit before the approval cancels it",
+        "broker/workspace.py",
+        '        what["rotate"] = rotated\n',
+        "        pass\n",
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_a_project_config_cannot_make_the_broker_run_its_own_rotate_command",
+        ),
+    ),
+    Protection(
+        "asking for a rotation ends the secret's open windows at once",
+        "broker/rotation.py",
+        '        await self._end_windows(ws, vault, name, "a rotation was asked for")\n',
+        "",
+        ("tests/attacks/test_rotation_attacks.py::test_the_rotation_path_never_hands_the_new_value_to_the_agent",),
+    ),
 )
