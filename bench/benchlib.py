@@ -185,6 +185,52 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: the machine counts as idle when the 1-minute load average is below this ...
+IDLE_LOAD = 0.3
+#: ... and no other process used more than this share of one core while it was sampled
+BUSY_CORES = 0.1
+
+
+def busy_processes(seconds: float = 2.0, exclude: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """Processes (other than this one and `exclude`) that used more than BUSY_CORES of a core over
+    `seconds`, busiest first: pid, name and cores (1.0 = one core, all threads counted)."""
+
+    def ticks() -> dict[int, tuple[str, int]]:
+        out = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                head, tail = (proc / "stat").read_text().rsplit(")", 1)
+            except OSError:
+                continue
+            fields = tail.split()
+            out[int(proc.name)] = (head.split("(", 1)[1], int(fields[11]) + int(fields[12]))
+        return out
+
+    before = ticks()
+    time.sleep(seconds)
+    after = ticks()
+    skip = {os.getpid(), *exclude}
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (name, t1) in after.items():
+        if pid in skip:
+            continue
+        cores = (t1 - before.get(pid, (name, t1))[1]) / hz / seconds
+        if cores > BUSY_CORES:
+            busy.append({"pid": pid, "name": name, "cores": round(cores, 2)})
+    return sorted(busy, key=lambda p: -p["cores"])
+
+
+def machine_state(seconds: float = 2.0) -> dict[str, Any]:
+    """The load averages, the busy processes, and whether the machine counts as idle: 1-minute load
+    below IDLE_LOAD and no other process above BUSY_CORES of a core over a `seconds` sample."""
+    busy = busy_processes(seconds)
+    load = [round(x, 2) for x in os.getloadavg()]
+    return {"loadavg": load, "busy": busy[:8], "idle": load[0] < IDLE_LOAD and not busy}
+
+
 def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:
@@ -450,13 +496,15 @@ def post_headers(base_url: str) -> dict[str, str]:
     return {"Origin": base_url.rstrip("/"), "Sec-Fetch-Site": "same-origin"}
 
 
-def browser(box: Sandbox) -> Any:
-    """A sync HTTP client for the pages that opens a new connection per request (see page_load.py:
-    on a kept-alive connection the broker's answers wait ~40 ms for a delayed ACK)."""
+def browser(box: Sandbox | str) -> Any:
+    """A sync HTTP client for the pages (of a sandbox's broker, or at a base URL) that opens a new
+    connection per request (see page_load.py: on a kept-alive connection the broker's answers wait
+    ~40 ms for a delayed ACK)."""
     import httpx2
 
     no_reuse = httpx2.Limits(max_keepalive_connections=0)
-    return httpx2.Client(base_url=box.url, trust_env=False, limits=no_reuse)
+    base_url = box if isinstance(box, str) else box.url
+    return httpx2.Client(base_url=base_url, trust_env=False, limits=no_reuse)
 
 
 def abrowser(box: Sandbox) -> Any:
@@ -490,6 +538,7 @@ class RawMcp:
         self._sel.register(self._out, selectors.EVENT_READ)
         self._buf = b""
         self._next_id = 0
+        self._methods: dict[int, str] = {}
         self.modern = False
 
     def send(self, message: dict[str, Any]) -> None:
@@ -511,6 +560,10 @@ class RawMcp:
 
     def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
         """Send one request and return its response (notifications in between are skipped)."""
+        return self.reply(self.request(method, params), timeout)
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Send one request without waiting for its response; returns its id (for `reply`)."""
         self._next_id += 1
         rid = self._next_id
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
@@ -520,10 +573,16 @@ class RawMcp:
         if params:
             message["params"] = params
         self.send(message)
+        self._methods[rid] = method
+        return rid
+
+    def reply(self, rid: int, timeout: float = 60.0) -> dict[str, Any]:
+        """The response to request `rid` (TimeoutError if none within `timeout`; ask again later)."""
         deadline = time.monotonic() + timeout
         while True:
             reply = json.loads(self._line(deadline))
             if reply.get("id") == rid:
+                method = self._methods.pop(rid, "request")
                 if "error" in reply:
                     raise RuntimeError(f"{method} failed: {reply['error']}")
                 return dict(reply["result"])

@@ -183,6 +183,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 # a throw-away PostgreSQL cluster for the whole session, for any test that asks for it (the team broker's engine)
+from tests.providers.database_engine import database_engine  # noqa: E402  (OpenBao's database engine on it)
 from tests.store.postgres_server import postgres  # noqa: E402
 
-__all__ = ["postgres"]
+__all__ = ["database_engine", "postgres"]

@@ -65,7 +65,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a value goes only to the session that asked",
         "broker/delivery.py",
-        "if req is None or not secrets.compare_digest(req.requester.session_id, session.id):",
+        "if req is None or not (secrets.compare_digest(req.requester.session_id, session.id) or joined):",
         "if req is None:",
         ("tests/broker/test_core.py::test_value_goes_only_to_the_session_that_asked",),
     ),
@@ -381,8 +381,9 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a store server named by the project config gets no credential without the user's allowance",
         "configuration/boundaries.py",
-        "    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)\n",
-        "    return webhook_problems(config, limits) + stores\n",
+        "    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)"
+        " + role_problems(config, limits)\n",
+        "    return webhook_problems(config, limits) + stores + role_problems(config, limits)\n",
         ("tests/attacks/test_store_endpoint.py",),
     ),
     # -- the proxy: where a placeholder may go ------------------------------------------------
@@ -1017,8 +1018,8 @@ PROTECTIONS: tuple[Protection, ...] = (
     ),
     Protection(
         "`store migrate --update-settings` accepts only its own [store] url line, never an unaccepted settings edit",
-        "cli/store.py",
-        "if change.digest == change.accepted_digest or settings_snapshot(self.staged)[0] == change.accepted_digest:",
+        "broker/integrity.py",
+        "if change.digest == change.accepted_digest or settings_snapshot(edited)[0] == change.accepted_digest:",
         "if True:",
         (
             "tests/attacks/test_store_migrate.py::test_a_settings_edit_is_not_accepted_through_the_move",
@@ -1273,5 +1274,58 @@ PROTECTIONS: tuple[Protection, ...] = (
         '        await self._end_windows(ws, vault, name, "a rotation was asked for")\n',
         "",
         ("tests/attacks/test_rotation_attacks.py::test_the_rotation_path_never_hands_the_new_value_to_the_agent",),
+    ),
+    Protection(
+        "a session is its front door's process's: another process on the socket cannot use its id, over HTTP "
+        "or the framed protocol (the peer is the kernel's word, never a frame's)",
+        "broker/api.py",
+        "session.requester.pid not in (None, peer[0])",
+        "False",
+        ("tests/attacks/test_framed_socket.py::test_a_framed_call_cannot_use_another_processs_session",),
+    ),
+    Protection(
+        "a store path's remembered real path is used only while the path still leads to the same file: a "
+        "re-pointed symlink is resolved again",
+        "configuration/boundaries.py",
+        "if known is not None and known[0] == (st.st_dev, st.st_ino):",
+        "if known is not None:",
+        (
+            "tests/attacks/test_symlink_swap.py::test_an_open_window_does_not_follow_a_repointed_symlink",
+            "tests/attacks/test_symlink_swap.py::test_a_pending_request_is_bound_to_where_the_link_pointed",
+        ),
+    ),
+    Protection(
+        "a project config mints credentials only from roles the user's settings allow",
+        "configuration/boundaries.py",
+        "            if role not in limits.allow_roles:\n",
+        "            if False:\n",
+        (
+            "tests/attacks/test_lease_attacks.py::test_a_project_config_cannot_mint_from_a_role_the_settings_do_not_allow",
+        ),
+    ),
+    Protection(
+        "a minted database login's lease is cut to the window, whatever the role's own lease",
+        "providers/hashicorp_database.py",
+        "            ends_at = self.renew(lease_id, seconds)\n",
+        "            ends_at = datetime.now(UTC) + timedelta(hours=1)\n",
+        ("tests/attacks/test_lease_attacks.py::test_a_project_config_cannot_make_a_login_outlive_its_window",),
+    ),
+    Protection(
+        "revoking a window revokes the credentials minted under it",
+        "broker/core.py",
+        '        await self.leases.end_windows([window.id], "window revoked")\n',
+        "",
+        (
+            "tests/broker/test_leases.py::"
+            "test_an_approved_read_mints_a_login_whose_lease_is_the_window_and_grants_revoke_ends_it",
+            "tests/frontdoor/test_lease_e2e.py::test_get_secret_mints_a_login_the_page_dates_and_grants_revoke_ends",
+        ),
+    ),
+    Protection(
+        "a broker revokes at start the leases a stopped broker left past their window",
+        "broker/leases.py",
+        "        await self.sweep()  # leases past their window, left by a broker that stopped\n",
+        "",
+        ("tests/broker/test_leases.py::test_a_restarted_broker_revokes_a_lease_left_past_its_window",),
     ),
 )

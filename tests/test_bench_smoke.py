@@ -3,6 +3,10 @@ the figures are only checked to be there and to be numbers.
 
 All scripts start at once (each in its own sandbox with its own broker and port) to keep this
 quick; the runner is checked with one cheap script.
+
+The comparison with the original TypeScript server (bench/original.py) needs a checkout of its
+source: BENCH_BASELINE=/path/to/agent_vault runs it (built with npm on first use); without one
+(as in CI) only its "no checkout: skipped" path is checked.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCRIPTS = ["cold_start", "hot_path", "decision", "pending", "page_load", "audit_bench", "memory", "proxy", "team"]
 TIMEOUT = 240
+BASELINE = os.environ.get("BENCH_BASELINE")
 
 
 def _run_all(tmp: Path) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
@@ -40,6 +45,14 @@ def _run_all(tmp: Path) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]
     }
     procs["run"] = subprocess.Popen(
         [sys.executable, str(BENCH / "run"), "--quick", "--only", "audit_bench", "--out", str(tmp / "runner")],
+        cwd=BENCH,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    procs["run-original"] = subprocess.Popen(
+        [sys.executable, str(BENCH / "run"), "--quick", "--only", "original", "--out", str(tmp / "runner-original")],
         cwd=BENCH,
         env=env,
         stdout=subprocess.PIPE,
@@ -97,8 +110,76 @@ def test_every_script_is_in_the_runner() -> None:
     runner = (BENCH / "run").read_text()
     helpers = {"benchlib", "broker_proc", "waiters", "loadgen", "ab", "profile_hot"}
     scripts = {p.stem for p in BENCH.glob("*.py")} - helpers
-    assert scripts == set(SCRIPTS)
-    assert all(f'"{name}"' in runner for name in SCRIPTS)
+    assert scripts == {*SCRIPTS, "original"}
+    assert all(f'"{name}"' in runner for name in [*SCRIPTS, "original"])
+
+
+def test_the_runner_without_a_checkout_says_the_original_is_skipped(
+    ran: tuple[Path, dict[str, subprocess.CompletedProcess[str]]],
+) -> None:
+    tmp, done = ran
+    proc = done["run-original"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "no --baseline checkout given" in proc.stdout
+        and "git clone https://github.com/loonshoot/agent_vault" in proc.stdout
+    )
+    (result,) = json.loads((tmp / "runner-original" / "quick.json").read_text())["results"]
+    assert result["script"] == "original" and result["figures"] == [] and result["skipped"]
+    assert "(skipped: no --baseline checkout given" in (tmp / "runner-original" / "quick.md").read_text()
+
+
+@pytest.mark.skipif(not BASELINE, reason="BENCH_BASELINE (a checkout of the original's source) is not set")
+def test_original_and_ours_measured_alternately_as_ratios(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.pop("AGENT_VAULT_HOME", None)
+    env["TMPDIR"] = str(tmp_path)
+    out = tmp_path / "original.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "original.py"), "--quick", "--baseline", str(BASELINE), "--json", str(out)],
+        cwd=BENCH,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # the first use builds the checkout with npm
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    figures = {f["key"]: f for f in data["figures"]}
+    for key in ("init", "first_list", "list20", "get", "decision", "list_big", "rss"):
+        for side in ("original", "ours", "ratio"):
+            assert _numbers(figures[f"orig.{key}.{side}"]), key
+        assert figures[f"orig.{key}.ratio"]["n"] == len(data["rounds"]) == 2
+        # each round's ratio is its two medians' quotient
+        assert figures[f"orig.{key}.ratio"]["min"] == pytest.approx(
+            min(r["ours"][key] / r["original"][key] for r in data["rounds"]), rel=1e-3, abs=1e-3
+        )
+    assert data["orders"] == [["ours", "original"], ["original", "ours"]]
+    assert len(data["original"]["commit"]) == 40 and data["original"]["built_now"] in (True, False)
+    for state in (data["before"], data["after"]):
+        assert len(state["loadavg"]) == 3 and isinstance(state["idle"], bool)
+    assert "| get_secret inside an approval window |" in proc.stdout
+    # nothing of either side is left running: no front door, no broker, no `node dist/index.js`
+    leftovers = [
+        cmd
+        for pid in Path("/proc").iterdir()
+        if pid.name.isdigit() and str(tmp_path).encode() in _environ(pid) and (cmd := _cmdline(pid))
+    ]
+    assert not leftovers
+
+
+def _environ(proc: Path) -> bytes:
+    try:
+        return (proc / "environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def test_no_broker_is_left_running(ran: tuple[Path, dict[str, subprocess.CompletedProcess[str]]]) -> None:

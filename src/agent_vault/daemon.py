@@ -36,6 +36,7 @@ from agent_vault.approver.protocol import Approver
 from agent_vault.broker.api import PEER_KEY, create_api
 from agent_vault.broker.audit_forwarding import WebhookHub
 from agent_vault.broker.core import Broker, Outreach
+from agent_vault.broker.frames import FramedConnection
 from agent_vault.broker.integrity import Integrity
 from agent_vault.broker.limits import Ceilings
 from agent_vault.broker.peers import PeerPolicy
@@ -45,6 +46,7 @@ from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.checkpoints.schedule import Checkpointer
 from agent_vault.configuration.settings import UserSettings, settings_path, storage
 from agent_vault.domain.errors import BrokerRunning, SystemModeError
+from agent_vault.domain.frames import PREAMBLE
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file
 from agent_vault.listening import listen_tcp
@@ -68,7 +70,11 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 
 
 class _PeerCredProtocol(H11Protocol):
-    """uvicorn's h11 protocol, tagging each request on a Unix socket with SO_PEERCRED."""
+    """uvicorn's h11 protocol, tagging each request on a Unix socket with SO_PEERCRED; a socket connection
+    that opens with the framed protocol's preamble is handed to broker/frames.py instead."""
+
+    #: the first bytes of a socket connection, until they tell HTTP from the framed protocol
+    _sniffed: bytearray | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -77,6 +83,7 @@ class _PeerCredProtocol(H11Protocol):
             return
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, _gid = struct.unpack("3i", raw)
+        self._sniffed = bytearray()
         inner = self.app
 
         async def tagged(scope: Scope, receive: Any, send: Any) -> None:
@@ -84,6 +91,25 @@ class _PeerCredProtocol(H11Protocol):
             await inner(scope, receive, send)
 
         self.app = tagged
+
+    def data_received(self, data: bytes) -> None:
+        if self._sniffed is not None:
+            self._sniffed += data
+            if len(self._sniffed) < len(PREAMBLE) and PREAMBLE.startswith(self._sniffed):
+                return  # not enough to tell yet
+            data, self._sniffed = bytes(self._sniffed), None
+            if data.startswith(PREAMBLE):  # only ever sniffed on the Unix socket
+                self._become_framed(data[len(PREAMBLE) :])
+                return
+        super().data_received(data)
+
+    def _become_framed(self, rest: bytes) -> None:
+        self.connections.discard(self)
+        framed = FramedConnection(self.app, self.connections, self.tasks)  # `tagged`: this connection's peer
+        self.transport.set_protocol(framed)
+        framed.connection_made(self.transport)
+        if rest:
+            framed.data_received(rest)
 
 
 def dispatcher(api: ASGIApp, web: ASGIApp) -> ASGIApp:

@@ -196,6 +196,16 @@ async def test_vault_scope_covers_the_vault_and_other_sessions(broker: Broker, t
     assert got.status == "delivered" and got.values["DATABASE_URL"].reveal() == FAKE_DB
 
 
+async def test_a_vault_window_releases_nothing_when_one_name_is_missing(broker: Broker, tmp_path: Path) -> None:
+    session = open_session(broker, tmp_path / "p", ttl=30, ttlScope="vault")
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    await broker.decide(out.request.id, True, OK)
+    with pytest.raises(SecretNotFound, match=r"'NOPE'.*list_secrets"):
+        await broker.request_access(session, "dev", ["API_KEY", "NOPE"], "deploy again")
+    assert "auto_approved" not in [r.event for r in broker.audit.list()], "no value left, none recorded"
+
+
 async def test_batch_asks_only_for_names_outside_a_window(broker: Broker, tmp_path: Path) -> None:
     session = open_session(broker, tmp_path / "p", ttl=15)
     first = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
@@ -319,10 +329,10 @@ async def test_audit_failure_releases_nothing(broker: Broker, tmp_path: Path) ->
     assert out.request is not None
     await broker.decide(out.request.id, True, OK)
 
-    def broken(event: object) -> object:
+    def broken(*events: object) -> object:
         raise AuditError("disk full")
 
-    broker.audit.append = broken  # type: ignore[method-assign]
+    broker.audit.append = broker.audit.append_many = broken  # type: ignore[method-assign]
     with pytest.raises(AuditError):
         await broker.wait(session, out.request.id, 0)
 

@@ -232,6 +232,23 @@ def test_removing_a_factor_needs_proof_and_never_the_last(home: StatePaths) -> N
     assert removed == [{"kind": "totp", "factor": only, "label": "authenticator app", "via": "recovery code"}]
 
 
+def test_the_last_factor_is_counted_per_approver(home: StatePaths) -> None:
+    """Another approver's factors do not make your only one removable, nor yours theirs."""
+    enrol_totp(home)
+    store = StateStore(home.state_db)
+    fs = FactorStore(store)
+    mine = fs.all()[0].id
+    alices = fs.add_totp(pyotp.random_base32(), "alice's phone", approver="alice")
+    record_factor_change(home, "factor_added", fs, alices, "test")
+    store.close()
+    term = Terminal(home, "factors", "remove", mine)
+    term.expect("that is your only factor")
+    assert term.wait() == 1 and len(factors(home)) == 2
+    term = Terminal(home, "factors", "remove", alices.id)
+    term.expect("that is approver alice's only factor")
+    assert term.wait() == 1 and "approvers invite alice" in term.seen and len(factors(home)) == 2
+
+
 @pytest.mark.anyio
 async def test_removing_a_factor_with_a_passkey_confirm_link(home: StatePaths, broker: BrokerServer) -> None:
     import anyio

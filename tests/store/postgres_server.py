@@ -66,9 +66,12 @@ class PostgresServer:
             self._as = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups", "--"]
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
         fsync = "on" if durable else "off"
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -c fsync={fsync} -c max_connections=200"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.workdir / "log"),
-                  "-w", "start")  # fmt: skip
+        self._options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -c fsync={fsync} -c max_connections=200"
+        self._start()
+
+    def _start(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", self._options, "-l",
+                  str(self.workdir / "log"), "-w", "start")  # fmt: skip
 
     def _run(self, *argv: str) -> None:
         done = subprocess.run([*self._as, *argv], capture_output=True, text=True, cwd=self.workdir, check=False)
@@ -86,6 +89,13 @@ class PostgresServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")  # a generated name, never input
         return self.url(name)
+
+    def stop_for_a_while(self) -> None:
+        """Stop the server, keeping its data: its connections end, as in a failover (`start_again` after)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def start_again(self) -> None:
+        self._start()
 
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")

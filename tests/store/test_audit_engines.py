@@ -690,3 +690,20 @@ def test_a_nul_character_is_refused_before_anything_is_written(request: pytest.F
             with pytest.raises(AuditError, match="NUL"):
                 audit_log.append(event)
         assert audit_log.list() == [] and audit_log.append(AuditEvent("listed")).id == 1
+
+
+def test_a_group_is_consecutive_rows_of_one_transaction_or_nothing(log: AuditRecords, store: Store) -> None:
+    fill(log, 2)
+    group = [AuditEvent("delivered", vault="dev", names=(f"N{i}",), request_id=f"g{i}") for i in range(5)]
+    records = log.append_many(group)
+    assert [r.request_id for r in records] == [f"g{i}" for i in range(5)]
+    assert ids(records) == [3, 4, 5, 6, 7]
+    assert [r.prev_hash for r in records[1:]] == [r.hash for r in records[:-1]]
+    assert log.verify().ok and store.count() == 7
+    if store.engine == "postgres":  # one transaction: every row of the group carries its xid
+        xids = store.execute("SELECT DISTINCT xmin::text FROM audit WHERE event = 'delivered'")
+        assert len(xids) == 1
+    with pytest.raises(TypeError):
+        log.append_many([AuditEvent("delivered", request_id="h1"), "not an event"])  # type: ignore[list-item]
+    assert store.count() == 7, "a group the log refuses writes none of its rows"
+    assert ids([log.append(AuditEvent("listed"))]) == [8]

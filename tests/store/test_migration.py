@@ -24,8 +24,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from agent_vault.cli.store import migrate, with_store_url
-from agent_vault.configuration.settings import storage
+from agent_vault.cli.store import migrate
+from agent_vault.configuration.settings import storage, with_store_url
 from agent_vault.domain.errors import AuditError, StoreMigrationError
 from agent_vault.home import StatePaths
 from agent_vault.store.audit import AuditEvent, AuditLog, row_values, utc_text
@@ -40,10 +40,10 @@ from tests.store.postgres_server import PostgresServer
 #: what state.db holds, table by table; both engines must have made exactly these
 TABLES = (
     "requests", "windows", "meta", "factors", "factor_failures", "recovery_codes", "enrol_tokens", "agents",
-    "approvers", "request_approvals",
+    "approvers", "request_approvals", "leases",
 )  # fmt: skip
 TIME_COLUMNS = {"created_at", "expires_at", "decided_at", "ends_at", "revoked_at", "used_at", "confirmed_at",
-                "last_seen_at", "removed_at", "at"}  # fmt: skip
+                "last_seen_at", "removed_at", "at", "issued_at", "until", "ended_at"}  # fmt: skip
 JSON_COLUMNS = {"names", "windowed", "requester", "previews", "extra", "limits"}
 
 
@@ -470,7 +470,7 @@ def test_the_move_covers_every_table_of_both_engines(tmp_path: Path, database: s
     assert (
         set(MOVED) == set(TABLES) == here == there - {"schema_version", "audit", "audit_head", "audit_schema_version"}
     )
-    assert len(SQLITE_MIGRATIONS) == 7  # a new migration adds tables or columns: check TABLES and this test
+    assert len(SQLITE_MIGRATIONS) == 8  # a new migration adds tables or columns: check TABLES and this test
 
 
 def test_the_url_shown_or_written_never_carries_the_password() -> None:

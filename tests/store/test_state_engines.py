@@ -337,4 +337,5 @@ def test_postgres_migration_is_idempotent_and_safe_to_race(postgres: PostgresSer
         "agents",
         "approvers",
         "request_approvals",
+        "leases",
     }

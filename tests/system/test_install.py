@@ -125,3 +125,44 @@ async def test_system_init_enrols_a_passkey_through_the_running_system_brokers_l
     assert fresh.state()["factors"] == 1
     for name in ("state.db", "audit.db"):
         assert mode(fresh.layout.state_dir / name) == (fresh.broker, fresh.broker, 0o600)
+
+
+@pytest.mark.anyio
+async def test_root_manages_the_system_brokers_approvers_and_factors(fresh: Installed) -> None:
+    """`sudo agent-vault system approvers invite|list|remove` and `system factors list`: the user's own
+    commands, run as the broker's user on its state, each change still proven with one of its factors."""
+    done = fresh.install("--allow-user", fresh.allowed, "--no-service")
+    assert done.returncode == 0, done.stdout + done.stderr
+    where = ["--user", fresh.broker, "--prefix", str(fresh.prefix)]
+    as_user = host.run(host.as_user(fresh.allowed, [*fresh.agent_vault, "system", "approvers", "list", *where]),
+                       env=host.user_env(fresh.allowed), cwd="/")  # fmt: skip
+    assert as_user.returncode != 0 and "run it as root" in as_user.stdout + as_user.stderr
+    term = Terminal(None, argv=[*fresh.agent_vault, "system", "init", *where])
+    secret = term.expect(r"Key: ([A-Z2-7]+)").group(1)
+    term.send(pyotp.TOTP(secret).now())
+    recovery = term.expect(r"Recovery codes[^\n]*\n\s+(\S+)\s*\n\s+(\S+)").groups()
+    assert term.wait() == 0, term.seen
+    fresh.start_broker()
+
+    term = Terminal(None, argv=[*fresh.agent_vault, "system", "approvers", "invite", "alice", *where])
+    await anyio.to_thread.run_sync(term.expect, "Prove it is you")
+    term.send(recovery[0])
+    base, token = (await anyio.to_thread.run_sync(term.expect, LINK)).groups()
+    assert await anyio.to_thread.run_sync(term.wait) == 0, term.seen
+    assert base.endswith(f":{fresh.port}"), "the link is the running system broker's"
+    assert "enrolled for alice" in (await enrol_passkey(base, token, SoftAuthenticator())).text
+
+    listed = Terminal(None, argv=[*fresh.agent_vault, "system", "approvers", "list", *where])
+    assert await anyio.to_thread.run_sync(listed.wait) == 0, listed.seen
+    assert any(line.startswith("alice") and "1 passkey" in line for line in listed.seen.splitlines()), listed.seen
+    factors = Terminal(None, argv=[*fresh.agent_vault, "system", "factors", "list", *where])
+    assert await anyio.to_thread.run_sync(factors.wait) == 0
+    assert "(approver alice)" in factors.seen and fresh.state()["factors"] == 2
+
+    term = Terminal(None, argv=[*fresh.agent_vault, "system", "approvers", "remove", "alice", *where])
+    await anyio.to_thread.run_sync(term.expect, "Prove it is you")
+    term.send(recovery[1])
+    assert await anyio.to_thread.run_sync(term.wait) == 0, term.seen
+    assert "Removed approver alice" in term.seen and fresh.state()["factors"] == 1
+    for name in ("state.db", "audit.db"):  # written as the broker's user: still its own, 0600
+        assert mode(fresh.layout.state_dir / name) == (fresh.broker, fresh.broker, 0o600)

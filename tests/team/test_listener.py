@@ -5,7 +5,11 @@ Real broker in this process, real TLS on loopback, real HTTP clients."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import ssl
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +84,44 @@ async def test_the_made_certificate_is_private_kept_and_its_fingerprint_printed(
         assert fingerprint(renamed.cert.read_bytes()) != first
     finally:
         await renamed.server.stop()
+
+
+#: a TLS client with only the standard library, as a Python 3.13 front door verifies the listener
+HANDSHAKE = """
+import socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+with socket.create_connection(("127.0.0.1", int(sys.argv[2]))) as raw:
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        print(tls.version(), bool(context.verify_flags & ssl.VERIFY_X509_STRICT))
+"""
+
+
+def _python_313() -> str | None:
+    """A Python 3.13 interpreter on this machine that runs (a pyenv shim of a version not selected does not)."""
+    found = [shutil.which("python3.13"), *map(str, Path.home().glob(".pyenv/versions/3.13*/bin/python3.13"))]
+    for python in filter(None, found):
+        if subprocess.run([python, "-c", "pass"], capture_output=True, check=False).returncode == 0:
+            return python
+    return None
+
+
+async def test_the_made_certificate_passes_the_stricter_checks_of_python_3_13(team_broker: TeamBroker) -> None:
+    """Python 3.13's default context adds VERIFY_X509_STRICT and VERIFY_X509_PARTIAL_CHAIN: front doors on it
+    must still accept the listener's self-signed certificate. Here with those flags on this Python, and with a
+    real 3.13 interpreter where the machine has one."""
+    context = ssl.create_default_context(cafile=str(team_broker.cert))
+    context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+    _, writer = await asyncio.open_connection("127.0.0.1", team_broker.port, ssl=context, server_hostname="localhost")
+    assert writer.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+    writer.close()
+    python = _python_313()
+    if python is not None:
+        done = await asyncio.to_thread(
+            subprocess.run, [python, "-I", "-c", HANDSHAKE, str(team_broker.cert), str(team_broker.port)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[1] == "True", "3.13's default context verifies strictly"
 
 
 async def test_the_administrators_own_certificate_is_used(

@@ -20,6 +20,7 @@ from typing import Any
 from agent_vault.broker.delivery import Delivery
 from agent_vault.broker.generate import GenerationSpec
 from agent_vault.broker.http_calls import HttpSpec, parse_http
+from agent_vault.broker.leases import LEASE, lease_note
 from agent_vault.broker.ledger import Ledger, Outcome, Session, log
 from agent_vault.broker.limits import AgentPace, Ceilings, Refusal, RequestLimiter
 from agent_vault.broker.live import Live
@@ -121,7 +122,11 @@ class Access:
 
         action = "write" if operation is Operation.WRITE else "run" if run is not None else "read"
         subject = command_digest(run) if run is not None else ""
-        split = ledger.policy.split(ws.key, vault, checked, ws.definitions[vault], action, subject)
+        where = (ws.key, vault, checked, ws.definitions[vault], action, subject)
+        if ledger.store.over_network:  # the window lookup waits on the database: not on the event loop
+            split = await asyncio.to_thread(ledger.policy.split, *where)
+        else:
+            split = ledger.policy.split(*where)
         windowed, ask = split.allowed, split.ask
         if not ask and run is None:
             return await self._auto_approve(session, vault, split, why)  # checks names as it reads
@@ -133,6 +138,7 @@ class Access:
         extra: dict[str, Any] = {"run": dict(run)} if run else {"generate": generate.to_json()} if generate else {}
         extra[DEFINITION] = ws.definitions[vault]
         extra[STORE] = ws.stores[vault]
+        _note_lease(extra, provider)
         key = (session.id, ws.key, vault, ask, windowed, operation, why, json.dumps(extra, sort_keys=True))
         existing = ledger.live.coalesced(key) if operation is Operation.READ else None
         if existing is not None:
@@ -163,6 +169,7 @@ class Access:
         extra: dict[str, Any] = {"http": {**spec.view(), "proxy": hosts}}
         extra[DEFINITION] = ws.definitions[vault]
         extra[STORE] = ws.stores[vault]
+        _note_lease(extra, ws.provider(vault))
         req = self._new_request(session, vault, spec.names, (), Operation.READ, why, None, extra)
         return await self._open(session, replace(req, ttl_minutes=0), Live(asyncio.Event(), ws, http=spec))
 
@@ -182,6 +189,7 @@ class Access:
         extra: dict[str, Any] = {"lend": {"env": [list(p) for p in pairs], "minutes": float(minutes), "proxy": hosts}}
         extra[DEFINITION] = ws.definitions[vault]
         extra[STORE] = ws.stores[vault]
+        _note_lease(extra, ws.provider(vault))
         req = self._new_request(session, vault, names, (), Operation.READ, why, None, extra)
         return await self._open(session, replace(req, ttl_minutes=0), Live(asyncio.Event(), ws))
 
@@ -313,12 +321,9 @@ class Access:
         ws = session.workspace
         names, end = split.allowed, split.window_end
         provider = ws.provider(vault)
-
-        def check_and_read() -> dict[str, SecretValue]:
-            require_existing(provider, vault, names)
-            return {n: provider.get(n) for n in names}
-
-        values = await asyncio.to_thread(check_and_read)
+        values, _ = await self.delivery.leases.values(
+            ws, vault, names, requester=session.requester, prepare=lambda: require_existing(provider, vault, names)
+        )
         await self.ledger.audit(
             ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
             scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ, detail=split.audit_detail(),
@@ -350,6 +355,13 @@ class Access:
         return await self.delivery.run_outcome(session, req, 0)
 
 
+def _note_lease(extra: dict[str, Any], provider: Any) -> None:
+    """Tell the request's page that its values are minted with a lease (leases.py), if they are."""
+    note = lease_note(provider)
+    if note is not None:
+        extra[LEASE] = note
+
+
 def require_existing(provider: Any, vault: str, names: Sequence[str]) -> None:
     """Raise SecretNotFound before anyone is asked, for names the provider does not know."""
     available = set(provider.list_names())
@@ -358,7 +370,11 @@ def require_existing(provider: Any, vault: str, names: Sequence[str]) -> None:
     if missing and has is not None:
         missing = [n for n in missing if not has(n)]
     if missing:
-        raise SecretNotFound(
-            f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
-            "Call list_secrets for the exact names; nobody was asked to approve."
-        )
+        raise not_found(vault, missing)
+
+
+def not_found(vault: str, missing: Sequence[str]) -> SecretNotFound:
+    return SecretNotFound(
+        f"no secret named {', '.join(repr(m) for m in missing)} in vault {vault!r}. "
+        "Call list_secrets for the exact names; nobody was asked to approve."
+    )

@@ -39,6 +39,7 @@ from agent_vault.domain.wire import (
     StatusView,
 )
 from agent_vault.store.agents import Agent
+from agent_vault.store.leases import window_views
 
 PEER_KEY = "agent_vault.peer"
 #: the scope key of a team agent's record (store.agents.Agent), set by the team listener from its token
@@ -275,7 +276,7 @@ class BrokerApi:
             "pid": os.getpid(),
             "url": self.broker.base_url,
             "pending": [request_view(r) for r in self.broker.pending(user)],
-            "windows": [w.to_json() for w in self.broker.windows(user)],
+            "windows": window_views(self.broker.windows(user), self.broker.leases.records),
         }
         if self.status_extra is not None and user is None:
             # tunnel, public URL, channels and their last delivery (see tunnels.remote), checkpoints

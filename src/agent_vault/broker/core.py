@@ -31,6 +31,7 @@ from agent_vault.broker.access import Access
 from agent_vault.broker.decisions import Decisions
 from agent_vault.broker.delivery import Delivery
 from agent_vault.broker.integrity import Integrity
+from agent_vault.broker.leases import Leases
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Outreach, Quiet, Session, log_task_error
 from agent_vault.broker.limits import Ceilings, RequestLimiter
 from agent_vault.broker.peers import PeerPolicy
@@ -47,8 +48,11 @@ from agent_vault.configuration.settings import ProxySettings
 from agent_vault.configuration.tightening import parse as tightening_of
 from agent_vault.domain.errors import InvalidRequest
 from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Requester, Status
+from agent_vault.providers.base import Leasing, leasing
 from agent_vault.store.agents import Agent
+from agent_vault.store.engines import open_leases
 from agent_vault.store.interface import AuditRecords, StateRecords
+from agent_vault.store.leases import LeaseRecord
 from agent_vault.store.sqlite import Window
 
 #: configs a broker keeps loaded at once (see Broker._workspaces)
@@ -80,12 +84,14 @@ class Broker:
         proxy_public_dir: Path | None = None,
         replicas: Replicas | None = None,
         sweep_seconds: float = 60.0,
+        lease_sweep_seconds: float = 15.0,
         leases: LeaseKeeper | None = None,
     ) -> None:
         """`leases`: the open leases of secrets a store mints per approval, revoked when one is rotated
         (rotation.py; None: no store mints any, and a store that cannot be written cannot be rotated);
         `replicas`: the other broker processes on a shared store, told of decisions (closed by `stop`);
-        `sweep_seconds`: how often this process ends requests whose holder died (replicas.py).
+        `sweep_seconds`: how often this process ends requests whose holder died (replicas.py);
+        `lease_sweep_seconds`: how often it ends leases whose window ended or was revoked (leases.py).
         `proxy_dir`: where the credential-injecting proxy keeps its CA (no proxy without it);
         `proxy_public_dir`: where other users' children find its certificate (a system broker's);
         `team_vaults`: the vaults a team broker's remote agents get (`[team] config`, docs/team.md)."""
@@ -138,7 +144,15 @@ class Broker:
             if proxy_dir is not None
             else None
         )
-        self.delivery = Delivery(self.ledger, runs=self.runs, proxy=self.proxy, leaked=self._leaked)
+        #: credentials minted per release, and their ends (leases.py)
+        self.leases = Leases(
+            self.ledger,
+            open_leases(store),
+            self._lease_store,
+            sweep_seconds=lease_sweep_seconds,
+            revoke_on_shutdown=self.ceilings.revoke_leases_on_shutdown,
+        )
+        self.delivery = Delivery(self.ledger, runs=self.runs, leases=self.leases, proxy=self.proxy, leaked=self._leaked)
         self.access = Access(
             self.ledger,
             delivery=self.delivery,
@@ -215,6 +229,7 @@ class Broker:
 
         self.replicas.signals.listen(heard)
         self._sweeper = asyncio.ensure_future(self._sweep_every(self._sweep_seconds))
+        await self.leases.start()  # leases a stopped broker left past their window are revoked now
 
     async def _mark_time_every(self, seconds: float) -> None:
         """Keep the clock's high-water mark fresh, so a clock set back later is noticed."""
@@ -271,6 +286,7 @@ class Broker:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.runs.stop()
+        await self.leases.stop()
         for rid in self.live.ids():
             await self.ledger.finish(rid, Status.CANCELLED, "cancelled", why="broker stopped")
         if self.proxy is not None:
@@ -365,4 +381,25 @@ class Broker:
             None, "window_revoked", None, vault=window.vault, names=(window.name,) if window.name else (),
             scope=window.scope, window_end=window.ends_at, request_id=window.request_id,
         )  # fmt: skip
+        await self.leases.end_windows([window.id], "window revoked")
         return window
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def revoke_leases_of(self, vault: str, name: str, why: str, workspace: str | None = None) -> int:
+        """Revoke every open lease of one secret (a leak, a rotation); how many were revoked (leases.py)."""
+        return await self.leases.revoke_secret(vault, name, why, workspace)
+
+    def _lease_store(self, lease: LeaseRecord) -> Leasing | None:
+        """The store that issued `lease`, for a lease this process did not issue: a loaded workspace of its
+        config, else its config file loaded again with the broker's own environment (an `env:` credential
+        of the session that asked is gone after a restart; the lease then ends at the store by itself)."""
+        for (key, _), workspace in self._workspaces.items():
+            if key == lease.workspace and lease.vault in workspace.config.vaults:
+                return leasing(workspace.provider(lease.vault))
+        fixed = self.system_vaults is not None or self.team_vaults is not None
+        limits = self.ceilings.project
+        if fixed and lease.workspace != lease.config_path:
+            limits = replace(limits, trusted=True)
+        workspace = Workspace(Path(lease.config_path), {}, limits, key=lease.workspace)
+        return leasing(workspace.provider(lease.vault))

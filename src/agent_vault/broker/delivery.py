@@ -19,9 +19,10 @@ from typing import Any
 
 from agent_vault.broker.child import RunResult
 from agent_vault.broker.integrity import UNAUDITED_APPROVAL, approved_window_end
+from agent_vault.broker.leases import COMMAND_FINISHED, LEAKED, NOT_DELIVERED, Leases
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Session
 from agent_vault.broker.proxy_gate import Loan, ProxyGate
-from agent_vault.broker.runs import RunManager, RunSpec, parse_run
+from agent_vault.broker.runs import RunManager, RunSpec, command_digest, parse_run
 from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.errors import ApprovalError, InvalidRequest, ProviderError, RequestDenied, RequestExpired
 from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Status
@@ -36,10 +37,18 @@ Leaked = Callable[[Session, str, Sequence[str], str], Awaitable[str]]
 
 class Delivery:
     def __init__(
-        self, ledger: Ledger, *, runs: RunManager, proxy: ProxyGate | None = None, leaked: Leaked | None = None
+        self,
+        ledger: Ledger,
+        *,
+        runs: RunManager,
+        leases: Leases,
+        proxy: ProxyGate | None = None,
+        leaked: Leaked | None = None,
     ) -> None:
         self.ledger = ledger
         self.runs = runs
+        #: how values are read: stored ones as they are, minted ones with a lease (leases.py)
+        self.leases = leases
         #: lends placeholders to commands run `via: "proxy"` (None: this broker has no proxy)
         self.proxy = proxy
         #: the leak loop: alert, offering or asking for a rotation (None: only the alert)
@@ -68,10 +77,6 @@ class Delivery:
         if "lend" in req.extra and req.status is Status.APPROVED:
             return await self.lend_outcome(session, req)
         return await self._outcome(session, req)
-
-    async def fetch(self, ws: Workspace, vault: str, names: Sequence[str]) -> dict[str, SecretValue]:
-        provider = ws.provider(vault)
-        return await asyncio.to_thread(lambda: {n: provider.get(n) for n in names})
 
     # -- values ---------------------------------------------------------------------------------
 
@@ -108,8 +113,15 @@ class Delivery:
         if not await self._audited(req):
             return None
         await self._refuse_if_vault_changed(ws, req)
-        values = await self.fetch(ws, req.vault, req.all_names)
+        run = req.extra.get("run")
+        lend = req.extra.get("lend")
+        values, issued = await self.leases.values(
+            ws, req.vault, req.all_names,
+            action="run" if run is not None else "read", subject=command_digest(run) if run is not None else "",
+            request_id=req.id, requester=req.requester, seconds=float(lend["minutes"]) * 60 if lend else None,
+        )  # fmt: skip
         if not self.ledger.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
+            await self.leases.withdraw(issued, NOT_DELIVERED)
             raise InvalidRequest(taken)
         return values
 
@@ -233,10 +245,12 @@ class Delivery:
         }
         common: dict[str, Any] = {"requester": session.requester, "vault": vault, "names": req.all_names}
         await ledger.audit(ws, "command_finished", None, request_id=request_id, detail=detail, **common)
+        await self.leases.end_request(request_id, COMMAND_FINISHED)  # what no window holds ends with the command
         if not masked:
             return []
         closed = ledger.policy.close_covering(ws.key, vault, masked)
         detail["closed_windows"] = [w.id for w in closed]
+        await self.leases.end_windows([w.id for w in closed], f"{LEAKED}: the command printed it")
         await ledger.audit(ws, "masked_output", None, request_id=request_id, detail=detail, **common)
         argv = " ".join(spec.argv)
         seen = f"the command `{argv[:120]}` printed it (masked in what the agent got)"

@@ -231,8 +231,7 @@ class Integrity:
                 self.report(f"factor:{fid}", found[-1])
         change = settings_change(settings, self._audit)
         if change is None:
-            digest, keys = settings_snapshot(settings)
-            self._append("settings_accepted", {SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys, "via": "first start"})
+            self._append("settings_accepted", settings_accepted(settings, via="first start"))
         elif change.digest != change.accepted_digest:
             found.append(change.describe())
             self._warn(found[-1])
@@ -409,6 +408,26 @@ def _value_at(path: Path, key: str) -> str:
     return "?"
 
 
+def settings_accepted(path: Path, *, via: str) -> dict[str, Any]:
+    """The detail of a `settings_accepted` row for settings.toml as it is now (digests only), taken `via` a
+    proof, the first start, or agent-vault's own edit."""
+    digest, keys = settings_snapshot(path)
+    return {SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys, "via": via}
+
+
+def foreign_settings_edit(path: Path, edited: Path, accepted: AuditRecord | None) -> SettingsChange | None:
+    """The change to settings.toml (`path`) that nobody accepted, when agent-vault is about to replace it with
+    its own edit (`edited`); None when there is none: the file is what the log last `accepted` (or none was
+    ever recorded), or the edit itself is (an earlier run accepted it). Agent-vault takes its own edit
+    without proof, never anyone else's."""
+    if accepted is None or SETTINGS_DIGEST not in accepted.detail:
+        return None
+    change = SettingsChange(path, accepted)
+    if change.digest == change.accepted_digest or settings_snapshot(edited)[0] == change.accepted_digest:
+        return None
+    return change
+
+
 def settings_change(path: Path, audit: AuditRecords) -> SettingsChange | None:
     """None when no settings were ever recorded; otherwise the comparison (maybe without a change)."""
     accepted = audit.latest_with(SETTINGS_DIGEST, ("settings_accepted",))
@@ -422,7 +441,6 @@ def accept_settings(paths: StatePaths, prove: Callable[[FactorRecords], str]) ->
 
     path = settings_path(paths)
     load_settings(paths)  # refuse a file the broker would refuse (syntax, keys, permissions)
-    digest, keys = settings_snapshot(path)
     with _opened(paths) as (store, audit):
         if audit is None:
             raise AuditError(f"no audit log at {paths.audit_db}: start the broker once (`agent-vault serve`)")
@@ -434,8 +452,10 @@ def accept_settings(paths: StatePaths, prove: Callable[[FactorRecords], str]) ->
         via = prove(factors) if factors.all() else "no factor enrolled"
         if checkpoint_problem(store, audit) is None:  # never move a checkpoint past a broken log
             audit.subscribe(lambda row: store.set_meta(CHECKPOINT, _mark(row)))
-        Recorder(audit).write("settings_accepted", {SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys, "via": via})
-    return f"accepted {path} as it is now ({len(keys)} settings); `agent-vault doctor` no longer flags it"
+        detail = settings_accepted(path, via=via)
+        Recorder(audit).write("settings_accepted", detail)
+    settings = len(detail[SETTINGS_KEYS])
+    return f"accepted {path} as it is now ({settings} settings); `agent-vault doctor` no longer flags it"
 
 
 # -- what doctor shows ----------------------------------------------------------------------------

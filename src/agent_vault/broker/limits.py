@@ -61,6 +61,8 @@ class Ceilings:
     project: ProjectLimits = field(default_factory=ProjectLimits)
     #: pending caps and pace
     requests: Limits = field(default_factory=Limits)
+    #: whether the broker revokes the leases it issued when it stops (`[leases] revokeOnShutdown`)
+    revoke_leases_on_shutdown: bool = True
 
     @classmethod
     def from_settings(cls, settings: UserSettings, paths: StatePaths) -> Ceilings:
@@ -70,6 +72,7 @@ class Ceilings:
             max_request_timeout=policy.max_request_timeout,
             project=ProjectLimits.from_settings(settings, paths),
             requests=policy.limits(),
+            revoke_leases_on_shutdown=settings.leases.revoke_on_shutdown,
         )
 
 

@@ -9,7 +9,9 @@ door never imports the broker, and no broker of that home need be running.
 
 A request's row carries its vault, names, operation, reason, scope and id, and who asked (client,
 pid, uid, project, git remote); never a value. `record` appends off the event loop and is durable
-when it returns, so callers can release a value only after it.
+when it returns, so callers can release a value only after it. Rows asked for while a commit is under
+way go together in the next one (group commit): one transaction and one fsync for the rows of many
+concurrent releases, each still durable before its caller goes on.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Recorder:
         #: receives every record of a webhook event, with the workspace whose webhooks apply
         self.forward = forward
         self._notes: set[asyncio.Future[None]] = set()
+        self._group = GroupCommit(audit)
 
     async def record(
         self,
@@ -59,7 +62,7 @@ class Recorder:
             extra.update({k: v for k, v in who.to_json().items() if k != "client" and v is not None})
         if ws is not None:
             extra.setdefault("config", ws.key)
-        record = await asyncio.to_thread(self.audit.append, AuditEvent(event=event, detail=extra, **base))
+        record = await self._group.append(AuditEvent(event=event, detail=extra, **base))
         if ws is not None and event in WEBHOOK_EVENTS and self.forward is not None:
             self.forward(ws, record)
         return record
@@ -86,12 +89,68 @@ class Recorder:
         """Wait for the rows `note` is still writing (before the audit log closes)."""
         while self._notes:
             await asyncio.gather(*self._notes, return_exceptions=True)
+        await self._group.drain()
 
     def _note_now(self, event: str, detail: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
         try:
             self.write(event, detail, **fields)
         except AuditError:  # already said where it happened; the audit error surfaces on the next release
             log.warning("could not record %s in the audit log", event)
+
+
+class GroupCommit:
+    """Appends from the event loop, committed in groups: what is asked for while a commit is under way (on a
+    worker thread, the fsync off the loop) waits and goes in the next one, in the order asked. A group the log
+    refuses is written again row by row, so one bad row fails only its own caller."""
+
+    def __init__(self, audit: AuditRecords) -> None:
+        self._audit = audit
+        self._waiting: list[tuple[AuditEvent, asyncio.Future[AuditRecord]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def append(self, event: AuditEvent) -> AuditRecord:
+        """The row for `event`, durable; raises what the log raised for it (AuditError)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[AuditRecord] = loop.create_future()
+        self._waiting.append((event, done))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write())
+        return await done
+
+    async def drain(self) -> None:
+        """Wait until every row asked for is written (or refused)."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    records = await asyncio.to_thread(self._audit.append_many, [event for event, _ in group])
+                except Exception as exc:
+                    if len(group) == 1:
+                        _settle(group[0][1], exc)
+                        continue
+                    for event, done in group:  # each alone: one refused row must not sink the others
+                        try:
+                            _settle(done, await asyncio.to_thread(self._audit.append, event))
+                        except Exception as alone:
+                            _settle(done, alone)
+                    continue
+                for (_, done), record in zip(group, records, strict=True):
+                    _settle(done, record)
+        finally:
+            self._writer = None
+
+
+def _settle(done: asyncio.Future[AuditRecord], outcome: AuditRecord | BaseException) -> None:
+    if done.done():  # its caller was cancelled: the row is written all the same
+        return
+    if isinstance(outcome, BaseException):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
 
 
 def _request_fields(req: AccessRequest) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +32,7 @@ from agent_vault.configuration.project import Config, VaultConfig, load_config, 
 from agent_vault.configuration.tightening import Tightening
 from agent_vault.domain.errors import ConfigError, InvalidRequest, SecretNotFound
 from agent_vault.domain.secret import SecretValue
-from agent_vault.providers.base import ProviderContext, ProviderOptions, SecretProvider
+from agent_vault.providers.base import Lease, Leasing, ProviderContext, ProviderOptions, SecretProvider, leasing
 from agent_vault.providers.registry import provider_class
 
 
@@ -108,7 +109,8 @@ class Workspace:
             provider = build_provider(name, pinned(vault, locations))
             only = self.tightening.only(name) if self.tightening is not None else None
             if only is not None:
-                provider = Narrowed(provider, only)
+                minting = leasing(provider)
+                provider = NarrowedLeasing(minting, only) if minting is not None else Narrowed(provider, only)
             self._providers[name] = provider
         return provider
 
@@ -266,3 +268,25 @@ class Narrowed:
         if outside:
             raise InvalidRequest(f"{', '.join(outside)} are not among this project's secrets (its `only` list)")
         self._inner.set_many(values)
+
+
+class NarrowedLeasing(Narrowed):
+    """A store that mints credentials (providers.base.Leasing), seen through a project's `only` list."""
+
+    def __init__(self, inner: Leasing, only: frozenset[str]) -> None:
+        super().__init__(inner, only)  # type: ignore[arg-type]  # a minting store is a SecretProvider too
+        self._minting = inner
+        self.lease_kind = inner.lease_kind
+        self.revocable = inner.revocable
+        self.min_lease_seconds = inner.min_lease_seconds
+
+    def issue(self, name: str, seconds: int) -> Lease:
+        if name not in self._only:
+            raise SecretNotFound(f"{name} is not among this project's secrets (its config's `only` list)")
+        return self._minting.issue(name, seconds)
+
+    def renew(self, lease_id: str, seconds: int) -> datetime:
+        return self._minting.renew(lease_id, seconds)
+
+    def revoke(self, lease_id: str) -> None:
+        self._minting.revoke(lease_id)

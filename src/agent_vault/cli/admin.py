@@ -27,10 +27,11 @@ from agent_vault.domain.errors import (
     SystemModeError,
 )
 from agent_vault.domain.untrusted import shown
-from agent_vault.domain.wire import WindowView
+from agent_vault.domain.wire import LeaseView, WindowView
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.home import StatePaths, default_root, is_default, state_paths
-from agent_vault.store.sqlite import Window
+from agent_vault.store.engines import open_leases
+from agent_vault.store.leases import window_views
 
 
 async def broker_status(as_json: bool = False) -> str:
@@ -130,9 +131,10 @@ def _probe(name: str, vault: VaultConfig) -> tuple[str, bool]:
     return f"  {name} ({vault.type}): ok, {count} name{'s' if count != 1 else ''}", True
 
 
-def _windows() -> list[Window]:
+def _window_views() -> list[WindowView]:
+    """The active windows, each with the leases minted under it."""
     with storage(state_paths()).state() as store:
-        return store.active_windows(datetime.now(UTC))
+        return window_views(store.active_windows(datetime.now(UTC)), open_leases(store))
 
 
 def _system_broker() -> StatePaths | None:
@@ -165,12 +167,26 @@ def grants_list(as_json: bool = False) -> str:
 
         windows = asyncio.run(_system_windows(system))
     else:
-        windows = [w.to_json() for w in _windows()]
+        windows = _window_views()
     if as_json:
         return json.dumps(windows, indent=2)
     if not windows:
         return "no active approval windows"
-    return window_table(windows)
+    leases = [lease for w in windows for lease in w.get("leases", [])]
+    return window_table(windows) + ("\n\n" + lease_table(leases) if leases else "")
+
+
+def lease_table(leases: list[LeaseView], indent: str = "") -> str:
+    """The credentials minted under windows (docs/leases.md): which window, the store's lease shortened, when
+    the credential itself stops working, and its state ("open", "revoked", or "unrevocable": AWS STS)."""
+    rows = []
+    for lease in leases:
+        ends = datetime.fromisoformat(lease["credential_ends_at"])
+        state = lease["state"] if lease["revocable"] else f"{lease['state']} (cannot be revoked early)"
+        what = f"{lease['vault']}/{lease['name']}"
+        rows.append([lease["window"] or "-", what, lease["kind"], lease["store_lease"], _utc(ends), state])
+    header = ["WINDOW", "VAULT/SECRET", "CREDENTIAL", "STORE LEASE", "CREDENTIAL ENDS (UTC)", "STATE"]
+    return table(header, rows, caps={1: 48, 3: 48}, indent=indent)
 
 
 #: what a window's "allows" (Window.to_json) means, in a few words
@@ -207,18 +223,21 @@ def _duration(seconds: int) -> str:
 
 
 async def grants_revoke(window_id: str | None, every: bool = False) -> str:
+    """End windows (and revoke the leases minted under them): through the running broker, which holds the
+    stores that minted them, else in the state files (leases are then revoked with the config loaded again)."""
     from agent_vault.broker.core import Broker
     from agent_vault.daemon import offline_broker
 
     system = _system_broker()
     if system is not None:  # over the socket: the system broker ends only this user's own windows
-        async with BrokerClient(system.socket) as client:
-            ids = [w["id"] for w in (await client.status())["windows"]] if every else [window_id or ""]
-            if every and not ids:
-                return "no active approval windows"
-            ended = [(await client.revoke(wid))["revoked"] for wid in ids]
-        return "\n".join(f"revoked {w['id']} ({w['vault']}/{w['name'] or '*'})" for w in ended)
-    broker: Broker = offline_broker(state_paths())
+        return await _revoke_over(system.socket, window_id, every)
+    paths = state_paths()
+    if paths.socket.exists():
+        try:
+            return await _revoke_over(paths.socket, window_id, every)
+        except BrokerUnavailable:
+            pass  # no broker answers: the files are ours to change
+    broker: Broker = offline_broker(paths)
     try:
         ids = [w.id for w in broker.windows()] if every else [window_id or ""]
         if every and not ids:
@@ -228,6 +247,16 @@ async def grants_revoke(window_id: str | None, every: bool = False) -> str:
         broker.store.close()
         broker.audit.close()
     return "\n".join(f"revoked {w.id} ({w.vault}/{w.name or '*'})" for w in done)
+
+
+async def _revoke_over(socket: Path, window_id: str | None, every: bool) -> str:
+    """`grants revoke` through a running broker's socket (BrokerUnavailable when none answers there)."""
+    async with BrokerClient(socket) as client:
+        ids = [w["id"] for w in (await client.status())["windows"]] if every else [window_id or ""]
+        if every and not ids:
+            return "no active approval windows"
+        ended = [(await client.revoke(wid))["revoked"] for wid in ids]
+    return "\n".join(f"revoked {w['id']} ({w['vault']}/{w['name'] or '*'})" for w in ended)
 
 
 def _when(text: str | None) -> datetime | None:

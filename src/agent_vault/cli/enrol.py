@@ -96,7 +96,8 @@ def record_factor_change(paths: StatePaths, event: str, factors: FactorRecords, 
 # -- init -------------------------------------------------------------------------------------
 
 
-#: set by `sudo agent-vault system init` for the `init` it runs as the broker's user: ["PREFIX", "USER"]
+#: set by `sudo agent-vault system init|factors|approvers` for the command it runs as the broker's user, on the
+#: system broker's state: ["PREFIX", "USER"]
 SYSTEM_INIT = "AGENT_VAULT_SYSTEM_INIT"
 
 
@@ -243,7 +244,7 @@ def factors_add(passkey: bool, totp: bool, port: int | None = None) -> int:
     require_terminal()
     if passkey == totp:
         raise AgentVaultError("say what to add: `agent-vault factors add --passkey` or `--totp`")
-    paths = state_paths()
+    paths = command_paths()
     with _factors(paths) as factors:
         _enrolled(factors)
         if passkey:  # the enrolment page itself asks for proof from an existing factor
@@ -255,13 +256,19 @@ def factors_add(passkey: bool, totp: bool, port: int | None = None) -> int:
 
 def factors_remove(factor_id: str, port: int | None = None) -> int:
     require_terminal()
-    paths = state_paths()
+    paths = command_paths()
     with _factors(paths) as factors:
         found = [f for f in factors.all() if f.id == factor_id]
         if not found:
             raise AgentVaultError(f"no factor {factor_id!r}; see `agent-vault factors list`")
-        if len(factors.all()) == 1:
-            raise AgentVaultError("that is your only factor: enrol another first (`agent-vault factors add`)")
+        whose = found[0].approver
+        if sum(f.approver == whose for f in factors.all()) == 1:  # another approver's factors are not yours
+            if not whose:
+                raise AgentVaultError("that is your only factor: enrol another first (`agent-vault factors add`)")
+            raise AgentVaultError(
+                f"that is approver {whose}'s only factor: send them a new link to enrol another first "
+                f"(`agent-vault approvers invite {whose}`), or remove them (`agent-vault approvers remove {whose}`)"
+            )
         via = prove(paths, factors, port)
         record_factor_change(paths, "factor_removed", factors, found[0], via)
         factors.remove(factor_id)
@@ -271,7 +278,7 @@ def factors_remove(factor_id: str, port: int | None = None) -> int:
 
 def recovery_codes(port: int | None = None) -> int:
     require_terminal()
-    paths = state_paths()
+    paths = command_paths()
     with _factors(paths) as factors:
         _enrolled(factors)
         via = prove(paths, factors, port)
@@ -284,7 +291,7 @@ def recovery_codes(port: int | None = None) -> int:
 
 
 def factors_list() -> str:
-    paths = state_paths()
+    paths = command_paths()
     with _factors(paths) as factors:
         rows = factors.all()
         left = factors.recovery_codes_left()
@@ -305,8 +312,8 @@ def command_paths() -> StatePaths:
 
 
 def _system_init_paths() -> StatePaths | None:
-    """The system broker's paths when `system init` runs this (its passkey link is the running system
-    broker's); None for a user's own `init`."""
+    """The system broker's paths when `system init|factors|approvers` runs this (its links are the running
+    system broker's); None for a user's own command."""
     given = os.environ.get(SYSTEM_INIT)
     if not given:
         return None

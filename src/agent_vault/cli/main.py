@@ -247,7 +247,15 @@ def _system_commands(sub: Any, command: Any, actions: Any) -> None:
         action="store_true",
         help="a passkey instead, through the running system broker's one-time enrolment link",
     )
-    for parser in (install, uninstall, serve, imports, init):
+    factors = command(system, "factors", "the system broker's factors: list, add, remove, recovery-codes (as root)")
+    factors.add_argument("what", choices=["list", "add", "remove", "recovery-codes"], help="what to do, as `factors`")
+    factors.add_argument("factor", nargs="?", help="with remove: the factor's id, from `system factors list`")
+    factors.add_argument("--passkey", action="store_true", help="with add: a passkey, through the broker's link")
+    factors.add_argument("--totp", action="store_true", help="with add: an authenticator app")
+    approvers = command(system, "approvers", "the system broker's approvers: invite, list, remove (as root)")
+    approvers.add_argument("what", choices=["invite", "list", "remove"], help="what to do, as `approvers`")
+    approvers.add_argument("name", nargs="?", help="with invite and remove: the approver's name")
+    for parser in (install, uninstall, serve, imports, init, factors, approvers):
         parser.add_argument("--user", default="agent-vault", help="the broker's system user (default agent-vault)")
         parser.add_argument("--prefix", default="/", help="put every path of the install under this directory")
 

@@ -16,16 +16,16 @@ very state dir (an earlier run stopped after its commit): then only what is left
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent_vault.cli.table import table
+from agent_vault.configuration.env_refs import env_ref
+from agent_vault.configuration.settings import toml_string, with_store_url
 from agent_vault.domain.errors import BrokerRunning, StoreMigrationError
 from agent_vault.home import StatePaths, state_paths
 
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
     from agent_vault.store.postgres_audit import PostgresAuditLog
 
 Say = Callable[[str], None]
-
-_STORE_HEADER = re.compile(r"^[ \t]*\[[ \t]*store[ \t]*\][ \t]*(#[^\n]*)?$", re.MULTILINE)
-_ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def migrate(to: str, *, update_settings: bool, say: Say, tell: Say) -> int:
@@ -111,7 +108,7 @@ def prepare(to: str, role: str, *, say: Say) -> int:
         f"{done.where} is ready: {len(done.tables)} state tables and the audit tables, at the newest schema.\n"
         f"Role {role} may read and change the state and append to the audit, never rewrite or delete it.\n"
         f"Give it a way to log in (a password in the broker's ~/.pgpass, a client certificate), then point\n"
-        f"the broker at it as that role, in settings.toml:\n\n[store]\nurl = {_toml_string(role_url)}"
+        f"the broker at it as that role, in settings.toml:\n\n[store]\nurl = {toml_string(role_url)}"
     )
     return 0
 
@@ -120,11 +117,11 @@ def _target(to: str) -> tuple[str, str]:
     """(what settings.toml would say, the URL): `--to env:VAR` is read from the environment and kept as is."""
     setting = to.strip()
     url = setting
-    ref = _ENV_REF.fullmatch(setting)
+    ref = env_ref(setting)
     if ref is not None:
-        url = os.environ.get(ref[1], "")
+        url = os.environ.get(ref, "")
         if not url:
-            raise StoreMigrationError(f"--to {setting}: the variable {ref[1]} is not set (export the URL in it)")
+            raise StoreMigrationError(f"--to {setting}: the variable {ref} is not set (export the URL in it)")
     from agent_vault.store.engines import is_postgres
 
     if not is_postgres(url):
@@ -197,7 +194,7 @@ def _lines_to_add(path: Path, setting: str, url: str) -> str:
         f"To run the broker on it, put these lines in {path} (or run again with --update-settings):",
         "",
         "[store]",
-        f"url = {_toml_string(shown)}",
+        f"url = {toml_string(shown)}",
         "",
     ]
     if shown != setting:
@@ -240,36 +237,31 @@ class _SettingsUpdate:
         return cls(path, staged)
 
     def check(self, found: Copy | None, source: SqliteSource, audit: PostgresAuditLog) -> None:
-        """Refuse unless settings.toml is what the log last accepted (or none was ever recorded): agent-vault
-        takes its own edit without proof, never anyone else's. The log is the source's; or, when the target
-        already holds the copy (`found`), the target's, where an earlier run may have accepted this very edit."""
-        from agent_vault.broker.integrity import SETTINGS_DIGEST, SettingsChange, settings_snapshot
+        """Refuse an edit of settings.toml that the log did not accept (see `integrity.foreign_settings_edit`).
+        The log is the source's; or, when the target already holds the copy (`found`), the target's, where an
+        earlier run may have accepted this very edit."""
+        from agent_vault.broker.integrity import SETTINGS_DIGEST, foreign_settings_edit
 
         if found is None:
             accepted = source.latest("settings_accepted")
         else:
             accepted = audit.latest_with(SETTINGS_DIGEST, ("settings_accepted",))
-        if accepted is None or SETTINGS_DIGEST not in accepted.detail:
-            return
-        change = SettingsChange(self.path, accepted)
-        if change.digest == change.accepted_digest or settings_snapshot(self.staged)[0] == change.accepted_digest:
-            return
-        raise StoreMigrationError(
-            f"{change.describe()} --update-settings accepts only its own [store] url line: accept the file first "
-            "(`agent-vault settings accept`, with proof), then migrate again. Nothing was copied."
-        )
+        change = foreign_settings_edit(self.path, self.staged, accepted)
+        if change is not None:
+            raise StoreMigrationError(
+                f"{change.describe()} --update-settings accepts only its own [store] url line: accept the file "
+                "first (`agent-vault settings accept`, with proof), then migrate again. Nothing was copied."
+            )
 
     def apply(self, audit: PostgresAuditLog) -> str:
         """Record the new file as accepted in `audit` (unless an earlier run did), then move it into place."""
-        from agent_vault.broker.integrity import SETTINGS_DIGEST, SETTINGS_KEYS, settings_snapshot
+        from agent_vault.broker.integrity import SETTINGS_DIGEST, settings_accepted
         from agent_vault.broker.recorder import Recorder
 
-        digest, keys = settings_snapshot(self.staged)
+        detail = settings_accepted(self.staged, via="store migrate")
         latest = audit.latest_with(SETTINGS_DIGEST, ("settings_accepted",))
-        if latest is None or latest.detail.get(SETTINGS_DIGEST) != digest:
-            latest = Recorder(audit).write(
-                "settings_accepted", {SETTINGS_DIGEST: digest, SETTINGS_KEYS: keys, "via": "store migrate"}
-            )
+        if latest is None or latest.detail.get(SETTINGS_DIGEST) != detail[SETTINGS_DIGEST]:
+            latest = Recorder(audit).write("settings_accepted", detail)
         os.replace(self.staged, self.path)
         return (
             f"\nWrote [store] url into {self.path} (its other lines and its mode kept), and recorded the file as "
@@ -280,39 +272,3 @@ class _SettingsUpdate:
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.staged.unlink()
-
-
-def with_store_url(text: str, setting: str, path: Path) -> str:
-    """`text` (settings.toml) with `url = setting` in its `[store]` table (added at the end if it has none),
-    and nothing else changed, which is checked by reading both back."""
-    try:
-        before: dict[str, Any] = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise StoreMigrationError(f"{path}: invalid TOML ({exc}); fix it first") from None
-    line = f"url = {_toml_string(setting)}"
-    store = before.get("store")
-    if store is None:
-        body = text if not text or text.endswith("\n") else text + "\n"
-        new = f"{body}{chr(10) if body.strip() else ''}[store]\n{line}\n"
-    else:
-        headers = list(_STORE_HEADER.finditer(text))
-        if not isinstance(store, dict) or "url" in store or len(headers) != 1:
-            raise StoreMigrationError(
-                f"cannot add [store] url to {path} by itself: add it by hand, as shown without --update-settings"
-            )
-        at = headers[0].end()
-        new = f"{text[:at]}\n{line}{text[at:] if text[at:] else chr(10)}"
-    wanted = json.loads(json.dumps(before))
-    wanted.setdefault("store", {})["url"] = setting
-    try:
-        after = tomllib.loads(new)
-    except tomllib.TOMLDecodeError:
-        after = None
-    if after != wanted:
-        raise StoreMigrationError(f"cannot add [store] url to {path} without changing anything else: add it by hand")
-    return new
-
-
-def _toml_string(value: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's, for what a URL holds)."""
-    return json.dumps(value, ensure_ascii=False)

@@ -1,5 +1,6 @@
-"""`agent-vault system install | uninstall | serve | import | init`: system mode from the command line
-(docs/hardened.md)."""
+"""`agent-vault system install | uninstall | serve | import | init | factors | approvers`: system mode from the
+command line (docs/hardened.md). `init`, `factors` and `approvers` are the user's own commands, run by root
+as the broker's user on the broker's state, on this terminal."""
 
 from __future__ import annotations
 
@@ -36,7 +37,15 @@ def run_system(args: argparse.Namespace) -> int:
         return _import(layout, args)
     if args.action == "init":
         return _init(layout, passkey=args.passkey)
-    raise AgentVaultError("usage: agent-vault system install|uninstall|serve|import|init")
+    if args.action == "factors":
+        extra = [*([args.factor] if args.factor else []), *(["--passkey"] if args.passkey else []),
+                 *(["--totp"] if args.totp else [])]  # fmt: skip
+        return _as_broker_user(layout, f"factors {args.what}", ["factors", args.what, *extra])
+    if args.action == "approvers":
+        if args.what != "list" and not args.name:
+            raise AgentVaultError(f"usage: sudo agent-vault system approvers {args.what} NAME")
+        return _as_broker_user(layout, f"approvers {args.what}", ["approvers", args.what, *filter(None, [args.name])])
+    raise AgentVaultError("usage: agent-vault system install|uninstall|serve|import|init|factors|approvers")
 
 
 def _broker_account(layout: Layout) -> pwd.struct_passwd:
@@ -51,8 +60,19 @@ def _broker_account(layout: Layout) -> pwd.struct_passwd:
 
 def _init(layout: Layout, passkey: bool = False) -> int:
     """`agent-vault init --totp` (or `--passkey`, through the running system broker's enrolment link) run
-    as the broker's user on its state dir, on this terminal: only root (or the broker's user itself) can
-    enrol the system broker's first factor."""
+    as the broker's user on its state dir: only root (or the broker's user itself) can enrol the system
+    broker's first factor."""
+    done = _as_broker_user(layout, "init", ["init", "--passkey" if passkey else "--totp"])
+    if done == 0:
+        _say("enrolled for the system broker; restart it so it takes the new factor set as the user's "
+             "(`sudo systemctl restart agent-vault`, or stop and start `system serve`)")  # fmt: skip
+    return done
+
+
+def _as_broker_user(layout: Layout, what: str, argv: list[str]) -> int:
+    """`agent-vault ARGV` run as the broker's user, on its state dir and this terminal (root only): the
+    commands that change how the system broker's approvals are proven (its factors, its approvers), each
+    still asking for a factor's proof where the user's own does."""
     import json
     import os
     import subprocess
@@ -61,14 +81,13 @@ def _init(layout: Layout, passkey: bool = False) -> int:
     from agent_vault.cli.enrol import SYSTEM_INIT
     from agent_vault.system.install import require_root
 
-    require_root("init")
+    require_root(what)
     account = _broker_account(layout)
     env = {"AGENT_VAULT_HOME": str(layout.state_dir), "HOME": str(layout.state_dir), "PATH": os.defpath}
     env[SYSTEM_INIT] = json.dumps([str(layout.prefix), layout.user])
     env.update({k: os.environ[k] for k in ("LANG", "LC_ALL", "TERM") if k in os.environ})
-    kind = "--passkey" if passkey else "--totp"
     done = subprocess.run(  # noqa: S603 (our own interpreter and module, as the broker's user)
-        [sys.executable, "-I", "-m", "agent_vault", "init", kind],
+        [sys.executable, "-I", "-m", "agent_vault", *argv],
         env=env,
         cwd=layout.state_dir,
         user=account.pw_uid,
@@ -76,9 +95,6 @@ def _init(layout: Layout, passkey: bool = False) -> int:
         extra_groups=[],
         check=False,
     )
-    if done.returncode == 0:
-        _say("enrolled for the system broker; restart it so it takes the new factor set as the user's "
-             "(`sudo systemctl restart agent-vault`, or stop and start `system serve`)")  # fmt: skip
     return done.returncode
 
 

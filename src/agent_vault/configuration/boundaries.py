@@ -4,7 +4,7 @@ A project config names the files and directories its vaults read, and the URLs a
 its webhooks. An agent can edit it, so by default a vault's store stays inside the config's directory
 (after symlinks are resolved), and a webhook reaches only public hosts and carries no credential from
 the environment. The user widens this in settings.toml: `[paths] allowOutsideProject`, `[webhooks]
-allowPrivate` and `allowEnv`, `[rotation] allowCommands` (a secret's
+allowPrivate` and `allowEnv`, `[leases] allowRoles`, `[rotation] allowCommands` (a secret's
 `rotate.command`, run with its old and new value). Problems read `key: what is wrong. Fix: ...`.
 """
 
@@ -42,6 +42,8 @@ class ProjectLimits:
     allow_store_hosts: tuple[Allowance, ...] = ()
     #: the `rotate.command`s (exact argv) a project config may make the broker run
     allow_rotate_commands: frozenset[tuple[str, ...]] = frozenset()
+    #: roles a project config may mint credentials from (`[leases] allowRoles`)
+    allow_roles: frozenset[str] = frozenset()
     #: where the user changes these, for the fix in an error
     settings_file: str = _DEFAULT_SETTINGS
     #: the config is root's, not an agent's to edit (a system broker's vault config, checked trusted when
@@ -61,6 +63,7 @@ class ProjectLimits:
             ),
             allow_store_hosts=tuple(parse_allowance(entry) for entry in settings.stores.allow_hosts),
             allow_rotate_commands=frozenset(settings.rotation.allow_commands),
+            allow_roles=frozenset(settings.leases.allow_roles),
             settings_file=str(settings_path(paths)),
             generated_configs=generated_configs(paths.root),
         )
@@ -84,7 +87,7 @@ def project_problems(
     stores = [loc.problem for locations in located.values() for loc in locations if loc.problem]
     if limits.trusted:
         return stores
-    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits)
+    return webhook_problems(config, limits) + stores + endpoint_problems(config, limits) + role_problems(config, limits)
 
 
 # -- store servers --------------------------------------------------------------------------------
@@ -121,6 +124,21 @@ def endpoint_problems(config: Config, limits: ProjectLimits) -> list[str]:
                 f"{entry!r} to `allowHosts` under [stores] in {limits.settings_file}; or leave `{key}` out to "
                 "use the store's default server."
             )
+    return problems
+
+
+def role_problems(config: Config, limits: ProjectLimits) -> list[str]:
+    """Each role a project config mints credentials from that the user has not allowed: the broker's own
+    login may reach mightier roles than the project should have, and an agent can edit the config."""
+    problems = []
+    for name, vault in config.vaults.items():
+        for role in vault.options.minted_from():
+            if role not in limits.allow_roles:
+                problems.append(
+                    f"vaults.{name}.roles: this project config mints credentials from {role!r}, a role it chose "
+                    f"(and an agent can edit it). Fix: if this project may use that role, add {role!r} to "
+                    f"`allowRoles` under [leases] in {limits.settings_file}."
+                )
     return problems
 
 
@@ -216,7 +234,7 @@ def locate_stores(name: str, vault: VaultConfig, limits: ProjectLimits) -> tuple
         if not isinstance(value, str) or not value:
             continue
         key = fields[field].alias or field
-        real = Path(os.path.realpath(configured_path(value, vault.base_dir, name, key)))
+        real = resolved(configured_path(value, vault.base_dir, name, key))
         try:
             st = os.stat(real.parent)
             holder: tuple[int, int] | None = (st.st_dev, st.st_ino)
@@ -226,9 +244,40 @@ def locate_stores(name: str, vault: VaultConfig, limits: ProjectLimits) -> tuple
     return tuple(found)
 
 
+#: path as given -> ((st_dev, st_ino) of what it led to, its realpath then); see `resolved`
+_RESOLVED: dict[str, tuple[tuple[int, int], Path]] = {}
+_RESOLVED_MAX = 4096
+
+
+def resolved(path: str | Path) -> Path:
+    """`os.path.realpath(path)`, remembered by the identity of the file or directory it leads to: while `path`
+    still leads to that very file (one stat, following links), its real path is the one found before, and a
+    path re-pointed anywhere else (a symlink swapped, a file replaced) is resolved again. A file moved whole
+    keeps its identity and its remembered path: it is still the file that was checked, and the path no
+    longer found there fails when read. Saves the lstat of every component on each call."""
+    given = str(path)
+    try:
+        st = os.stat(given)
+    except OSError:
+        return Path(os.path.realpath(given))
+    known = _RESOLVED.get(given)
+    if known is not None and known[0] == (st.st_dev, st.st_ino):
+        return known[1]
+    real = Path(os.path.realpath(given))
+    try:
+        again = os.stat(real)
+    except OSError:
+        return real
+    if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):  # not swapped between the two looks
+        if len(_RESOLVED) >= _RESOLVED_MAX:
+            _RESOLVED.clear()
+        _RESOLVED[given] = ((st.st_dev, st.st_ino), real)
+    return real
+
+
 def _outside_problem(name: str, key: str, real: Path, vault: VaultConfig, limits: ProjectLimits) -> str | None:
-    project = Path(os.path.realpath(vault.base_dir))
-    if limits.generated_configs is not None and project == Path(os.path.realpath(limits.generated_configs)):
+    project = resolved(vault.base_dir)
+    if limits.generated_configs is not None and project == resolved(limits.generated_configs):
         return None
     if limits.trusted or any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
         return None

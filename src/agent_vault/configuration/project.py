@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from agent_vault.configuration.destinations import check_http_url
+from agent_vault.configuration.env_refs import env_ref
 from agent_vault.domain.approval import APPROVER_NAME, MAX_REQUIRE, ApprovalRule
 from agent_vault.domain.errors import ConfigError
 from agent_vault.domain.grammar import DEFAULT_GENERATED, GENERATED_FORMATS, MAX_GENERATED, MIN_GENERATED
@@ -50,7 +51,6 @@ COMMON_VAULT_KEYS = (
 )  # fmt: skip
 
 Loc = tuple[str | int, ...]
-_ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 _CREDENTIAL_KEYS = frozenset({"serviceaccounttoken", "ngrokauthtoken", "authorization", "signingsecret"})
 _CREDENTIAL_WORDS = ("token", "secret", "password", "key")
 #: keys that contain one of those words but name a file or an identifier, never a credential
@@ -420,11 +420,11 @@ def _parse_toml(path: Path, text: str) -> Any:
 def _resolve(node: Any, loc: Loc, environ: Mapping[str, str], refs: dict[Loc, str]) -> Any:
     """A copy of `node` with every `env:NAME` string replaced; `refs` collects loc -> NAME."""
     if isinstance(node, str):
-        match = _ENV_REF.fullmatch(node)
-        if match is None:
+        name = env_ref(node)
+        if name is None:
             return node
-        refs[loc] = match[1]
-        return environ.get(match[1], node)
+        refs[loc] = name
+        return environ.get(name, node)
     if isinstance(node, dict):
         return {k: _resolve(v, (*loc, k), environ, refs) for k, v in node.items()}
     if isinstance(node, list):

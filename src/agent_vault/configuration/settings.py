@@ -4,6 +4,7 @@ can reach the pages, so only the user may turn one on (the file must not be writ
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -30,14 +31,14 @@ from pydantic_core import PydanticCustomError
 from agent_vault.channels.base import ChannelOptions
 from agent_vault.channels.registry import channel_class
 from agent_vault.configuration.destinations import check_http_url, parse_allowance
+from agent_vault.configuration.env_refs import env_ref
 from agent_vault.domain.approval import is_approver_name
-from agent_vault.domain.errors import ConfigError, SettingsError
+from agent_vault.domain.errors import ConfigError, SettingsError, StoreMigrationError
 from agent_vault.domain.numbers import Number, WholeNumber
 from agent_vault.home import StatePaths
 from agent_vault.store.engines import Storage, is_postgres
 
 SETTINGS_FILE = "settings.toml"
-_ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 CLOUDFLARED_PATTERN = r"https://[a-z0-9-]+\.trycloudflare\.com"
 GENERIC_PATTERN = r"https://[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?"
@@ -244,6 +245,26 @@ class RotationSettings(_Model):
                     f"{list(argv)!r}: each command is a list whose first item is the program's absolute path, "
                     'e.g. ["/usr/local/bin/rotate-db", "app"] (no PATH lookup, nothing relative to a project)'
                 )
+        return value
+
+
+class LeaseSettings(_Model):
+    """Credentials minted per approval (docs/leases.md): which roles a project config may mint from, and
+    whether the broker revokes what it minted when it stops."""
+
+    #: the roles a project config may name (a Vault `MOUNT/creds/ROLE` path, with `NAMESPACE/` in front when
+    #: the vault names a namespace; an AWS role ARN); none by default, so an agent cannot pick a mightier role
+    allow_roles: tuple[str, ...] = Field(default=(), alias="allowRoles")
+    #: revoke every open lease this broker issued when it stops (windows outlive a restart; a value minted
+    #: again inside one is a new login)
+    revoke_on_shutdown: bool = Field(default=True, alias="revokeOnShutdown")
+
+    @field_validator("allow_roles")
+    @classmethod
+    def _roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [role for role in value if not role or role != role.strip() or "*" in role]
+        if bad:
+            raise ValueError(f'{bad[0]!r} is not a role: give each exactly, such as "database/creds/migrator"')
         return value
 
 
@@ -463,6 +484,7 @@ class UserSettings(_Model):
     paths: PathSettings = PathSettings()
     stores: StoreSettings = StoreSettings()
     rotation: RotationSettings = RotationSettings()
+    leases: LeaseSettings = LeaseSettings()
     checkpoints: CheckpointSettings = CheckpointSettings()
     proxy: ProxySettings = ProxySettings()
     store: StorageSettings = StorageSettings()
@@ -573,21 +595,21 @@ def referenced_env_vars(paths: StatePaths) -> set[str]:
 
 
 def _env_names(node: Any) -> Iterator[str]:
-    if isinstance(node, str) and (match := _ENV_REF.fullmatch(node)):
-        yield match[1]
+    if (name := env_ref(node)) is not None:
+        yield name
     for child in node.values() if isinstance(node, dict) else node if isinstance(node, list) else ():
         yield from _env_names(child)
 
 
 def _resolve(node: Any, loc: tuple[str | int, ...], environ: Mapping[str, str], missing: list[str]) -> Any:
     if isinstance(node, str):
-        match = _ENV_REF.fullmatch(node)
-        if match is None:
+        name = env_ref(node)
+        if name is None:
             return node
-        if match[1] not in environ:
-            missing.append(f"{_dotted(loc)} refers to env:{match[1]}, which is not set in the broker's environment")
+        if name not in environ:
+            missing.append(f"{_dotted(loc)} refers to env:{name}, which is not set in the broker's environment")
             return node
-        return environ[match[1]]
+        return environ[name]
     if isinstance(node, dict):
         return {k: _resolve(v, (*loc, k), environ, missing) for k, v in node.items()}
     if isinstance(node, list):
@@ -651,3 +673,44 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+# -- writing [store] url (store migrate --update-settings) ---------------------------------------
+
+_STORE_HEADER = re.compile(r"^[ \t]*\[[ \t]*store[ \t]*\][ \t]*(#[^\n]*)?$", re.MULTILINE)
+
+
+def with_store_url(text: str, setting: str, path: Path) -> str:
+    """`text` (settings.toml) with `url = setting` in its `[store]` table (added at the end if it has none),
+    and nothing else changed, which is checked by reading both back."""
+    try:
+        before: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StoreMigrationError(f"{path}: invalid TOML ({exc}); fix it first") from None
+    line = f"url = {toml_string(setting)}"
+    store = before.get("store")
+    if store is None:
+        body = text if not text or text.endswith("\n") else text + "\n"
+        new = f"{body}{chr(10) if body.strip() else ''}[store]\n{line}\n"
+    else:
+        headers = list(_STORE_HEADER.finditer(text))
+        if not isinstance(store, dict) or "url" in store or len(headers) != 1:
+            raise StoreMigrationError(
+                f"cannot add [store] url to {path} by itself: add it by hand, as shown without --update-settings"
+            )
+        at = headers[0].end()
+        new = f"{text[:at]}\n{line}{text[at:] if text[at:] else chr(10)}"
+    wanted = json.loads(json.dumps(before))
+    wanted.setdefault("store", {})["url"] = setting
+    try:
+        after = tomllib.loads(new)
+    except tomllib.TOMLDecodeError:
+        after = None
+    if after != wanted:
+        raise StoreMigrationError(f"cannot add [store] url to {path} without changing anything else: add it by hand")
+    return new
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's, for what a URL holds)."""
+    return json.dumps(value, ensure_ascii=False)

@@ -104,6 +104,13 @@ class BrokerUnavailable(AgentVaultError):
     code = "broker_unavailable"
 
 
+class StoreUnavailable(AgentVaultError):
+    """The broker's database cannot be reached (a restart, a failover, the network): the call failed and
+    nothing was released; calls work again once it is back, without restarting the broker."""
+
+    code = "store_unavailable"
+
+
 class BrokerRunning(AgentVaultError):
     """Another broker already serves this state home."""
 
@@ -162,6 +169,7 @@ CODES: dict[str, type[AgentVaultError]] = {
         NotAuthorized,
         AuditError,
         BrokerUnavailable,
+        StoreUnavailable,
         SettingsError,
         BrokerRunning,
         ChannelError,

@@ -152,6 +152,24 @@ class OutcomeView(TypedDict):
     revoked: NotRequired[int]
 
 
+class LeaseView(TypedDict):
+    """A credential minted under a window (store/leases.py `LeaseRecord.to_json`); never the credential."""
+
+    id: str
+    vault: str
+    name: str
+    kind: str
+    #: the store's lease id, shortened
+    store_lease: str
+    window: str | None
+    request_id: str | None
+    #: when the broker ends it, and when the credential itself stops working
+    until: str
+    credential_ends_at: str
+    revocable: bool
+    state: str
+
+
 class WindowView(TypedDict):
     id: str
     vault: str
@@ -161,6 +179,8 @@ class WindowView(TypedDict):
     ends_at: str
     request_id: str
     allows: str
+    #: the credentials minted under it (docs/leases.md); absent where nothing was asked about them
+    leases: NotRequired[list[LeaseView]]
 
 
 class StatusView(TypedDict):

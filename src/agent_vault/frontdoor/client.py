@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import quote, urlencode
 
+from agent_vault.domain import frames
 from agent_vault.domain.errors import CODES, AgentVaultError, BrokerUnavailable, InvalidRequest
 from agent_vault.domain.wire import (
     SESSION_HEADER,
@@ -30,6 +31,8 @@ from agent_vault.domain.wire import (
 #: reuse an idle connection only while it is younger than this; uvicorn drops idle ones after 5 s
 _IDLE_REUSE = 2.0
 _MAX_IDLE = 4
+#: the largest answer frame accepted (a listing of a very large store, a batch of values)
+_MAX_ANSWER = 1 << 30
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -39,15 +42,18 @@ class _Dropped(Exception):
 
 
 class BrokerClient:
-    """JSON over HTTP/1.1 on the broker's Unix socket, keeping connections alive between calls.
+    """The broker's socket API on its Unix socket, keeping connections alive between calls.
 
-    Deliberately not a general HTTP client: the peer is always our broker, so a request is one
-    write and an answer is a status line, headers and a Content-Length (or chunked) body. Per
-    call this costs about a tenth of the CPU of httpx (docs/benchmarks.md, "hot path").
+    Each call is one frame of the socket's framed protocol (domain/frames.py), or, with a broker that does
+    not speak it, one HTTP/1.1 message. Deliberately not a general HTTP client: the peer is always our
+    broker, so a request is one write and an answer is a status line, headers and a Content-Length (or
+    chunked) body. Per call this costs about a tenth of the CPU of httpx (docs/benchmarks.md, "hot path").
     """
 
     #: the Host header of every request
     host = "agent-vault-broker"
+    #: whether to offer the framed protocol (HTTP only, for a broker reached over TLS: frontdoor/remote.py)
+    framed = True
 
     def __init__(self, socket_path: Path | None, timeout: float = 30.0) -> None:
         #: the broker's Unix socket (None for a broker reached otherwise: frontdoor/remote.py)
@@ -55,6 +61,8 @@ class BrokerClient:
         self.session: str | None = None
         self.timeout = timeout
         self._idle: list[tuple[float, Streams]] = []
+        #: whether the broker answered the framed protocol's preamble (None: not asked yet)
+        self._framing: bool | None = None if self.framed else False
 
     async def __aenter__(self) -> BrokerClient:
         return self
@@ -79,10 +87,9 @@ class BrokerClient:
         params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         target = f"{path}?{urlencode(params)}" if params else path
-        message = self._message(method, target, body)
         try:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
-                status, raw = await self._exchange(message)
+                status, raw = await self._exchange(method, target, body)
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
             raise self._unreachable(exc) from exc
         try:
@@ -124,15 +131,43 @@ class BrokerClient:
             raise InvalidRequest("refusing a request line or header with control or non-ASCII characters")
         return "\r\n".join(lines).encode("ascii") + b"\r\n\r\n" + payload
 
-    async def _exchange(self, message: bytes) -> tuple[int, bytes]:
+    def _frame(self, method: str, target: str, body: Any) -> bytes:
+        head: dict[str, Any] = {"method": method, "target": target}
+        if self.session:
+            head["session"] = self.session
+        payload = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
+        return frames.pack(head, payload)
+
+    async def _exchange(self, method: str, target: str, body: Any) -> tuple[int, bytes]:
+        framed = self._framing is not False
+        message = self._frame(method, target, body) if framed else self._message(method, target, body)
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await self._roundtrip(conn, message, reused=True)
+                return await self._roundtrip(conn, message, reused=True, framed=framed)
             except _Dropped:
                 pass  # the broker dropped the idle connection as we sent: once more on a new one
         conn = await self._open()
-        return await self._roundtrip(conn, message, reused=False)
+        if framed and not await self._speaks_frames(conn):
+            if self._framing is not None:
+                raise ValueError("the broker stopped speaking the framed protocol")
+            self._framing = False  # a broker of HTTP only (an older one): HTTP from now on
+            return await self._exchange(method, target, body)
+        if framed:
+            self._framing = True
+        return await self._roundtrip(conn, message, reused=False, framed=framed)
+
+    async def _speaks_frames(self, conn: Streams) -> bool:
+        """Open `conn` with the preamble: whether the broker echoed it (one of HTTP only answers 400)."""
+        reader, writer = conn
+        writer.write(frames.PREAMBLE)
+        try:
+            if await reader.readexactly(len(frames.PREAMBLE)) == frames.PREAMBLE:
+                return True
+        except asyncio.IncompleteReadError:
+            pass
+        writer.close()
+        return False
 
     def _take_idle(self) -> Streams | None:
         now = time.monotonic()
@@ -143,12 +178,16 @@ class BrokerClient:
             writer.close()
         return None
 
-    async def _roundtrip(self, conn: Streams, message: bytes, reused: bool) -> tuple[int, bytes]:
+    async def _roundtrip(self, conn: Streams, message: bytes, reused: bool, framed: bool) -> tuple[int, bytes]:
         reader, writer = conn
         keep = False
         try:
             try:
                 writer.write(message)
+                if framed:
+                    status, raw = await _read_frame(reader)
+                    keep = True
+                    return status, raw
                 head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as exc:
                 if reused and not exc.partial:
@@ -215,6 +254,17 @@ class BrokerClient:
 
     async def shutdown(self) -> dict[str, Any]:
         return await self._call("POST", "/v1/shutdown")
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(status, body) of the broker's answer frame."""
+    head_len, body_len = frames.lengths(await reader.readexactly(frames.LENGTHS.size), _MAX_ANSWER)
+    head = frames.head_of(await reader.readexactly(head_len))
+    body = await _exactly(reader, body_len)
+    status = head.get("status")
+    if not isinstance(status, int):
+        raise ValueError("the broker's answer frame has no status")
+    return status, body
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:

@@ -106,7 +106,9 @@ def _token(env: Mapping[str, str]) -> str:
 
 
 class RemoteBrokerClient(BrokerClient):
-    """`BrokerClient` over TLS to a team broker's listener, with the agent token on every call."""
+    """`BrokerClient` over TLS to a team broker's listener, with the agent token on every call (HTTP only)."""
+
+    framed = False
 
     def __init__(self, remote: RemoteBroker, timeout: float = 30.0) -> None:
         super().__init__(None, timeout)

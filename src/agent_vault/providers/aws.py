@@ -247,6 +247,9 @@ class AwsSecretsManagerProvider:
 
     type_name: ClassVar[str] = "aws"
     Options: ClassVar[type[ProviderOptions]] = AwsOptions
+    #: the AWS service the client talks to, and its name in messages
+    _service: ClassVar[str] = "secretsmanager"
+    _store: ClassVar[str] = STORE
 
     def __init__(self, options: ProviderOptions, context: ProviderContext) -> None:
         if not isinstance(options, AwsOptions):
@@ -382,9 +385,7 @@ class AwsSecretsManagerProvider:
                     user_agent_extra=f"agent-vault/{__version__}",
                 )
                 try:
-                    self._client = self._session.client(
-                        "secretsmanager", endpoint_url=options.endpoint_url, config=config
-                    )
+                    self._client = self._session.client(self._service, endpoint_url=options.endpoint_url, config=config)
                 except Exception as exc:
                     raise self._translate(exc, "sign in", None) from None
             return self._client
@@ -641,12 +642,12 @@ class AwsSecretsManagerProvider:
         """Our error for a boto3 failure; the SDK's text is never repeated (it can quote requests)."""
         errors = self._exc
         vault = self._vault
-        permission = f"secretsmanager:{operation}" if operation[:1].isupper() else "secretsmanager:*"
+        permission = f"{self._service}:{operation}" if operation[:1].isupper() else f"{self._service}:*"
         if isinstance(exc, errors.ClientError):
             return self._translate_client_error(exc, operation, permission, name)
         if isinstance(exc, errors.NoCredentialsError | errors.PartialCredentialsError):
             return ProviderAuthError(
-                f"vault {vault!r}: no AWS credentials were found for {STORE}. Fix: set `profile` (a profile in "
+                f"vault {vault!r}: no AWS credentials were found for {self._store}. Fix: set `profile` (a profile in "
                 '~/.aws/config), or accessKeyId/secretAccessKey as "env:VAR" references, or give the broker\'s '
                 "environment AWS credentials (the broker runs with the environment it was started in)."
             )
@@ -664,7 +665,7 @@ class AwsSecretsManagerProvider:
             )
         if isinstance(exc, errors.ConnectionError | errors.HTTPClientError):
             return ProviderUnavailable(
-                f"vault {vault!r}: could not reach {STORE} at {self._endpoint} "
+                f"vault {vault!r}: could not reach {self._store} at {self._endpoint} "
                 f"({_connection_problem(errors, exc)}, {MAX_ATTEMPTS} tries). Fix: check the network, the region "
                 "and endpointUrl, and try again."
             )
@@ -673,10 +674,10 @@ class AwsSecretsManagerProvider:
         if isinstance(exc, errors.ParamValidationError):
             return InvalidRequest(
                 f"vault {vault!r}: the request for {shown(name or 'the listing', 200)!r} was refused before it was "
-                f"sent: a value or name is outside what {STORE} accepts."
+                f"sent: a value or name is outside what {self._store} accepts."
             )
         return ProviderError(
-            f"vault {vault!r}: {STORE} call {operation} failed ({type(exc).__name__}; its details are withheld "
+            f"vault {vault!r}: {self._store} call {operation} failed ({type(exc).__name__}; its details are withheld "
             "because they can contain secret data)."
         )
 
@@ -687,46 +688,46 @@ class AwsSecretsManagerProvider:
         what = f" for {shown(name, 200)!r}" if name else ""
         if code in _BAD_CREDENTIALS:
             return ProviderAuthError(
-                f"vault {vault!r}: {STORE} refused the AWS credentials ({code}: unknown, expired or malformed). "
+                f"vault {vault!r}: {self._store} refused the AWS credentials ({code}: unknown, expired or malformed). "
                 "Fix: renew them (for SSO: `aws sso login`), or check which ones the vault uses with "
                 "`aws sts get-caller-identity`."
             )
         if code in _DENIED or (status in (401, 403) and code not in _BUSY):
             return ProviderAuthError(
-                f"vault {vault!r}: {STORE} refused {operation}{what} (HTTP {status}: the credentials are "
+                f"vault {vault!r}: {self._store} refused {operation}{what} (HTTP {status}: the credentials are "
                 f"invalid, or their IAM policy does not allow {permission}). Fix: allow {permission} "
                 f"on the secrets{self._prefix_note()} in the IAM policy of the identity agent-vault uses."
             )
         if code == "DecryptionFailure":
             return ProviderAuthError(
-                f"vault {vault!r}: {STORE} could not decrypt the secret{what} with its KMS key. "
+                f"vault {vault!r}: {self._store} could not decrypt the secret{what} with its KMS key. "
                 "Fix: allow kms:Decrypt on that key for the identity agent-vault uses."
             )
         if code == "EncryptionFailure":
             return ProviderAuthError(
-                f"vault {vault!r}: {STORE} could not encrypt the secret{what} with its KMS key. Fix: check that "
+                f"vault {vault!r}: {self._store} could not encrypt the secret{what} with its KMS key. Fix: check that "
                 "kmsKeyId names an enabled key in this region, and allow kms:GenerateDataKey on it."
             )
         if code == "ResourceNotFoundException" and name is not None:
             return self._not_found(name, "")
         if code == "ResourceExistsException":
             return ProviderUnavailable(
-                f"vault {vault!r}: secret{what} was created in {STORE} by someone else during this write. "
+                f"vault {vault!r}: secret{what} was created in {self._store} by someone else during this write. "
                 "Fix: try again (it is then updated)."
             )
         if code == "LimitExceededException":
             return ProviderError(
-                f"vault {vault!r}: an {STORE} quota was reached during {operation}{what}. "
+                f"vault {vault!r}: an {self._store} quota was reached during {operation}{what}. "
                 "Fix: see the Secrets Manager quotas for the account, or delete unused versions or secrets."
             )
         if code in _BUSY or status >= 500:
             return ProviderUnavailable(
-                f"vault {vault!r}: {STORE} at {self._endpoint} is busy or failing ({operation}, HTTP {status}). "
+                f"vault {vault!r}: {self._store} at {self._endpoint} is busy or failing ({operation}, HTTP {status}). "
                 "Fix: try again in a moment."
             )
         shown_code = code if _ERROR_CODE.fullmatch(code) else "an unrecognised error"
         return ProviderError(
-            f"vault {vault!r}: {STORE} refused {operation}{what} ({shown_code}, HTTP {status}; its message is "
+            f"vault {vault!r}: {self._store} refused {operation}{what} ({shown_code}, HTTP {status}; its message is "
             "withheld because it can contain secret data)."
         )
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from agent_vault.domain.errors import ReadOnlyVault
+from agent_vault.domain.errors import ProviderError, ReadOnlyVault
 from agent_vault.domain.secret import SecretValue
 
 
@@ -21,6 +24,12 @@ class ProviderOptions(BaseModel):
     #: fields naming the server the store's credentials are sent to: a project config may name one only
     #: where the user's settings allow it (`[stores] allowHosts`), or a token goes where an agent chose
     store_endpoints: ClassVar[tuple[str, ...]] = ()
+
+    def minted_from(self) -> tuple[str, ...]:
+        """The roles a store mints credentials from for this vault (a Vault `database/creds/ROLE` path, an
+        AWS role ARN), as `[leases] allowRoles` in the user's settings names them: a project config may
+        name one only where the user allows it, or an agent could mint from a mightier role. None here."""
+        return ()
 
 
 class ProviderContext(BaseModel):
@@ -70,6 +79,51 @@ class SecretProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A credential minted for one use, and how long it lives (see `Leasing`)."""
+
+    value: SecretValue = field(repr=False)
+    #: the store's id of the lease (what `renew` and `revoke` take); no credential, but shown shortened
+    lease_id: str
+    #: when the credential itself stops working, whatever the broker does
+    ends_at: datetime
+
+
+@runtime_checkable
+class Leasing(Protocol):
+    """Optional, like `has(name)`: a provider whose values are minted per use, each with a lease.
+
+    The broker asks `issue` instead of `get` for such a provider: the value lives `seconds` (the approval
+    window's remaining time) or what the store allows, and is revoked when the window ends or is revoked.
+    Existing providers implement none of it. Values never go into an exception or a log line.
+    """
+
+    #: what the approval page calls one value ("database login", "AWS session")
+    lease_kind: ClassVar[str]
+    #: whether `revoke` can end a credential before `Lease.ends_at` (AWS STS cannot)
+    revocable: ClassVar[bool]
+    #: the shortest lease the store grants (AWS STS: 900 seconds); shorter asks get this
+    min_lease_seconds: ClassVar[int]
+
+    def issue(self, name: str, seconds: int) -> Lease:
+        """Mint a new credential for `name` that lives `seconds` (or as close as the store allows)."""
+        ...
+
+    def renew(self, lease_id: str, seconds: int) -> datetime:
+        """Let the lease live `seconds` from now (within what the store allows); when it now ends."""
+        ...
+
+    def revoke(self, lease_id: str) -> None:
+        """End the credential now (idempotent: an unknown or ended lease is not an error)."""
+        ...
+
+
+def leasing(provider: object) -> Leasing | None:
+    """`provider` as a `Leasing` one, or None when it keeps stored values."""
+    return provider if isinstance(provider, Leasing) else None
+
+
 def read_only(vault: str, needs: str = "", config_dir: Path | None = None) -> ReadOnlyVault:
     """The error for a write to a vault that is not configured writable.
 
@@ -81,3 +135,36 @@ def read_only(vault: str, needs: str = "", config_dir: Path | None = None) -> Re
         f"vault {vault!r} is read-only. Fix: set `writable: true` (TOML: `writable = true`){also} on vault "
         f"{vault!r} in the agent-vault config{where} if agents may store secrets there."
     )
+
+
+class MintedNames:
+    """The SecretProvider half of a store that mints its values per approval (it implements `Leasing`): its
+    names are the roles in its config, it has no stored value to read, and nothing can be written to it. A
+    provider puts this first among its bases and sets `_vault`, `_roles` and `minted` ("a new database login")."""
+
+    _vault: str
+    _roles: Mapping[str, object]
+    #: what one release mints, for messages
+    minted: ClassVar[str]
+
+    def list_names(self) -> list[str]:
+        return sorted(self._roles)
+
+    def has(self, name: str) -> bool:
+        return name in self._roles
+
+    def get(self, name: str) -> SecretValue:
+        """Never a stored value: the broker asks `issue` for one, with a lease."""
+        raise ProviderError(
+            f"vault {self._vault!r} mints {self.minted} per approval; it has no stored value to read. Ask through "
+            "agent-vault's broker (get_secret, run_with_secrets), which issues one with a lease."
+        )
+
+    def supports_write(self) -> bool:
+        return False
+
+    def set_many(self, values: dict[str, SecretValue]) -> None:
+        raise ReadOnlyVault(
+            f"vault {self._vault!r} mints {self.minted} per approval; nothing can be written there. Fix: store the "
+            "value in a writable vault."
+        )

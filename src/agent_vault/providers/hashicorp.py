@@ -451,7 +451,7 @@ class HashiCorpVaultProvider:
                     raise _Conflict from None
                 raise ProviderError(
                     f"vault {self._vault!r}: Vault refused the request to {action} (HTTP 400; its details are "
-                    f"withheld). Fix: check that {self._mount} is a KV mount and kvVersion is right."
+                    f"withheld). Fix: {self._engine_fix()}"
                 ) from None
             except errors.VaultDown:
                 raise ProviderUnavailable(
@@ -466,7 +466,7 @@ class HashiCorpVaultProvider:
             except errors.UnsupportedOperation:
                 raise ProviderError(
                     f"vault {self._vault!r}: Vault does not support the request to {action} (HTTP 405). "
-                    f"Fix: check that {self._mount} is a KV mount and that kvVersion matches it."
+                    f"Fix: {self._engine_fix()}"
                 ) from None
             except errors.VaultError as exc:
                 raise ProviderError(
@@ -476,6 +476,10 @@ class HashiCorpVaultProvider:
             except Exception as exc:
                 self._raise_unreachable(exc, action)
         raise self._refused(action, fix)
+
+    def _engine_fix(self) -> str:
+        """What to check when the server refuses a request as malformed (400) or unsupported (405)."""
+        return f"check that {self._mount} is a KV mount and that kvVersion matches it."
 
     def _raise_unreachable(self, exc: Exception, action: str) -> NoReturn:
         """Our error for a network, TLS or protocol failure, or any other exception (never repeating its text)."""

@@ -16,7 +16,7 @@ import re
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ EVENTS = (
     "tamper_detected", "factors_recorded", "settings_changed", "settings_accepted",
     "flood_refused", "home_used", "checkpoint_failed", "proxied", "proxy_refused", "store_migrated",
     "approval_counted", "approval_refused", "approver_invited", "approver_removed",
-    "agent_added", "agent_revoked", "agent_refused",
+    "agent_added", "agent_revoked", "agent_refused", "lease_issued", "lease_revoked", "lease_revoke_failed",
     "rotated", "rotation_command_finished", "rotation_failed", "leases_revoked",
 )  # fmt: skip
 OPERATIONS = ("read", "write")
@@ -204,23 +204,29 @@ class AuditLog:
 
     def append(self, event: AuditEvent) -> AuditRecord:
         """Commit one row durably and return it; on any failure raise AuditError, write nothing."""
-        if not isinstance(event, AuditEvent):
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
+        """Commit `events` as consecutive rows, in order, in one transaction (one fsync for all: the group
+        commit of concurrent releases), and return them; on any failure raise AuditError, write none."""
+        if not all(isinstance(event, AuditEvent) for event in events):
             raise TypeError("append() takes an AuditEvent")
         with self._lock:
             conn = self._open_conn()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    record = self._insert_next(conn, event)
+                    records = self._insert_all(conn, events)
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
                     raise
             except sqlite3.Error as exc:
                 raise AuditError(_explain(self.path, "write", exc)) from exc
-        for listener in self.listeners:
-            listener(record)
-        return record
+        for record in records:
+            for listener in self.listeners:
+                listener(record)
+        return records
 
     def list(
         self,
@@ -357,16 +363,15 @@ class AuditLog:
             raise AuditError(f"the audit log {self.path} is closed")
         return self._conn
 
-    def _insert_next(self, conn: sqlite3.Connection, event: AuditEvent) -> AuditRecord:
+    def _insert_all(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
         # Continue after the highest id ever used (sqlite_sequence), so a deleted tail shows
         # up as a gap at the next append instead of being silently reused.
         last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
         last_id, prev_hash = last if last else (0, GENESIS_HASH)
-        row_id = max(last_id, seq[0] if seq else 0) + 1
-        row = row_values(row_id, utc_text(self._clock(), "clock()"), event, prev_hash)
-        conn.execute(_INSERT, row)
-        return record_from_row(row)
+        rows = chained_rows(max(last_id, seq[0] if seq else 0), prev_hash, events, self._clock)
+        conn.executemany(_INSERT, rows)
+        return [record_from_row(row) for row in rows]
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -414,6 +419,19 @@ def _canonical(data: Any) -> str:
         return _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"audit detail must be plain JSON data: {exc}") from None
+
+
+def chained_rows(
+    last_id: int, prev_hash: str, events: Sequence[AuditEvent], clock: Callable[[], datetime]
+) -> builtins.list[tuple[Any, ...]]:
+    """The rows of `events`, numbered after `last_id` and each linked to the one before (the first to
+    `prev_hash`, the log's last), dated by `clock` as they are made."""
+    rows = []
+    for row_id, event in enumerate(events, start=last_id + 1):
+        row = row_values(row_id, utc_text(clock(), "clock()"), event, prev_hash)
+        rows.append(row)
+        prev_hash = row[-1]
+    return rows
 
 
 def row_values(row_id: int, ts: str, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:

@@ -4,7 +4,8 @@ By default both are SQLite files in the state dir (`store/sqlite.py`, `store/aud
 `postgresql://` (or `postgres://`) URL (`[store] url` in the broker's settings, issue 15) both live in that
 one PostgreSQL database (`store/postgres.py`, `store/postgres_audit.py`; they need the `postgres` extra),
 which several broker processes may share. The approver's rows follow their state store (`open_factors`),
-and so do named approvers (`open_approvers`) and a team broker's agents (`open_agents`).
+and so do named approvers (`open_approvers`), a team broker's agents (`open_agents`) and leases of minted
+credentials (`open_leases`).
 The URL may carry a password: it is never shown, only `Storage.where` (host, port and database).
 """
 
@@ -26,9 +27,11 @@ from agent_vault.store.interface import (
     ApproverRecords,
     AuditRecords,
     FactorRecords,
+    LeaseRecords,
     ReplicaSignals,
     StateRecords,
 )
+from agent_vault.store.leases import LeaseStore
 from agent_vault.store.signals import LocalSignals
 from agent_vault.store.sqlite import StateStore
 
@@ -73,6 +76,11 @@ def open_agents(state: StateRecords) -> AgentRecords:
     return _beside(state, AgentStore, "postgres_agents", "PostgresAgents")
 
 
+def open_leases(state: StateRecords) -> LeaseRecords:
+    """Leases of minted credentials, kept by the engine that keeps `state`."""
+    return _beside(state, LeaseStore, "postgres_leases", "PostgresLeases")
+
+
 def _beside(state: StateRecords, on_sqlite: Callable[[StateStore], T], module: str, name: str) -> T:
     """Records kept in `state`'s own engine: `on_sqlite` on the SQLite files, else the class `name` of
     `store/<module>.py` on PostgreSQL (the optional extra, imported only then)."""
@@ -104,7 +112,7 @@ class Storage:
         """Where it is, for messages: the files, or the database's host, port and name (never a password)."""
         if self.url is None:
             return f"{self.state_db} and {self.audit_db}"
-        from agent_vault.store.postgres_audit import describe_url
+        from agent_vault.store.postgres_reach import describe_url
 
         return describe_url(self.url)
 

@@ -11,7 +11,7 @@ Named approvers and their approvals of requests likewise: `ApproverRecords`, `Ap
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from agent_vault.store.agents import Agent, AgentLimits
 from agent_vault.store.approvers import NamedApprover, RequestApproval
 from agent_vault.store.audit import AuditEvent, AuditRecord, ReleaseCount, RowFilter, VerifyResult
 from agent_vault.store.factors import EnrolToken, Factor
+from agent_vault.store.leases import LeaseRecord
 from agent_vault.store.sqlite import Window
 
 
@@ -54,6 +55,9 @@ class MetaRecords(Protocol):
 class StateRecords(RequestRecords, WindowRecords, MetaRecords, Protocol):
     """The broker's state: requests, windows and marks."""
 
+    #: whether a call waits on a database server (then the broker makes it off the event loop where it can)
+    over_network: bool
+
     def close(self) -> None: ...
 
 
@@ -61,6 +65,7 @@ class AuditRecords(Protocol):
     """The audit log: append-only, hash-chained, each row durable before `append` returns."""
 
     def append(self, event: AuditEvent) -> AuditRecord: ...
+    def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]: ...
     def subscribe(self, listener: Callable[[AuditRecord], None]) -> None: ...
     def list(
         self,
@@ -118,6 +123,17 @@ class FactorRecords(Protocol):
     def use_enrol_token(self, key: str) -> bool: ...
     def confirm_enrol_token(self, key: str, by: str = "") -> bool: ...
     def take_confirmation(self, key: str) -> bool: ...
+
+
+class LeaseRecords(Protocol):
+    """Leases of minted credentials (docs/leases.md): added when a store issues one, ended once (a
+    compare-and-set from "open") when the broker revokes it or finds it ended by itself."""
+
+    def add_lease(self, lease: LeaseRecord) -> None: ...
+    def open_leases(self) -> list[LeaseRecord]: ...
+    def leases_of_windows(self, window_ids: Sequence[str]) -> list[LeaseRecord]: ...
+    def end_lease(self, lease_id: str, state: str, at: datetime, why: str) -> bool: ...
+    def set_ends_at(self, lease_id: str, ends_at: datetime) -> None: ...
 
 
 class ReplicaSignals(Protocol):

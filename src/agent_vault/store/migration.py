@@ -46,7 +46,8 @@ from agent_vault.store.postgres import (
     table_columns,
     table_rows,
 )
-from agent_vault.store.postgres_audit import PostgresAuditLog, describe_url
+from agent_vault.store.postgres_audit import PostgresAuditLog
+from agent_vault.store.postgres_reach import describe_url
 
 #: columns of state.db that the PostgreSQL engine does not have: `factors.disabled` was set only by versions
 #: before the per-day lockout, and nothing reads it any more (store/factors.py works the lockout out from the

@@ -15,17 +15,22 @@ connection and in its transaction.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg import Connection, sql
 from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from agent_vault.domain.errors import StoreUnavailable
 from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
+from agent_vault.store.postgres_reach import IdleCheck, describe_url, out_of_reach, why
 from agent_vault.store.sqlite import Window, requester_row
 
 MIGRATIONS: list[str] = [
@@ -142,6 +147,29 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (request_id, approver)
     );
     """,
+    # 5: leases of minted credentials, as the SQLite engine's migration 8
+    """
+    CREATE TABLE leases (
+        id text PRIMARY KEY,
+        workspace text NOT NULL,
+        config_path text NOT NULL,
+        vault text NOT NULL,
+        name text NOT NULL,
+        store_lease text NOT NULL,
+        kind text NOT NULL,
+        revocable boolean NOT NULL,
+        window_id text,
+        request_id text,
+        issued_at timestamptz NOT NULL,
+        until timestamptz NOT NULL,
+        ends_at timestamptz NOT NULL,
+        state text NOT NULL,
+        ended_at timestamptz,
+        why text NOT NULL DEFAULT ''
+    );
+    CREATE INDEX leases_open ON leases (state, until);
+    CREATE INDEX leases_window ON leases (window_id);
+    """,
 ]
 
 #: the key of the advisory lock held while migrating (any fixed bigint; this one spells "avstate1")
@@ -164,15 +192,28 @@ _WINDOW_COLUMNS = (
 )
 
 Pool = ConnectionPool[Connection[DictRow]]
+log = logging.getLogger("agent_vault.store.postgres")
 
 
 class PostgresState:
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 30.0) -> None:
+    """The broker's state in PostgreSQL. A call made while the server is out of reach fails with
+    StoreUnavailable (within `timeout` seconds at most) and has the pool test its idle connections, so the
+    first calls once the server is back find working ones: a restart or failover costs the calls made
+    meanwhile, not the ones after."""
+
+    over_network = True
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 5.0) -> None:
+        self.where = describe_url(url)
+        self._checking = threading.Lock()
+        self._idle = IdleCheck()
         self._pool: Pool = ConnectionPool(
             url,
             connection_class=Connection[DictRow],
             kwargs={"autocommit": True, "row_factory": dict_row},
             configure=_configure,
+            check=self._idle.check,
+            reset=self._idle.reset,
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
@@ -190,14 +231,40 @@ class PostgresState:
 
     @contextmanager
     def connection(self) -> Iterator[Connection[DictRow]]:
-        """A connection from the pool (autocommit, dict rows, times in UTC) for modules that keep their own
-        tables here (`store/postgres_factors.py`); several statements that go together use `conn.transaction()`."""
-        with self._pool.connection() as conn:
-            yield conn
+        """A connection from the pool (autocommit, dict rows, times in UTC), for this module and the ones that
+        keep their own tables here (`store/postgres_factors.py`); several statements that go together use
+        `conn.transaction()`. StoreUnavailable when the server is out of reach."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            if not out_of_reach(exc):
+                raise
+            self._check_idle_connections()
+            raise StoreUnavailable(
+                f"the broker's database {self.where} cannot be reached ({why(exc)}); calls fail until it is "
+                "back, and nothing is released meanwhile"
+            ) from None
+
+    def _check_idle_connections(self) -> None:
+        """Have the pool test its idle connections in the background (those the server dropped are replaced),
+        once at a time."""
+        if not self._checking.acquire(blocking=False):
+            return
+
+        def check() -> None:
+            try:
+                self._pool.check()
+            except Exception:  # the pool is closing, or the server is still away: the next failure asks again
+                log.debug("could not check the state pool's connections", exc_info=True)
+            finally:
+                self._checking.release()
+
+        threading.Thread(target=check, name="agent-vault-state-check", daemon=True).start()
 
     def _migrate(self) -> None:
         """Apply what `MIGRATIONS` has beyond `schema_version`, one transaction each, under the advisory lock."""
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             if _migrated(conn):  # nothing to do, and nothing written: a broker's own role may not make tables
                 return
             while True:
@@ -215,7 +282,7 @@ class PostgresState:
     # -- requests ---------------------------------------------------------------------------
 
     def insert_request(self, req: AccessRequest) -> None:
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             conn.execute(
                 f"INSERT INTO requests ({_REQUEST_COLUMNS}) VALUES ({', '.join(['%s'] * 17)})",  # noqa: S608
                 (
@@ -240,7 +307,7 @@ class PostgresState:
             )
 
     def get_request(self, request_id: str) -> AccessRequest | None:
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             row = conn.execute(
                 f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = %s",  # noqa: S608
                 (request_id,),
@@ -253,7 +320,7 @@ class PostgresState:
         return req is not None and req.status is Status.PENDING
 
     def requests_with_status(self, *statuses: Status) -> list[AccessRequest]:
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             rows = conn.execute(
                 f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status = ANY(%s::text[]) ORDER BY created_at",  # noqa: S608
                 ([s.value for s in statuses],),
@@ -267,7 +334,7 @@ class PostgresState:
 
         One statement: of two racing updates the second waits for the first's row lock, then re-checks
         the status against the committed row and matches nothing."""
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             cur = conn.execute(
                 "UPDATE requests SET status = %s, decided_at = COALESCE(%s::timestamptz, decided_at)"
                 " WHERE id = %s AND status = ANY(%s::text[])",
@@ -276,18 +343,18 @@ class PostgresState:
             return cur.rowcount == 1
 
     def set_extra(self, request_id: str, extra: dict[str, Any]) -> None:
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             conn.execute("UPDATE requests SET extra = %s WHERE id = %s", (Jsonb(extra), request_id))
 
     # -- small named values (the clock's high-water mark, ...) -----------------------------
 
     def get_meta(self, key: str) -> str | None:
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             row = conn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
         return None if row is None else str(row["value"])
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 (key, value),
@@ -296,7 +363,7 @@ class PostgresState:
     # -- windows ----------------------------------------------------------------------------
 
     def add_window(self, window: Window) -> None:
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             conn.execute(
                 f"INSERT INTO windows ({_WINDOW_COLUMNS}) VALUES ({', '.join(['%s'] * 12)})",  # noqa: S608
                 (
@@ -324,12 +391,12 @@ class PostgresState:
         if vault is not None:
             sql += " AND vault = %s"
             args.append(vault)
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             rows = conn.execute(sql + " ORDER BY ends_at", args).fetchall()
         return [Window(**r) for r in rows]
 
     def revoke_window(self, window_id: str, at: datetime) -> Window | None:
-        with self._pool.connection() as conn:
+        with self.connection() as conn:
             row = conn.execute(
                 f"UPDATE windows SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL"  # noqa: S608
                 f" RETURNING {_WINDOW_COLUMNS}",
@@ -343,7 +410,7 @@ class PostgresState:
 #: every table `MIGRATIONS` makes for the state and the approver's rows (`schema_version` aside)
 TABLES = (
     "requests", "windows", "meta", "factors", "factor_failures", "recovery_codes", "enrol_tokens", "agents",
-    "approvers", "request_approvals",
+    "approvers", "request_approvals", "leases",
 )  # fmt: skip
 #: columns the database fills in itself, left out of a copy (`factors.seq` numbers rows in the order they come)
 GENERATED_COLUMNS: dict[str, tuple[str, ...]] = {"factors": ("seq",)}

@@ -27,15 +27,14 @@ rewrite nor delete rows, nor drop the triggers. The URL (which may carry a passw
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import Connection, IsolationLevel, errors, sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import Connection, IsolationLevel, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -50,14 +49,14 @@ from agent_vault.store.audit import (
     ReleaseCount,
     RowFilter,
     VerifyResult,
+    chained_rows,
     known_event,
     missing_tail,
     record_from_row,
-    row_values,
     utc_now,
-    utc_text,
     walk_chain,
 )
+from agent_vault.store.postgres_reach import IdleCheck, describe_url, why
 
 if TYPE_CHECKING:
     from agent_vault.store.interface import AuditRecords
@@ -173,12 +172,13 @@ class PostgresAuditLog:
         listeners: Iterable[Callable[[AuditRecord], None]] = (),
         app_role: str | None = None,
         pool_size: int = 4,
-        pool_timeout: float = 30.0,
+        pool_timeout: float = 5.0,
     ) -> None:
         """`listeners`: called with each row this object commits, after the commit (see `listeners`)."""
         self._url = url
         #: where the log is, for messages (no user name or password)
         self.where = describe_url(url)
+        self._idle = IdleCheck()
         self._clock = clock or utc_now
         self._busy_timeout = busy_timeout
         #: called with each committed row; a listener must not raise: its error would reach the appender
@@ -197,7 +197,8 @@ class PostgresAuditLog:
             url,
             kwargs={"autocommit": True},
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            check=self._idle.check,
+            reset=self._idle.reset,
             min_size=1,
             max_size=pool_size,
             timeout=pool_timeout,
@@ -217,21 +218,29 @@ class PostgresAuditLog:
 
     def append(self, event: AuditEvent) -> AuditRecord:
         """Commit one row durably and return it; on any failure raise AuditError, write nothing."""
-        if not isinstance(event, AuditEvent):
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
+        """Commit `events` as consecutive rows, in order, in one transaction (one flush of the WAL for all:
+        the group commit of concurrent releases), and return them; on any failure raise AuditError, write
+        none."""
+        if not all(isinstance(event, AuditEvent) for event in events):
             raise TypeError("append() takes an AuditEvent")
-        _refuse_nul(event, self.where)
+        for event in events:
+            _refuse_nul(event, self.where)
         self._check_open()
         try:
             with self._pool.connection() as conn, conn.transaction():
                 # one appender at a time across every connection and process: the chain never forks
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-                record = self._insert_next(conn, event)
-            # the transaction committed on leaving the block, synchronous_commit on: the row is durable
+                records = self._insert_all(conn, events)
+            # the transaction committed on leaving the block, synchronous_commit on: the rows are durable
         except psycopg.Error as exc:
             raise AuditError(_explain(self.where, "write", exc)) from exc
-        for listener in self.listeners:
-            listener(record)
-        return record
+        for record in records:
+            for listener in self.listeners:
+                listener(record)
+        return records
 
     def list(
         self,
@@ -404,7 +413,7 @@ class PostgresAuditLog:
         """`append` inside a `bulk()` transaction (after `import_chain`): the row commits with the rest, and
         no listener hears of it (it is not committed when this returns)."""
         _refuse_nul(event, self.where)
-        return self._insert_next(conn, event)
+        return self._insert_all(conn, [event])[0]
 
     def close(self) -> None:
         if not self._closed:
@@ -448,17 +457,19 @@ class PostgresAuditLog:
         if durable is None or durable[0] == "off":
             conn.execute("SET synchronous_commit = on")
 
-    def _insert_next(self, conn: Connection[TupleRow], event: AuditEvent) -> AuditRecord:
+    def _insert_all(self, conn: Connection[TupleRow], events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
         # Continue after the highest id ever used (audit_head), so a deleted tail shows up as a gap at
         # the next append instead of being silently reused.
         last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         head = conn.execute("SELECT last_id FROM audit_head").fetchone()
         last_id, prev_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
-        row_id = max(last_id, int(head[0]) if head else 0) + 1
-        row = row_values(row_id, utc_text(self._clock(), "clock()"), event, prev_hash)
-        conn.execute(_INSERT, row)
-        conn.execute("UPDATE audit_head SET last_id = %s", (row_id,))
-        return record_from_row(row)
+        rows = chained_rows(max(last_id, int(head[0]) if head else 0), prev_hash, events, self._clock)
+        if not rows:
+            return []
+        with conn.cursor() as cursor:
+            cursor.executemany(_INSERT, rows)  # pipelined: one round trip for the rows
+        conn.execute("UPDATE audit_head SET last_id = %s", (rows[-1][0],))
+        return [record_from_row(row) for row in rows]
 
 
 # -- schema, role and settings ---------------------------------------------------------------
@@ -552,32 +563,8 @@ def _has_nul(value: object) -> bool:
     return False
 
 
-def describe_url(url: str) -> str:
-    """Where a database is, for messages: host, port and name, never the user or a password."""
-    try:
-        info = conninfo_to_dict(url)
-    except psycopg.Error:
-        return "(a PostgreSQL database)"
-    port = f":{info['port']}" if info.get("port") else ""
-    return f"postgresql://{info.get('host') or 'localhost'}{port}/{info.get('dbname') or ''}"
-
-
-def _explain(where: str, action: str, exc: psycopg.Error) -> str:
-    if isinstance(exc, errors.LockNotAvailable):
-        why = "another process holds the lock; try again, or stop the other agent-vault"
-    elif isinstance(exc, errors.DiskFull):
-        why = "the database server's disk is full; free some space"
-    elif isinstance(exc, errors.InsufficientPrivilege):
-        why = f"this database role may not do that ({exc.diag.message_primary})"
-    elif isinstance(exc, errors.ReadOnlySqlTransaction):
-        why = "the database is read-only (a standby?); connect to the primary"
-    elif isinstance(exc, PoolTimeout):
-        why = "no database connection became free in time (the server is down or overloaded)"
-    elif isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
-        why = f"the database server cannot be reached: {str(exc).strip()}"
-    else:
-        why = str(exc).strip()
-    return f"cannot {action} the audit log {where}: {why}"
+def _explain(where: str, action: str, exc: psycopg.Error | PoolTimeout) -> str:
+    return f"cannot {action} the audit log {where}: {why(exc)}"
 
 
 def _as_is(text: str) -> str:

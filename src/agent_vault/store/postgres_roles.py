@@ -20,7 +20,8 @@ from psycopg import Connection, sql
 from psycopg.rows import DictRow
 
 from agent_vault.store.postgres import TABLES, PostgresState
-from agent_vault.store.postgres_audit import PostgresAuditLog, describe_url
+from agent_vault.store.postgres_audit import PostgresAuditLog
+from agent_vault.store.postgres_reach import describe_url
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,30 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (request_id, approver)
     );
     """,
+    # 8: leases of minted credentials (docs/leases.md): which window or request each belongs to, when the
+    # broker ends it and when the credential itself does, and how it ended; never the credential
+    """
+    CREATE TABLE leases (
+        id TEXT PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        config_path TEXT NOT NULL,
+        vault TEXT NOT NULL,
+        name TEXT NOT NULL,
+        store_lease TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        revocable INTEGER NOT NULL,
+        window_id TEXT,
+        request_id TEXT,
+        issued_at TEXT NOT NULL,
+        until TEXT NOT NULL,
+        ends_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        ended_at TEXT,
+        why TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX leases_open ON leases(state, until);
+    CREATE INDEX leases_window ON leases(window_id);
+    """,
 ]
 
 
@@ -199,6 +223,8 @@ def _dt(value: str | None) -> datetime | None:
 
 
 class StateStore:
+    over_network = False
+
     def __init__(self, path: Path) -> None:
         private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -26,6 +26,7 @@ from agent_vault.approver.factors import FactorApprover
 from agent_vault.approver.passkeys import Passkeys
 from agent_vault.approver.protocol import Proof
 from agent_vault.broker.core import Broker
+from agent_vault.broker.leases import credential_end
 from agent_vault.broker.windows import what_approval_allows
 from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Status
@@ -204,6 +205,8 @@ class WebApp:
             "write": req.operation is Operation.WRITE,
             "previews": list(zip(req.names, req.previews, strict=False)),
             "unlocks": what_approval_allows(req),
+            # when a minted credential itself stops working, if approved now (broker/leases.py)
+            "credential": credential_end(req, req.decided_at or self.broker.clock()),
             "expires": req.expires_at,
             "state": req.status.value,
             "run": command_view(req.extra.get("run")),

@@ -112,11 +112,13 @@ class DashboardPages:
             return _see_other("/signin")
         broker = self.app.broker
         now = broker.clock()
+        windows = broker.windows()
         return self.app.render(
             "dashboard.html",
             request,
             pending=[self.app.request_view(req) for req in broker.pending() if req.status is Status.PENDING],
-            windows=[(w, broker.get_request(w.request_id)) for w in broker.windows()],
+            windows=[(w, broker.get_request(w.request_id)) for w in windows],
+            leases=broker.leases.of_windows(windows),  # the credentials minted under each (docs/leases.md)
             pictures=insights.overview(broker.audit, now),
             events=broker.audit.list(limit=RECENT_ROWS),
             factors=self.app.factors.all(),
