@@ -1328,4 +1328,15 @@ PROTECTIONS: tuple[Protection, ...] = (
         "",
         ("tests/broker/test_leases.py::test_a_restarted_broker_revokes_a_lease_left_past_its_window",),
     ),
+    Protection(
+        "rotating a minted secret (agent-vault rotate, Mark as leaked, onLeak = rotate) revokes every open lease "
+        "of it, not only those of the windows it ends",
+        "broker/rotation.py",
+        '        count = await self.leases.revoke_secret(vault, name, f"rotated: {why}", workspace=ws.key)\n',
+        "        count = 0\n",
+        (
+            "tests/broker/test_rotation_leases.py::test_rotating_a_minted_secret_revokes_its_logins_and_writes_nothing",
+            "tests/broker/test_rotation_leases.py::test_on_leak_rotate_of_a_minted_secret_revokes_every_login_of_it",
+        ),
+    ),
 )

@@ -38,7 +38,7 @@ from agent_vault.broker.peers import PeerPolicy
 from agent_vault.broker.proxy_gate import ProxyGate
 from agent_vault.broker.recorder import Recorder
 from agent_vault.broker.replicas import EVERYTHING, HOLDER_GONE, Replicas
-from agent_vault.broker.rotation import LeaseKeeper, Rotations, on_behalf
+from agent_vault.broker.rotation import Rotations, on_behalf
 from agent_vault.broker.runs import RunManager
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.broker.windows import Clock, WindowPolicy, utc_now
@@ -85,11 +85,8 @@ class Broker:
         replicas: Replicas | None = None,
         sweep_seconds: float = 60.0,
         lease_sweep_seconds: float = 15.0,
-        leases: LeaseKeeper | None = None,
     ) -> None:
-        """`leases`: the open leases of secrets a store mints per approval, revoked when one is rotated
-        (rotation.py; None: no store mints any, and a store that cannot be written cannot be rotated);
-        `replicas`: the other broker processes on a shared store, told of decisions (closed by `stop`);
+        """`replicas`: the other broker processes on a shared store, told of decisions (closed by `stop`);
         `sweep_seconds`: how often this process ends requests whose holder died (replicas.py);
         `lease_sweep_seconds`: how often it ends leases whose window ended or was revoked (leases.py).
         `proxy_dir`: where the credential-injecting proxy keeps its CA (no proxy without it);
@@ -161,7 +158,7 @@ class Broker:
             system_vaults=system_vaults,
         )
         #: rotating a secret that may have leaked, and the leak loop
-        self.rotations = Rotations(self.ledger, self.access, leases)
+        self.rotations = Rotations(self.ledger, self.access, self.leases)
         self.decisions = Decisions(self.ledger, approver=approver, writes=Writes(self.ledger, self.rotations.carry_out))
         self.rotate = self.rotations.ask
         self.list_secrets = self.access.list_secrets

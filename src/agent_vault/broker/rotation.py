@@ -10,9 +10,10 @@ exists nowhere durable; if the command fails, the old value is put back, so stor
 failure is audited and alerted. Denying a rotation needs a factor too (decisions.py): an agent must not keep a
 leaked value alive by refusing its rotation.
 
-A secret a store mints per approval (dynamic secrets): rotating it revokes its open leases, at once (failing
-safe, like revoking a window), through the `LeaseKeeper` the broker is given. Without one, a store that cannot
-be written cannot be rotated, and the error says so.
+A secret a store mints per approval (dynamic secrets, leases.py): there is no stored value to replace, so
+rotating it revokes its open leases at once through the broker's `Leases` (failing safe, like revoking a
+window; the logins stop working) and ends the windows that would mint more; nothing is generated or written.
+The next approved read mints a new login.
 """
 
 from __future__ import annotations
@@ -21,21 +22,23 @@ import asyncio
 import os
 import secrets
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
 
 from agent_vault.broker.access import Access, require_existing
 from agent_vault.broker.child import run_with_env
 from agent_vault.broker.generate import GenerationSpec, generate
+from agent_vault.broker.leases import WINDOW_REVOKED, Leases
 from agent_vault.broker.ledger import Ledger, Outcome, Session, log
 from agent_vault.broker.live import Live
 from agent_vault.broker.workspace import Workspace
 from agent_vault.configuration.boundaries import rotate_command_problem
-from agent_vault.configuration.project import RotatePolicy, VaultConfig
+from agent_vault.configuration.project import RotatePolicy
 from agent_vault.domain.errors import AgentVaultError, ConfigError, ProviderError, ReadOnlyVault
 from agent_vault.domain.grammar import check_name, check_reason
 from agent_vault.domain.request import ROTATE, AccessRequest, Requester
 from agent_vault.domain.secret import SecretValue
+from agent_vault.providers.base import leasing
 from agent_vault.store.sqlite import Window
 
 #: the variables of a `rotate.command`'s environment that hold the two values (never its argv)
@@ -51,18 +54,6 @@ PREVIOUS_VALUE_KEPT = {
 }
 
 
-class LeaseKeeper(Protocol):
-    """The open leases of secrets a store mints per approval (dynamic secrets; built apart from rotation)."""
-
-    def mints(self, vault: VaultConfig) -> bool:
-        """Whether `vault`'s store mints its values per approval, as leases (then rotating revokes them)."""
-        ...
-
-    async def revoke_leases(self, workspace: Workspace, vault: str, name: str) -> int:
-        """Revoke every open lease of secret `name` in `vault` now (the credentials stop working); how many."""
-        ...
-
-
 #: who asked for a rotation, as the broker knows it (never a client's claim): the request's `rotate.asked_by`
 ASKED_BY = {
     "socket": "agent-vault rotate, through the broker's socket (you, or an agent running as you)",
@@ -72,10 +63,10 @@ ASKED_BY = {
 
 
 class Rotations:
-    def __init__(self, ledger: Ledger, access: Access, leases: LeaseKeeper | None = None) -> None:
+    def __init__(self, ledger: Ledger, access: Access, leases: Leases) -> None:
         self.ledger = ledger
         self.access = access
-        #: revokes a dynamic secret's leases (None: no store here mints any)
+        #: the broker's leases of minted credentials: a dynamic secret is rotated by revoking them
         self.leases = leases
 
     # -- asking ---------------------------------------------------------------------------------
@@ -90,16 +81,17 @@ class Rotations:
         name = check_name(name)
         why = check_reason(reason)
         vcfg = ws.vault(vault)
+        provider = ws.provider(vault)
+        if leasing(provider) is not None:  # minted per approval: no stored value to replace, only logins to end
+            await asyncio.to_thread(require_existing, provider, vault, [name])
+            return await self._revoke_leases(session, vault, name, why)
         if not vcfg.writable:
-            if self.leases is not None and self.leases.mints(vcfg):
-                return await self._revoke_leases(session, vault, name, why)
             raise ReadOnlyVault(
                 f"vault {vault!r} cannot be rotated: agent-vault rotates a secret by writing a new value to it, "
                 f'but the vault is read-only. Fix: add "writable": true to vault {vault!r} in {ws.path} if '
                 "agent-vault may rotate its secrets (each write still waits for your approval); otherwise change "
                 "the value in the store yourself."
             )
-        provider = ws.provider(vault)
         if not provider.supports_write():
             raise ReadOnlyVault(
                 f"vault {vault!r} ({vcfg.type}) cannot be written by agent-vault, so it cannot rotate {name}. Fix: "
@@ -116,10 +108,12 @@ class Rotations:
         return await self.access.ask_rotation(session, vault, name, why, {**rotate.bound(), "asked_by": asked_by})
 
     async def _revoke_leases(self, session: Session, vault: str, name: str, why: str) -> Outcome:
+        """Revoke every open lease of minted secret `name` in this project now, after ending the windows that
+        would mint more (their other names' leases end with them, as when a window is revoked)."""
         ws = session.workspace
-        assert self.leases is not None
-        await self._end_windows(ws, vault, name, "its leases were revoked")
-        count = await self.leases.revoke_leases(ws, vault, name)
+        closed = await self._end_windows(ws, vault, name, "its leases were revoked")
+        count = await self.leases.revoke_secret(vault, name, f"rotated: {why}", workspace=ws.key)
+        count += await self.leases.end_windows([w.id for w in closed], WINDOW_REVOKED)
         await self.ledger.audit(
             ws, "leases_revoked", None, requester=session.requester, vault=vault, names=(name,), reason=why,
             detail={"count": count},
