@@ -1339,4 +1339,25 @@ PROTECTIONS: tuple[Protection, ...] = (
             "tests/broker/test_rotation_leases.py::test_on_leak_rotate_of_a_minted_secret_revokes_every_login_of_it",
         ),
     ),
+    Protection(
+        "a value an upstream sends back through the proxy is a leak: the windows that let it flow end",
+        "broker/proxy_gate.py",
+        "            closed = await self.leaks.contain(loan.session.workspace, vault, leaked, how)\n",
+        "            closed = []\n",
+        (
+            "tests/proxy/test_scrub_leak.py::"
+            "test_a_value_an_upstream_sends_back_closes_its_window_and_the_alert_offers_rotation",
+        ),
+    ),
+    Protection(
+        "a value an upstream sends back through the proxy sets off the leak alert (and onLeak = rotate)",
+        "broker/proxy_gate.py",
+        "            await self.leaks.report(loan.session, vault, leaked, seen)\n",
+        "            pass\n",
+        (
+            "tests/proxy/test_scrub_leak.py::"
+            "test_a_value_an_upstream_sends_back_closes_its_window_and_the_alert_offers_rotation",
+            "tests/proxy/test_scrub_leak.py::test_on_leak_rotate_asks_for_a_rotation_when_an_upstream_sends_the_value_back",
+        ),
+    ),
 )

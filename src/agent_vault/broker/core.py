@@ -31,6 +31,7 @@ from agent_vault.broker.access import Access
 from agent_vault.broker.decisions import Decisions
 from agent_vault.broker.delivery import Delivery
 from agent_vault.broker.integrity import Integrity
+from agent_vault.broker.leaks import Leaks
 from agent_vault.broker.leases import Leases
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Outreach, Quiet, Session, log_task_error
 from agent_vault.broker.limits import Ceilings, RequestLimiter
@@ -135,12 +136,6 @@ class Broker:
         self._sweeper: asyncio.Future[None] | None = None
 
         # the use cases, and what front doors call of them
-        #: the credential-injecting proxy for commands run via the proxy (started on first use)
-        self.proxy = (
-            ProxyGate(proxy_dir, proxy_settings or ProxySettings(), self.ledger, self._ask_call, proxy_public_dir)
-            if proxy_dir is not None
-            else None
-        )
         #: credentials minted per release, and their ends (leases.py)
         self.leases = Leases(
             self.ledger,
@@ -149,7 +144,17 @@ class Broker:
             sweep_seconds=lease_sweep_seconds,
             revoke_on_shutdown=self.ceilings.revoke_leases_on_shutdown,
         )
-        self.delivery = Delivery(self.ledger, runs=self.runs, leases=self.leases, proxy=self.proxy, leaked=self._leaked)
+        #: a value seen where it must not be: windows closed, alert offering (or asking for) a rotation
+        self.leaks = Leaks(self.ledger, self.leases, self._leaked)
+        #: the credential-injecting proxy for commands run via the proxy (started on first use)
+        self.proxy = (
+            ProxyGate(
+                proxy_dir, proxy_settings or ProxySettings(), self.ledger, self._ask_call, self.leaks, proxy_public_dir
+            )
+            if proxy_dir is not None
+            else None
+        )
+        self.delivery = Delivery(self.ledger, runs=self.runs, leases=self.leases, leaks=self.leaks, proxy=self.proxy)
         self.access = Access(
             self.ledger,
             delivery=self.delivery,

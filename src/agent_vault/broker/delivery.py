@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
 from agent_vault.broker.child import RunResult
 from agent_vault.broker.integrity import UNAUDITED_APPROVAL, approved_window_end
-from agent_vault.broker.leases import COMMAND_FINISHED, LEAKED, NOT_DELIVERED, Leases
+from agent_vault.broker.leaks import Leaks
+from agent_vault.broker.leases import COMMAND_FINISHED, NOT_DELIVERED, Leases
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Session
 from agent_vault.broker.proxy_gate import Loan, ProxyGate
 from agent_vault.broker.runs import RunManager, RunSpec, command_digest, parse_run
@@ -31,9 +31,6 @@ from agent_vault.store.sqlite import Window
 
 log = logging.getLogger("agent_vault.broker.core")
 
-#: what a seen leak sets off (rotation.Rotations.leaked): session, vault, names, where it was seen
-Leaked = Callable[[Session, str, Sequence[str], str], Awaitable[str]]
-
 
 class Delivery:
     def __init__(
@@ -42,8 +39,8 @@ class Delivery:
         *,
         runs: RunManager,
         leases: Leases,
+        leaks: Leaks,
         proxy: ProxyGate | None = None,
-        leaked: Leaked | None = None,
     ) -> None:
         self.ledger = ledger
         self.runs = runs
@@ -51,8 +48,8 @@ class Delivery:
         self.leases = leases
         #: lends placeholders to commands run `via: "proxy"` (None: this broker has no proxy)
         self.proxy = proxy
-        #: the leak loop: alert, offering or asking for a rotation (None: only the alert)
-        self.leaked = leaked
+        #: what a masked value in a command's output sets off (leaks.py)
+        self.leaks = leaks
 
     def request_for(self, session: Session, request_id: str) -> AccessRequest:
         """A request of this session; or any rotation in its workspace (asking to rotate a secret whose rotation
@@ -248,23 +245,11 @@ class Delivery:
         await self.leases.end_request(request_id, COMMAND_FINISHED)  # what no window holds ends with the command
         if not masked:
             return []
-        closed = ledger.policy.close_covering(ws.key, vault, masked)
+        closed = await self.leaks.contain(ws, vault, masked, "the command printed it")
         detail["closed_windows"] = [w.id for w in closed]
-        await self.leases.end_windows([w.id for w in closed], f"{LEAKED}: the command printed it")
         await ledger.audit(ws, "masked_output", None, request_id=request_id, detail=detail, **common)
         argv = " ".join(spec.argv)
-        seen = f"the command `{argv[:120]}` printed it (masked in what the agent got)"
-        if self.leaked is not None:
-            try:
-                await self.leaked(session, vault, masked, seen)
-                return closed
-            except Exception:  # the config changed under it, say: the plain alert below still goes out
-                log.exception("could not offer a rotation for a leak")
-        message = f"a command printed {', '.join(masked)} from vault {vault!r}; its approval window was closed"
-        try:
-            ledger.outreach.alert(message)
-        except Exception:  # an alert channel must never break the report
-            log.exception("alert channel failed")
+        await self.leaks.report(session, vault, masked, f"the command `{argv[:120]}` printed it (masked in its output)")
         return closed
 
 
