@@ -1360,4 +1360,34 @@ PROTECTIONS: tuple[Protection, ...] = (
             "tests/proxy/test_scrub_leak.py::test_on_leak_rotate_asks_for_a_rotation_when_an_upstream_sends_the_value_back",
         ),
     ),
+    Protection(
+        "a rotate.command runs outside the project directory, so nothing an agent planted there is what it runs",
+        "broker/rotation.py",
+        "                COMMAND_DIR, timeout=float(rotate.timeout), base_env=base_env,\n",
+        "                ws.vault(vault).base_dir, timeout=float(rotate.timeout), base_env=base_env,\n",
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_a_module_planted_in_the_project_is_not_what_an_allowed_rotate_command_runs",
+        ),
+    ),
+    Protection(
+        "rotating a minted secret revokes only the leases of the project that asked",
+        "broker/rotation.py",
+        'f"rotated: {why}", workspace=ws.key)',
+        'f"rotated: {why}")',
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_rotating_a_minted_secret_in_one_project_leaves_another_projects_logins_alone",
+        ),
+    ),
+    Protection(
+        "the console's Mark as leaked needs a signed-in approver",
+        "web/dashboard.py",
+        'approval page."""\n        if not self.app.signed_in(request):\n',
+        'approval page."""\n        if False:\n',
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_the_agent_cannot_use_on_leak_to_rotate_without_a_human_nor_mark_a_secret_as_leaked",
+        ),
+    ),
 )

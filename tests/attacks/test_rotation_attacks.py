@@ -22,8 +22,11 @@ from agent_vault.domain.wire import RequestBody
 from agent_vault.frontdoor.session import AgentSession, ClientInfo
 from agent_vault.frontdoor.tools import build_server
 from agent_vault.home import StatePaths
+from tests.broker.test_core import make_broker
+from tests.broker.test_leases import RealTime, allowed, approved_read, session_of
 from tests.broker.test_rotation import allow, approve_next, env_values, env_vault, recorder, server, wait_for_pending
 from tests.conftest import FAKE_KEY, StepClock, csrf_token, decide_on_page, write_project
+from tests.providers.database_engine import DatabaseEngine
 
 pytestmark = pytest.mark.anyio
 __all__ = ["server"]
@@ -177,3 +180,94 @@ async def test_the_rotation_path_never_hands_the_new_value_to_the_agent(
     rid = await wait_for_pending(srv, rotation=False)
     assert ROTATE not in srv.broker.get_request(rid).extra  # type: ignore[union-attr]
     await agent.close()
+
+
+#: an allowed rotate.command's real module, outside the project (found on PYTHONPATH)
+TELL_SERVICE = "import sys; open(sys.argv[1], 'w').write('told')\n"
+
+
+async def test_a_module_planted_in_the_project_is_not_what_an_allowed_rotate_command_runs(
+    home: StatePaths, tmp_path: Path, server: Any, step_clock: StepClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user allowed `python -m tellservice`; the agent, which can write only the project (a sandbox), puts
+    its own `tellservice.py` there. A command run in the project directory would import the agent's module
+    (python -m puts the working directory first on sys.path) and hand it both values."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "tellservice.py").write_text(TELL_SERVICE)
+    monkeypatch.setenv("PYTHONPATH", str(tools))  # where the user installed it (the broker's environment)
+    told = tmp_path / "told.txt"
+    allowed = [PY, "-m", "tellservice", str(told)]
+    allow(home, allowed)
+    project = tmp_path / "project"
+    write_project(project, {"dev": env_vault({"command": allowed})})
+    loot = project / "loot.txt"
+    (project / "tellservice.py").write_text(EXFILTRATE.replace("sys.argv[1]", repr(str(loot))))
+    srv: BrokerServer = await server()
+
+    agent, client, rid = await ask_as_agent(home, project, rotation_body())
+    await anyio.to_thread.run_sync(decide_on_page, srv.url, rid, "approve", step_clock.next_code())
+    done = await client.wait(rid, 10)
+    await agent.close()
+
+    assert done["status"] == "written"
+    assert told.read_text() == "told"  # the user's own module ran
+    assert not loot.exists()  # the agent's did not
+
+
+async def test_rotating_a_minted_secret_in_one_project_leaves_another_projects_logins_alone(
+    home: StatePaths, tmp_path: Path, database_engine: DatabaseEngine
+) -> None:
+    """Rotating needs no approval for a minted secret (it only revokes): an agent must not use that to cut
+    the logins of another project that mints from a vault and secret of the same names."""
+    clock = RealTime()
+    broker = make_broker(home, clock, allowed(database_engine))
+    await broker.start()
+    try:
+        mine = session_of(broker, database_engine, tmp_path / "mine")
+        theirs = session_of(broker, database_engine, tmp_path / "theirs")
+        my_login = await approved_read(broker, mine)
+        their_login = await approved_read(broker, theirs)
+
+        outcome = await broker.rotate(mine, "db", "MIGRATOR", "leaked")
+
+        assert outcome.revoked == 1
+        assert not database_engine.can_log_in(my_login)
+        assert database_engine.can_log_in(their_login)  # another project's login: not this rotation's to end
+        assert [w.workspace for w in broker.windows()] == [theirs.workspace.key]
+    finally:
+        await broker.stop()
+
+
+async def test_the_agent_cannot_use_on_leak_to_rotate_without_a_human_nor_mark_a_secret_as_leaked(
+    home: StatePaths, tmp_path: Path, server: Any, step_clock: StepClock
+) -> None:
+    """The agent writes `onLeak = "rotate"` into the project config and prints the value: a rotation is asked
+    for, by agent-vault (the page says so, not "you"), and nothing is stored until the human approves; the
+    agent cannot approve it, nor press the console's "Mark as leaked" without signing in."""
+    project = tmp_path / "project"
+    policy = {"API_KEY": {"onLeak": "rotate", "rotate": {"format": "hex", "length": 12}}}
+    write_project(project, {"dev": {"type": "env", "file": ".env.secrets", "writable": True, "secrets": policy}})
+    srv: BrokerServer = await server()
+    agent = AgentSession(home, project)
+    args = {"command": [PY, "-c", "import os; print(os.environ['K'])"], "env": {"K": "dev/API_KEY"}, "reason": "x"}
+    async with Client(build_server(agent)) as mcp, anyio.create_task_group() as tg:
+        tg.start_soon(approve_next, srv, step_clock, False)
+        ran = await mcp.call_tool("run_with_secrets", args)
+    assert ran.structured_content["masked"] == ["API_KEY"]
+    rid = await wait_for_pending(srv)
+    page = await anyio.to_thread.run_sync(post_on_page, srv.url, rid, {"action": "approve"})
+    assert "after it saw the value leak" in page and "on the signed-in console" not in page
+    await agent.close()
+    assert srv.broker.get_request(rid).status is Status.PENDING  # type: ignore[union-attr]
+    assert env_values(project / ".env.secrets")["API_KEY"] == FAKE_KEY
+
+    def mark_leaked_unsigned() -> httpx2.Response:  # curl at the console, not signed in
+        with httpx2.Client(base_url=srv.url, trust_env=False) as browser:
+            form = {"vault": "dev", "name": "API_KEY", "config": str(project / "agent-vault.config.json")}
+            return browser.post("/dashboard/leaked", data=form, headers={"Origin": srv.url})
+
+    posted = await anyio.to_thread.run_sync(mark_leaked_unsigned)
+    assert posted.status_code in (303, 403) and "/approve/" not in posted.headers.get("location", "")
+    assert [r.id for r in srv.broker.pending()] == [rid]  # no second rotation
+    assert env_values(project / ".env.secrets")["API_KEY"] == FAKE_KEY

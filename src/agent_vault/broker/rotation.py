@@ -22,6 +22,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -45,6 +46,9 @@ from agent_vault.store.sqlite import Window
 OLD_VALUE, NEW_VALUE = "AGENT_VAULT_OLD_VALUE", "AGENT_VAULT_NEW_VALUE"
 #: the variable naming the secret rotated (`vault/NAME`), so one command can serve several secrets
 SECRET_NAME = "AGENT_VAULT_SECRET"  # noqa: S105 (a variable's name, not a password)
+#: where a `rotate.command` runs: never the project directory, which an agent can write (a module or config file
+#: planted there would be picked up by a command that looks in its working directory, and get both values)
+COMMAND_DIR = Path("/")
 #: where a store keeps a value it replaced, for the audit's hint when the old value could not be put back
 PREVIOUS_VALUE_KEPT = {
     "keepass": "the entry's history in the .kdbx file",
@@ -203,7 +207,7 @@ class Rotations:
         try:
             result = await run_with_env(
                 rotate.command, {"old": old, "new": new}, {OLD_VALUE: "old", NEW_VALUE: "new"},
-                ws.vault(vault).base_dir, timeout=float(rotate.timeout), base_env=base_env,
+                COMMAND_DIR, timeout=float(rotate.timeout), base_env=base_env,
             )  # fmt: skip
             exit_code, timed_out, seconds = result.exit_code, result.timed_out, result.seconds
         except OSError as exc:  # the program is missing or not executable
