@@ -2,7 +2,7 @@
 a passkey (CDP virtual authenticator), presses "Mark as leaked" on a secret's page, lands on the rotation's
 approval page, and approves it with the passkey: the env file then holds a new value agent-vault generated,
 shown nowhere. Denying a rotation takes the passkey too ("Deny with passkey"), and a plain POST without a
-factor denies nothing."""
+factor denies nothing. A secret a store mints (real OpenBao database engine) has its login revoked at once."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from agent_vault.home import StatePaths
 from agent_vault.providers.dotenv_format import parse
 from tests.browser.conftest import BackgroundBroker, virtual_authenticator
 from tests.browser.test_browser_approval import enrol_in_browser
-from tests.conftest import FAKE_KEY, enrol_totp, write_project
+from tests.conftest import FAKE_KEY, StepClock, enrol_totp, write_project
+from tests.providers.database_engine import DatabaseEngine
 
 VAULT = "ops"  # a vault of its own, so the console's secret page has one config to mark
 
@@ -113,3 +114,40 @@ def test_a_rotation_is_denied_with_the_passkey_and_not_without_a_factor(
     [denied] = broker.server.broker.audit.list(request_id=rid, event="denied")
     assert str(denied.detail["factor"]).startswith("passkey:")
     assert stored(env_file) == FAKE_KEY  # denied: nothing rotated
+
+
+def test_marking_a_minted_secret_as_leaked_revokes_its_login_and_says_so(
+    phone: Any, home: StatePaths, tmp_path: Path, step_clock: StepClock, database_engine: DatabaseEngine
+) -> None:
+    """A database login minted by the real OpenBao engine (real PostgreSQL): "Mark as leaked" revokes it at
+    once, with no rotation to approve, and the secret's page says how many logins were revoked."""
+    host = database_engine.bao.url.split("//", 1)[1]
+    roles = ", ".join(f'"{r}"' for r in database_engine.roles())
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "settings.toml").write_text(f'[leases]\nallowRoles = [{roles}]\n[stores]\nallowHosts = ["{host}"]\n')
+    enrol_totp(home)
+    broker = BackgroundBroker(home, step_clock, tmp_path / "project")
+    try:
+        config = write_project(tmp_path / "db-project", {"db": database_engine.vault_section(ttl=15)})
+        session = broker.server.broker.open_session(config, {"BAO_TEST_TOKEN": database_engine.token}, {})
+        asked = broker.call(broker.server.broker.request_access(session, "db", ["MIGRATOR"], "run migration 0042"))
+        assert asked.request is not None
+        broker.call(
+            broker.server.broker.decide(asked.request.id, True, Proof("totp", {"code": step_clock.next_code()}))
+        )
+        login = broker.call(broker.server.broker.wait(session, asked.request.id, 5)).values["MIGRATOR"].reveal()
+        assert database_engine.can_log_in(login)
+
+        phone.goto(f"{broker.url}/signin")
+        phone.fill("input[name=code]", step_clock.next_code())
+        phone.click("button[type=submit]")
+        phone.wait_for_url("**/dashboard")
+        phone.goto(f"{broker.url}/dashboard/secret?vault=db&name=MIGRATOR")
+        phone.tap("#mark-leaked")
+        phone.wait_for_selector("#leaked .error[role=alert]", timeout=15_000)
+
+        assert "1 open lease(s) of db/MIGRATOR were revoked" in phone.locator("#leaked").inner_text()
+        assert "/approve/" not in phone.url and broker.server.broker.pending() == []
+        assert not database_engine.can_log_in(login)
+    finally:
+        broker.stop()
