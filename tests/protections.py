@@ -1342,8 +1342,8 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a value an upstream sends back through the proxy is a leak: the windows that let it flow end",
         "broker/proxy_gate.py",
-        "            closed = await self.leaks.contain(loan.session.workspace, vault, leaked, how)\n",
-        "            closed = []\n",
+        "closed = [await self.leaks.contain(held.session.workspace, v, [n], how) for held, v, n in leaked]",
+        "closed = []",
         (
             "tests/proxy/test_scrub_leak.py::"
             "test_a_value_an_upstream_sends_back_closes_its_window_and_the_alert_offers_rotation",
@@ -1352,7 +1352,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a value an upstream sends back through the proxy sets off the leak alert (and onLeak = rotate)",
         "broker/proxy_gate.py",
-        "            await self.leaks.report(loan.session, vault, leaked, seen)\n",
+        "            await self.leaks.report(held.session, secret_vault, [name], seen)\n",
         "            pass\n",
         (
             "tests/proxy/test_scrub_leak.py::"

@@ -311,16 +311,27 @@ class ProxyGate:
         }
         if record.refusal:
             detail["why"] = record.refusal
-        leaked = [n for n in dict.fromkeys(_name_of(s) for s in record.scrubbed) if loan and n not in loan.leaked]
-        if loan is not None and vault is not None and leaked:
-            loan.leaked.update(leaked)
+        leaked = self._sent_back(record)
+        if leaked:  # a leak (leaks.py): the windows that let each value flow end before the row names them
             how = f"{record.host} sent it back"
-            closed = await self.leaks.contain(loan.session.workspace, vault, leaked, how)
-            detail["closed_windows"] = [w.id for w in closed]
+            closed = [await self.leaks.contain(held.session.workspace, v, [n], how) for held, v, n in leaked]
+            detail["closed_windows"] = [w.id for windows in closed for w in windows]
         await self._audit(loan, "proxied", vault, names, detail)
-        if loan is not None and vault is not None and leaked:
-            seen = f"{record.host} sent it back in its answer to {_what(loan)} (scrubbed from what the command got)"
-            await self.leaks.report(loan.session, vault, leaked, seen)
+        for held, secret_vault, name in leaked:
+            seen = f"{record.host} sent it back in its answer to {_what(held)} (scrubbed from what the command got)"
+            await self.leaks.report(held.session, secret_vault, [name], seen)
+
+    def _sent_back(self, record: RequestRecord) -> list[tuple[Loan, str, str]]:
+        """The lent secrets (loan, vault, name) whose value this response carried back, each once per loan: the
+        scrubber replaces every lent value, so one may be another command's."""
+        found = []
+        for secret_id in record.scrubbed:
+            held = self._loan_of(secret_id)
+            vault, name = _vault_name(secret_id)
+            if held is not None and name not in held.leaked:
+                held.leaked.add(name)
+                found.append((held, vault, name))
+        return found
 
     async def _blocked(self, blocked: BlockedDestination) -> None:
         log.info("proxy refused a connection to %s:%s (%s)", blocked.host, blocked.port, blocked.reason)
