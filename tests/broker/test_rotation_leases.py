@@ -57,7 +57,7 @@ async def test_rotating_a_minted_secret_revokes_its_logins_and_writes_nothing(
         assert [w.name for w in broker.windows()] == ["REPORTER"]  # MIGRATOR's window would mint more: ended
         revoked = events(broker, "lease_revoked")
         assert [r.detail["why"] for r in revoked] == ["rotated: printed in a transcript"] * 2
-        [summary] = events(broker, "leases_revoked")
+        [summary] = events(broker, "rotation_revoked_leases")
         assert summary.detail["count"] == 2 and summary.names == ("MIGRATOR",)
         assert len(events(broker, "requested")) == requested  # nobody was asked: revoking fails safe
         no_rotation_rows(broker)
@@ -83,7 +83,7 @@ async def test_marking_a_minted_secret_as_leaked_revokes_its_logins(
 
         assert (outcome.status, outcome.revoked) == ("revoked", 1)
         assert not database_engine.can_log_in(login)
-        [summary] = events(broker, "leases_revoked")
+        [summary] = events(broker, "rotation_revoked_leases")
         assert summary.reason == "marked as leaked on the console"
         no_rotation_rows(broker)
     finally:
@@ -118,7 +118,7 @@ async def test_on_leak_rotate_of_a_minted_secret_revokes_every_login_of_it(
         assert ran.run is not None and ran.run.masked == {"MIGRATOR"}
 
         assert not database_engine.can_log_in(held)
-        [summary] = events(broker, "leases_revoked")
+        [summary] = events(broker, "rotation_revoked_leases")
         assert "leaked" in summary.reason
         no_rotation_rows(broker)
     finally:

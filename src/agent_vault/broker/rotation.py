@@ -119,7 +119,7 @@ class Rotations:
         count = await self.leases.revoke_secret(vault, name, f"rotated: {why}", workspace=ws.key)
         count += await self.leases.end_windows([w.id for w in closed], WINDOW_REVOKED)
         await self.ledger.audit(
-            ws, "leases_revoked", None, requester=session.requester, vault=vault, names=(name,), reason=why,
+            ws, "rotation_revoked_leases", None, requester=session.requester, vault=vault, names=(name,), reason=why,
             detail={"count": count},
         )  # fmt: skip
         return Outcome("revoked", None, revoked=count)
