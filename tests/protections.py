@@ -107,8 +107,8 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a window is bound to the vault's definition when it opened",
         "broker/windows.py",
-        "if w.definition == definition and w.allows(action, subject)",
-        "if w.allows(action, subject)",
+        "            and w.definition == definition\n",
+        "",
         ("tests/broker/test_vault_definition.py::test_a_window_does_not_follow_the_vault_to_another_store",),
     ),
     Protection(
@@ -299,7 +299,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a store outside the project needs the user's allowance",
         "configuration/boundaries.py",
-        "if limits.trusted or any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):",
+        "if any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):",
         "if True:",
         ("tests/attacks/test_symlink_swap.py::test_a_store_outside_the_project_is_refused_unless_the_user_allows_it",),
     ),
@@ -1286,7 +1286,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a store path's remembered real path is used only while the path still leads to the same file: a "
         "re-pointed symlink is resolved again",
-        "configuration/boundaries.py",
+        "providers/files.py",
         "if known is not None and known[0] == (st.st_dev, st.st_ino):",
         "if known is not None:",
         (
@@ -1388,6 +1388,34 @@ PROTECTIONS: tuple[Protection, ...] = (
         (
             "tests/attacks/test_rotation_attacks.py::"
             "test_the_agent_cannot_use_on_leak_to_rotate_without_a_human_nor_mark_a_secret_as_leaked",
+        ),
+    ),
+    Protection(
+        "a login minted for a command without a window is revoked when the command finishes",
+        "broker/delivery.py",
+        "await self.leases.end_request(request_id, COMMAND_FINISHED)",
+        "pass",
+        ("tests/broker/test_leases.py::test_a_command_gets_a_minted_login_that_ends_with_the_command",),
+    ),
+    Protection(
+        "a grouped window lookup serves only the reads that asked before it started (a revocation is seen)",
+        "broker/windows.py",
+        "                for done in group:\n",
+        "                group, self._waiting = group + self._waiting, []  # late arrivals ride on this answer\n"
+        "                for done in group:\n",
+        (
+            "tests/broker/test_replicas.py::"
+            "test_a_read_sees_a_revocation_made_while_an_earlier_window_lookup_was_under_way",
+        ),
+    ),
+    Protection(
+        "after a listing's row (written behind its answer) fails, the next listing waits for its row",
+        "broker/recorder.py",
+        "            self._behind_failed = True\n",
+        "",
+        (
+            "tests/broker/test_core.py::"
+            "test_a_listing_row_is_written_before_any_later_row_and_a_failed_one_fails_closed",
         ),
     ),
 )

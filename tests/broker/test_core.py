@@ -102,7 +102,37 @@ async def test_list_secrets_names_only(broker: Broker, tmp_path: Path) -> None:
     session = open_session(broker, tmp_path / "p")
     listing = await broker.list_secrets(session)
     assert listing == {"dev": ["API_KEY", "DATABASE_URL"]}
+    await broker.recorder.drain()  # a listing's row follows its answer (Recorder.record_behind)
     assert [r.event for r in broker.audit.list()][:1] == ["listed"]
+
+
+async def test_a_listing_row_is_written_before_any_later_row_and_a_failed_one_fails_closed(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Names are answered before their row is durable, but the row precedes every later one in the chain;
+    once such a row could not be written, the next listing waits for its own row and fails with the error."""
+    session = open_session(broker, tmp_path / "p", ttl=15)
+    await broker.list_secrets(session)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    assert [r.event for r in broker.audit.list()][:2] == ["requested", "listed"]  # durable, in order (newest first)
+
+    real_append, real_many = broker.audit.append, broker.audit.append_many
+
+    def broken(*events: object) -> object:
+        raise AuditError("disk full")
+
+    broker.audit.append = broker.audit.append_many = broken  # type: ignore[method-assign]
+    assert await broker.list_secrets(session) == {"dev": ["API_KEY", "DATABASE_URL"]}  # answered; its row failed
+    await broker.recorder.drain()
+    with pytest.raises(AuditError):
+        await broker.list_secrets(session)  # fail closed: this one waited for its row
+    broker.audit.append, broker.audit.append_many = real_append, real_many  # type: ignore[method-assign]
+    await broker.list_secrets(session)  # written again: awaited once more, then behind as before
+    assert broker.audit.list()[0].event == "listed"
+    await broker.list_secrets(session)
+    await broker.recorder.drain()
+    assert [r.event for r in broker.audit.list()][:2] == ["listed", "listed"]
 
 
 async def test_missing_secret_fails_before_asking(broker: Broker, tmp_path: Path) -> None:
@@ -184,6 +214,40 @@ async def test_secret_scope_covers_only_that_secret(broker: Broker, tmp_path: Pa
     await broker.decide(out.request.id, True, OK)
     assert (await broker.request_access(session, "dev", ["API_KEY"], "again")).status == "delivered"
     assert (await broker.request_access(session, "dev", ["DATABASE_URL"], "other")).status == "pending"
+
+
+async def test_a_window_reads_the_store_as_it_is_now(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a window values come from memory while the file is unchanged: an edit of the same size is read at
+    once, and a deleted name is not found."""
+    import os
+
+    from agent_vault.providers import files
+
+    monkeypatch.setattr(files, "_RACY_NS", 0)  # trust a just-written file's stamp (each edit moves mtime)
+    session = open_session(broker, tmp_path / "p", ttl=30, ttlScope="vault")
+    secrets = tmp_path / "p" / ".env.secrets"
+    old = (datetime.now().timestamp() - 3600,) * 2
+    os.utime(secrets, old)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    await broker.decide(out.request.id, True, OK)
+    for _ in range(2):  # the second read is answered from memory
+        got = await broker.request_access(session, "dev", ["API_KEY"], "again")
+        assert got.status == "delivered" and got.values["API_KEY"].reveal() == FAKE_KEY
+    text = secrets.read_text()
+    edited = "fake-api-key-edited"[: len(FAKE_KEY)].ljust(len(FAKE_KEY), "x")
+    secrets.write_text(text.replace(FAKE_KEY, edited))
+    os.utime(secrets, (old[0] + 1, old[1] + 1))
+    got = await broker.request_access(session, "dev", ["API_KEY"], "after the edit")
+    assert got.values["API_KEY"].reveal() == edited
+    assert await broker.list_secrets(session) == {"dev": ["API_KEY", "DATABASE_URL"]}
+    secrets.write_text("".join(line + "\n" for line in text.splitlines() if not line.startswith("API_KEY")))
+    os.utime(secrets, (old[0] + 2, old[1] + 2))
+    with pytest.raises(SecretNotFound):
+        await broker.request_access(session, "dev", ["API_KEY"], "after deleting it")
+    assert await broker.list_secrets(session) == {"dev": ["DATABASE_URL"]}
 
 
 async def test_vault_scope_covers_the_vault_and_other_sessions(broker: Broker, tmp_path: Path) -> None:

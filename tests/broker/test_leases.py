@@ -1,7 +1,8 @@
 """Leases through the broker (issue 17): an approved read of a minting vault releases a new PostgreSQL login
 from a real OpenBao database engine whose lease is the window; the login stops working when the window is
 revoked, when it ends, when a restarted broker finds it past its window, when the rotation seam revokes it,
-and when the broker stops. Every lease is recorded and audited, never with the credential."""
+and when the broker stops; a lease the store would end early is renewed to the window; a project's `only`
+list narrows what a system vault mints. Every lease is recorded and audited, never with the credential."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from agent_vault.broker.core import Broker, Session
 from agent_vault.broker.limits import Ceilings
 from agent_vault.configuration.boundaries import ProjectLimits
 from agent_vault.configuration.destinations import parse_allowance
+from agent_vault.domain.errors import SecretNotFound
 from agent_vault.home import StatePaths
 from agent_vault.store.leases import LAPSED, OPEN, REVOKED
 from tests.broker.test_core import OK, Clock, make_broker
@@ -206,5 +208,116 @@ async def test_a_read_without_a_window_gets_a_short_lease(
         assert 290 <= (lease.until - lease.issued_at).total_seconds() <= 300  # UNWINDOWED_SECONDS
         seen = database_engine.lease(lease.store_lease)
         assert seen is not None and seen["ttl"] <= 300
+    finally:
+        await broker.stop()
+
+
+async def test_a_lease_the_store_would_end_before_its_window_is_renewed_to_the_window(
+    home: StatePaths, tmp_path: Path, clock: RealTime, database_engine: DatabaseEngine
+) -> None:
+    """Renewal within the window: a lease the store would end early (here shortened to 10 s at the store, as a
+    store that grants less than asked leaves it) is renewed by the sweep to the window's remaining time."""
+    broker = make_broker(home, clock, allowed(database_engine))
+    await broker.start()
+    try:
+        session = session_of(broker, database_engine, tmp_path / "p")
+        credential = await approved_read(broker, session)
+        [lease] = broker.leases.records.open_leases()
+        database_engine.bao.client().sys.renew_lease(lease.store_lease, increment=10)
+        broker.leases.records.set_ends_at(lease.id, clock() + timedelta(seconds=10))
+        shortened = database_engine.lease(lease.store_lease)
+        assert shortened is not None and shortened["ttl"] <= 10
+
+        assert await broker.leases.sweep() == 0  # renewed, nothing revoked
+        renewed = database_engine.lease(lease.store_lease)
+        assert renewed is not None and 14 * 60 < renewed["ttl"] <= 15 * 60
+        [after] = broker.leases.records.open_leases()
+        assert abs((after.ends_at - after.until).total_seconds()) < 5
+        assert database_engine.can_log_in(credential)
+
+        await broker.revoke_window(after.window_id or "")  # and the renewed lease still ends with its window
+        assert not database_engine.can_log_in(credential)
+    finally:
+        await broker.stop()
+
+
+async def test_a_project_narrowing_a_system_minting_vault_mints_only_the_secrets_it_lists(
+    home: StatePaths,
+    tmp_path: Path,
+    clock: RealTime,
+    database_engine: DatabaseEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A system broker's minting vault seen through a project's `only` list (broker/workspace.py
+    NarrowedLeasing): the other role is neither listed nor minted, before or inside a window."""
+    from agent_vault.broker.peers import PeerPolicy
+    from agent_vault.broker.system_vaults import SystemVaults
+    from tests.broker.test_peers import BROKER_UID, ME, MY_GROUP
+
+    monkeypatch.setenv("VAULT_TOKEN", database_engine.token)  # the system broker's own login, never a session's
+    etc = tmp_path / "etc"
+    section = {k: v for k, v in database_engine.vault_section(ttl=15).items() if k != "token"}
+    write_project(etc, {"db": section})
+    (etc / "agent-vault.config.json").rename(etc / "vaults.json")
+    policy = PeerPolicy(group=MY_GROUP, owner=BROKER_UID)
+    broker = make_broker(
+        home, clock, allowed(database_engine), peers=policy, system_vaults=SystemVaults(etc / "vaults.json")
+    )
+    await broker.start()
+    try:
+        narrowed = broker.open_session(
+            Path("/anywhere"), {}, {"client_name": "pytest", "pid": 1, "uid": ME}, {"db": {"only": ["REPORTER"]}}
+        )
+        assert await broker.list_secrets(narrowed) == {"db": ["REPORTER"]}
+        with pytest.raises(SecretNotFound):
+            await broker.request_access(narrowed, "db", ["MIGRATOR"], "run migration 0042")
+        reporter = await approved_read(broker, narrowed, "REPORTER")
+        assert database_engine.can_log_in(reporter)
+        with pytest.raises(SecretNotFound):  # inside the window, too
+            await broker.request_access(narrowed, "db", ["MIGRATOR"], "run migration 0043")
+        assert [lease.name for lease in broker.leases.records.open_leases()] == ["REPORTER"]
+    finally:
+        await broker.stop()
+
+
+async def test_a_command_gets_a_minted_login_that_ends_with_the_command(
+    home: StatePaths, tmp_path: Path, clock: RealTime, database_engine: DatabaseEngine
+) -> None:
+    """run_with_secrets from a minting vault without a window: the command's environment holds a new login that
+    works while it runs, and the lease is revoked when the command finishes (nothing of it outlives the run)."""
+    import sys
+
+    from agent_vault.broker.delivery import COMMAND_FINISHED
+
+    broker = make_broker(home, clock, allowed(database_engine))
+    await broker.start()
+    try:
+        session = session_of(broker, database_engine, tmp_path / "p", ttl=0)
+        kept = tmp_path / "login-the-command-got.json"  # for the test to try after the command; never printed
+        probe = tmp_path / "p" / "probe.py"
+        probe.write_text(
+            "import json, os, pathlib, sys, psycopg\n"
+            "login = json.loads(os.environ['DB_LOGIN'])\n"
+            f"pathlib.Path({str(kept)!r}).write_text(os.environ['DB_LOGIN'])\n"
+            f"with psycopg.connect({database_engine.dsn!r}, user=login['username'], password=login['password']) as c:\n"
+            "    me = c.execute('SELECT current_user').fetchone()[0]\n"
+            "print('connected as the minted login:', me == login['username'])\n"
+        )
+        run = {
+            "argv": [sys.executable, str(probe)], "env": [["DB_LOGIN", "MIGRATOR"]], "cwd": str(tmp_path / "p"),
+            "timeout": 60,
+        }  # fmt: skip
+        asked = await broker.request_access(session, "db", [], "run migration 0042", run=run)
+        assert asked.request is not None and asked.status == "pending"
+        await broker.decide(asked.request.id, True, OK)
+        got = await broker.wait(session, asked.request.id, 30)
+        while got.status == "running":
+            got = await broker.wait(session, asked.request.id, 30)
+        assert got.status == "ran" and got.run is not None
+        assert "connected as the minted login: True" in got.run.stdout, got.run.stderr
+        assert broker.leases.records.open_leases() == []
+        assert not database_engine.can_log_in(kept.read_text())
+        [revoked] = events(broker, "lease_revoked")
+        assert revoked.detail["why"] == COMMAND_FINISHED
     finally:
         await broker.stop()

@@ -127,6 +127,49 @@ async def test_a_broker_on_postgres_asks_approves_delivers_and_keeps_its_window(
     assert server.broker.audit.verify().ok
 
 
+async def test_a_read_sees_a_revocation_made_while_an_earlier_window_lookup_was_under_way(
+    tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start, step_clock: StepClock
+) -> None:
+    """Window lookups on PostgreSQL are grouped (windows.GroupedLookup): a read joins only a lookup that starts
+    after it asked. Here a lookup has read the windows and not returned yet when the window is revoked on the
+    other replica; a read asked after the revocation must not ride on that lookup's answer."""
+    import threading
+
+    a, b = homes
+    project = write_project(tmp_path / "project").parent
+    first, second = await start(a), await start(b)
+    api = await agent(a, project)
+    asked = await api.request(read())
+    await approve_on(first, asked["request"]["id"], step_clock)
+    assert (await api.wait(asked["request"]["id"], 10))["values"] == {"API_KEY": FAKE_KEY}
+    [window] = first.broker.windows()
+
+    store = first.broker.ledger.store
+    real = store.active_windows
+    looked, release = threading.Event(), threading.Event()
+
+    def held_lookup(*args: object, **kwargs: object) -> object:
+        found = real(*args, **kwargs)  # the windows as they are now, the window still open
+        looked.set()
+        release.wait(10)
+        return found
+
+    store.active_windows = held_lookup  # type: ignore[method-assign]
+    early = asyncio.ensure_future(api.request(read()))  # asked before the revocation: rides on this lookup
+    assert await anyio.to_thread.run_sync(looked.wait, 10)
+    store.active_windows = real  # type: ignore[method-assign]
+    await second.broker.revoke_window(window.id)  # committed while the lookup above is still under way
+    other = await agent(a, project)
+    late = asyncio.ensure_future(other.request(read()))
+    await asyncio.sleep(0.2)
+    release.set()
+    assert (await early)["status"] == "delivered"
+    late_answer = await late
+    assert late_answer["status"] == "pending" and "values" not in late_answer
+    await api.aclose()
+    await other.aclose()
+
+
 async def test_a_decision_on_one_replica_releases_the_call_waiting_on_another(
     tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start, step_clock: StepClock
 ) -> None:

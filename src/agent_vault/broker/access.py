@@ -34,6 +34,7 @@ from agent_vault.domain.errors import AuditError, InvalidRequest, ReadOnlyVault,
 from agent_vault.domain.grammar import check_names, check_reason, check_value
 from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Status, new_match_code, new_request_id
 from agent_vault.domain.secret import SecretValue
+from agent_vault.providers.base import held
 from agent_vault.proxy.hosts import matches_any
 
 
@@ -61,8 +62,11 @@ class Access:
         ws.refresh()
         listing: dict[str, list[str]] = {}
         for name in ws.config.vaults:
-            listing[name] = await asyncio.to_thread(ws.provider(name).list_names)
-        await self.ledger.audit(ws, "listed", None, requester=session.requester, vault=None)
+            provider = ws.provider(name)
+            memory = held(provider)  # a store unchanged since it was read answers without a thread hop
+            names = memory.held_names() if memory is not None else None
+            listing[name] = names if names is not None else await asyncio.to_thread(provider.list_names)
+        await self.ledger.recorder.record_behind(ws, "listed", requester=session.requester, vault=None)
         return listing
 
     async def request_access(
@@ -123,8 +127,8 @@ class Access:
         action = "write" if operation is Operation.WRITE else "run" if run is not None else "read"
         subject = command_digest(run) if run is not None else ""
         where = (ws.key, vault, checked, ws.definitions[vault], action, subject)
-        if ledger.store.over_network:  # the window lookup waits on the database: not on the event loop
-            split = await asyncio.to_thread(ledger.policy.split, *where)
+        if ledger.store.over_network:  # the window lookup waits on the database: grouped, off the event loop
+            split = await ledger.policy.split_soon(*where)
         else:
             split = ledger.policy.split(*where)
         windowed, ask = split.allowed, split.ask
@@ -317,13 +321,19 @@ class Access:
         return configured if ceiling is None else min(configured, ceiling)
 
     async def _auto_approve(self, session: Session, vault: str, split: Split, reason: str) -> Outcome:
-        """Every name is inside a read window: check the names and read them in one trip to a thread."""
+        """Every name is inside a read window: check the names and read them in one trip to a thread (or none,
+        when the store answers from memory)."""
         ws = session.workspace
         names, end = split.allowed, split.window_end
         provider = ws.provider(vault)
-        values, _ = await self.delivery.leases.values(
-            ws, vault, names, requester=session.requester, prepare=lambda: require_existing(provider, vault, names)
-        )
+        memory = held(provider)
+        read = memory.held_values(names) if memory is not None else None  # a store unchanged since it was read
+        if read is not None:
+            values = read
+        else:
+            values, _ = await self.delivery.leases.values(
+                ws, vault, names, requester=session.requester, prepare=lambda: require_existing(provider, vault, names)
+            )
         await self.ledger.audit(
             ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
             scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ, detail=split.audit_detail(),

@@ -150,7 +150,8 @@ class Leases:
             await asyncio.to_thread(prepare)
         ledger = self.ledger
         now = ledger.clock()
-        split = ledger.policy.split(ws.key, vault, names, ws.definitions[vault], action, subject)
+        where = (ws.key, vault, names, ws.definitions[vault], action, subject)
+        split = await ledger.policy.split_soon(*where) if ledger.store.over_network else ledger.policy.split(*where)
         values: dict[str, SecretValue] = {}
         issued: list[LeaseRecord] = []
         try:

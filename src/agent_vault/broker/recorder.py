@@ -9,9 +9,10 @@ door never imports the broker, and no broker of that home need be running.
 
 A request's row carries its vault, names, operation, reason, scope and id, and who asked (client,
 pid, uid, project, git remote); never a value. `record` appends off the event loop and is durable
-when it returns, so callers can release a value only after it. Rows asked for while a commit is under
-way go together in the next one (group commit): one transaction and one fsync for the rows of many
-concurrent releases, each still durable before its caller goes on.
+when it returns, so callers can release a value only after it; `record_behind` (a listing of names,
+which releases nothing) answers before its row's commit, in order with the rows after it. Rows asked
+for while a commit is under way go together in the next one (group commit): one transaction and one
+fsync for the rows of many concurrent releases, each still durable before its caller goes on.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class Recorder:
         self.audit = audit
         #: receives every record of a webhook event, with the workspace whose webhooks apply
         self.forward = forward
-        self._notes: set[asyncio.Future[None]] = set()
+        self._notes: set[asyncio.Future[Any]] = set()
         self._group = GroupCommit(audit)
+        #: a row written behind its answer (`record_behind`) failed: the next one is awaited
+        self._behind_failed = False
 
     async def record(
         self,
@@ -66,6 +69,28 @@ class Recorder:
         if ws is not None and event in WEBHOOK_EVENTS and self.forward is not None:
             self.forward(ws, record)
         return record
+
+    async def record_behind(
+        self, ws: Workspace | None, event: str, *, requester: Requester | None = None, **fields: Any
+    ) -> None:
+        """Append a row that releases nothing (a listing of names) without waiting for its commit.
+
+        The caller answers at once; the row goes in the next group commit, ahead of any row asked for after
+        it, so a value released later is never durable before it. If such a row could not be written, the
+        next one is awaited instead, and its caller gets the AuditError: fail closed until one is written."""
+        if self._behind_failed:
+            await self.record(ws, event, None, requester=requester, **fields)
+            self._behind_failed = False
+            return
+        job = asyncio.ensure_future(self.record(ws, event, None, requester=requester, **fields))
+        self._notes.add(job)
+        job.add_done_callback(self._behind_done)
+
+    def _behind_done(self, job: asyncio.Future[Any]) -> None:
+        self._notes.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            self._behind_failed = True
+            log.warning("could not record a listing in the audit log; the next one waits for its row")
 
     def write(self, event: str, detail: Mapping[str, Any], **fields: Any) -> AuditRecord:
         """Append one row now, on this thread (a worker thread, or a command without a loop); `fields`

@@ -8,6 +8,7 @@ them, and no read. Windows are shared by all of the user's sessions and never co
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +71,7 @@ class WindowPolicy:
         self._deadlines: dict[str, float] = {}
         #: the latest wall time a broker has seen (kept in the store): an earlier clock is suspect
         self._high_water = _parse(store.get_meta(_HIGH_WATER))
+        self._grouped = GroupedLookup(store, clock)
 
     def split(
         self, workspace: str, vault: str, names: Sequence[str], definition: str, action: str, subject: str = ""
@@ -83,10 +85,39 @@ class WindowPolicy:
         if action not in ("read", "run"):
             return Split((), tuple(names))
         now = self._clock()
+        return self._split_among(now, self._store.active_windows(now, workspace, vault), workspace, vault, names,
+                                 definition, action, subject)  # fmt: skip
+
+    async def split_soon(
+        self, workspace: str, vault: str, names: Sequence[str], definition: str, action: str, subject: str = ""
+    ) -> Split:
+        """`split` for a store over the network, without a query (and a thread) per call: the active windows are
+        looked up for every call waiting at that moment in one query, started after this call arrived."""
+        if action not in ("read", "run"):
+            return Split((), tuple(names))
+        now, windows = await self._grouped.active()
+        return self._split_among(now, windows, workspace, vault, names, definition, action, subject)
+
+    def _split_among(
+        self,
+        now: datetime,
+        active: Sequence[Window],
+        workspace: str,
+        vault: str,
+        names: Sequence[str],
+        definition: str,
+        action: str,
+        subject: str,
+    ) -> Split:
         windows = [
             w
-            for w in self._store.active_windows(now, workspace, vault)
-            if w.definition == definition and w.allows(action, subject) and self._in_time(w, now) and self._vouch(w)
+            for w in active
+            if w.workspace == workspace
+            and w.vault == vault
+            and w.definition == definition
+            and w.allows(action, subject)
+            and self._in_time(w, now)
+            and self._vouch(w)
         ]
         allowed = tuple(n for n in names if any(w.covers(n, now) for w in windows))
         used = tuple(w for w in windows if any(w.covers(n, now) for n in allowed))
@@ -242,3 +273,49 @@ def refuse_inject_only(vault: VaultConfig, name: str, names: Sequence[str]) -> N
             f"{', '.join(inject)} in vault {name!r} can only be used inside a command, never read: "
             f"call run_with_secrets with an env mapping such as {example}."
         )
+
+
+class GroupedLookup:
+    """The store's active windows, looked up for many calls at once (`WindowPolicy.split_soon`).
+
+    A call waits for the next lookup that starts after it arrived, never one already under way, so it sees
+    every window change committed before it asked (a revocation included), as a query of its own would. One
+    query and one trip to a worker thread serve every call waiting at that moment: on PostgreSQL under many
+    agents, a query per read (and the GIL a thread per read contends for) was most of a read's cost."""
+
+    def __init__(self, store: StateRecords, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self._waiting: list[asyncio.Future[tuple[datetime, list[Window]]]] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def active(self) -> tuple[datetime, list[Window]]:
+        """The time of the lookup and the windows active then (every workspace and vault)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[datetime, list[Window]]] = loop.create_future()
+        self._waiting.append(done)
+        if self._reader is None:
+            self._reader = loop.create_task(self._read())
+        return await done
+
+    async def _read(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                now = self._clock()
+                try:
+                    found: tuple[datetime, list[Window]] | BaseException = (
+                        now,
+                        await asyncio.to_thread(self._store.active_windows, now),
+                    )
+                except Exception as exc:  # each waiter gets the store's error (StoreUnavailable, ...)
+                    found = exc
+                for done in group:
+                    if done.done():  # its caller was cancelled
+                        continue
+                    if isinstance(found, BaseException):
+                        done.set_exception(found)
+                    else:
+                        done.set_result(found)
+        finally:
+            self._reader = None

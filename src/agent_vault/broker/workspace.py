@@ -60,6 +60,8 @@ class Workspace:
         #: vault name -> where its path options resolved at the last look
         self._pins: dict[str, tuple[StoreLocation, ...]] = {}
         self._static: dict[str, str] = {}
+        #: (static definition, resolved locations) -> definition digest, remembered
+        self._digests: dict[tuple[str, tuple[tuple[str, Path, tuple[int, int] | None], ...]], str] = {}
         self._views: dict[str, Mapping[str, object]] = {}
         #: vault name -> a digest of what the vault reads from (type, options, directory, resolved files)
         self.definitions: Mapping[str, str] = _Definitions(self)
@@ -133,8 +135,15 @@ class Workspace:
         locations = self._allowed(self._locate(name))
         if not locations:
             return self._static[name]
-        what = [self._static[name], [loc.identity() for loc in locations]]
-        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
+        seen = (self._static[name], tuple((loc.key, loc.real, loc.holder) for loc in locations))
+        digest = self._digests.get(seen)
+        if digest is None:  # a new place to read from (the digest itself is asked on every read)
+            what = [self._static[name], [loc.identity() for loc in locations]]
+            digest = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
+            if len(self._digests) >= 256:
+                self._digests.clear()
+            self._digests[seen] = digest
+        return digest
 
     def _store_now(self, name: str) -> str:
         vault = self.config.vaults[name]

@@ -23,7 +23,7 @@ from agent_vault.configuration.project import Config, VaultConfig, env_reference
 from agent_vault.configuration.settings import UserSettings, load_settings, settings_path
 from agent_vault.domain.errors import ConfigError
 from agent_vault.home import StatePaths
-from agent_vault.providers.files import configured_path
+from agent_vault.providers.files import configured_path, resolved
 
 #: the webhook keys whose value is a credential: from `env:` only with the user's consent
 _WEBHOOK_CREDENTIALS = ("authorization", "signingSecret")
@@ -244,42 +244,15 @@ def locate_stores(name: str, vault: VaultConfig, limits: ProjectLimits) -> tuple
     return tuple(found)
 
 
-#: path as given -> ((st_dev, st_ino) of what it led to, its realpath then); see `resolved`
-_RESOLVED: dict[str, tuple[tuple[int, int], Path]] = {}
-_RESOLVED_MAX = 4096
-
-
-def resolved(path: str | Path) -> Path:
-    """`os.path.realpath(path)`, remembered by the identity of the file or directory it leads to: while `path`
-    still leads to that very file (one stat, following links), its real path is the one found before, and a
-    path re-pointed anywhere else (a symlink swapped, a file replaced) is resolved again. A file moved whole
-    keeps its identity and its remembered path: it is still the file that was checked, and the path no
-    longer found there fails when read. Saves the lstat of every component on each call."""
-    given = str(path)
-    try:
-        st = os.stat(given)
-    except OSError:
-        return Path(os.path.realpath(given))
-    known = _RESOLVED.get(given)
-    if known is not None and known[0] == (st.st_dev, st.st_ino):
-        return known[1]
-    real = Path(os.path.realpath(given))
-    try:
-        again = os.stat(real)
-    except OSError:
-        return real
-    if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):  # not swapped between the two looks
-        if len(_RESOLVED) >= _RESOLVED_MAX:
-            _RESOLVED.clear()
-        _RESOLVED[given] = ((st.st_dev, st.st_ino), real)
-    return real
-
-
 def _outside_problem(name: str, key: str, real: Path, vault: VaultConfig, limits: ProjectLimits) -> str | None:
-    project = resolved(vault.base_dir)
-    if limits.generated_configs is not None and project == resolved(limits.generated_configs):
+    if limits.trusted:
         return None
-    if limits.trusted or any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
+    project = resolved(vault.base_dir)
+    if any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
+        return None
+    # Last, as the rarest case: the folder of configs made from a legacy env, which often does not exist (and a
+    # path that does not exist is resolved anew on every call).
+    if limits.generated_configs is not None and project == resolved(limits.generated_configs):
         return None
     return (
         f"vaults.{name}.{key}: resolves to {real}, outside the project directory {project}; a project config "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -121,7 +121,45 @@ class Leasing(Protocol):
 
 def leasing(provider: object) -> Leasing | None:
     """`provider` as a `Leasing` one, or None when it keeps stored values."""
-    return provider if isinstance(provider, Leasing) else None
+    return cast(Leasing, provider) if _has_kind(provider, Leasing) else None
+
+
+class HeldValues(Protocol):
+    """Optional: a store that can answer from what it already holds, without blocking.
+
+    A file-backed provider that keeps the file it parsed (checked by its stat identity) implements these;
+    the broker calls them on its event loop, so they may stat a local file but never read, parse or wait on
+    a network. `None` means "not without reading": the broker then calls `list_names` / `get` on a worker
+    thread as usual (and those give the errors)."""
+
+    def held_names(self) -> list[str] | None:
+        """All names, sorted, if the store is unchanged since it was last read; else None."""
+        ...
+
+    def held_values(self, names: Sequence[str]) -> dict[str, SecretValue] | None:
+        """The values of every one of `names` if the store is unchanged and has them all; else None."""
+        ...
+
+
+def held(provider: object) -> HeldValues | None:
+    """`provider` as one that can answer from memory (`HeldValues`), or None."""
+    return cast(HeldValues, provider) if _has_kind(provider, HeldValues) else None
+
+
+#: (class, protocol) -> whether the class has the protocol's methods: a runtime protocol check looks at every
+#: attribute each time, and this is asked on every read
+_KINDS: dict[tuple[type, type], bool] = {}
+
+
+def _has_kind(provider: object, protocol: type) -> bool:
+    key = (type(provider), protocol)
+    known = _KINDS.get(key)
+    if known is None:
+        methods = [n for n in vars(protocol) if not n.startswith("_") and callable(getattr(protocol, n))]
+        attributes = [n for n in getattr(protocol, "__annotations__", {}) if not n.startswith("_")]
+        known = all(callable(getattr(provider, n, None)) for n in methods)
+        known = _KINDS[key] = known and all(hasattr(provider, n) for n in attributes)
+    return known
 
 
 def read_only(vault: str, needs: str = "", config_dir: Path | None = None) -> ReadOnlyVault:

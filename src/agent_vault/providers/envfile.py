@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
@@ -21,7 +22,7 @@ from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import dotenv_format
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.dotenv_format import Document
-from agent_vault.providers.files import lock_directory, read_all, replace_durably, trusted_stamp
+from agent_vault.providers.files import lock_directory, read_all, replace_durably, resolved, trusted_stamp
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class _Snapshot:
     data: bytes = field(repr=False)
     document: Document = field(repr=False)
     values: dict[str, str] = field(repr=False)
+    #: the keys, sorted once per version read
+    names: tuple[str, ...] = ()
 
 
 class EnvFileProvider:
@@ -69,7 +72,7 @@ class EnvFileProvider:
 
     def list_names(self) -> list[str]:
         """All keys in the file, sorted; an absent file has none."""
-        return sorted(self._read().values)
+        return list(self._read().names)
 
     def get(self, name: str) -> SecretValue:
         """The value of `name`, or SecretNotFound naming the vault and the file."""
@@ -94,6 +97,29 @@ class EnvFileProvider:
             dotenv_format.format_value(name, value)  # refuse a bad name or value before touching the file
         if plain:
             self._write(plain)
+
+    # --- answers from memory (base.HeldValues) -------------------------------------------------
+
+    def held_names(self) -> list[str] | None:
+        """The keys of the version of the file already parsed, if the file is still that version."""
+        snapshot = self._held()
+        return list(snapshot.names) if snapshot is not None else None
+
+    def held_values(self, names: Sequence[str]) -> dict[str, SecretValue] | None:
+        """The values of `names` from the version already parsed, if the file is still it and has them all."""
+        snapshot = self._held()
+        if snapshot is None or any(name not in snapshot.values for name in names):
+            return None
+        return {name: SecretValue(snapshot.values[name]) for name in names}
+
+    def _held(self) -> _Snapshot | None:
+        """The cached snapshot while the file's stat stamp still matches it (a stat, nothing read)."""
+        try:
+            path = self._real_path()
+            st = self._stat_regular(path)
+        except (ConfigError, ProviderError):
+            return None  # the worker thread's read gives the error
+        return self._cached(path, st) if st is not None else None
 
     # --- extras -------------------------------------------------------------------------------
 
@@ -121,8 +147,8 @@ class EnvFileProvider:
 
     def _real_path(self) -> Path:
         """The path with symlinks resolved; for a relative path it must stay inside base_dir."""
-        real = Path(os.path.realpath(self._path))
-        if self._relative and not real.is_relative_to(os.path.realpath(self._base_dir)):
+        real = resolved(self._path)
+        if self._relative and not real.is_relative_to(resolved(self._base_dir)):
             raise ConfigError(
                 f"vault {self._vault!r}: file {self._configured!r} resolves through a symlink to {real}, "
                 f"outside the config directory {self._base_dir}. "
@@ -199,7 +225,8 @@ class EnvFileProvider:
         else:
             document = dotenv_format.parse_document(self._decode(path, data))
             self._report(path, document.problems)
-            snapshot = _Snapshot(path, trusted_stamp(st), data, document, document.values)
+            values = document.values
+            snapshot = _Snapshot(path, trusted_stamp(st), data, document, values, tuple(sorted(values)))
         with self._cache_lock:
             self._snapshot = snapshot
         return snapshot

@@ -1,6 +1,7 @@
 """File handling shared by the providers that keep secrets in local files (env, KeePass, sops, pass).
 
-Versions of a file told apart by their stat stamp, whole-file reads, a directory lock held across
+Paths made absolute and resolved (the real path remembered while it still leads to the same file),
+versions of a file told apart by their stat stamp, whole-file reads, a directory lock held across
 read-modify-write, and durable replacement (a temp file beside it, fsynced, renamed over it, and
 the directory fsynced).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import tempfile
 import time
@@ -28,8 +30,51 @@ def configured_path(path: str, base_dir: Path, vault: str, key: str) -> Path:
     from the config file's directory `base_dir`, `.`/`..` folded (symlinks are left alone)."""
     if "\0" in path:
         raise ConfigError(f"vault {vault!r}: `{key}` contains a NUL byte. Fix: correct the path.")
-    expanded = Path(path).expanduser()
-    return Path(os.path.normpath(expanded if expanded.is_absolute() else Path(os.path.abspath(base_dir)) / expanded))
+    base = str(base_dir)
+    if path.startswith("~") or not os.path.isabs(base):  # depends on HOME or the working directory now
+        return _absolute(os.path.expanduser(path), base)
+    return _absolute_remembered(path, base)
+
+
+def _absolute(path: str, base_dir: str) -> Path:
+    if not os.path.isabs(path):
+        path = os.path.join(os.path.abspath(base_dir), path)
+    return Path(os.path.normpath(path))
+
+
+#: `_absolute` of an absolute `base_dir` and no `~` is pure string work: remembered (asked on every read)
+_absolute_remembered = functools.lru_cache(maxsize=1024)(_absolute)
+
+
+#: path as given -> ((st_dev, st_ino) of what it led to, its realpath then); see `resolved`
+_RESOLVED: dict[str, tuple[tuple[int, int], Path]] = {}
+_RESOLVED_MAX = 4096
+
+
+def resolved(path: str | Path) -> Path:
+    """`os.path.realpath(path)`, remembered by the identity of the file or directory it leads to: while `path`
+    still leads to that very file (one stat, following links), its real path is the one found before, and a
+    path re-pointed anywhere else (a symlink swapped, a file replaced) is resolved again. A file moved whole
+    keeps its identity and its remembered path: it is still the file that was checked, and the path no
+    longer found there fails when read. Saves the lstat of every component on each call."""
+    given = str(path)
+    try:
+        st = os.stat(given)
+    except OSError:
+        return Path(os.path.realpath(given))
+    known = _RESOLVED.get(given)
+    if known is not None and known[0] == (st.st_dev, st.st_ino):
+        return known[1]
+    real = Path(os.path.realpath(given))
+    try:
+        again = os.stat(real)
+    except OSError:
+        return real
+    if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):  # not swapped between the two looks
+        if len(_RESOLVED) >= _RESOLVED_MAX:
+            _RESOLVED.clear()
+        _RESOLVED[given] = ((st.st_dev, st.st_ino), real)
+    return real
 
 
 def trusted_stamp(st: os.stat_result) -> tuple[int, ...]:
