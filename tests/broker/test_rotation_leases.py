@@ -31,7 +31,7 @@ def clock() -> RealTime:
 def no_rotation_rows(broker: Broker) -> None:
     """Nothing was generated or written: no rotation request, no `rotated`, no write."""
     assert broker.pending() == []
-    for event in ("rotated", "written", "write_failed", "rotation_failed", "requested_rotation"):
+    for event in ("rotated", "written", "write_failed", "rotation_failed"):
         assert events(broker, event) == []
 
 
