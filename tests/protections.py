@@ -65,7 +65,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a value goes only to the session that asked",
         "broker/delivery.py",
-        "if req is None or not secrets.compare_digest(req.requester.session_id, session.id):",
+        "if req is None or not (secrets.compare_digest(req.requester.session_id, session.id) or joined):",
         "if req is None:",
         ("tests/broker/test_core.py::test_value_goes_only_to_the_session_that_asked",),
     ),
@@ -107,8 +107,8 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a window is bound to the vault's definition when it opened",
         "broker/windows.py",
-        "if w.definition == definition and w.allows(action, subject)",
-        "if w.allows(action, subject)",
+        "            and w.definition == definition\n",
+        "",
         ("tests/broker/test_vault_definition.py::test_a_window_does_not_follow_the_vault_to_another_store",),
     ),
     Protection(
@@ -1234,6 +1234,48 @@ PROTECTIONS: tuple[Protection, ...] = (
         ),
     ),
     Protection(
+        "denying a rotation needs the approver's factor (an agent cannot keep a leaked value alive)",
+        "broker/decisions.py",
+        "        if approve or rotation:\n",
+        "        if approve:\n",
+        ("tests/attacks/test_rotation_attacks.py::test_the_agent_cannot_deny_a_rotation_without_a_factor",),
+    ),
+    Protection(
+        "closing the agent's session does not end a rotation",
+        "broker/core.py",
+        "mine = req is not None and req.requester.session_id == session.id and ROTATE not in req.extra",
+        "mine = req is not None and req.requester.session_id == session.id",
+        ("tests/attacks/test_rotation_attacks.py::test_the_agent_cannot_deny_a_rotation_without_a_factor",),
+    ),
+    Protection(
+        "a project config's rotate.command runs only if the user's settings list that exact command",
+        "configuration/boundaries.py",
+        "    if not command or limits.trusted or tuple(command) in limits.allow_rotate_commands:\n",
+        "    if True:\n",
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_a_project_config_cannot_make_the_broker_run_its_own_rotate_command",
+            "tests/broker/test_rotation.py::test_a_command_the_settings_do_not_list_is_refused_before_anyone_is_asked",
+        ),
+    ),
+    Protection(
+        "a rotation is bound to the rotate settings it was asked with: an edit before the approval cancels it",
+        "broker/workspace.py",
+        '        what["rotate"] = rotated\n',
+        "        pass\n",
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_a_project_config_cannot_make_the_broker_run_its_own_rotate_command",
+        ),
+    ),
+    Protection(
+        "asking for a rotation ends the secret's open windows at once",
+        "broker/rotation.py",
+        '        await self._end_windows(ws, vault, name, "a rotation was asked for")\n',
+        "",
+        ("tests/attacks/test_rotation_attacks.py::test_the_rotation_path_never_hands_the_new_value_to_the_agent",),
+    ),
+    Protection(
         "a session is its front door's process's: another process on the socket cannot use its id, over HTTP "
         "or the framed protocol (the peer is the kernel's word, never a frame's)",
         "broker/api.py",
@@ -1285,6 +1327,68 @@ PROTECTIONS: tuple[Protection, ...] = (
         "        await self.sweep()  # leases past their window, left by a broker that stopped\n",
         "",
         ("tests/broker/test_leases.py::test_a_restarted_broker_revokes_a_lease_left_past_its_window",),
+    ),
+    Protection(
+        "rotating a minted secret (agent-vault rotate, Mark as leaked, onLeak = rotate) revokes every open lease "
+        "of it, not only those of the windows it ends",
+        "broker/rotation.py",
+        '        count = await self.leases.revoke_secret(vault, name, f"rotated: {why}", workspace=ws.key)\n',
+        "        count = 0\n",
+        (
+            "tests/broker/test_rotation_leases.py::test_rotating_a_minted_secret_revokes_its_logins_and_writes_nothing",
+            "tests/broker/test_rotation_leases.py::test_on_leak_rotate_of_a_minted_secret_revokes_every_login_of_it",
+        ),
+    ),
+    Protection(
+        "a value an upstream sends back through the proxy is a leak: the windows that let it flow end",
+        "broker/proxy_gate.py",
+        "closed = [await self.leaks.contain(held.session.workspace, v, [n], how) for held, v, n in leaked]",
+        "closed = []",
+        (
+            "tests/proxy/test_scrub_leak.py::"
+            "test_a_value_an_upstream_sends_back_closes_its_window_and_the_alert_offers_rotation",
+        ),
+    ),
+    Protection(
+        "a value an upstream sends back through the proxy sets off the leak alert (and onLeak = rotate)",
+        "broker/proxy_gate.py",
+        "            await self.leaks.report(held.session, secret_vault, [name], seen)\n",
+        "            pass\n",
+        (
+            "tests/proxy/test_scrub_leak.py::"
+            "test_a_value_an_upstream_sends_back_closes_its_window_and_the_alert_offers_rotation",
+            "tests/proxy/test_scrub_leak.py::test_on_leak_rotate_asks_for_a_rotation_when_an_upstream_sends_the_value_back",
+        ),
+    ),
+    Protection(
+        "a rotate.command runs outside the project directory, so nothing an agent planted there is what it runs",
+        "broker/rotation.py",
+        "                COMMAND_DIR, timeout=float(rotate.timeout), base_env=base_env,\n",
+        "                ws.vault(vault).base_dir, timeout=float(rotate.timeout), base_env=base_env,\n",
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_a_module_planted_in_the_project_is_not_what_an_allowed_rotate_command_runs",
+        ),
+    ),
+    Protection(
+        "rotating a minted secret revokes only the leases of the project that asked",
+        "broker/rotation.py",
+        'f"rotated: {why}", workspace=ws.key)',
+        'f"rotated: {why}")',
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_rotating_a_minted_secret_in_one_project_leaves_another_projects_logins_alone",
+        ),
+    ),
+    Protection(
+        "the console's Mark as leaked needs a signed-in approver",
+        "web/dashboard.py",
+        'approval page."""\n        if not self.app.signed_in(request):\n',
+        'approval page."""\n        if False:\n',
+        (
+            "tests/attacks/test_rotation_attacks.py::"
+            "test_the_agent_cannot_use_on_leak_to_rotate_without_a_human_nor_mark_a_secret_as_leaked",
+        ),
     ),
     Protection(
         "a login minted for a command without a window is revoked when the command finishes",

@@ -50,6 +50,11 @@ NO_REMOTE_COMMANDS = (
     "would run on the broker's host, not yours. Fix: ask for the value with get_secret, or send the HTTPS call "
     "with http_request."
 )
+#: why a remote agent may not ask to rotate: rotations are asked for by a person on the broker's host (or its console)
+NO_REMOTE_ROTATION = (
+    "agent-vault rotate is not available through a team broker: ask the approver to mark the secret as leaked on "
+    "the console."
+)
 MAX_WAIT = 60.0
 #: a batch of 100 values of 64 KiB each, with room for JSON escaping
 MAX_BODY = 16 * 2**20
@@ -121,6 +126,8 @@ def outcome_view(outcome: Outcome) -> OutcomeView:
         body["http"] = outcome.http.to_json()
     if outcome.exports is not None:
         body["exports"] = outcome.exports
+    if outcome.revoked is not None:
+        body["revoked"] = outcome.revoked
     return body
 
 
@@ -215,6 +222,15 @@ class BrokerApi:
             raise InvalidRequest(NO_REMOTE_COMMANDS)
         if isinstance(data.get("http"), dict):  # `http_request`: the broker reads vault and names from it
             outcome = await self.broker.request_access(session, "", [], data.get("reason"), http=data["http"])
+            return JSONResponse(outcome_view(outcome))
+        if data.get("rotate") is True:  # `agent-vault rotate`: a new value the broker generates, after approval
+            if session.agent is not None:
+                raise InvalidRequest(NO_REMOTE_ROTATION)
+            names = data.get("names") or []
+            name = names[0] if isinstance(names, list) and len(names) == 1 else None
+            if name is None:
+                raise InvalidRequest("a rotation names exactly one secret")
+            outcome = await self.broker.rotate(session, str(data.get("vault", "")), name, data.get("reason"))
             return JSONResponse(outcome_view(outcome))
         if isinstance(data.get("lend"), dict):  # `env --proxy`
             vault, reason = str(data.get("vault", "")), data.get("reason")

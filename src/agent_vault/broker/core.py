@@ -5,6 +5,8 @@ the CLI), assembled from the use cases, each in its own module:
 - `delivery`: wait for a request; release an approved one's values once, or run its command;
 - `decisions`: the person approves (with the approver's proof) or denies;
 - `writes`: an approved write stored in the vault;
+- `rotation`: a leaked secret rotated (a new value after approval, or a dynamic secret's leases revoked), and
+  the leak loop that offers or asks for it;
 - here: the broker's lifecycle, front doors' sessions, and ending windows.
 
 What they share (the store, the live table, the audit writer, the window policy, the clock) is the
@@ -19,7 +21,7 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from agent_vault.broker.access import Access
 from agent_vault.broker.decisions import Decisions
 from agent_vault.broker.delivery import Delivery
 from agent_vault.broker.integrity import Integrity
+from agent_vault.broker.leaks import Leaks
 from agent_vault.broker.leases import Leases
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Outreach, Quiet, Session, log_task_error
 from agent_vault.broker.limits import Ceilings, RequestLimiter
@@ -36,6 +39,7 @@ from agent_vault.broker.peers import PeerPolicy
 from agent_vault.broker.proxy_gate import ProxyGate
 from agent_vault.broker.recorder import Recorder
 from agent_vault.broker.replicas import EVERYTHING, HOLDER_GONE, Replicas
+from agent_vault.broker.rotation import Rotations, on_behalf
 from agent_vault.broker.runs import RunManager
 from agent_vault.broker.system_vaults import SystemVaults
 from agent_vault.broker.windows import Clock, WindowPolicy, utc_now
@@ -44,7 +48,7 @@ from agent_vault.broker.writes import Writes
 from agent_vault.configuration.settings import ProxySettings
 from agent_vault.configuration.tightening import parse as tightening_of
 from agent_vault.domain.errors import InvalidRequest
-from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
+from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Requester, Status
 from agent_vault.providers.base import Leasing, leasing
 from agent_vault.store.agents import Agent
 from agent_vault.store.engines import open_leases
@@ -132,12 +136,6 @@ class Broker:
         self._sweeper: asyncio.Future[None] | None = None
 
         # the use cases, and what front doors call of them
-        #: the credential-injecting proxy for commands run via the proxy (started on first use)
-        self.proxy = (
-            ProxyGate(proxy_dir, proxy_settings or ProxySettings(), self.ledger, self._ask_call, proxy_public_dir)
-            if proxy_dir is not None
-            else None
-        )
         #: credentials minted per release, and their ends (leases.py)
         self.leases = Leases(
             self.ledger,
@@ -146,7 +144,17 @@ class Broker:
             sweep_seconds=lease_sweep_seconds,
             revoke_on_shutdown=self.ceilings.revoke_leases_on_shutdown,
         )
-        self.delivery = Delivery(self.ledger, runs=self.runs, leases=self.leases, proxy=self.proxy)
+        #: a value seen where it must not be: windows closed, alert offering (or asking for) a rotation
+        self.leaks = Leaks(self.ledger, self.leases, self._leaked)
+        #: the credential-injecting proxy for commands run via the proxy (started on first use)
+        self.proxy = (
+            ProxyGate(
+                proxy_dir, proxy_settings or ProxySettings(), self.ledger, self._ask_call, self.leaks, proxy_public_dir
+            )
+            if proxy_dir is not None
+            else None
+        )
+        self.delivery = Delivery(self.ledger, runs=self.runs, leases=self.leases, leaks=self.leaks, proxy=self.proxy)
         self.access = Access(
             self.ledger,
             delivery=self.delivery,
@@ -154,7 +162,10 @@ class Broker:
             limiter=self.limiter,
             system_vaults=system_vaults,
         )
-        self.decisions = Decisions(self.ledger, approver=approver, writes=Writes(self.ledger))
+        #: rotating a secret that may have leaked, and the leak loop
+        self.rotations = Rotations(self.ledger, self.access, self.leases)
+        self.decisions = Decisions(self.ledger, approver=approver, writes=Writes(self.ledger, self.rotations.carry_out))
+        self.rotate = self.rotations.ask
         self.list_secrets = self.access.list_secrets
         self.request_access = self.access.request_access
         self.wait = self.delivery.wait
@@ -166,6 +177,29 @@ class Broker:
 
     async def _ask_call(self, session: Session, run: AccessRequest, name: str, call: dict[str, Any]) -> AccessRequest:
         return await self.access.ask_call(session, run, name, call)
+
+    async def _leaked(self, session: Session, vault: str, names: Sequence[str], seen: str) -> str:
+        return await self.rotations.leaked(session, vault, names, seen)
+
+    # -- the console's "Mark as leaked" -------------------------------------------------------
+
+    def configs_with(self, vault: str, name: str) -> list[str]:
+        """The loaded configs (workspace keys) that have secret `name` in vault `vault` by config (a secret the
+        console shows from the audit log may belong to several projects, or to none loaded since a restart)."""
+        return [key for (key, _), ws in self._workspaces.items() if vault in ws.config.vaults]
+
+    async def mark_leaked(self, config: str, vault: str, name: str) -> Outcome:
+        """The approver marked `vault`/`name` of `config` as leaked on the console: rotate it (rotation.py)."""
+        workspace = next((ws for (key, _), ws in reversed(self._workspaces.items()) if key == config), None)
+        if workspace is None:
+            raise InvalidRequest(
+                f"no agent session has loaded {config} since the broker started, so agent-vault cannot reach vault "
+                f"{vault!r} of it. Fix: run `agent-vault rotate {vault}/{name}` in that project."
+            )
+        requester = Requester(session_id="", client_name="agent-vault console")
+        return await self.rotations.ask(
+            on_behalf(Session("", workspace, requester)), vault, name, "marked as leaked on the console", "console"
+        )
 
     @property
     def approver(self) -> Approver:
@@ -315,7 +349,9 @@ class Broker:
         self.limiter.forget(session.id)
         for rid in self.live.ids():
             req = self.store.get_request(rid)
-            if req is not None and req.requester.session_id == session.id and req.status is Status.PENDING:
+            # a rotation is not the asking session's to drop: an agent must not end one by closing its session
+            mine = req is not None and req.requester.session_id == session.id and ROTATE not in req.extra
+            if mine and req is not None and req.status is Status.PENDING:
                 await self.ledger.finish(rid, Status.CANCELLED, "cancelled", why="the agent session ended")
 
     async def end_agent_sessions(self, agent_id: str) -> int:

@@ -16,7 +16,7 @@ from agent_vault.broker.integrity import approved_window_end
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger
 from agent_vault.broker.writes import Writes
 from agent_vault.domain.errors import ApprovalError, AuditError, InvalidRequest, NotAuthorized, RequestExpired
-from agent_vault.domain.request import AccessRequest, Operation, Status
+from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Status
 from agent_vault.store.engines import open_approvers, open_factors
 
 
@@ -61,14 +61,18 @@ class Decisions:
             await ledger.finish(req.id, Status.CANCELLED, "cancelled", why=VAULT_CHANGED)
             raise ApprovalError(f"vault {req.vault!r} {VAULT_CHANGED}; this request was cancelled, nothing released")
         approvers: list[str] = []
-        if approve:
+        # a rotation (rotation.py) is refused with a factor too: an agent must not keep a leaked value alive
+        rotation = ROTATE in req.extra
+        if approve or rotation:
             try:
                 factor = self.approver.verify(req, proof)
             except NotAuthorized as exc:
                 await ledger.audit(live.workspace if live else None, "auth_failed", req, detail={"why": str(exc)})
-                if exc.deny:
+                if exc.deny and not rotation:  # failed codes never end a rotation: it stays until it expires
                     await self.decide(req.id, False, None, via="too many failed factor checks")
                 raise
+        if approve:
+            assert factor is not None  # verified above
             progress = await self.approvals.add(req, factor, live.workspace if live else None)
             if progress.needed > 0:  # counted: it waits for more distinct approvers
                 return ledger.store.get_request(req.id) or req

@@ -18,13 +18,14 @@ from typing import Any
 
 from agent_vault.broker.child import RunResult
 from agent_vault.broker.integrity import UNAUDITED_APPROVAL, approved_window_end
-from agent_vault.broker.leases import COMMAND_FINISHED, LEAKED, NOT_DELIVERED, Leases
+from agent_vault.broker.leaks import Leaks
+from agent_vault.broker.leases import COMMAND_FINISHED, NOT_DELIVERED, Leases
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger, Outcome, Session
 from agent_vault.broker.proxy_gate import Loan, ProxyGate
 from agent_vault.broker.runs import RunManager, RunSpec, command_digest, parse_run
 from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.errors import ApprovalError, InvalidRequest, ProviderError, RequestDenied, RequestExpired
-from agent_vault.domain.request import AccessRequest, Operation, Status
+from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Status
 from agent_vault.domain.secret import SecretValue
 from agent_vault.store.sqlite import Window
 
@@ -32,17 +33,30 @@ log = logging.getLogger("agent_vault.broker.core")
 
 
 class Delivery:
-    def __init__(self, ledger: Ledger, *, runs: RunManager, leases: Leases, proxy: ProxyGate | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        runs: RunManager,
+        leases: Leases,
+        leaks: Leaks,
+        proxy: ProxyGate | None = None,
+    ) -> None:
         self.ledger = ledger
         self.runs = runs
         #: how values are read: stored ones as they are, minted ones with a lease (leases.py)
         self.leases = leases
         #: lends placeholders to commands run `via: "proxy"` (None: this broker has no proxy)
         self.proxy = proxy
+        #: what a masked value in a command's output sets off (leaks.py)
+        self.leaks = leaks
 
     def request_for(self, session: Session, request_id: str) -> AccessRequest:
+        """A request of this session; or any rotation in its workspace (asking to rotate a secret whose rotation
+        is already pending joins that request, and its outcome carries no value)."""
         req = self.ledger.store.get_request(request_id)
-        if req is None or not secrets.compare_digest(req.requester.session_id, session.id):
+        joined = req is not None and ROTATE in req.extra and req.workspace == session.workspace.key
+        if req is None or not (secrets.compare_digest(req.requester.session_id, session.id) or joined):
             raise InvalidRequest(f"no request {request_id!r} belongs to this session")
         return req
 
@@ -77,6 +91,8 @@ class Delivery:
                 f"the human denied {what} to {names} in vault {req.vault!r} (request {req.id}). "
                 "Do not ask again for the same secret; ask the user how they want to proceed."
             )
+        if req.status is Status.CANCELLED and req.operation is Operation.WRITE and req.extra.get("error"):
+            return _write_outcome(req)  # approved, but the store (or a rotation's command) failed: say why
         if req.status in (Status.EXPIRED, Status.CANCELLED):
             raise RequestExpired(
                 f"request {req.id} for {names} {req.status.value} without a decision. "
@@ -229,15 +245,11 @@ class Delivery:
         await self.leases.end_request(request_id, COMMAND_FINISHED)  # what no window holds ends with the command
         if not masked:
             return []
-        closed = ledger.policy.close_covering(ws.key, vault, masked)
+        closed = await self.leaks.contain(ws, vault, masked, "the command printed it")
         detail["closed_windows"] = [w.id for w in closed]
-        await self.leases.end_windows([w.id for w in closed], f"{LEAKED}: the command printed it")
         await ledger.audit(ws, "masked_output", None, request_id=request_id, detail=detail, **common)
-        message = f"a command printed {', '.join(masked)} from vault {vault!r}; its approval window was closed"
-        try:
-            ledger.outreach.alert(message)
-        except Exception:  # an alert channel must never break the report
-            log.exception("alert channel failed")
+        argv = " ".join(spec.argv)
+        await self.leaks.report(session, vault, masked, f"the command `{argv[:120]}` printed it (masked in its output)")
         return closed
 
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_vault.domain.errors import InvalidRequest
+from agent_vault.domain.grammar import DEFAULT_GENERATED, GENERATED_FORMATS, MAX_GENERATED, MIN_GENERATED
 from agent_vault.domain.secret import SecretValue
 
-FORMATS = ("password", "hex", "base64", "urlsafe", "alphanumeric", "uuid")
-MIN_LENGTH, MAX_LENGTH, DEFAULT_LENGTH = 12, 256, 32
+FORMATS = GENERATED_FORMATS
+MIN_LENGTH, MAX_LENGTH, DEFAULT_LENGTH = MIN_GENERATED, MAX_GENERATED, DEFAULT_GENERATED
 _PASSWORD = string.ascii_letters + string.digits + "!#%+,-.:=@^_~"
 
 

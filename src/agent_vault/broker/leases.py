@@ -7,8 +7,9 @@ leaks, and (by default) when the broker stops (docs/leases.md).
 (a release without a window gets `UNWINDOWED_SECONDS`), recorded in the state store before the value goes
 anywhere and audited (`lease_issued`). A timer per lease and a periodic sweep end what is due; the sweep at
 start ends what a stopped broker left open. Ending is a compare-and-set on the lease's row, so one of two
-processes records it; revoking at the store is idempotent. `revoke_secret` is the seam for rotation: every
-open lease of one secret, revoked with a reason.
+processes records it; revoking at the store is idempotent. `revoke_secret` is what rotation (rotation.py:
+`agent-vault rotate`, "Mark as leaked", `onLeak = "rotate"`) calls for a minted secret: every open lease of
+one secret, revoked with a reason.
 """
 
 from __future__ import annotations

@@ -56,6 +56,8 @@ class Outcome:
     http: HttpAnswer | None = None
     #: for `env --proxy`: the variables to export, placeholders in place of values (until `window_end`)
     exports: dict[str, str] | None = None
+    #: for the rotation of a secret a store mints per approval: how many of its leases were revoked
+    revoked: int | None = None
 
 
 class Outreach(Protocol):

@@ -11,7 +11,9 @@ Approval: approving the command approves its first use of each secret with that 
 (the page says which hosts). A request matching an `approveEach` rule becomes its own request,
 shown with method, host, path and an escaped body preview, and is held until the approver decides
 or `[proxy] approvalTimeoutSeconds` pass. A placeholder sent anywhere else is refused, audited as
-`proxy_refused` and reported on every channel.
+`proxy_refused` and reported on every channel. A response that carried a lent value back (scrubbed before the
+command got it) is a leak (leaks.py): the windows that let the value flow end, and the alert offers a rotation
+or one is asked for (`onLeak = "rotate"`), once per command and secret.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from agent_vault.broker import http_calls
 from agent_vault.broker.http_calls import HttpAnswer, HttpSpec
+from agent_vault.broker.leaks import Leaks
 from agent_vault.broker.ledger import Ledger, Session
 from agent_vault.configuration.project import VaultConfig
 from agent_vault.configuration.settings import ProxySettings
@@ -76,15 +79,25 @@ class Loan:
     env: dict[str, str]
     #: what the command's variables get: placeholders, never values
     child_values: dict[str, SecretValue] = field(default_factory=dict)
+    #: the secrets whose value an upstream sent back already (their leak is reported once per loan)
+    leaked: set[str] = field(default_factory=set)
 
 
 class ProxyGate:
     def __init__(
-        self, ca_dir: Path, settings: ProxySettings, ledger: Ledger, ask_call: AskCall, public_dir: Path | None = None
+        self,
+        ca_dir: Path,
+        settings: ProxySettings,
+        ledger: Ledger,
+        ask_call: AskCall,
+        leaks: Leaks,
+        public_dir: Path | None = None,
     ) -> None:
-        """`public_dir`: where children of other users find the CA's certificate (a system broker's socket
-        dir, which only the allowed users can enter); None: children read it in `ca_dir` (same user)."""
+        """`leaks`: what a value sent back by an upstream sets off; `public_dir`: where children of other users
+        find the CA's certificate (a system broker's socket dir, which only the allowed users can enter); None:
+        children read it in `ca_dir` (same user)."""
         self.ca_dir = ca_dir
+        self.leaks = leaks
         self.public_dir = public_dir
         self._ca_files: tuple[Path, Path] | None = None
         self.settings = settings
@@ -275,12 +288,9 @@ class ProxyGate:
             "why": violation.reason,
         }
         await self._audit(loan, "proxy_refused", vault, name, detail)
-        what = f"{vault}/{name}"
-        run = loan.request.extra.get("run") if loan is not None else None
-        command = " ".join(run["argv"])[:120] if run else "http_request" if loan is not None else "an ended command"
         self.ledger.outreach.alert(
-            f"agent-vault refused a request: the placeholder of {what} was sent to {violation.host} "
-            f"({violation.reason.replace('_', ' ')}) by `{command}`. Nothing was sent. This looks like an "
+            f"agent-vault refused a request: the placeholder of {vault}/{name} was sent to {violation.host} "
+            f"({violation.reason.replace('_', ' ')}) by {_what(loan)}. Nothing was sent. This looks like an "
             "attempt to take the secret elsewhere; check what the agent is doing."
         )
 
@@ -301,7 +311,27 @@ class ProxyGate:
         }
         if record.refusal:
             detail["why"] = record.refusal
+        leaked = self._sent_back(record)
+        if leaked:  # a leak (leaks.py): the windows that let each value flow end before the row names them
+            how = f"{record.host} sent it back"
+            closed = [await self.leaks.contain(held.session.workspace, v, [n], how) for held, v, n in leaked]
+            detail["closed_windows"] = [w.id for windows in closed for w in windows]
         await self._audit(loan, "proxied", vault, names, detail)
+        for held, secret_vault, name in leaked:
+            seen = f"{record.host} sent it back in its answer to {_what(held)} (scrubbed from what the command got)"
+            await self.leaks.report(held.session, secret_vault, [name], seen)
+
+    def _sent_back(self, record: RequestRecord) -> list[tuple[Loan, str, str]]:
+        """The lent secrets (loan, vault, name) whose value this response carried back, each once per loan: the
+        scrubber replaces every lent value, so one may be another command's."""
+        found = []
+        for secret_id in record.scrubbed:
+            held = self._loan_of(secret_id)
+            vault, name = _vault_name(secret_id)
+            if held is not None and name not in held.leaked:
+                held.leaked.add(name)
+                found.append((held, vault, name))
+        return found
 
     async def _blocked(self, blocked: BlockedDestination) -> None:
         log.info("proxy refused a connection to %s:%s (%s)", blocked.host, blocked.port, blocked.reason)
@@ -318,6 +348,16 @@ class ProxyGate:
 
     def _loan_of(self, secret_id: str) -> Loan | None:
         return self._loans.get(secret_id.rpartition("@")[2])
+
+
+def _what(loan: Loan | None) -> str:
+    """What held the placeholders, for an alert: the command (its start), `http_request`, or `env --proxy`."""
+    if loan is None:
+        return "an ended command"
+    run = loan.request.extra.get("run")
+    if run:
+        return f"`{' '.join(run['argv'])[:120]}`"
+    return "`agent-vault env --proxy`" if "lend" in loan.request.extra else "`http_request`"
 
 
 def _secret_id(vault: str, name: str, loan_id: str) -> str:

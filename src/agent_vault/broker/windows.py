@@ -152,7 +152,7 @@ class WindowPolicy:
     def open_for(self, request: AccessRequest, decided_at: datetime) -> list[Window]:
         """Open the windows an approved read or command earns; none for writes or ttl 0."""
         action = request.action
-        if action == "write" or request.ttl_minutes <= 0:
+        if action in ("write", "rotate") or request.ttl_minutes <= 0:
             return []
         ends = decided_at + timedelta(minutes=request.ttl_minutes)
         deadline = time.monotonic() + request.ttl_minutes * 60
@@ -212,6 +212,18 @@ def what_approval_allows(request: AccessRequest) -> str:
     action = request.action
     if action == "write":
         return "Writes these values once. Writes never open an approval window."
+    if action == "rotate":
+        command = request.extra["rotate"].get("command") or []
+        told = (
+            f"then runs `{' '.join(command)}` with the old and the new value in its environment to tell the service "
+            "(if it fails, the old value is put back)"
+            if command
+            else "no rotate.command is set, so tell the service that uses it the new value yourself"
+        )
+        return (
+            "Replaces this secret's value with a new one agent-vault generates (nobody, agent included, chooses it) "
+            f"and ends its open windows; {told}. The agent does not get the new value: reading it asks you again."
+        )
     if action == "lend":
         lend = request.extra["lend"]
         hosts = "; ".join(f"{name} to {', '.join(h)}" for name, h in lend.get("proxy", {}).items())

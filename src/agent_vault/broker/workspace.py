@@ -192,8 +192,8 @@ def _definition(vault: VaultConfig) -> str:
     edit that points a vault name at another store (or file, account, path) unlocks nothing approved
     before. Credentials enter the digest (another token may be another account); only the digest is kept.
     Delivery ("value" or "inject", per vault and per secret) enters it too, and so do a secret's proxy
-    bindings (hosts, where it is injected, approveEach, plainHttp) and who approves (`approvers`,
-    `require`, `ownerMayApprove`: a request or window approved under a looser rule ends with it)."""
+    bindings (hosts, where it is injected, approveEach, plainHttp), its `rotate` settings, and who approves
+    (`approvers`, `require`, `ownerMayApprove`: a request or window approved under a looser rule ends with it)."""
     what = {
         "type": vault.type,
         "options": vault.options.model_dump(mode="json"),
@@ -205,6 +205,9 @@ def _definition(vault: VaultConfig) -> str:
     proxied = {name: policy.proxied() for name, policy in sorted(vault.secrets.items()) if policy.hosts}
     if proxied:  # where the proxy may send a value (and what needs its own tap) is part of what was approved
         what["proxy"] = proxied
+    rotated = {name: policy.rotate.bound() for name, policy in sorted(vault.secrets.items()) if policy.rotate}
+    if rotated:  # what a rotation generates and which command it runs are part of what its approval allowed
+        what["rotate"] = rotated
     rule = vault.approval_rule()
     if not rule.is_default:  # left out when default, so digests (and windows) from before stay the same
         what["approval"] = rule.to_json()

@@ -186,6 +186,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="command", help="the command and its arguments, after --"
     )
+    rotate = command(
+        sub,
+        "rotate",
+        "give a secret that may have leaked a new value agent-vault generates, stored after your approval "
+        "(docs/rotation.md)",
+        usage="agent-vault rotate VAULT/NAME [--reason TEXT]",
+    )
+    rotate.add_argument("secret", metavar="VAULT/NAME", help="the secret, as the project config names its vault")
+    rotate.add_argument("--reason", default="rotated by hand with agent-vault rotate", help="why, as the page shows it")
     exports = command(
         sub,
         "env",
@@ -332,6 +341,7 @@ def _handlers() -> dict[str, Handler]:
         "store": _store,
         "demo": _demo,
         "run": _run,
+        "rotate": _rotate,
         "env": _env,
         "system": _system,
     }
@@ -661,6 +671,14 @@ def _run(args: argparse.Namespace) -> int:
     refs = _refs(args.env)
     via = "proxy" if args.proxy else "env"
     return _arun(run_for_cli(refs, command, args.reason, args.timeout, args.shell, Path.cwd(), via))
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent_vault.frontdoor.session import rotate_for_cli
+
+    return _arun(rotate_for_cli(args.secret, args.reason, Path.cwd()))
 
 
 def _env(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ A project config names the files and directories its vaults read, and the URLs a
 its webhooks. An agent can edit it, so by default a vault's store stays inside the config's directory
 (after symlinks are resolved), and a webhook reaches only public hosts and carries no credential from
 the environment. The user widens this in settings.toml: `[paths] allowOutsideProject`, `[webhooks]
-allowPrivate` and `allowEnv`, `[leases] allowRoles`. Problems read `key: what is wrong. Fix: ...`.
+allowPrivate` and `allowEnv`, `[leases] allowRoles`, `[rotation] allowCommands` (a secret's
+`rotate.command`, run with its old and new value). Problems read `key: what is wrong. Fix: ...`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class ProjectLimits:
     allow_outside: tuple[Path, ...] = ()
     #: servers a project config may send a store's credentials to
     allow_store_hosts: tuple[Allowance, ...] = ()
+    #: the `rotate.command`s (exact argv) a project config may make the broker run
+    allow_rotate_commands: frozenset[tuple[str, ...]] = frozenset()
     #: roles a project config may mint credentials from (`[leases] allowRoles`)
     allow_roles: frozenset[str] = frozenset()
     #: where the user changes these, for the fix in an error
@@ -59,6 +62,7 @@ class ProjectLimits:
                 Path(os.path.realpath(Path(p).expanduser())) for p in settings.paths.allow_outside_project
             ),
             allow_store_hosts=tuple(parse_allowance(entry) for entry in settings.stores.allow_hosts),
+            allow_rotate_commands=frozenset(settings.rotation.allow_commands),
             allow_roles=frozenset(settings.leases.allow_roles),
             settings_file=str(settings_path(paths)),
             generated_configs=generated_configs(paths.root),
@@ -136,6 +140,23 @@ def role_problems(config: Config, limits: ProjectLimits) -> list[str]:
                     f"`allowRoles` under [leases] in {limits.settings_file}."
                 )
     return problems
+
+
+# -- rotation commands ----------------------------------------------------------------------------
+
+
+def rotate_command_problem(vault: str, secret: str, command: tuple[str, ...], limits: ProjectLimits) -> str | None:
+    """Why the broker may not run `command` as the `rotate.command` of `vault`/`secret`, or None. It would get
+    the old and the new value, so a command an agent wrote into the project config could send both anywhere:
+    only a command the user's settings list, exactly, runs (or any in a config an agent cannot edit)."""
+    if not command or limits.trusted or tuple(command) in limits.allow_rotate_commands:
+        return None
+    return (
+        f"vaults.{vault}.secrets.{secret}.rotate.command: {list(command)!r} would get the old and the new value, and "
+        "the project config naming it can be edited by an agent. Nothing was rotated. Fix: if that command is yours, "
+        f"add it exactly, its program as an absolute path, to `allowCommands` under [rotation] in "
+        f"{limits.settings_file}; or remove `command` and tell the service the new value yourself."
+    )
 
 
 # -- webhooks -------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from agent_vault.configuration.destinations import check_http_url
 from agent_vault.configuration.env_refs import env_ref
 from agent_vault.domain.approval import APPROVER_NAME, MAX_REQUIRE, ApprovalRule
 from agent_vault.domain.errors import ConfigError
+from agent_vault.domain.grammar import DEFAULT_GENERATED, GENERATED_FORMATS, MAX_GENERATED, MIN_GENERATED
 from agent_vault.domain.numbers import Number, WholeNumber
 from agent_vault.providers.base import ProviderOptions
 from agent_vault.providers.registry import provider_class
@@ -101,6 +102,39 @@ class _Section:
     raw: Any
 
 
+class RotatePolicy(_Model):
+    """How agent-vault rotates one secret (`vaults.<name>.secrets.<SECRET>.rotate`, docs/rotation.md): the
+    new value's format and length, and the command that tells the service using it. A project config (which an
+    agent can edit) may name a command, but the broker runs it only if the user's settings allow that very
+    command (`[rotation] allowCommands`, configuration/boundaries.py)."""
+
+    format: str = "password"
+    length: WholeNumber = Field(default=DEFAULT_GENERATED, ge=MIN_GENERATED, le=MAX_GENERATED)
+    #: argv of the program the broker runs after the new value is stored, with the old and the new value
+    #: in its environment only (AGENT_VAULT_OLD_VALUE, AGENT_VAULT_NEW_VALUE)
+    command: tuple[Annotated[str, StringConstraints(min_length=1)], ...] = ()
+    #: seconds the command may take before it is stopped (and counted as failed)
+    timeout: Number = Field(default=60, gt=0, le=600, allow_inf_nan=False)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in GENERATED_FORMATS:
+            raise ValueError(f"unknown format {value!r}; use one of: {', '.join(GENERATED_FORMATS)}")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _no_nul(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any("\x00" in part for part in value):
+            raise ValueError("command arguments cannot contain NUL characters")
+        return value
+
+    def bound(self) -> dict[str, object]:
+        """What the vault's definition digest binds: a request to rotate ends if its command is edited."""
+        return {"format": self.format, "length": self.length, "command": list(self.command), "timeout": self.timeout}
+
+
 class SecretPolicy(_Model):
     """Settings for one secret of a vault (`vaults.<name>.secrets.<SECRET>`)."""
 
@@ -115,6 +149,11 @@ class SecretPolicy(_Model):
     approve_each: tuple[str, ...] = Field(default=(), alias="approveEach")
     #: whether the value may go to its hosts over plain http:// (never by default)
     plain_http: bool = Field(default=False, alias="plainHttp")
+    #: how a rotation makes and announces its new value (None: the generator's defaults, no command)
+    rotate: RotatePolicy | None = None
+    #: what a leak of this value does: "alert" (the alert offers rotation) or "rotate" (a rotation is
+    #: requested at once; storing its new value still waits for the approver's factor)
+    on_leak: Literal["alert", "rotate"] = Field(default="alert", alias="onLeak")
 
     @field_validator("hosts")
     @classmethod

@@ -229,6 +229,25 @@ class StoreSettings(_Model):
     allow_hosts: HostAllowances = Field(default=(), alias="allowHosts")
 
 
+class RotationSettings(_Model):
+    """Which `rotate.command`s a project config may make the broker run (docs/rotation.md): the command gets a
+    secret's old and new value, so one an agent wrote into the project config could send both anywhere."""
+
+    #: each an exact argv (`["/usr/local/bin/rotate-db", "app"]`), its program an absolute path
+    allow_commands: tuple[tuple[str, ...], ...] = Field(default=(), alias="allowCommands")
+
+    @field_validator("allow_commands")
+    @classmethod
+    def _absolute(cls, value: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        for argv in value:
+            if not argv or not argv[0].startswith("/"):
+                raise ValueError(
+                    f"{list(argv)!r}: each command is a list whose first item is the program's absolute path, "
+                    'e.g. ["/usr/local/bin/rotate-db", "app"] (no PATH lookup, nothing relative to a project)'
+                )
+        return value
+
+
 class LeaseSettings(_Model):
     """Credentials minted per approval (docs/leases.md): which roles a project config may mint from, and
     whether the broker revokes what it minted when it stops."""
@@ -464,6 +483,7 @@ class UserSettings(_Model):
     webhooks: WebhookSettings = WebhookSettings()
     paths: PathSettings = PathSettings()
     stores: StoreSettings = StoreSettings()
+    rotation: RotationSettings = RotationSettings()
     leases: LeaseSettings = LeaseSettings()
     checkpoints: CheckpointSettings = CheckpointSettings()
     proxy: ProxySettings = ProxySettings()

@@ -16,6 +16,10 @@ MAX_NAME = 256
 MAX_REASON = 2000
 MAX_BATCH = 100
 MAX_VALUE_BYTES = 64 * 1024
+#: what agent-vault can generate a value as (broker/generate.py), and how long: for `generate_secret` and for
+#: a secret's `rotate` settings in a config
+GENERATED_FORMATS = ("password", "hex", "base64", "urlsafe", "alphanumeric", "uuid")
+MIN_GENERATED, MAX_GENERATED, DEFAULT_GENERATED = 12, 256, 32
 
 # Letters, digits and a few separators used by env keys, 1Password titles and op:// references.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .:@+/-]*")

@@ -14,6 +14,9 @@ from typing import Any
 
 from agent_vault.domain.wire import RequesterView
 
+#: the `extra` key of a rotation request (broker/rotation.py): a write of a value the broker generates
+ROTATE = "rotate"
+
 
 class Status(StrEnum):
     PENDING = "pending"
@@ -106,10 +109,11 @@ class AccessRequest:
 
     @property
     def action(self) -> str:
-        """What approving lets happen: "read" (values to the agent), "run" (one command), "write", or
+        """What approving lets happen: "read" (values to the agent), "run" (one command), "write", "rotate" (a
+        new value the broker generates, stored, and told to the service by the secret's `rotate.command`), or
         "call" (one request a command sends through the proxy, matching an approveEach rule)."""
         if self.operation is Operation.WRITE:
-            return "write"
+            return "rotate" if ROTATE in self.extra else "write"
         if "proxy_call" in self.extra or "http" in self.extra:
             return "call"
         if "lend" in self.extra:

@@ -85,6 +85,8 @@ class RequestBody(TypedDict):
     http: NotRequired[dict[str, Any]]
     #: `agent-vault env --proxy`: {"env": [[VARIABLE, secret name], ...], "minutes": N}
     lend: NotRequired[dict[str, Any]]
+    #: `agent-vault rotate`: rotate the one secret in `names` (the broker generates the value; none is sent)
+    rotate: NotRequired[bool]
 
 
 # -- answers ----------------------------------------------------------------------------------------
@@ -146,6 +148,8 @@ class OutcomeView(TypedDict):
     http: NotRequired[dict[str, Any]]
     #: `env --proxy`: the variables to export (placeholders and the proxy's settings), until `window_end`
     exports: NotRequired[dict[str, str]]
+    #: the rotation of a secret a store mints per approval: how many of its leases were revoked
+    revoked: NotRequired[int]
 
 
 class LeaseView(TypedDict):

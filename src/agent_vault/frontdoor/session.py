@@ -351,6 +351,20 @@ async def exports_for_cli(env_refs: dict[str, str], minutes: float | None, reaso
     return 0
 
 
+async def rotate_for_cli(ref: str, reason: str, cwd: Path) -> int:
+    """`agent-vault rotate VAULT/NAME`: ask, wait for the approval, say what happened (never a value)."""
+    vault, sep, name = ref.partition("/")
+    if not sep or not vault or not name:
+        raise InvalidRequest(f"{ref!r}: name the secret as VAULT/NAME, e.g. agent-vault rotate dev/API_KEY")
+    body: RequestBody = {"vault": vault, "names": [name], "reason": reason, "operation": "write", "rotate": True}
+    answer = await _asked_on_a_terminal("agent-vault rotate", cwd, body)
+    if answer["status"] == "revoked":
+        print(f"agent-vault: {answer.get('revoked', 0)} open lease(s) of {ref} revoked", file=sys.stderr)
+    else:
+        print(f"agent-vault: {ref} rotated; its open windows were ended", file=sys.stderr)
+    return 0
+
+
 async def _asked_on_a_terminal(client_name: str, cwd: Path, body: RequestBody) -> OutcomeView:
     """Send `body` as a command typed by a person: the approval link on stderr, then wait as long as the
     request lives (a command's run included)."""

@@ -33,6 +33,7 @@ EVENTS = (
     "flood_refused", "home_used", "checkpoint_failed", "proxied", "proxy_refused", "store_migrated",
     "approval_counted", "approval_refused", "approver_invited", "approver_removed",
     "agent_added", "agent_revoked", "agent_refused", "lease_issued", "lease_revoked", "lease_revoke_failed",
+    "rotated", "rotation_command_finished", "rotation_failed", "rotation_revoked_leases",
 )  # fmt: skip
 OPERATIONS = ("read", "write")
 SCOPES = ("secret", "vault")

@@ -29,10 +29,10 @@ from agent_vault.broker.core import Broker
 from agent_vault.broker.leases import credential_end
 from agent_vault.broker.windows import what_approval_allows
 from agent_vault.domain.errors import AgentVaultError
-from agent_vault.domain.request import AccessRequest, Operation, Status
+from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Status
 from agent_vault.domain.untrusted import pieces, visible
 from agent_vault.home import is_default
-from agent_vault.web.claims import call_view, claim, command_view, http_view
+from agent_vault.web.claims import call_view, claim, command_view, http_view, rotation_view
 from agent_vault.web.csrf import COOKIE, CsrfTokens
 from agent_vault.web.hardening import ASGIApp, HostAllowlist, hardened, same_origin_post
 from agent_vault.web.passkey_options import options_response
@@ -184,7 +184,9 @@ class WebApp:
         where = "dashboard" if console else rid
         before = self.broker.decisions.progress(req).approved_by
         try:
-            decided = await self.broker.decide(rid, approve, _proof(form) if approve else None)
+            # denying a rotation needs the factor too (broker/decisions.py); other denials need none
+            proof = _proof(form) if approve or ROTATE in req.extra else None
+            decided = await self.broker.decide(rid, approve, proof)
         except AgentVaultError as exc:
             self.flash(request, where, f"{rid}: {exc}" if console else str(exc))
         else:
@@ -211,6 +213,7 @@ class WebApp:
             "call": call_view(req.extra.get("proxy_call")),
             "http": http_view(req.extra.get("http")),
             "lend": req.extra.get("lend"),
+            "rotation": rotation_view(req.extra.get(ROTATE)),
             # agent- and client-written text, shown as labelled claims (web.claims)
             "reason": claim(req.reason),
             "client": claim(req.requester.client),

@@ -96,3 +96,19 @@ def call_view(call: Any) -> dict[str, Any] | None:
         "truncated": bool(call.get("preview_truncated")),
         "run_request": str(call.get("run_request") or ""),
     }
+
+
+def rotation_view(rotate: Any) -> dict[str, Any] | None:
+    """A rotation (broker/rotation.py) as the page shows it: who asked (as the broker knows it, never a claim),
+    the new value's kind, and the command told of it, all of it."""
+    if not isinstance(rotate, dict):
+        return None
+    from agent_vault.broker.rotation import ASKED_BY, NEW_VALUE, OLD_VALUE
+
+    command = [str(a) for a in rotate.get("command") or []]
+    return {
+        "asked_by": ASKED_BY.get(str(rotate.get("asked_by")), "unknown"),
+        "command": pieces(shlex.join(command)) if command else None,
+        "timeout": rotate.get("timeout"),
+        "variables": (OLD_VALUE, NEW_VALUE),
+    }

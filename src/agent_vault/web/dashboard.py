@@ -10,6 +10,7 @@ code. Signing in lets the person see and revoke; approving still needs a factor 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 SIGNIN = "signin"
 DASHBOARD = "dashboard"
+#: the flash key of the secret page's "Mark as leaked" outcome
+LEAKED = "leaked"
 #: audit rows on the overview (the audit page has them all)
 RECENT_ROWS = 10
 #: what an export's Content-Type is
@@ -48,6 +51,7 @@ def routes(app: WebApp) -> list[Route]:
         Route("/dashboard/requests/{rid}", pages.request_record, methods=["GET"]),
         Route("/dashboard/secret", pages.secret_record, methods=["GET"]),
         Route("/dashboard/revoke", pages.revoke, methods=["POST"]),
+        Route("/dashboard/leaked", pages.leaked, methods=["POST"]),
     ]
 
 
@@ -176,7 +180,9 @@ class DashboardPages:
             return self.app.not_found(request)
         now = self.app.broker.clock()
         record = records.secret_record(self.app.broker, self.app.factors.all(), vault, name, now)
-        return self.app.render("secret.html", request, record=record)
+        configs = self.app.broker.configs_with(vault, name)
+        error = self.app.take_flash(request, LEAKED)
+        return self.app.render("secret.html", request, record=record, configs=configs, error=error)
 
     async def revoke(self, request: Request) -> Response:
         if not self.app.signed_in(request):
@@ -189,3 +195,22 @@ class DashboardPages:
         except AgentVaultError as exc:
             self.app.flash(request, DASHBOARD, str(exc))
         return _see_other("/dashboard")
+
+    async def leaked(self, request: Request) -> Response:
+        """ "Mark as leaked": rotate the secret (its windows end now); the rotation waits on its approval page."""
+        if not self.app.signed_in(request):
+            return _see_other("/signin")
+        form = await self.app.posted(request, lambda _: DASHBOARD)
+        if form is None:
+            return self.app.not_found(request)
+        vault, name = str(form.get("vault", "")), str(form.get("name", ""))
+        back = "/dashboard/secret?" + urlencode({"vault": vault, "name": name})
+        try:
+            outcome = await self.app.broker.mark_leaked(str(form.get("config", "")), vault, name)
+        except AgentVaultError as exc:
+            self.app.flash(request, LEAKED, str(exc))
+            return _see_other(back)
+        if outcome.request is None:  # a dynamic secret: its leases were revoked, nothing to approve
+            self.app.flash(request, LEAKED, f"{outcome.revoked} open lease(s) of {vault}/{name} were revoked.")
+            return _see_other(back)
+        return _see_other(f"/approve/{outcome.request.id}")
