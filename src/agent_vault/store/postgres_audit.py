@@ -106,6 +106,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER audit_head_kept BEFORE DELETE OR TRUNCATE ON audit_head
            FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
     ),
+    # the newest row of a rare event (`latest_with`, asked on every factor check) found at once: by `audit_event`
+    # and `ORDER BY id DESC` the planner walked back through every row appended since
+    ("CREATE INDEX audit_event_id ON audit (event, id)",),
 )
 
 #: advisory lock keys (any fixed bigints; these spell "avaudit1" and "avappend")
@@ -332,9 +335,20 @@ class PostgresAuditLog:
         return rows[0] if rows else None
 
     def latest_with(self, key: str, events: Iterable[str]) -> AuditRecord | None:
-        """The newest row of one of `events` whose detail has `key` (rare events: by the event index)."""
-        where = "WHERE audit.event = ANY(%s::text[]) AND (audit.detail ->> %s) IS NOT NULL ORDER BY audit.id DESC"
-        rows = self._select(where, list(events), key)
+        """The newest row of one of `events` whose detail has `key` (rare events): per event, the newest such row
+        by the (event, id) index, then the newest of those. Asked on every factor check, so it must not cost more
+        as the log grows."""
+        names = list(events)
+        if not names:
+            return None
+        newest = " UNION ALL ".join(
+            "(SELECT audit.id FROM audit WHERE audit.event = %s AND (audit.detail ->> %s) IS NOT NULL"
+            " ORDER BY audit.id DESC LIMIT 1)"
+            for _ in names
+        )
+        params: list[Any] = [value for name in names for value in (name, key)]
+        where = f"WHERE audit.id = (SELECT max(id) FROM ({newest}) AS newest)"  # noqa: S608 (placeholders only)
+        rows = self._select(where, *params)
         return rows[0] if rows else None
 
     def row(self, row_id: int) -> AuditRecord | None:
