@@ -8,7 +8,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,6 +162,27 @@ async def decide_when_asked(server: BrokerServer, clock: StepClock, action: str 
     code = clock.next_code() if action == "approve" else None
     await anyio.to_thread.run_sync(decide_on_page, server.url, rid, action, code)
     return rid
+
+
+async def typed_command(
+    cmd: list[str], cwd: Path, home: StatePaths, decide: Callable[[], Awaitable[object]] | None = None
+) -> tuple[int, str, str]:
+    """Run `cmd` as a person types it, against the broker of `home`; `decide` (the person on the page, e.g.
+    `decide_when_asked`) runs while it waits. Returns (exit status, stdout, stderr)."""
+    env = {**os.environ, "AGENT_VAULT_HOME": str(home.root)}
+    async with await anyio.open_process(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        if decide is not None:
+            await decide()
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = b"", b""
+        with anyio.fail_after(60):
+            async for chunk in proc.stdout:
+                out += chunk
+            async for chunk in proc.stderr:
+                err += chunk
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def free_port() -> int:

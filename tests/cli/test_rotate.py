@@ -6,8 +6,6 @@ a read-only vault (before anyone is asked) or for a name given without its vault
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +17,15 @@ from agent_vault.daemon import BrokerServer
 from agent_vault.domain.request import ROTATE, Status
 from agent_vault.home import StatePaths
 from agent_vault.providers.dotenv_format import parse
-from tests.conftest import FAKE_KEY, StepClock, decide_on_page, enrol_totp, totp_approvers, write_project
+from tests.conftest import (
+    FAKE_KEY,
+    StepClock,
+    decide_on_page,
+    enrol_totp,
+    totp_approvers,
+    typed_command,
+    write_project,
+)
 from tests.providers.database_engine import DatabaseEngine
 
 pytestmark = pytest.mark.anyio
@@ -36,30 +42,21 @@ async def rotate(
     project: Path, home: StatePaths, *args: str, decide: tuple[BrokerServer, StepClock, str] | None = None
 ) -> tuple[int, str, str]:
     """Run `agent-vault rotate ARGS` in `project`; with `decide`, take that action on the rotation's page once it
-    is pending (with a fresh code). (exit status, stdout, stderr)"""
+    is pending (with a fresh code: denying a rotation needs one too). (exit status, stdout, stderr)"""
     cmd = [sys.executable, "-m", "agent_vault", "rotate", *args]
-    env = {**os.environ, "AGENT_VAULT_HOME": str(home.root)}
-    async with await anyio.open_process(
-        cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
-        if decide is not None:
-            server, clock, action = decide
-            with anyio.fail_after(30):
-                while not server.broker.pending():
-                    await anyio.sleep(0.02)
-            [pending] = server.broker.pending()
-            assert ROTATE in pending.extra
-            await anyio.to_thread.run_sync(decide_on_page, server.url, pending.id, action, clock.next_code())
-        assert proc.stdout is not None and proc.stderr is not None
-        out, err = b"", b""
-        with anyio.fail_after(60):
-            async for chunk in proc.stdout:
-                out += chunk
-            async for chunk in proc.stderr:
-                err += chunk
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    if decide is None:
+        return await typed_command(cmd, project, home)
+    server, clock, action = decide
+
+    async def on_the_page() -> None:
+        with anyio.fail_after(30):
+            while not server.broker.pending():
+                await anyio.sleep(0.02)
+        [pending] = server.broker.pending()
+        assert ROTATE in pending.extra
+        await anyio.to_thread.run_sync(decide_on_page, server.url, pending.id, action, clock.next_code())
+
+    return await typed_command(cmd, project, home, on_the_page)
 
 
 async def test_rotate_approved_exits_0_and_prints_no_value(

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import pytest
 
 from agent_vault.daemon import BrokerServer
 from agent_vault.home import StatePaths
-from tests.conftest import FAKE_KEY, StepClock, decide_on_page, write_project
+from tests.conftest import FAKE_KEY, StepClock, decide_when_asked, typed_command, write_project
 
 pytestmark = pytest.mark.anyio
 
@@ -21,22 +18,7 @@ async def run_and_approve(
     cmd: list[str], cwd: Path, home: StatePaths, broker: BrokerServer, clock: StepClock
 ) -> tuple[int, str, str]:
     """Run `cmd` as a person types it, approve its request on the page; (exit code, stdout, stderr)."""
-    env = {**os.environ, "AGENT_VAULT_HOME": str(home.root)}
-    async with await anyio.open_process(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        with anyio.fail_after(30):
-            while not broker.broker.pending():
-                await anyio.sleep(0.02)
-        rid = broker.broker.pending()[0].id
-        await anyio.to_thread.run_sync(decide_on_page, broker.url, rid, "approve", clock.next_code())
-        assert proc.stdout is not None and proc.stderr is not None
-        out, err = b"", b""
-        async for chunk in proc.stdout:
-            out += chunk
-        async for chunk in proc.stderr:
-            err += chunk
-        await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await typed_command(cmd, cwd, home, lambda: decide_when_asked(broker, clock))
 
 
 async def test_cli_run_injects_and_masks(
