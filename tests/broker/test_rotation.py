@@ -110,6 +110,16 @@ async def rotate_approved(srv: BrokerServer, clock: StepClock, ref: str, project
     return result[0]
 
 
+def telling_env_vault(project: Path, body: str = RECORDER) -> tuple[list[str], Path]:
+    """`project` with a writable env vault whose API_KEY's rotations are told to a recording `rotate.command`
+    (running `body`); the command and the file it writes."""
+    project.mkdir()
+    command, out = recorder(project, body)
+    secrets = {"API_KEY": {"rotate": {"command": command}}}
+    write_project(project, {"dev": {"type": "env", "file": ".env.secrets", "writable": True, "secrets": secrets}})
+    return command, out
+
+
 def audit_text(srv: BrokerServer) -> str:
     return json.dumps([row.__dict__ for row in srv.broker.audit.list(limit=None)], default=str)
 
@@ -194,15 +204,7 @@ async def test_a_failing_command_puts_the_old_value_back_and_says_so(
     home: StatePaths, tmp_path: Path, server: Any, step_clock: StepClock
 ) -> None:
     project = tmp_path / "project"
-    project.mkdir()
-    command, _ = recorder(project, FAILING)
-    vault = {
-        "type": "env",
-        "file": ".env.secrets",
-        "writable": True,
-        "secrets": {"API_KEY": {"rotate": {"command": command}}},
-    }
-    write_project(project, {"dev": vault})
+    command, _ = telling_env_vault(project, FAILING)
     allow(home, command)
     srv = await server()
 
@@ -230,15 +232,7 @@ async def test_a_command_the_settings_do_not_list_is_refused_before_anyone_is_as
     home: StatePaths, tmp_path: Path, server: Any, step_clock: StepClock
 ) -> None:
     project = tmp_path / "project"
-    project.mkdir()
-    command, out = recorder(project)
-    vault = {
-        "type": "env",
-        "file": ".env.secrets",
-        "writable": True,
-        "secrets": {"API_KEY": {"rotate": {"command": command}}},
-    }
-    write_project(project, {"dev": vault})
+    _, out = telling_env_vault(project)
     srv = await server()  # no [rotation] allowCommands in the settings
     with pytest.raises(ConfigError) as refused:
         await rotate_for_cli("dev/API_KEY", "leaked", project)
