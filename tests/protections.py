@@ -1399,10 +1399,11 @@ PROTECTIONS: tuple[Protection, ...] = (
     ),
     Protection(
         "a grouped window lookup serves only the reads that asked before it started (a revocation is seen)",
-        "broker/windows.py",
-        "                for done in group:\n",
-        "                group, self._waiting = group + self._waiting, []  # late arrivals ride on this answer\n"
-        "                for done in group:\n",
+        "broker/rounds.py",
+        "                for (_, done), outcome in zip(group, outcomes, strict=True):\n",
+        "                late, self._waiting = self._waiting, []  # late arrivals ride on this round's answer\n"
+        "                group, outcomes = group + late, outcomes + outcomes[-1:] * len(late)\n"
+        "                for (_, done), outcome in zip(group, outcomes, strict=True):\n",
         (
             "tests/broker/test_replicas.py::"
             "test_a_read_sees_a_revocation_made_while_an_earlier_window_lookup_was_under_way",

@@ -130,9 +130,10 @@ async def test_a_broker_on_postgres_asks_approves_delivers_and_keeps_its_window(
 async def test_a_read_sees_a_revocation_made_while_an_earlier_window_lookup_was_under_way(
     tmp_path: Path, homes: tuple[StatePaths, StatePaths], start: Start, step_clock: StepClock
 ) -> None:
-    """Window lookups on PostgreSQL are grouped (windows.GroupedLookup): a read joins only a lookup that starts
-    after it asked. Here a lookup has read the windows and not returned yet when the window is revoked on the
-    other replica; a read asked after the revocation must not ride on that lookup's answer."""
+    """Window lookups on PostgreSQL are grouped (windows.py `split_soon`, in rounds: rounds.py): a read joins
+    only a lookup that starts after it asked. Here a lookup has read the windows and not returned yet when the
+    window is revoked on the other replica; a read asked after the revocation must not ride on that lookup's
+    answer."""
     import threading
 
     a, b = homes

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agent_vault.broker.rounds import Rounds
 from agent_vault.broker.workspace import Workspace
 from agent_vault.configuration.project import WEBHOOK_EVENTS
 from agent_vault.domain.errors import AuditError
@@ -124,58 +125,35 @@ class Recorder:
 
 
 class GroupCommit:
-    """Appends from the event loop, committed in groups: what is asked for while a commit is under way (on a
-    worker thread, the fsync off the loop) waits and goes in the next one, in the order asked. A group the log
-    refuses is written again row by row, so one bad row fails only its own caller."""
+    """Appends from the event loop, committed in rounds (rounds.py): what is asked for while a commit is under
+    way (on a worker thread, the fsync off the loop) waits and goes in the next one, in the order asked. A group
+    the log refuses is written again row by row, so one bad row fails only its own caller."""
 
     def __init__(self, audit: AuditRecords) -> None:
         self._audit = audit
-        self._waiting: list[tuple[AuditEvent, asyncio.Future[AuditRecord]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._rounds: Rounds[AuditEvent, AuditRecord] = Rounds(self._commit)
 
     async def append(self, event: AuditEvent) -> AuditRecord:
         """The row for `event`, durable; raises what the log raised for it (AuditError)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[AuditRecord] = loop.create_future()
-        self._waiting.append((event, done))
-        if self._writer is None:
-            self._writer = loop.create_task(self._write())
-        return await done
+        return await self._rounds.ask(event)
 
     async def drain(self) -> None:
         """Wait until every row asked for is written (or refused)."""
-        while self._writer is not None:
-            await asyncio.shield(self._writer)
+        await self._rounds.drain()
 
-    async def _write(self) -> None:
+    async def _commit(self, events: list[AuditEvent]) -> list[AuditRecord | BaseException]:
         try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []
-                try:
-                    records = await asyncio.to_thread(self._audit.append_many, [event for event, _ in group])
-                except Exception as exc:
-                    if len(group) == 1:
-                        _settle(group[0][1], exc)
-                        continue
-                    for event, done in group:  # each alone: one refused row must not sink the others
-                        try:
-                            _settle(done, await asyncio.to_thread(self._audit.append, event))
-                        except Exception as alone:
-                            _settle(done, alone)
-                    continue
-                for (_, done), record in zip(group, records, strict=True):
-                    _settle(done, record)
-        finally:
-            self._writer = None
-
-
-def _settle(done: asyncio.Future[AuditRecord], outcome: AuditRecord | BaseException) -> None:
-    if done.done():  # its caller was cancelled: the row is written all the same
-        return
-    if isinstance(outcome, BaseException):
-        done.set_exception(outcome)
-    else:
-        done.set_result(outcome)
+            return list(await asyncio.to_thread(self._audit.append_many, events))
+        except Exception as exc:
+            if len(events) == 1:
+                return [exc]
+        outcomes: list[AuditRecord | BaseException] = []
+        for event in events:  # each alone: one refused row must not sink the others
+            try:
+                outcomes.append(await asyncio.to_thread(self._audit.append, event))
+            except Exception as alone:
+                outcomes.append(alone)
+        return outcomes
 
 
 def _request_fields(req: AccessRequest) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from agent_vault.broker.rounds import Rounds
 from agent_vault.broker.runs import command_digest
 from agent_vault.configuration.project import VaultConfig
 from agent_vault.domain.errors import InvalidRequest
@@ -71,7 +72,8 @@ class WindowPolicy:
         self._deadlines: dict[str, float] = {}
         #: the latest wall time a broker has seen (kept in the store): an earlier clock is suspect
         self._high_water = _parse(store.get_meta(_HIGH_WATER))
-        self._grouped = GroupedLookup(store, clock)
+        #: the active windows of a store over the network, looked up for many calls at once (`split_soon`)
+        self._lookups: Rounds[None, tuple[datetime, list[Window]]] = Rounds(self._look_up)
 
     def split(
         self, workspace: str, vault: str, names: Sequence[str], definition: str, action: str, subject: str = ""
@@ -95,8 +97,17 @@ class WindowPolicy:
         looked up for every call waiting at that moment in one query, started after this call arrived."""
         if action not in ("read", "run"):
             return Split((), tuple(names))
-        now, windows = await self._grouped.active()
+        now, windows = await self._lookups.ask(None)
         return self._split_among(now, windows, workspace, vault, names, definition, action, subject)
+
+    async def _look_up(self, calls: list[None]) -> list[tuple[datetime, list[Window]] | BaseException]:
+        """One round of `split_soon`: the windows active now (every workspace and vault), for each call waiting.
+        A query per read, and the GIL a thread per read contends for, were most of a read's cost on PostgreSQL
+        under many agents; a call joins only a round that starts after it asked (rounds.py), so it sees every
+        window change committed before it asked, a revocation included."""
+        now = self._clock()
+        found = (now, await asyncio.to_thread(self._store.active_windows, now))
+        return [found] * len(calls)
 
     def _split_among(
         self,
@@ -273,49 +284,3 @@ def refuse_inject_only(vault: VaultConfig, name: str, names: Sequence[str]) -> N
             f"{', '.join(inject)} in vault {name!r} can only be used inside a command, never read: "
             f"call run_with_secrets with an env mapping such as {example}."
         )
-
-
-class GroupedLookup:
-    """The store's active windows, looked up for many calls at once (`WindowPolicy.split_soon`).
-
-    A call waits for the next lookup that starts after it arrived, never one already under way, so it sees
-    every window change committed before it asked (a revocation included), as a query of its own would. One
-    query and one trip to a worker thread serve every call waiting at that moment: on PostgreSQL under many
-    agents, a query per read (and the GIL a thread per read contends for) was most of a read's cost."""
-
-    def __init__(self, store: StateRecords, clock: Clock) -> None:
-        self._store = store
-        self._clock = clock
-        self._waiting: list[asyncio.Future[tuple[datetime, list[Window]]]] = []
-        self._reader: asyncio.Task[None] | None = None
-
-    async def active(self) -> tuple[datetime, list[Window]]:
-        """The time of the lookup and the windows active then (every workspace and vault)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[datetime, list[Window]]] = loop.create_future()
-        self._waiting.append(done)
-        if self._reader is None:
-            self._reader = loop.create_task(self._read())
-        return await done
-
-    async def _read(self) -> None:
-        try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []
-                now = self._clock()
-                try:
-                    found: tuple[datetime, list[Window]] | BaseException = (
-                        now,
-                        await asyncio.to_thread(self._store.active_windows, now),
-                    )
-                except Exception as exc:  # each waiter gets the store's error (StoreUnavailable, ...)
-                    found = exc
-                for done in group:
-                    if done.done():  # its caller was cancelled
-                        continue
-                    if isinstance(found, BaseException):
-                        done.set_exception(found)
-                    else:
-                        done.set_result(found)
-        finally:
-            self._reader = None
