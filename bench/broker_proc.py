@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from agent_vault.approver.factors import ApproverKit, FactorApprover
 from agent_vault.approver.protocol import Approver
-from agent_vault.daemon import BrokerServer
+from agent_vault.daemon import BrokerServer, run_server
 from agent_vault.home import StatePaths
 from agent_vault.store.interface import FactorRecords
 
@@ -81,11 +80,8 @@ def fix_nodelay() -> None:
 
 
 async def main(home: str, port: int) -> None:
-    # As `agent-vault serve` does: uvicorn handles SIGTERM; a no-op handler lets cleanup finish.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    server = BrokerServer(StatePaths(Path(home)), port, approvers=approvers)
-    await server.start()
-    await server.wait()
+    # As `agent-vault serve` does (SIGTERM handled, the heap settled once up), with the bench's approvers.
+    await run_server(BrokerServer(StatePaths(Path(home)), port, approvers=approvers))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ Three set-ups, each with the same vault window opened once by an approval:
   pg-1       one broker with `[store] url` on a throw-away PostgreSQL cluster
   pg-2       two broker processes on that database, the agents split between them
 `--agents` sessions (each its own connection on a broker's socket, as a front door has) read one secret
-in a loop for `--duration` seconds. Reported: reads/s, p50/p99 latency of one read, and broker CPU seconds
-per read (all broker processes together). Then decision -> value across replicas: an agent on replica 2
+in a loop for `--duration` seconds (closed loop: as fast as the broker answers). Reported: reads/s, p50/p99
+latency of one read, and broker CPU seconds per read (all broker processes together). Then the same agents
+read at `--rate` reads/s in all for `--duration` seconds (open loop, each on a fixed schedule; a read's
+latency counts from when it was due, so a stall is charged to every read it delays): the latency at a
+given load, which the closed loop cannot show (there the mean is agents / rate by Little's law). Then decision -> value across replicas: an agent on replica 2
 asks on a ttl-0 vault, a person approves on replica 1's page; the clock runs from just before the POST until
 the value reaches the agent (the wake travels by LISTEN/NOTIFY), beside the same on one replica.
 
@@ -95,6 +98,55 @@ async def load(boxes: list[b.Sandbox], project: Path, agents: int, duration: flo
     }
 
 
+async def paced(boxes: list[b.Sandbox], project: Path, agents: int, rate: float, duration: float) -> dict[str, Any]:
+    """The same reads offered at `rate` per second in all (open loop): each agent reads every agents/rate
+    seconds on a fixed schedule, the agents' schedules spread evenly. A read's latency runs from the moment
+    it was due, so a read that starts late because the one before it was slow counts its wait (no
+    coordinated omission, as wrk2 measures)."""
+    clients = [await session(boxes[i % len(boxes)], project) for i in range(agents)]
+    pids = [box.broker_pid() for box in boxes]
+    interval = agents / rate
+    latencies: list[float] = []
+    errors = 0
+
+    async def reader(api: BrokerClient, first: float, until: float, keep: bool) -> None:
+        nonlocal errors
+        due = first
+        while due < until:
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            got = await api.request(READ)  # type: ignore[arg-type]
+            if keep:
+                latencies.append(b.ms(time.perf_counter() - due))
+                if got.get("status") != "delivered":
+                    errors += 1
+            due += interval
+
+    warm = time.perf_counter()
+    await asyncio.gather(*(reader(c, warm + i * interval / agents, warm + 1.0, False) for i, c in enumerate(clients)))
+    cpu0 = sum(b.cpu_seconds(p) for p in pids if p is not None)
+    start = time.perf_counter() + 0.05
+    await asyncio.gather(
+        *(reader(c, start + i * interval / agents, start + duration, True) for i, c in enumerate(clients))
+    )
+    elapsed = time.perf_counter() - start
+    cpu = sum(b.cpu_seconds(p) for p in pids if p is not None) - cpu0
+    for c in clients:
+        await c.aclose()
+    stats = b.summary(latencies)
+    return {
+        "offered_per_s": rate,
+        "reads": len(latencies),
+        "errors": errors,
+        "reads_per_s": len(latencies) / elapsed,
+        "p50_ms": stats["median"],
+        "p99_ms": stats.get("p99", stats["max"]),
+        "max_ms": stats["max"],
+        "broker_cpu_ms_per_read": b.ms(cpu / max(1, len(latencies))),
+    }
+
+
 async def decision(asker: b.Sandbox, approver: b.Sandbox, project: Path, codes: b.StepCodes, n: int) -> list[float]:
     out = []
     api = await session(asker, project)
@@ -153,6 +205,14 @@ async def run(args: Any, report: b.Report) -> None:
                     report.value(f"{label}.p99", f"{label}: one read, p99", figures["p99_ms"], "ms")
                     cpu = figures["broker_cpu_ms_per_read"]
                     report.value(f"{label}.cpu", f"{label}: broker CPU per read", cpu, "ms")
+                if duration > 0 and args.rate > 0:
+                    figures = await paced(boxes, project, agents, args.rate, duration)
+                    results[f"{label}.paced"] = figures
+                    print(f"  {label} paced: {json.dumps({k: round(v, 3) for k, v in figures.items()})}", flush=True)
+                    offered = f"{label}: {args.rate:,.0f} reads/s offered by {agents} agents"
+                    report.value(f"{label}.paced.rps", f"{offered}, served", figures["reads_per_s"], "/s")
+                    report.value(f"{label}.paced.p50", f"{offered}, one read, p50", figures["p50_ms"], "ms")
+                    report.value(f"{label}.paced.p99", f"{offered}, one read, p99", figures["p99_ms"], "ms")
                 if label == "pg-2":
                     same = await decision(boxes[0], boxes[0], project, codes, n_decisions)
                     across = await decision(boxes[1], boxes[0], project, codes, n_decisions)
@@ -167,6 +227,9 @@ def main() -> None:
     p = b.parser(__doc__ or "")
     p.add_argument("--agents", type=int, default=100)
     p.add_argument("--duration", type=float, default=30.0, help="seconds of reads per set-up (0: no reads)")
+    p.add_argument(
+        "--rate", type=float, default=2000.0, help="reads/s offered in all in the paced phase (0: no paced phase)"
+    )
     p.add_argument("--only", default="", help="comma-separated set-ups to run (sqlite, pg-1, pg-2); default all")
     args = p.parse_args()
     b.exit_on_sigterm()
