@@ -10,9 +10,10 @@ in a loop for `--duration` seconds (closed loop: as fast as the broker answers).
 latency of one read, and broker CPU seconds per read (all broker processes together). Then the same agents
 read at `--rate` reads/s in all for `--duration` seconds (open loop, each on a fixed schedule; a read's
 latency counts from when it was due, so a stall is charged to every read it delays): the latency at a
-given load, which the closed loop cannot show (there the mean is agents / rate by Little's law). Then decision -> value across replicas: an agent on replica 2
-asks on a ttl-0 vault, a person approves on replica 1's page; the clock runs from just before the POST until
-the value reaches the agent (the wake travels by LISTEN/NOTIFY), beside the same on one replica.
+given load, which the closed loop cannot show (there the mean is agents / rate by Little's law).
+Then decision -> value across replicas: an agent on replica 2 asks on a ttl-0 vault, a person approves on
+replica 1's page; the clock runs from just before the POST until the value reaches the agent (the wake
+travels by LISTEN/NOTIFY), beside the same on one replica.
 
 PostgreSQL runs on the same machine with fsync on (a commit waits for the disk, as SQLite's does).
 The load generator is one Python process on the same machine: on 2 cores it takes about one of them,

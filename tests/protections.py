@@ -1284,6 +1284,14 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/attacks/test_framed_socket.py::test_a_framed_call_cannot_use_another_processs_session",),
     ),
     Protection(
+        "a framed call carries its connection's peer credentials (SO_PEERCRED), as an HTTP call on the socket does: "
+        "without them the session and caller checks would have nobody to check",
+        "broker/frames.py",
+        "            PEER_KEY: self._peer,\n",
+        "",
+        ("tests/attacks/test_framed_socket.py::test_a_framed_call_cannot_use_another_processs_session",),
+    ),
+    Protection(
         "a store path's remembered real path is used only while the path still leads to the same file: a "
         "re-pointed symlink is resolved again",
         "providers/files.py",

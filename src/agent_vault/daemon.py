@@ -34,7 +34,7 @@ from agent_vault import __version__
 from agent_vault.approver.factors import ApproverKit
 from agent_vault.approver.passkeys import RP_ID, Passkeys
 from agent_vault.approver.protocol import Approver
-from agent_vault.broker.api import PEER_KEY, create_api
+from agent_vault.broker.api import PEER_KEY, BrokerApi
 from agent_vault.broker.audit_forwarding import WebhookHub
 from agent_vault.broker.core import Broker, Outreach
 from agent_vault.broker.frames import FramedConnection
@@ -84,6 +84,7 @@ class _PeerCredProtocol(H11Protocol):
             return
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, _gid = struct.unpack("3i", raw)
+        self._peer = (pid, uid)
         self._sniffed = bytearray()
         inner = self.app
 
@@ -106,18 +107,26 @@ class _PeerCredProtocol(H11Protocol):
 
     def _become_framed(self, rest: bytes) -> None:
         self.connections.discard(self)
-        framed = FramedConnection(self.app, self.connections, self.tasks)  # `tagged`: this connection's peer
+        routes = self.config.app
+        assert isinstance(routes, Dispatcher)
+        framed = FramedConnection(routes.framed.answer, self._peer, self.connections, self.tasks)
         self.transport.set_protocol(framed)
         framed.connection_made(self.transport)
         if rest:
             framed.data_received(rest)
 
 
-def dispatcher(api: ASGIApp, web: ASGIApp) -> ASGIApp:
-    async def app(scope: Scope, receive: Any, send: Any) -> None:
-        await (api if PEER_KEY in scope else web)(scope, receive, send)
+class Dispatcher:
+    """The socket API for a request on the Unix socket (its scope tagged with the peer), the pages for the
+    rest; `framed`: the API's routes for the socket's framed connections."""
 
-    return app
+    def __init__(self, api: BrokerApi, web: ASGIApp) -> None:
+        self.api = api.app()
+        self.framed = api.framed()
+        self.web = web
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await (self.api if PEER_KEY in scope else self.web)(scope, receive, send)
 
 
 @dataclass
@@ -337,9 +346,9 @@ class BrokerServer:
             public_hosts=self.remote.public_hosts,
             state_home=None if self.paths.system else self.paths.root,
         )
-        api = create_api(self.broker, on_shutdown=self.request_stop, status_extra=self._status_extra)
+        api = BrokerApi(self.broker, on_shutdown=self.request_stop, status_extra=self._status_extra)
         config = uvicorn.Config(
-            dispatcher(api, self.web.asgi()),
+            Dispatcher(api, self.web.asgi()),
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -359,7 +368,7 @@ class BrokerServer:
         if self._task.done():
             self._task.result()
         if self.team is not None:
-            await self.team.start(api, self.broker)
+            await self.team.start(api.app(), self.broker)
         await self.remote.start()  # a tunnel needs the pages listening
         return self.url
 

@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope
 
 from agent_vault import __version__
 from agent_vault.broker.core import Broker, Outcome, Session
@@ -155,9 +156,9 @@ class BrokerApi:
         #: tunnel, public URL, channels and checkpoints, for the broker's own user only
         self.status_extra = status_extra
 
-    def app(self) -> Starlette:
+    def routes(self) -> list[Route]:
         remote = {"agents": True}  # what a team agent may call too (AGENT_ROUTES)
-        routes = [
+        return [
             Route("/v1/sessions", self.guarded(self.open_session, **remote), methods=["POST"]),
             Route("/v1/sessions/current", self.guarded(self.close_session, **remote), methods=["DELETE"]),
             Route("/v1/secrets", self.guarded(self.list_secrets, **remote), methods=["GET"]),
@@ -167,7 +168,14 @@ class BrokerApi:
             Route("/v1/windows/{wid}", self.guarded(self.revoke), methods=["DELETE"]),
             Route("/v1/shutdown", self.guarded(self.shutdown), methods=["POST"]),
         ]
-        return Starlette(routes=routes)
+
+    def app(self) -> Starlette:
+        """The routes over HTTP (the socket's HTTP, the team listener)."""
+        return Starlette(routes=self.routes())
+
+    def framed(self) -> FramedRoutes:
+        """The same routes for the socket's framed protocol (broker/frames.py): no HTTP stack on the way."""
+        return FramedRoutes(self.routes())
 
     def session_of(self, request: Request) -> Session:
         session = self.broker.session(request.headers.get(SESSION_HEADER, ""))
@@ -311,6 +319,39 @@ class BrokerApi:
                 return error_response(InvalidRequest(f"bad request: {type(exc).__name__}"))
 
         return run
+
+
+class FramedRoutes:
+    """The API's routes answered straight from a framed call's scope: the route found by its path (a dict
+    for the fixed ones), the same guarded handler run on a Request of that scope, and its response's
+    status and body taken as they are, without Starlette's router, middleware and ASGI messages. A path
+    or method no route has is answered as Starlette answers it."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self._fixed: dict[str, Route] = {}
+        self._templated: list[Route] = []
+        for route in routes:
+            if route.param_convertors:
+                self._templated.append(route)
+            else:
+                self._fixed[route.path] = route
+
+    async def answer(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        path = scope["path"]
+        route, params = self._fixed.get(path), {}
+        if route is None:
+            for candidate in self._templated:
+                found = candidate.path_regex.match(path)
+                if found is not None:
+                    route, params = candidate, found.groupdict()
+                    break
+        if route is None:
+            return 404, b"Not Found"
+        if route.methods is not None and scope["method"] not in route.methods:
+            return 405, b"Method Not Allowed"
+        scope["path_params"] = params
+        response = await route.endpoint(Request(scope, receive))
+        return response.status_code, bytes(response.body)
 
 
 async def _body_of(request: Request) -> dict[str, Any]:

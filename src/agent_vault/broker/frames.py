@@ -1,8 +1,8 @@
 """The broker's side of the private socket's framed protocol (domain/frames.py): a connection that opened
-with the preamble is served here instead of by the HTTP server, each request frame handed to the same
-socket API app (broker/api.py) as an HTTP request would be, with the same peer credentials, and its answer
-sent back as one frame. The routes, their checks and their answers are the API's own: only the parsing of
-HTTP is gone from the way.
+with the preamble is served here instead of by the HTTP server, each request frame handed to the socket
+API's routes (broker/api.py `FramedRoutes`) with the connection's peer credentials, and its answer sent back
+as one frame. The routes, their checks and their answers are the API's own: only HTTP (its parsing, the
+router and middleware of the HTTP app, the ASGI messages) is gone from the way.
 
 One call at a time per connection, as HTTP/1.1 without pipelining; a long-poll holds its connection, and
 the front door opens others meanwhile. A frame over the limits is answered with the API's error and the
@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping, MutableSet
 from typing import Any
 
-from agent_vault.broker.api import MAX_BODY
+from agent_vault.broker.api import MAX_BODY, PEER_KEY
 from agent_vault.domain.errors import InvalidRequest
 from agent_vault.domain.frames import LENGTHS, PREAMBLE, FrameError, head_of, lengths, pack
 from agent_vault.domain.wire import SESSION_HEADER
@@ -25,17 +25,25 @@ from agent_vault.domain.wire import SESSION_HEADER
 log = logging.getLogger("agent_vault.broker.frames")
 
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+#: answers one call: its scope (as an HTTP request's), and where its body comes from -> (status, body)
+Answer = Callable[[Scope, Callable[[], Awaitable[dict[str, Any]]]], Awaitable[tuple[int, bytes]]]
 
 
 class FramedConnection(asyncio.Protocol):
-    """One framed connection on the socket. `app` is the socket API as the HTTP server hands it a request of
-    this connection, its scope tagged with the connection's peer credentials (daemon.py); `connections` and
-    `tasks` are the HTTP server's own sets, so its shutdown closes this connection too and waits for the
-    call it serves."""
+    """One framed connection on the socket. `answer` is the socket API's (`FramedRoutes.answer`); `peer` the
+    connection's (pid, uid) from SO_PEERCRED (daemon.py), put in each call's scope as the HTTP side does;
+    `connections` and `tasks` are the HTTP server's own sets, so its shutdown closes this connection too and
+    waits for the call it serves."""
 
-    def __init__(self, app: ASGIApp, connections: MutableSet[Any], tasks: MutableSet[asyncio.Task[None]]) -> None:
-        self._app = app
+    def __init__(
+        self,
+        answer: Answer,
+        peer: tuple[int, int],
+        connections: MutableSet[Any],
+        tasks: MutableSet[asyncio.Task[None]],
+    ) -> None:
+        self._answer = answer
+        self._peer = peer
         self._connections = connections
         self._tasks = tasks
         self._buffer = bytearray()
@@ -105,25 +113,25 @@ class FramedConnection(asyncio.Protocol):
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, head: dict[str, Any], body: bytes) -> None:
-        status, answer = 500, bytearray()
+        status, answer = 500, b""
         try:
             status, answer = await self._call(head, body)
         except Exception:
             log.exception("the socket API failed on a framed call")
-            answer = bytearray(_error("the broker failed on this call; see its log"))
+            answer = _error("the broker failed on this call; see its log")
         finally:
             self._busy = False
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(pack({"status": status}, bytes(answer)))
+            self._transport.write(pack({"status": status}, answer))
         if self._stopping:
             self._close()
         else:
             self._next()
 
-    async def _call(self, head: dict[str, Any], body: bytes) -> tuple[int, bytearray]:
+    async def _call(self, head: dict[str, Any], body: bytes) -> tuple[int, bytes]:
         method, target, session = head.get("method"), head.get("target"), head.get("session")
         if not isinstance(method, str) or not isinstance(target, str) or not target.startswith("/"):
-            return 400, bytearray(_error("a frame head without a method and a target"))
+            return 400, _error("a frame head without a method and a target")
         path, _, query = target.partition("?")
         headers = [(b"host", b"agent-vault-broker"), (b"content-type", b"application/json")]
         headers.append((b"content-length", str(len(body)).encode()))
@@ -143,8 +151,9 @@ class FramedConnection(asyncio.Protocol):
             "server": None,
             "client": None,
             "state": {},
+            PEER_KEY: self._peer,
         }
-        status, answer, given = 500, bytearray(), False
+        given = False
 
         async def receive() -> dict[str, Any]:
             nonlocal given
@@ -154,15 +163,7 @@ class FramedConnection(asyncio.Protocol):
             await self._closed.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            elif message["type"] == "http.response.body":
-                answer.extend(message.get("body", b""))
-
-        await self._app(scope, receive, send)
-        return status, answer
+        return await self._answer(scope, receive)
 
     def _refuse(self, why: str) -> None:
         """Answer `why` and close: what follows a bad frame cannot be told apart from the next one."""
