@@ -249,6 +249,45 @@ def test_hash_is_sha256_of_the_documented_canonical_json(log: AuditLog) -> None:
     assert hashlib.sha256(canonical.encode()).hexdigest() == record.hash
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        AuditEvent("listed"),
+        AuditEvent(
+            "delivered",
+            vault="dev",
+            names=("A", "B_2"),
+            operation="read",
+            reason='say "why"\n\ttabbed',
+            scope="vault",
+            request_id="r_1",
+            client="cl\u00e9ent \u2603",
+            detail={"pid": 7, "z": None},
+        ),
+        AuditEvent(
+            "approved",
+            vault="\u00e9t\u00e9",
+            names=(),
+            window_end=datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
+            detail={"nested": {"b": [1, 2.5, True, None], "a": {"\u00fc": "\U0001f511"}}, "big": 2**70},
+        ),
+        AuditEvent("auth_failed", reason="\x00\x1f control \\ backslash /", detail={"why": "\u2028\u2029"}),
+    ],
+)
+def test_a_new_rows_hash_is_the_documented_canonical_json_of_its_columns(log: AuditLog, event: AuditEvent) -> None:
+    """The writer puts a row's canonical JSON together from its columns' own (audit.py `_fresh_row_hash`);
+    it must agree byte for byte with encoding the whole row at once, or `audit verify` fails on new rows."""
+    record = log.append(event)
+    data = record.to_json()
+    del data["hash"]
+    data["ts"] = record.ts.isoformat(timespec="microseconds")
+    if record.window_end is not None:
+        data["window_end"] = record.window_end.isoformat(timespec="microseconds")
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert hashlib.sha256(canonical.encode()).hexdigest() == record.hash
+    assert log.verify().ok
+
+
 def test_triggers_block_update_and_delete(log: AuditLog, db: Path) -> None:
     fill(log, 3)
     conn = raw(db)

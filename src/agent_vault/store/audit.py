@@ -110,11 +110,15 @@ class AuditEvent:
     client: str | None = None
     #: JSON-able extras: peer pid/uid, project dir, git remote, error text, ...
     detail: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: `detail` as canonical JSON, the text its row stores (made once, here)
+    detail_text: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(self.names))
         _check_event(self)
-        object.__setattr__(self, "detail", json.loads(_canonical(dict(self.detail))))
+        text = _canonical(dict(self.detail))
+        object.__setattr__(self, "detail", json.loads(text))
+        object.__setattr__(self, "detail_text", text)
 
 
 @dataclass(frozen=True)
@@ -446,16 +450,33 @@ def row_values(row_id: int, ts: str, event: AuditEvent, prev_hash: str) -> tuple
     window_end = utc_text(event.window_end) if event.window_end else None
     fields = (row_id, ts, event.event, event.vault, _canonical(list(event.names)), event.operation,
               event.reason, event.scope, window_end, event.request_id, event.client,
-              _canonical(dict(event.detail)), prev_hash)  # fmt: skip
-    return (*fields, _row_hash(fields))
+              event.detail_text, prev_hash)  # fmt: skip
+    return (*fields, _fresh_row_hash(fields))
 
 
 def _row_hash(fields: tuple[Any, ...]) -> str:
-    """sha256 of the canonical JSON of a row's columns (names and detail as JSON, not text)."""
+    """sha256 of the canonical JSON of a row's columns (names and detail as JSON, not text), whatever form
+    the stored names and detail text has (a row read back, from either engine)."""
     data = dict(zip(_COLUMNS[:-1], fields, strict=True))
     data["names"] = json.loads(data["names"])
     data["detail"] = json.loads(data["detail"])
     return hashlib.sha256(_canonical(data).encode()).hexdigest()
+
+
+#: the hashed columns in the order canonical JSON puts them (sorted), with their place in a row
+_HASH_ORDER = tuple(sorted((name, place) for place, name in enumerate(_COLUMNS[:-1])))
+_AS_TEXT = frozenset(("names", "detail"))
+
+
+def _fresh_row_hash(fields: tuple[Any, ...]) -> str:
+    """`_row_hash` of a row just made, whose names and detail are canonical JSON already (`row_values`):
+    the same text, put together from the columns' own canonical JSON instead of decoded and encoded again
+    (canonical JSON of an object is its sorted members' canonical JSON, so the two agree byte for byte)."""
+    members = ",".join(
+        f'"{name}":{fields[place] if name in _AS_TEXT else _ENCODER.encode(fields[place])}'
+        for name, place in _HASH_ORDER
+    )
+    return hashlib.sha256(("{" + members + "}").encode()).hexdigest()
 
 
 def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
