@@ -22,7 +22,18 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = ["cold_start", "hot_path", "decision", "pending", "page_load", "audit_bench", "memory", "proxy", "team"]
+SCRIPTS = [
+    "cold_start",
+    "hot_path",
+    "decision",
+    "pending",
+    "page_load",
+    "audit_bench",
+    "memory",
+    "proxy",
+    "team",
+    "floor",
+]
 TIMEOUT = 240
 BASELINE = os.environ.get("BENCH_BASELINE")
 
