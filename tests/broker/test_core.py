@@ -117,17 +117,17 @@ async def test_a_listing_row_is_written_before_any_later_row_and_a_failed_one_fa
     assert out.request is not None
     assert [r.event for r in broker.audit.list()][:2] == ["requested", "listed"]  # durable, in order (newest first)
 
-    real_append, real_many = broker.audit.append, broker.audit.append_many
+    real_append, real_many, real_now = broker.audit.append, broker.audit.append_many, broker.audit.append_now
 
     def broken(*events: object) -> object:
         raise AuditError("disk full")
 
-    broker.audit.append = broker.audit.append_many = broken  # type: ignore[method-assign]
+    broker.audit.append = broker.audit.append_many = broker.audit.append_now = broken  # type: ignore[method-assign]
     assert await broker.list_secrets(session) == {"dev": ["API_KEY", "DATABASE_URL"]}  # answered; its row failed
     await broker.recorder.drain()
     with pytest.raises(AuditError):
         await broker.list_secrets(session)  # fail closed: this one waited for its row
-    broker.audit.append, broker.audit.append_many = real_append, real_many  # type: ignore[method-assign]
+    broker.audit.append, broker.audit.append_many, broker.audit.append_now = real_append, real_many, real_now  # type: ignore[method-assign]
     await broker.list_secrets(session)  # written again: awaited once more, then behind as before
     assert broker.audit.list()[0].event == "listed"
     await broker.list_secrets(session)
@@ -396,7 +396,7 @@ async def test_audit_failure_releases_nothing(broker: Broker, tmp_path: Path) ->
     def broken(*events: object) -> object:
         raise AuditError("disk full")
 
-    broker.audit.append = broker.audit.append_many = broken  # type: ignore[method-assign]
+    broker.audit.append = broker.audit.append_many = broker.audit.append_now = broken  # type: ignore[method-assign]
     with pytest.raises(AuditError):
         await broker.wait(session, out.request.id, 0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -103,3 +104,60 @@ async def test_drain_waits_for_rows_still_being_committed(log: AuditRecords, sto
     await recorder.drain()
     assert store.count() == 1
     assert (await task).request_id == "r1"
+
+
+async def test_a_lone_hot_row_is_committed_on_the_loop_and_other_rows_on_a_worker_thread(tmp_path: Path) -> None:
+    """A read inside a window alone in its round skips the trip to a worker thread; a decision row (whose
+    listener writes the checkpoint into state.db) and a round of several rows keep the fsync off the loop."""
+    log = Store("sqlite", str(tmp_path / "audit.db")).open()
+    committed_on: dict[str | None, int] = {}
+    log.subscribe(lambda record: committed_on.__setitem__(record.request_id, threading.get_ident()))
+    recorder, loop_thread = Recorder(log), threading.get_ident()
+    try:
+        await recorder.record(None, "auto_approved", None, request_id="alone")
+        await recorder.record(None, "approved", None, request_id="decision")
+        await asyncio.gather(*(recorder.record(None, "delivered", None, request_id=f"g{i}") for i in range(3)))
+    finally:
+        log.close()
+    assert committed_on.pop("alone") == loop_thread
+    assert loop_thread not in committed_on.values(), committed_on
+    assert set(committed_on) == {"decision", "g0", "g1", "g2"}
+
+
+async def test_a_lone_row_the_log_cannot_take_at_once_waits_off_the_loop(tmp_path: Path) -> None:
+    """Another process holding the audit's write lock must not freeze the broker: the row waits on a worker
+    thread (and nothing is released before it is durable) while the loop goes on serving."""
+    store = Store("sqlite", str(tmp_path / "audit.db"))
+    log = store.open()  # the log's own wait for a lock: 5 s
+    recorder, loop = Recorder(log), asyncio.get_running_loop()
+    answered: list[bool] = []
+
+    def probe() -> None:  # from outside, while the row waits: does the loop still run a callback?
+        time.sleep(0.1)
+        try:
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=2)
+            answered.append(True)
+        except TimeoutError:
+            answered.append(False)
+
+    try:
+        with store.holding_append_lock():
+            prober = threading.Thread(target=probe)
+            prober.start()
+            read = asyncio.create_task(recorder.record(None, "auto_approved", None, request_id="r1"))
+            await asyncio.sleep(0.3)
+            assert not read.done(), "nothing released before its row is durable"
+            await asyncio.to_thread(prober.join)
+        assert answered == [True], "the loop stood still while the row waited for the lock"
+        assert (await read).request_id == "r1" and store.count() == 1
+    finally:
+        log.close()
+
+
+def test_no_row_committed_on_the_loop_makes_a_listener_write_elsewhere() -> None:
+    """Integrity's checkpoint listener writes state.db (a second fsync, a second lock) for every row but the
+    hot ones; a row committed on the event loop must be one it skips."""
+    from agent_vault.broker import integrity
+    from agent_vault.broker.recorder import LOOP_EVENTS
+
+    assert LOOP_EVENTS <= integrity._HOT_EVENTS

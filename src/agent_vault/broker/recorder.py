@@ -8,11 +8,12 @@ home's log, that an agent session used another state home (frontdoor/home_use.py
 door never imports the broker, and no broker of that home need be running.
 
 A request's row carries its vault, names, operation, reason, scope and id, and who asked (client,
-pid, uid, project, git remote); never a value. `record` appends off the event loop and is durable
-when it returns, so callers can release a value only after it; `record_behind` (a listing of names,
+pid, uid, project, git remote); never a value. `record` is durable when it returns, so callers can
+release a value only after it; `record_behind` (a listing of names,
 which releases nothing) answers before its row's commit, in order with the rows after it. Rows asked
 for while a commit is under way go together in the next one (group commit): one transaction and one
-fsync for the rows of many concurrent releases, each still durable before its caller goes on.
+fsync for the rows of many concurrent releases, each still durable before its caller goes on. A group's
+commit runs on a worker thread; a lone hot row's on the event loop when the log can take it without a wait.
 """
 
 from __future__ import annotations
@@ -124,10 +125,21 @@ class Recorder:
             log.warning("could not record %s in the audit log", event)
 
 
+#: the rows a value waits for on the hot paths (a read inside a window, a value handed over after its
+#: approval): when one is alone in its round, it is committed on the event loop if the log can take it without
+#: a wait (`append_now`). Only rows no listener writes elsewhere for (integrity's checkpoint skips them)
+#: qualify. A listing's row is not one: it is written behind its answer, so the loop would only stand still
+#: for its fsync (back-to-back listings at the socket measured 0.47 -> 0.63 ms with it on the loop).
+LOOP_EVENTS = frozenset({"auto_approved", "delivered"})
+
+
 class GroupCommit:
     """Appends from the event loop, committed in rounds (rounds.py): what is asked for while a commit is under
-    way (on a worker thread, the fsync off the loop) waits and goes in the next one, in the order asked. A group
-    the log refuses is written again row by row, so one bad row fails only its own caller."""
+    way waits and goes in the next one, in the order asked. A round of several rows is committed on a worker
+    thread (the fsync off the loop); a lone hot row (`LOOP_EVENTS`) on the loop itself when the log can take it
+    at once: one thread wake-up less per windowed read, which for one agent is most of the broker's own time
+    after the fsync. A group the log refuses is written again row by row, so one bad row fails only its own
+    caller."""
 
     def __init__(self, audit: AuditRecords) -> None:
         self._audit = audit
@@ -143,6 +155,10 @@ class GroupCommit:
 
     async def _commit(self, events: list[AuditEvent]) -> list[AuditRecord | BaseException]:
         try:
+            if len(events) == 1 and events[0].event in LOOP_EVENTS:
+                done = self._audit.append_now(events)  # a lone hot row: on the loop, unless it would wait
+                if done is not None:
+                    return list(done)
             return list(await asyncio.to_thread(self._audit.append_many, events))
         except Exception as exc:
             if len(events) == 1:

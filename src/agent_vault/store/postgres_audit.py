@@ -245,6 +245,11 @@ class PostgresAuditLog:
                 listener(record)
         return records
 
+    def append_now(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord] | None:
+        """Always None: a commit here is a round trip to the server and the advisory lock may be held by
+        another replica, so it is never made on the caller's event loop (`append_many` off it instead)."""
+        return None
+
     def list(
         self,
         *,
