@@ -783,9 +783,9 @@ def test_the_newest_factor_row_is_found_by_index_however_many_rows_came_after(
         asked: list[tuple[str, list[Any]]] = []
         query = log._query  # type: ignore[attr-defined]
 
-        def recording(sql_text: str, params: list[Any]) -> Any:
+        def recording(sql_text: str, params: list[Any], **options: Any) -> Any:
             asked.append((sql_text, params))
-            return query(sql_text, params)
+            return query(sql_text, params, **options)
 
         log._query = recording  # type: ignore[attr-defined]
         found = log.latest_with("factor_set", ["factor_added", "factor_removed", "factors_recorded"])
@@ -800,6 +800,32 @@ def test_the_newest_factor_row_is_found_by_index_however_many_rows_came_after(
         assert any(s.get("Index Name") == "audit_event_id" for s in scans)
         assert all("Index Cond" in s for s in scans if s.get("Index Name") == "audit_pkey")  # only the id looked up
         assert not any(s["Node Type"] == "Seq Scan" for s in scans)
+    finally:
+        log.close()
+
+
+def test_the_factor_check_is_planned_with_its_event_names_every_time(postgres: PostgresServer) -> None:
+    """A statement used often becomes a prepared one (psycopg), and PostgreSQL then keeps a generic plan made
+    without the parameters' values: every event looks like a third of the log, and the plan walks the primary
+    key back from the newest row through every read appended since (0.2 s per event after 150,000 reads in
+    bench/team.py, decisions 22 -> 400 ms). The factor check must never be such a statement."""
+    import psycopg
+
+    from agent_vault.store.postgres_audit import PostgresAuditLog
+
+    url = postgres.database()
+    log = PostgresAuditLog(url, pool_size=1)
+    try:
+        log.append(AuditEvent("factors_recorded", detail={"factor_set": ["fake-fingerprint"]}))
+        log.append_many([AuditEvent("auto_approved", vault="dev", names=("API_KEY",)) for _ in range(1000)])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE audit")
+        for _ in range(12):  # psycopg prepares a statement on its 5th use
+            found = log.latest_with("factor_set", ["factor_added", "factor_removed", "factors_recorded"])
+            assert found is not None and found.event == "factors_recorded"
+        with log._pool.connection() as conn:  # the pool's one connection: where a prepared statement would live
+            kept = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        assert not [text for (text,) in kept if "detail ->>" in text]
     finally:
         log.close()
 
