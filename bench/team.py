@@ -84,6 +84,13 @@ async def load(boxes: list[b.Sandbox], project: Path, agents: int, duration: flo
     cpu0 = sum(b.cpu_seconds(p) for p in pids if p is not None)
     start = time.perf_counter()
     await asyncio.gather(*(reader(c, start + duration) for c in clients))
+    return await figures(clients, pids, cpu0, start, latencies, errors)
+
+
+async def figures(
+    clients: list[BrokerClient], pids: list[int | None], cpu0: float, start: float, latencies: list[float], errors: int
+) -> dict[str, Any]:
+    """A phase's figures, taken as it ends (its clients closed): reads/s, p50, p99, the brokers' CPU per read."""
     elapsed = time.perf_counter() - start
     cpu = sum(b.cpu_seconds(p) for p in pids if p is not None) - cpu0
     for c in clients:
@@ -95,6 +102,7 @@ async def load(boxes: list[b.Sandbox], project: Path, agents: int, duration: flo
         "reads_per_s": len(latencies) / elapsed,
         "p50_ms": stats["median"],
         "p99_ms": stats.get("p99", stats["max"]),
+        "max_ms": stats["max"],
         "broker_cpu_ms_per_read": b.ms(cpu / max(1, len(latencies))),
     }
 
@@ -131,21 +139,7 @@ async def paced(boxes: list[b.Sandbox], project: Path, agents: int, rate: float,
     await asyncio.gather(
         *(reader(c, start + i * interval / agents, start + duration, True) for i, c in enumerate(clients))
     )
-    elapsed = time.perf_counter() - start
-    cpu = sum(b.cpu_seconds(p) for p in pids if p is not None) - cpu0
-    for c in clients:
-        await c.aclose()
-    stats = b.summary(latencies)
-    return {
-        "offered_per_s": rate,
-        "reads": len(latencies),
-        "errors": errors,
-        "reads_per_s": len(latencies) / elapsed,
-        "p50_ms": stats["median"],
-        "p99_ms": stats.get("p99", stats["max"]),
-        "max_ms": stats["max"],
-        "broker_cpu_ms_per_read": b.ms(cpu / max(1, len(latencies))),
-    }
+    return {"offered_per_s": rate, **await figures(clients, pids, cpu0, start, latencies, errors)}
 
 
 async def decision(asker: b.Sandbox, approver: b.Sandbox, project: Path, codes: b.StepCodes, n: int) -> list[float]:
