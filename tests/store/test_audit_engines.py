@@ -709,6 +709,19 @@ def test_a_group_is_consecutive_rows_of_one_transaction_or_nothing(log: AuditRec
     assert ids([log.append(AuditEvent("listed"))]) == [8]
 
 
+def test_a_group_larger_than_one_statement_is_still_one_transaction(log: AuditRecords, store: Store) -> None:
+    """PostgreSQL takes at most 65,535 parameters in a statement (4,681 rows of 14): a bigger group goes in several
+    statements of one transaction, consecutive and chained, the head at its last row."""
+    group = [AuditEvent("auto_approved", vault="dev", names=(f"N{i}",), request_id=f"g{i}") for i in range(5000)]
+    records = log.append_many(group)
+    assert ids(records) == list(range(1, 5001)) and records[-1].request_id == "g4999"
+    if store.engine == "postgres":
+        assert len(store.execute("SELECT DISTINCT xmin::text FROM audit")) == 1
+        assert store.execute("SELECT last_id FROM audit_head") == [(5000,)]
+    assert ids([log.append(AuditEvent("listed"))]) == [5001]
+    assert log.verify().ok
+
+
 def test_append_now_commits_at_once_or_writes_nothing_rather_than_wait(log: AuditRecords, store: Store) -> None:
     """A commit the broker may make on its event loop: durable and chained like `append_many` when the log is
     free; None (nothing written, no wait) while another process or another thread of this one is writing.

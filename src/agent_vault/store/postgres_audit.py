@@ -127,10 +127,13 @@ _SELECT = (
     "to_char(audit.window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), "
     "audit.request_id, audit.client, audit.detail::text, audit.prev_hash, audit.hash FROM audit"
 )
-_INSERT = (
+_INSERT_INTO = (
     "INSERT INTO audit (id, ts, event, vault, names, operation, reason, scope, window_end, request_id, "
-    "client, detail, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "client, detail, prev_hash, hash)"
 )
+#: one row's placeholders (`_INSERT_INTO ... VALUES` one or more of these)
+_ROW_MARKS = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_ROWS_PER_STATEMENT = 1000
 _COPY = (
     "COPY audit (id, ts, event, vault, names, operation, reason, scope, window_end, request_id, client, detail, "
     "prev_hash, hash) FROM STDIN"
@@ -486,15 +489,25 @@ class PostgresAuditLog:
     def _insert_all(self, conn: Connection[TupleRow], events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
         # Continue after the highest id ever used (audit_head), so a deleted tail shows up as a gap at
         # the next append instead of being silently reused.
-        last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-        head = conn.execute("SELECT last_id FROM audit_head").fetchone()
-        last_id, prev_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
-        rows = chained_rows(max(last_id, int(head[0]) if head else 0), prev_hash, events, self._clock)
+        found = conn.execute(
+            "SELECT (SELECT last_id FROM audit_head), last.id, last.hash"
+            " FROM (SELECT 1) AS one LEFT JOIN (SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1) AS last ON true"
+        ).fetchone()
+        head, last = (found[0], found[1:]) if found is not None else (None, (None, None))
+        last_id, prev_hash = (int(last[0]), str(last[1])) if last[0] is not None else (0, GENESIS_HASH)
+        rows = chained_rows(max(last_id, int(head) if head is not None else 0), prev_hash, events, self._clock)
         if not rows:
             return []
-        with conn.cursor() as cursor:
-            cursor.executemany(_INSERT, rows)  # pipelined: one round trip for the rows
-        conn.execute("UPDATE audit_head SET last_id = %s", (rows[-1][0],))
+        # the rows and the head's new id in one statement (a round trip, no pipeline to drive), in statements
+        # of at most _ROWS_PER_STATEMENT rows (PostgreSQL takes at most 65,535 parameters in one)
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            part = rows[start : start + _ROWS_PER_STATEMENT]
+            insert = f"{_INSERT_INTO} VALUES {', '.join([_ROW_MARKS] * len(part))}"  # placeholders only
+            values = [value for row in part for value in row]
+            if start + _ROWS_PER_STATEMENT >= len(rows):
+                insert = f"WITH added AS ({insert}) UPDATE audit_head SET last_id = %s"  # noqa: S608
+                values.append(rows[-1][0])
+            conn.execute(insert, values)
         return [record_from_row(row) for row in rows]
 
 
