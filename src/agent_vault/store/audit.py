@@ -228,15 +228,16 @@ class AuditLog:
             return None
         try:
             conn = self._open_conn()
-            conn.execute("PRAGMA busy_timeout = 0")
             try:
+                conn.execute("PRAGMA busy_timeout = 0")
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
                     return None
                 raise AuditError(_explain(self.path, "write", exc)) from exc
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            finally:  # if this fails, appends stop waiting for a lock and fail at once: closed, not open
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             records = self._commit(conn, events, begun=True)
         finally:
             self._lock.release()

@@ -489,13 +489,12 @@ class PostgresAuditLog:
     def _insert_all(self, conn: Connection[TupleRow], events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
         # Continue after the highest id ever used (audit_head), so a deleted tail shows up as a gap at
         # the next append instead of being silently reused.
-        found = conn.execute(
-            "SELECT (SELECT last_id FROM audit_head), last.id, last.hash"
-            " FROM (SELECT 1) AS one LEFT JOIN (SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1) AS last ON true"
-        ).fetchone()
-        head, last = (found[0], found[1:]) if found is not None else (None, (None, None))
-        last_id, prev_hash = (int(last[0]), str(last[1])) if last[0] is not None else (0, GENESIS_HASH)
-        rows = chained_rows(max(last_id, int(head) if head is not None else 0), prev_hash, events, self._clock)
+        head, newest_id, newest_hash = conn.execute(  # one round trip, one snapshot
+            "SELECT (SELECT last_id FROM audit_head), (SELECT id FROM audit ORDER BY id DESC LIMIT 1),"
+            " (SELECT hash FROM audit ORDER BY id DESC LIMIT 1)"
+        ).fetchone() or (None, None, None)
+        last_id, prev_hash = (int(newest_id), str(newest_hash)) if newest_id is not None else (0, GENESIS_HASH)
+        rows = chained_rows(max(last_id, int(head or 0)), prev_hash, events, self._clock)
         if not rows:
             return []
         # the rows and the head's new id in one statement (a round trip, no pipeline to drive), in statements
