@@ -5,7 +5,7 @@ Runs the front door under cProfile and the broker with broker_proc.py --profile,
 from a bare JSON-RPC client, and prints each process's own (tottime) seconds per call grouped by
 package, plus its CPU per call measured without the profiler. cProfile inflates Python-heavy code
 (about 2x here), so read the groups as shares, and the unprofiled CPU as the absolute figure.
-Not part of bench/run.  Usage: python bench/profile_hot.py [--calls 1000] [--tool list_secrets]
+Not part of bench/run.  Usage: python bench/profile_hot.py [--calls 1000] [--tool list_secrets] [--secrets 10000]
 """
 
 from __future__ import annotations
@@ -62,9 +62,10 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--tool", choices=["get_secret", "list_secrets"], default="get_secret")
     p.add_argument("--top", type=int, default=14)
+    p.add_argument("--secrets", type=int, default=20, help="how many secrets the vault holds (10000: list10k)")
     args = p.parse_args()
     arguments = GET if args.tool == "get_secret" else {}
-    with b.sandbox(secrets=20) as box:
+    with b.sandbox(secrets=args.secrets) as box:
         cpu: dict[str, float] = {}
         for profiled in (False, True):
             broker_prof = box.root / "broker.pstats"

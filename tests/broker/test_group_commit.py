@@ -161,3 +161,45 @@ def test_no_row_committed_on_the_loop_makes_a_listener_write_elsewhere() -> None
     from agent_vault.broker.recorder import LOOP_EVENTS
 
     assert LOOP_EVENTS <= integrity._HOT_EVENTS
+
+
+async def test_a_run_of_listings_shares_one_commit_and_is_written_within_its_delay(
+    log: AuditRecords, store: Store
+) -> None:
+    """A listing's row is written behind its answer: a run of them waits (at most BEHIND_DELAY) and goes in one
+    commit, not one fsync each; nothing is lost when no other row comes along."""
+    from agent_vault.broker.recorder import BEHIND_DELAY
+
+    recorder, groups = Recorder(log), Groups(log)
+    for i in range(30):
+        await recorder.record_behind(None, "listed", vault=f"v{i}")
+    assert store.count() == 0 and groups.sizes == [], "a listing waits for company"
+    deadline = time.monotonic() + BEHIND_DELAY + 5
+    while store.count() < 30 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert groups.sizes == [30]
+    assert [r.vault for r in reversed(log.list(event="listed"))] == [f"v{i}" for i in range(30)]
+    assert log.verify().ok
+    await recorder.drain()
+
+
+async def test_a_row_a_value_waits_for_takes_the_listings_before_it_along_at_once(
+    log: AuditRecords, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_vault.broker import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "BEHIND_DELAY", 600.0)  # the listings alone would wait ten minutes
+    recorder, groups = Recorder(log), Groups(log)
+    for i in range(3):
+        await recorder.record_behind(None, "listed", vault=f"v{i}")
+    record = await asyncio.wait_for(recorder.record(None, "delivered", None, request_id="r1"), 30)
+    assert groups.sizes == [4] and record.id == 4, "the listings first, in the same commit"
+    assert [r.event for r in log.list()] == ["delivered", "listed", "listed", "listed"]
+    await recorder.drain()
+
+
+async def test_drain_writes_listings_still_put_off(log: AuditRecords, store: Store) -> None:
+    recorder = Recorder(log)
+    await recorder.record_behind(None, "listed", vault="dev")
+    await recorder.drain()
+    assert store.count() == 1

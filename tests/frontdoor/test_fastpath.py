@@ -155,6 +155,25 @@ async def test_list_secrets_is_answered_as_the_sdk_answers(
     assert "fake-value" not in json.dumps(result)
 
 
+@pytest.mark.parametrize("version", ["2025-11-25", "2026-07-28"])
+async def test_a_listing_answered_again_from_its_encoded_reply_follows_a_changed_store(
+    version: str, home: StatePaths, tmp_path: Path, broker_server: BrokerServer
+) -> None:
+    """An unchanged listing's reply is reused (not decoded and encoded again); a name added to the store, or
+    taken away, is in the very next reply, still the SDK's to the byte."""
+    project = project_with(tmp_path, "p", {"API_KEY": FAKE_KEY})
+    store = project / ".env.secrets"
+    async with served(home, project, version) as both:
+        first = await both.same("list_secrets", {})
+        assert await both.same("list_secrets", {}) == first
+        store.write_text(store.read_text() + "ADDED_LATER=fake-added-value\n")
+        added = await both.same("list_secrets", {})
+        assert added["structuredContent"]["vaults"]["dev"] == ["ADDED_LATER", "API_KEY"]
+        store.write_text("API_KEY=fake-only-one\n")
+        assert await both.same("list_secrets", {}) == first
+    assert "fake-added-value" not in json.dumps(added)
+
+
 @pytest.mark.parametrize("version", ERAS)
 async def test_get_secret_inside_a_window_and_its_refusals_are_answered_as_the_sdk_answers(
     version: str, home: StatePaths, tmp_path: Path, broker_server: BrokerServer, step_clock: StepClock

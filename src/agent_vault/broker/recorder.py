@@ -10,7 +10,8 @@ door never imports the broker, and no broker of that home need be running.
 A request's row carries its vault, names, operation, reason, scope and id, and who asked (client,
 pid, uid, project, git remote); never a value. `record` is durable when it returns, so callers can
 release a value only after it; `record_behind` (a listing of names,
-which releases nothing) answers before its row's commit, in order with the rows after it. Rows asked
+which releases nothing) answers before its row's commit, in order with the rows after it, and its row waits
+up to `BEHIND_DELAY` for a commit to go in, so a run of listings costs one commit, not one each. Rows asked
 for while a commit is under way go together in the next one (group commit): one transaction and one
 fsync for the rows of many concurrent releases, each still durable before its caller goes on. A group's
 commit runs on a worker thread; a lone hot row's on the event loop when the log can take it without a wait.
@@ -58,18 +59,8 @@ class Recorder:
         **fields: Any,
     ) -> AuditRecord:
         """Append one row (raising AuditError if it cannot be written) and forward it."""
-        who = requester or (req.requester if req else None)
-        base = _request_fields(req) if req is not None else {}
-        base.update({k: (v.value if isinstance(v, Operation) else v) for k, v in fields.items()})
-        extra = dict(detail or {})
-        if who is not None:
-            base["client"] = who.client
-            extra.update({k: v for k, v in who.to_json().items() if k != "client" and v is not None})
-        if ws is not None:
-            extra.setdefault("config", ws.key)
-        record = await self._group.append(AuditEvent(event=event, detail=extra, **base))
-        if ws is not None and event in WEBHOOK_EVENTS and self.forward is not None:
-            self.forward(ws, record)
+        record = await self._group.append(_event_of(ws, event, req, requester, detail, fields))
+        self._forward(ws, record)
         return record
 
     async def record_behind(
@@ -77,22 +68,29 @@ class Recorder:
     ) -> None:
         """Append a row that releases nothing (a listing of names) without waiting for its commit.
 
-        The caller answers at once; the row goes in the next group commit, ahead of any row asked for after
-        it, so a value released later is never durable before it. If such a row could not be written, the
-        next one is awaited instead, and its caller gets the AuditError: fail closed until one is written."""
+        The caller answers at once; the row goes in the next group commit another row starts, or at the latest
+        `BEHIND_DELAY` later (a run of listings shares one commit), ahead of any row asked for after it, so a value
+        released later is never durable before it. If such a row could not be written, the next one is awaited
+        instead, and its caller gets the AuditError: fail closed until one is written."""
         if self._behind_failed:
             await self.record(ws, event, None, requester=requester, **fields)
             self._behind_failed = False
             return
-        job = asyncio.ensure_future(self.record(ws, event, None, requester=requester, **fields))
-        self._notes.add(job)
-        job.add_done_callback(self._behind_done)
+        row = self._group.append_later(_event_of(ws, event, None, requester, None, fields))
+        row.add_done_callback(lambda done: self._behind_done(ws, done))
 
-    def _behind_done(self, job: asyncio.Future[Any]) -> None:
-        self._notes.discard(job)
-        if not job.cancelled() and job.exception() is not None:
+    def _behind_done(self, ws: Workspace | None, row: asyncio.Future[AuditRecord]) -> None:
+        if row.cancelled():
+            return
+        if row.exception() is not None:
             self._behind_failed = True
             log.warning("could not record a listing in the audit log; the next one waits for its row")
+            return
+        self._forward(ws, row.result())
+
+    def _forward(self, ws: Workspace | None, record: AuditRecord) -> None:
+        if ws is not None and record.event in WEBHOOK_EVENTS and self.forward is not None:
+            self.forward(ws, record)
 
     def write(self, event: str, detail: Mapping[str, Any], **fields: Any) -> AuditRecord:
         """Append one row now, on this thread (a worker thread, or a command without a loop); `fields`
@@ -125,6 +123,11 @@ class Recorder:
             log.warning("could not record %s in the audit log", event)
 
 
+#: how long a row written behind its answer (a listing's) waits at most for a commit another row starts
+#: (seconds): back-to-back listings share one commit instead of one fsync and one thread hop each, and a
+#: broker that dies in between loses at most this much of them (they release nothing)
+BEHIND_DELAY = 0.05
+
 #: the rows a value waits for on the hot paths (a read inside a window, a value handed over after its
 #: approval): when one is alone in its round, it is committed on the event loop if the log can take it without
 #: a wait (`append_now`). Only rows no listener writes elsewhere for (integrity's checkpoint skips them)
@@ -143,11 +146,15 @@ class GroupCommit:
 
     def __init__(self, audit: AuditRecords) -> None:
         self._audit = audit
-        self._rounds: Rounds[AuditEvent, AuditRecord] = Rounds(self._commit)
+        self._rounds: Rounds[AuditEvent, AuditRecord] = Rounds(self._commit, put_off=BEHIND_DELAY)
 
     async def append(self, event: AuditEvent) -> AuditRecord:
         """The row for `event`, durable; raises what the log raised for it (AuditError)."""
         return await self._rounds.ask(event)
+
+    def append_later(self, event: AuditEvent) -> asyncio.Future[AuditRecord]:
+        """The row for `event`, committed with the next round another row starts or `BEHIND_DELAY` from now."""
+        return self._rounds.ask_later(event)
 
     async def drain(self) -> None:
         """Wait until every row asked for is written (or refused)."""
@@ -170,6 +177,26 @@ class GroupCommit:
             except Exception as alone:
                 outcomes.append(alone)
         return outcomes
+
+
+def _event_of(
+    ws: Workspace | None,
+    event: str,
+    req: AccessRequest | None,
+    requester: Requester | None,
+    detail: Mapping[str, Any] | None,
+    fields: Mapping[str, Any],
+) -> AuditEvent:
+    who = requester or (req.requester if req else None)
+    base = _request_fields(req) if req is not None else {}
+    base.update({k: (v.value if isinstance(v, Operation) else v) for k, v in fields.items()})
+    extra = dict(detail or {})
+    if who is not None:
+        base["client"] = who.client
+        extra.update({k: v for k, v in who.to_json().items() if k != "client" and v is not None})
+    if ws is not None:
+        extra.setdefault("config", ws.key)
+    return AuditEvent(event=event, detail=extra, **base)
 
 
 def _request_fields(req: AccessRequest) -> dict[str, Any]:

@@ -5,6 +5,10 @@ revoked, a row committed before it asked is seen). Each round serves every call 
 the order they came, and gives each its own outcome. The audit's group commit (recorder.py: one transaction
 and one fsync for many rows) and the grouped window lookup on a shared store (windows.py: one query for many
 reads) are such rounds.
+
+A call that need not wait for its outcome (a listing's audit row, written behind its answer) can be put
+off (`ask_later`): it waits for the next round any other call starts, or for a short delay, whichever comes
+first, so a run of such calls shares one round instead of one each. It still goes in the order asked.
 """
 
 from __future__ import annotations
@@ -21,37 +25,67 @@ Round = Callable[[list[T]], Awaitable[list[R | BaseException]]]
 
 
 class Rounds(Generic[T, R]):
-    def __init__(self, run: Round[T, R]) -> None:
+    def __init__(self, run: Round[T, R], put_off: float = 0.05) -> None:
         self._run = run
+        #: how long a call put off (`ask_later`) waits at most for a round to start (seconds)
+        self._put_off = put_off
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        #: a call among the waiting ones that does not wait for a delay (`ask`, `drain`)
+        self._urgent = False
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def ask(self, item: T) -> R:
         """`item`'s outcome from the next round that starts (raised, if it is an exception)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[R] = loop.create_future()
-        self._waiting.append((item, done))
-        if self._task is None:
-            self._task = loop.create_task(self._rounds())
+        done = self._enqueue(item)
+        self._urgent = True
+        self._start()
         return await done
 
+    def ask_later(self, item: T) -> asyncio.Future[R]:
+        """`item`'s outcome, to come from the next round another call starts, or at the latest one started
+        `put_off` seconds from now; the caller goes on at once and may await the future, or not."""
+        done = self._enqueue(item)
+        if self._task is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._put_off, self._start)
+        return done
+
     async def drain(self) -> None:
-        """Wait until every call made so far has its outcome."""
+        """Wait until every call made so far has its outcome (those put off included: now)."""
+        if self._waiting:
+            self._urgent = True
+            self._start()
         while self._task is not None:
             await asyncio.shield(self._task)
 
+    def _enqueue(self, item: T) -> asyncio.Future[R]:
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        return done
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is None and self._waiting:
+            self._task = asyncio.get_running_loop().create_task(self._rounds())
+
     async def _rounds(self) -> None:
         try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []
+            urgent = True  # the first round: started by a call, a drain or the delay's end
+            while self._waiting and urgent:
+                group, self._waiting, self._urgent = self._waiting, [], False
                 try:
                     outcomes = await self._run([item for item, _ in group])
                 except Exception as exc:  # the round failed as a whole: each call gets its error
                     outcomes = [exc] * len(group)
                 for (_, done), outcome in zip(group, outcomes, strict=True):
                     _settle(done, outcome)
+                urgent = self._urgent  # only calls put off came meanwhile: they wait for their delay
         finally:
             self._task = None
+        if self._waiting:  # put off, with nothing else to take them along
+            self._timer = asyncio.get_running_loop().call_later(self._put_off, self._start)
 
 
 def _settle(done: asyncio.Future[R], outcome: R | BaseException) -> None:

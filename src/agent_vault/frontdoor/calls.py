@@ -35,9 +35,14 @@ class Waiting:
 async def list_secrets(agent: AgentSession, info: ClientInfo) -> JsonObject:
     """The list_secrets result: every configured vault's names (an isError result when that fails)."""
     try:
-        return listing_result(await agent.with_broker(info, lambda client: client.list_secrets()))
+        return listing_result(await listing(agent, info))
     except AgentVaultError as exc:
         return error_result(exc)
+
+
+async def listing(agent: AgentSession, info: ClientInfo) -> dict[str, list[str]]:
+    """Every configured vault's names, from the broker (the client's object: not to be changed)."""
+    return await agent.with_broker(info, lambda client: client.list_secrets())
 
 
 async def ask(agent: AgentSession, info: ClientInfo, body: RequestBody, single: bool) -> JsonObject | Waiting:

@@ -63,6 +63,8 @@ class BrokerClient:
         self._idle: list[tuple[float, Streams]] = []
         #: whether the broker answered the framed protocol's preamble (None: not asked yet)
         self._framing: bool | None = None if self.framed else False
+        #: the last listing's answer and what it decoded to (`list_secrets`)
+        self._listed: tuple[bytes, dict[str, list[str]]] | None = None
 
     async def __aenter__(self) -> BrokerClient:
         return self
@@ -86,12 +88,27 @@ class BrokerClient:
         body: Any = None,
         params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        return self._decode(*await self._fetch(method, path, timeout=timeout, body=body, params=params))
+
+    async def _fetch(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> tuple[int, bytes]:
+        """The broker's answer as it came: its status and body."""
         target = f"{path}?{urlencode(params)}" if params else path
         try:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
-                status, raw = await self._exchange(method, target, body)
+                return await self._exchange(method, target, body)
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
             raise self._unreachable(exc) from exc
+
+    def _decode(self, status: int, raw: bytes) -> dict[str, Any]:
+        """The JSON object of an answer; the error it carries raised as its AgentVaultError."""
         try:
             data = json.loads(raw)
         except ValueError:
@@ -233,8 +250,14 @@ class BrokerClient:
             self.session = None
 
     async def list_secrets(self) -> dict[str, list[str]]:
-        data = await self._call("GET", "/v1/secrets")
-        return dict(data["vaults"])
+        """Every configured vault's names. An answer byte for byte the last one gives that same object again,
+        not decoded again (thousands of names cost milliseconds to decode): callers must not change it."""
+        status, raw = await self._fetch("GET", "/v1/secrets")
+        if self._listed is not None and self._listed[0] == raw:
+            return self._listed[1]
+        listing = dict(self._decode(status, raw)["vaults"])
+        self._listed = (raw, listing)
+        return listing
 
     async def request(self, body: RequestBody) -> OutcomeView:
         """Ask for secrets: a read, a write (`values` or `generate`), or a command (`purpose` inject, `run`)."""

@@ -25,10 +25,11 @@ from typing import Any
 
 import pydantic_core
 
+from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.wire import RequestBody
 from agent_vault.frontdoor import calls
 from agent_vault.frontdoor.opening import Replies
-from agent_vault.frontdoor.results import JsonObject
+from agent_vault.frontdoor.results import JsonObject, error_result, listing_result
 from agent_vault.frontdoor.session import AgentSession, ClientInfo
 
 #: the fast tools and their arguments (all strings, all required, nothing else)
@@ -107,6 +108,8 @@ class FastPath:
         self.adoptions = adoptions
         self.envelope = envelope
         self.era = era
+        #: the last listing answered: the client's listing object, the era's stamp and the encoded result
+        self._listed: tuple[dict[str, list[str]], JsonObject | None, bytes] | None = None
 
     def forwarded(self, message: Any) -> None:
         self.era.forwarded(message, self.envelope.protocol_version)
@@ -161,7 +164,12 @@ class FastPath:
         """The reply line to `call`; None when it waits for a person and the client takes progress or the link
         (its request is then kept for the SDK's tool)."""
         if call.tool == "list_secrets":
-            result = await calls.list_secrets(self.agent, call.client)
+            try:
+                listing = await calls.listing(self.agent, call.client)
+            except AgentVaultError as exc:
+                result = error_result(exc)
+            else:
+                return self._listing_reply(call, listing)
         else:
             args = call.arguments
             body: RequestBody = {"vault": args["vault"], "names": [args["name"]], "reason": args["reason"],
@@ -171,12 +179,36 @@ class FastPath:
                 self.adoptions.keep(str(call.id), body, first)
                 return None
             result = await calls.wait_quietly(self.agent, first, True) if isinstance(first, calls.Waiting) else first
-        if call.modern is not None:  # in the SDK's order: its fields, then resultType, then _meta
-            result = {"content": result["content"], "isError": result["isError"], "resultType": "complete",
-                      "structuredContent": result["structuredContent"], "_meta": call.modern}  # fmt: skip
-        # pydantic-core's encoder (loaded already: the configuration's models use it) escapes as the SDK's
-        # does, and is much faster than json.dumps on replies of this size
-        return pydantic_core.to_json({"jsonrpc": "2.0", "id": call.id, "result": result}) + b"\n"
+        return _reply(call, _encoded(_stamped(result, call.modern)))
+
+    def _listing_reply(self, call: Call, listing: dict[str, list[str]]) -> bytes:
+        """The reply to a listing; the same listing as last time (the client gives the same object for an
+        answer unchanged byte for byte) reuses its encoded result: a listing of thousands of names is encoded
+        once, not on every call."""
+        last = self._listed
+        if last is None or last[0] is not listing or last[1] is not call.modern:
+            last = self._listed = (listing, call.modern, _encoded(_stamped(listing_result(listing), call.modern)))
+        return _reply(call, last[2])
+
+
+def _stamped(result: JsonObject, modern: JsonObject | None) -> JsonObject:
+    """`result` as the era writes it: on 2026-07-28, in the SDK's order (its fields, resultType, _meta)."""
+    if modern is None:
+        return result
+    return {"content": result["content"], "isError": result["isError"], "resultType": "complete",
+            "structuredContent": result["structuredContent"], "_meta": modern}  # fmt: skip
+
+
+def _encoded(result: JsonObject) -> bytes:
+    # pydantic-core's encoder (loaded already: the configuration's models use it) escapes as the SDK's
+    # does, and is much faster than json.dumps on replies of this size
+    return pydantic_core.to_json(result)
+
+
+def _reply(call: Call, result: bytes) -> bytes:
+    """The JSON-RPC reply line around an encoded result: the bytes pydantic-core writes for the whole object
+    (compact, keys in this order)."""
+    return b'{"jsonrpc":"2.0","id":' + pydantic_core.to_json(call.id) + b',"result":' + result + b"}\n"
 
 
 def _text(value: Any) -> bool:
