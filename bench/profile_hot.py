@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import pstats
+import shutil
 import subprocess
 import time
 from collections import defaultdict
@@ -62,6 +63,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--tool", choices=["get_secret", "list_secrets"], default="get_secret")
     p.add_argument("--top", type=int, default=14)
+    p.add_argument("--keep", type=Path, help="a directory to copy both profiles to (pstats files)")
     p.add_argument("--secrets", type=int, default=20, help="how many secrets the vault holds (10000: list10k)")
     args = p.parse_args()
     arguments = GET if args.tool == "get_secret" else {}
@@ -97,6 +99,9 @@ def main() -> None:
                 cpu["wall"] = wall
             mcp.close()
             box.stop_broker()
+        if args.keep:
+            shutil.copy(broker_prof, args.keep / "broker.pstats")
+            shutil.copy(fd_prof, args.keep / "frontdoor.pstats")
         print(f"{args.tool}, {args.calls} calls, unprofiled: {cpu['wall']:.2f} ms per call (wall); CPU per call:")
         print(f"  front door {cpu['front door']:.2f} ms, broker {cpu['broker']:.2f} ms")
         for name, path in (("front door", fd_prof), ("broker (main thread)", broker_prof)):

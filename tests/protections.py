@@ -369,6 +369,13 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/attacks/test_state_tampering.py::test_approval_links_pointed_elsewhere_are_flagged_by_doctor",),
     ),
     Protection(
+        "the broker's memory of its own approval vouches only for the request as it was approved",
+        "broker/integrity.py",
+        "        return row is not None and request_audited(req, row)\n",
+        "        return row is not None\n",
+        ("tests/attacks/test_state_tampering.py::test_names_added_to_a_request_this_broker_approved_release_nothing",),
+    ),
+    Protection(
         "a decision row appended to audit.db from outside while the broker runs vouches for nothing",
         "broker/integrity.py",
         "return row is not None and first is not None and row.id > first and row.id not in self._own_decisions",

@@ -275,3 +275,24 @@ async def test_a_decision_appended_to_the_audit_log_while_the_broker_runs_vouche
     await agent.close()
     assert asked and FAKE_DB not in text(read), "a decision row appended from outside opened a window"
     assert any("w_forged" in why for why in tamper_rows(broker_server))
+
+
+async def test_names_added_to_a_request_this_broker_approved_release_nothing(
+    home: StatePaths, project: Path, broker_server: BrokerServer, step_clock: StepClock
+) -> None:
+    """The broker remembers the approvals it wrote, to hand their values over without reading the log again.
+    The agent widens an approved request in state.db (one more name) before collecting it: the broker's memory
+    of the approval must not vouch for the widened request, and nothing is released."""
+    agent = AgentSession(home, project)
+    async with Client(build_server(agent)) as client:
+        pending = await client.call_tool("get_secret", {"vault": "dev", "name": "API_KEY", "reason": "deploy"})
+        rid = pending.structured_content["requestId"]
+        await anyio.to_thread.run_sync(decide_on_page, broker_server.url, rid, "approve", step_clock.next_code())
+        assert broker_server.broker.get_request(rid).status.value == "approved"  # type: ignore[union-attr]
+        sql(home.state_db, "UPDATE requests SET names = ? WHERE id = ?", json.dumps(["API_KEY", "DATABASE_URL"]), rid)
+        after = await client.call_tool("await_approval", {"request_id": rid})
+    await agent.close()
+    assert FAKE_DB not in text(after) and FAKE_KEY not in text(after), "a widened approval released values"
+    assert after.is_error
+    assert not broker_server.broker.audit.list(event="delivered")
+    assert any(rid in why for why in tamper_rows(broker_server))

@@ -326,14 +326,9 @@ class Access:
         ws = session.workspace
         names, end = split.allowed, split.window_end
         provider = ws.provider(vault)
-        memory = held(provider)
-        read = memory.held_values(names) if memory is not None else None  # a store unchanged since it was read
-        if read is not None:
-            values = read
-        else:
-            values, _ = await self.delivery.leases.values(
-                ws, vault, names, requester=session.requester, prepare=lambda: require_existing(provider, vault, names)
-            )
+        values, _ = await self.delivery.leases.values(
+            ws, vault, names, requester=session.requester, prepare=lambda: require_existing(provider, vault, names)
+        )
         await self.ledger.audit(
             ws, "auto_approved", None, requester=session.requester, vault=vault, names=names, reason=reason,
             scope=ws.vault(vault).ttl_scope, window_end=end, operation=Operation.READ, detail=split.audit_detail(),

@@ -27,7 +27,7 @@ from agent_vault.broker.workspace import Workspace
 from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.request import AccessRequest, Requester
 from agent_vault.domain.secret import SecretValue
-from agent_vault.providers.base import Leasing, leasing
+from agent_vault.providers.base import Leasing, held, leasing
 from agent_vault.store.interface import LeaseRecords
 from agent_vault.store.leases import LAPSED, OPEN, REVOKED, UNREVOCABLE, LeaseRecord, new_lease_id
 from agent_vault.store.sqlite import Window
@@ -135,10 +135,15 @@ class Leases:
 
         A minted credential's lease is the remaining time of the window that lets `action` (and `subject`)
         use the name now, else `seconds`, else `UNWINDOWED_SECONDS`; never less than the store's shortest.
-        `prepare` runs first on the same worker thread (the caller's check that the names exist)."""
+        `prepare` runs first on the same worker thread (the caller's check that the names exist); a store that
+        answers from memory with every name needs neither (the names exist: it holds them)."""
         provider = ws.provider(vault)
         minting = leasing(provider)
         if minting is None:
+            memory = held(provider)
+            known = memory.held_values(names) if memory is not None else None
+            if known is not None:  # a store unchanged since it was read, holding every name: no thread hop
+                return known, []
 
             def read() -> dict[str, SecretValue]:
                 if prepare is not None:
