@@ -133,7 +133,8 @@ class HeldValues(Protocol):
     thread as usual (and those give the errors)."""
 
     def held_names(self) -> list[str] | None:
-        """All names, sorted, if the store is unchanged since it was last read; else None."""
+        """All names, sorted, if the store is unchanged since it was last read; else None. The list may be the
+        provider's own (the same for every call while the store is unchanged): callers must not change it."""
         ...
 
     def held_values(self, names: Sequence[str]) -> dict[str, SecretValue] | None:

@@ -47,6 +47,8 @@ class _Snapshot:
     values: dict[str, str] = field(repr=False)
     #: the keys, sorted once per version read
     names: tuple[str, ...] = ()
+    #: the same as a list, made once: what every listing of this version is given (not to be changed)
+    listed: list[str] = field(default_factory=list, repr=False, compare=False)
 
 
 class EnvFileProvider:
@@ -101,9 +103,10 @@ class EnvFileProvider:
     # --- answers from memory (base.HeldValues) -------------------------------------------------
 
     def held_names(self) -> list[str] | None:
-        """The keys of the version of the file already parsed, if the file is still that version."""
+        """The keys of the version of the file already parsed, if the file is still that version: the same list
+        for every listing of it (a listing compared with the last one is then compared in no time)."""
         snapshot = self._held()
-        return list(snapshot.names) if snapshot is not None else None
+        return snapshot.listed if snapshot is not None else None
 
     def held_values(self, names: Sequence[str]) -> dict[str, SecretValue] | None:
         """The values of `names` from the version already parsed, if the file is still it and has them all."""
@@ -226,7 +229,8 @@ class EnvFileProvider:
             document = dotenv_format.parse_document(self._decode(path, data))
             self._report(path, document.problems)
             values = document.values
-            snapshot = _Snapshot(path, trusted_stamp(st), data, document, values, tuple(sorted(values)))
+            names = sorted(values)
+            snapshot = _Snapshot(path, trusted_stamp(st), data, document, values, tuple(names), names)
         with self._cache_lock:
             self._snapshot = snapshot
         return snapshot
