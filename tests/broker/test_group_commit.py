@@ -203,3 +203,18 @@ async def test_drain_writes_listings_still_put_off(log: AuditRecords, store: Sto
     await recorder.record_behind(None, "listed", vault="dev")
     await recorder.drain()
     assert store.count() == 1
+
+
+async def test_a_listing_row_that_cannot_be_made_fails_alone_and_the_next_listing_waits_for_its_row(
+    log: AuditRecords, store: Store
+) -> None:
+    """A listing's row is made when its commit comes; one that cannot be made (names must be text) sinks neither
+    the row committed with it nor the chain, and the next listing is answered only once its own row is written."""
+    recorder = Recorder(log)
+    await recorder.record_behind(None, "listed", names=("ok", 3))
+    record = await recorder.record(None, "delivered", None, request_id="r1")
+    assert record.request_id == "r1" and store.count() == 1
+    await recorder.record_behind(None, "listed", vault="dev")  # fail closed: awaited this time
+    assert store.count() == 2 and log.list()[0].event == "listed"
+    assert log.verify().ok
+    await recorder.drain()

@@ -76,7 +76,8 @@ class Recorder:
             await self.record(ws, event, None, requester=requester, **fields)
             self._behind_failed = False
             return
-        row = self._group.append_later(_event_of(ws, event, None, requester, None, fields))
+        # the row itself is made when its commit comes, not on the way to the answer
+        row = self._group.append_later(lambda: _event_of(ws, event, None, requester, None, fields))
         row.add_done_callback(lambda done: self._behind_done(ws, done))
 
     def _behind_done(self, ws: Workspace | None, row: asyncio.Future[AuditRecord]) -> None:
@@ -123,6 +124,9 @@ class Recorder:
             log.warning("could not record %s in the audit log", event)
 
 
+#: a row to commit: its event, or (a row written behind its answer) what makes it when its commit comes
+Pending = AuditEvent | Callable[[], AuditEvent]
+
 #: how long a row written behind its answer (a listing's) waits at most for a commit another row starts
 #: (seconds): back-to-back listings share one commit instead of one fsync and one thread hop each, and a
 #: broker that dies in between loses at most this much of them (they release nothing)
@@ -146,21 +150,33 @@ class GroupCommit:
 
     def __init__(self, audit: AuditRecords) -> None:
         self._audit = audit
-        self._rounds: Rounds[AuditEvent, AuditRecord] = Rounds(self._commit, put_off=BEHIND_DELAY)
+        self._rounds: Rounds[Pending, AuditRecord] = Rounds(self._commit, put_off=BEHIND_DELAY)
 
     async def append(self, event: AuditEvent) -> AuditRecord:
         """The row for `event`, durable; raises what the log raised for it (AuditError)."""
         return await self._rounds.ask(event)
 
-    def append_later(self, event: AuditEvent) -> asyncio.Future[AuditRecord]:
-        """The row for `event`, committed with the next round another row starts or `BEHIND_DELAY` from now."""
-        return self._rounds.ask_later(event)
+    def append_later(self, make: Callable[[], AuditEvent]) -> asyncio.Future[AuditRecord]:
+        """The row of the event `make` makes when its round comes: the next round another row starts, or one
+        `BEHIND_DELAY` from now."""
+        return self._rounds.ask_later(make)
 
     async def drain(self) -> None:
         """Wait until every row asked for is written (or refused)."""
         await self._rounds.drain()
 
-    async def _commit(self, events: list[AuditEvent]) -> list[AuditRecord | BaseException]:
+    async def _commit(self, items: list[Pending]) -> list[AuditRecord | BaseException]:
+        made: list[AuditEvent | BaseException] = []
+        for item in items:
+            try:
+                made.append(item if isinstance(item, AuditEvent) else item())
+            except Exception as exc:  # an event that cannot be made fails its own caller only
+                made.append(exc)
+        events = [event for event in made if isinstance(event, AuditEvent)]
+        written = iter(await self._commit_events(events) if events else [])
+        return [outcome if isinstance(outcome, BaseException) else next(written) for outcome in made]
+
+    async def _commit_events(self, events: list[AuditEvent]) -> list[AuditRecord | BaseException]:
         try:
             if len(events) == 1 and events[0].event in LOOP_EVENTS:
                 done = self._audit.append_now(events)  # a lone hot row: on the loop, unless it would wait
