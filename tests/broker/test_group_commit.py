@@ -218,3 +218,23 @@ async def test_a_listing_row_that_cannot_be_made_fails_alone_and_the_next_listin
     assert store.count() == 2 and log.list()[0].event == "listed"
     assert log.verify().ok
     await recorder.drain()
+
+
+async def test_drain_writes_listings_put_off_while_a_commit_was_under_way(
+    log: AuditRecords, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing asked for during a commit waits for its delay after that commit; a drain (the broker stopping)
+    must not leave it behind."""
+    from agent_vault.broker import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "BEHIND_DELAY", 600.0)
+    recorder, groups = Recorder(log), Groups(log)
+    with store.holding_append_lock():
+        first = asyncio.create_task(recorder.record(None, "delivered", None, request_id="r1"))
+        await started(groups)
+        draining = asyncio.create_task(recorder.drain())  # the broker stops while the commit waits ...
+        await asyncio.sleep(0.05)
+        await recorder.record_behind(None, "listed", vault="dev")  # ... and a last listing comes in
+    await first
+    await asyncio.wait_for(draining, 30)
+    assert store.count() == 2 and log.list()[0].event == "listed"

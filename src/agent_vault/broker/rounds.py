@@ -51,11 +51,13 @@ class Rounds(Generic[T, R]):
         return done
 
     async def drain(self) -> None:
-        """Wait until every call made so far has its outcome (those put off included: now)."""
-        if self._waiting:
-            self._urgent = True
-            self._start()
-        while self._task is not None:
+        """Wait until every call made so far has its outcome (those put off included: now, and any put off
+        while this waits)."""
+        while self._waiting or self._task is not None:
+            if self._task is None:
+                self._urgent = True
+                self._start()
+            assert self._task is not None
             await asyncio.shield(self._task)
 
     def _enqueue(self, item: T) -> asyncio.Future[R]:
