@@ -353,9 +353,13 @@ def _mcp(args: argparse.Namespace | None) -> int:
     from agent_vault.frontdoor import opening as mcp_opening
 
     replies = mcp_opening.Replies.load() if mcp_opening.enabled() else None
+    prestarting = threading.Thread(target=_prestart, daemon=True)
     if replies is None or not replies.fit():
-        threading.Thread(target=_prestart, daemon=True).start()
-        return _serve_mcp(None)
+        prestarting.start()
+        try:
+            return _serve_mcp(None)
+        finally:
+            prestarting.join(_LEAVE_WAIT)
     # Answer the session's opening from the SDK's recorded replies while, in the background, the
     # broker (if none runs) starts and what the fast path needs loads, then the SDK. Everything the
     # first answer needs is ready before those threads start, and they yield the interpreter every
@@ -363,15 +367,25 @@ def _mcp(args: argparse.Namespace | None) -> int:
     opening = mcp_opening.Opening(mcp_opening.claim_stdio(), replies)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(_SdkLoading.YIELD)
-    threading.Thread(target=_prestart, daemon=True).start()
+    prestarting.start()
     sdk = _SdkLoading(interval)
-    if not opening.serve():
-        return 0  # the client left before it needed the real server
-    if not opening.switchable():  # stdin is a regular file: the SDK takes the rest of the session
-        sdk.wanted.set()
-        sdk.thread.join()
-        return _serve_mcp(opening.hand_over())
-    return _switch_mcp(opening, replies, sdk)
+    try:
+        if not opening.serve():
+            return 0  # the client left before it needed the real server
+        if not opening.switchable():  # stdin is a regular file: the SDK takes the rest of the session
+            sdk.wanted.set()
+            sdk.thread.join()
+            return _serve_mcp(opening.hand_over())
+        return _switch_mcp(opening, replies, sdk)
+    finally:
+        # The session is over: the background threads must not be inside an import when the interpreter
+        # finalizes (a front door that left mid-import crashed with SIGSEGV about once in 200 short sessions).
+        sdk.leave()
+        prestarting.join(_LEAVE_WAIT)
+
+
+#: how long a front door whose session is over waits for its background threads (seconds)
+_LEAVE_WAIT = 10.0
 
 
 class _SdkLoading:
@@ -391,6 +405,8 @@ class _SdkLoading:
         self._interval = interval
         self._clock = time.monotonic
         self.wanted = threading.Event()
+        #: the session is over: the SDK is not imported any more (`leave`)
+        self._leaving = False
         #: when the session last read a message or wrote an answer (time.monotonic)
         self.last_activity = self._clock()
         self.thread = threading.Thread(target=self._load, daemon=True)
@@ -399,12 +415,20 @@ class _SdkLoading:
     def active(self) -> None:
         self.last_activity = self._clock()
 
+    def leave(self) -> None:
+        """The session is over: no SDK import starts from now, and one under way is waited for."""
+        self._leaving = True
+        self.wanted.set()
+        self.thread.join(_LEAVE_WAIT)
+
     def _load(self) -> None:
         import agent_vault.frontdoor.fastpath  # the import is what this thread is for
 
         sys.setswitchinterval(self._interval)
         while not self.wanted.wait(self.IDLE / 5) and self._clock() - self.last_activity < self.IDLE:
             pass
+        if self._leaving:
+            return
         sys.setswitchinterval(self.YIELD)
         try:
             import agent_vault.frontdoor.tools  # noqa: F401

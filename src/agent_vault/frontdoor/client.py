@@ -88,19 +88,11 @@ class BrokerClient:
         body: Any = None,
         params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return self._decode(*await self._fetch(method, path, timeout=timeout, body=body, params=params))
-
-    async def _fetch(
-        self,
-        method: str,
-        path: str,
-        *,
-        timeout: float | None = None,
-        body: Any = None,
-        params: dict[str, Any] | None = None,
-    ) -> tuple[int, bytes]:
-        """The broker's answer as it came: its status and body."""
         target = f"{path}?{urlencode(params)}" if params else path
+        return self._decode(*await self._fetch(method, target, timeout, body))
+
+    async def _fetch(self, method: str, target: str, timeout: float | None, body: Any) -> tuple[int, bytes]:
+        """The broker's answer as it came: its status and body."""
         try:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 return await self._exchange(method, target, body)
@@ -252,7 +244,7 @@ class BrokerClient:
     async def list_secrets(self) -> dict[str, list[str]]:
         """Every configured vault's names. An answer byte for byte the last one gives that same object again,
         not decoded again (thousands of names cost milliseconds to decode): callers must not change it."""
-        status, raw = await self._fetch("GET", "/v1/secrets")
+        status, raw = await self._fetch("GET", "/v1/secrets", None, None)
         if self._listed is not None and self._listed[0] == raw:
             return self._listed[1]
         listing = dict(self._decode(status, raw)["vaults"])
