@@ -384,8 +384,9 @@ def _mcp(args: argparse.Namespace | None) -> int:
         prestarting.join(_LEAVE_WAIT)
 
 
-#: how long a front door whose session is over waits for its background threads (seconds)
-_LEAVE_WAIT = 10.0
+#: how long a front door whose session is over waits for its background threads (seconds): an import finishes
+#: well within it; a broker still starting is not waited for beyond it (it runs on in its own session)
+_LEAVE_WAIT = 3.0
 
 
 class _SdkLoading:
