@@ -51,8 +51,6 @@ APPROVAL_COUNTED = "approval_counted"
 APPROVER_INVITED = "approver_invited"
 #: rows only a running broker writes, each the decision behind an approval or window (or a part of one)
 DECISION_EVENTS = frozenset({"approved", "auto_approved", APPROVAL_COUNTED})
-#: how many of its own approvals a broker keeps in memory for their delivery (older ones: read from the log)
-OWN_APPROVALS_KEPT = 10_000
 #: rows that leave the checkpoint where it is: the hot path of windowed reads, listings, deliveries
 _HOT_EVENTS = frozenset({"auto_approved", "listed", "delivered", "command_finished"})
 #: settings whose new value is safe to print (no credentials); everything else is named only
@@ -143,7 +141,8 @@ class Integrity:
         #: to audit.db from outside (by someone who can compute the chain, e.g. with our own code)
         self._first_own: int | None = None
         self._own_decisions: set[int] = set()
-        #: the `approved` rows this broker wrote, by request, until the value's delivery checks one (`own_approval`)
+        #: the `approved` rows this broker wrote, by request, until the value's delivery checks one (`own_approval`;
+        #: the oldest dropped past _MAX_CACHED, then read from the log as before)
         self._own_approvals: dict[str, AuditRecord] = {}
         audit.subscribe(self._note_own)
         audit.subscribe(self._checkpoint)
@@ -186,10 +185,10 @@ class Integrity:
             self._first_own = record.id
         if record.event in DECISION_EVENTS and record.request_id is not None:  # not every windowed read
             self._own_decisions.add(record.id)
-            if record.event == "approved":
-                self._own_approvals.setdefault(record.request_id, record)
-                if len(self._own_approvals) > OWN_APPROVALS_KEPT:  # approvals never collected (writes, gone agents)
-                    del self._own_approvals[next(iter(self._own_approvals))]
+            if record.event == "approved" and record.request_id not in self._own_approvals:
+                if len(self._own_approvals) >= _MAX_CACHED:  # approvals never collected (writes, gone agents)
+                    self._own_approvals.pop(next(iter(self._own_approvals)))
+                self._own_approvals[record.request_id] = record
 
     def _appended_outside(self, row: AuditRecord | None) -> bool:
         """A decision row written after this broker started, but not by it."""

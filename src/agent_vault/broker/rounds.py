@@ -25,9 +25,10 @@ Round = Callable[[list[T]], Awaitable[list[R | BaseException]]]
 
 
 class Rounds(Generic[T, R]):
-    def __init__(self, run: Round[T, R], put_off: float = 0.05) -> None:
+    def __init__(self, run: Round[T, R], put_off: float = 0.0) -> None:
         self._run = run
-        #: how long a call put off (`ask_later`) waits at most for a round to start (seconds)
+        #: how long a call put off (`ask_later`) waits at most for a round to start (seconds; the user of
+        #: `ask_later` says how long: recorder.BEHIND_DELAY)
         self._put_off = put_off
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         #: a call among the waiting ones that does not wait for a delay (`ask`, `drain`)
