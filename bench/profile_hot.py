@@ -6,6 +6,7 @@ from a bare JSON-RPC client, and prints each process's own (tottime) seconds per
 package, plus its CPU per call measured without the profiler. cProfile inflates Python-heavy code
 (about 2x here), so read the groups as shares, and the unprofiled CPU as the absolute figure.
 Not part of bench/run.  Usage: python bench/profile_hot.py [--calls 1000] [--tool list_secrets] [--secrets 10000]
+[--keep DIR]
 """
 
 from __future__ import annotations
