@@ -101,6 +101,7 @@ def main() -> None:
             mcp.close()
             box.stop_broker()
         if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(broker_prof, args.keep / "broker.pstats")
             shutil.copy(fd_prof, args.keep / "frontdoor.pstats")
         print(f"{args.tool}, {args.calls} calls, unprofiled: {cpu['wall']:.2f} ms per call (wall); CPU per call:")

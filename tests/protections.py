@@ -1445,4 +1445,18 @@ PROTECTIONS: tuple[Protection, ...] = (
             "tests/attacks/test_audit_lock.py",
         ),
     ),
+    Protection(
+        "a remembered read of state.db (factors, approvers, approvals) is dropped when another process commits",
+        "store/sqlite.py",
+        'version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes)',
+        "version = (0, self._db.total_changes)",
+        ("tests/store/test_factor_engines.py::test_factor_rows_another_process_changes_are_read_again_at_once",),
+    ),
+    Protection(
+        "a remembered read of state.db is dropped when the broker itself writes (a factor added, a step used)",
+        "store/sqlite.py",
+        'version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes)',
+        'version = (self._db.execute("PRAGMA data_version").fetchone()[0], 0)',
+        ("tests/store/test_factor_engines.py::test_factors_are_added_listed_and_removed",),
+    ),
 )

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -123,6 +124,20 @@ async def test_flipping_a_pending_request_to_approved_delivers_nothing(
     assert any(rid in why for why in tamper_rows(broker_server))
 
 
+async def approve_with_agents_code(
+    client: Client, server: BrokerServer, clock: StepClock, name: str
+) -> tuple[str, str, Any, str]:
+    """The agent asks for `name` in dev, then approves on the page with a code of its own authenticator secret;
+    (request id, the page after the POST, await_approval's result, the request's status)."""
+    pending = await client.call_tool("get_secret", {"vault": "dev", "name": name, "reason": "deploy"})
+    rid = pending.structured_content["requestId"]
+    clock.offset += 30
+    own_code = pyotp.TOTP(AGENTS_OWN_TOTP).at(clock())
+    page = await anyio.to_thread.run_sync(decide_on_page, server.url, rid, "approve", own_code)
+    after = await client.call_tool("await_approval", {"request_id": rid})
+    return rid, page, after, server.broker.get_request(rid).status.value  # type: ignore[union-attr]
+
+
 async def test_an_authenticator_app_inserted_by_the_agent_cannot_approve(
     home: StatePaths, project: Path, broker_server: BrokerServer, step_clock: StepClock
 ) -> None:
@@ -138,13 +153,7 @@ async def test_an_authenticator_app_inserted_by_the_agent_cannot_approve(
     record_factor_change(home, "factor_added", factors, factors.add_totp(pyotp.random_base32(), "phone 2"), "test")
     agent = AgentSession(home, project)
     async with Client(build_server(agent)) as client:
-        pending = await client.call_tool("get_secret", {"vault": "dev", "name": "API_KEY", "reason": "deploy"})
-        rid = pending.structured_content["requestId"]
-        step_clock.offset += 30
-        own_code = pyotp.TOTP(AGENTS_OWN_TOTP).at(step_clock())
-        page = await anyio.to_thread.run_sync(decide_on_page, broker_server.url, rid, "approve", own_code)
-        after = await client.call_tool("await_approval", {"request_id": rid})
-        status = broker_server.broker.get_request(rid).status.value  # type: ignore[union-attr]
+        rid, page, after, status = await approve_with_agents_code(client, broker_server, step_clock, "API_KEY")
     await agent.close()
     assert status == "pending"
     assert FAKE_KEY not in text(after) and "outside agent-vault" in page
@@ -152,6 +161,31 @@ async def test_an_authenticator_app_inserted_by_the_agent_cannot_approve(
     assert refused and "totp_agent" in str(refused[0].detail["why"])
     assert any("totp_agent" in p and "cannot approve" in p for p in problems(home))
     assert AGENTS_OWN_TOTP not in json.dumps([r.to_json() for r in broker_server.broker.audit.list(limit=None)])
+
+
+async def test_an_enrolled_app_whose_secret_the_agent_swaps_after_an_approval_cannot_approve(
+    home: StatePaths, project: Path, broker_server: BrokerServer, step_clock: StepClock
+) -> None:
+    """The broker remembers what it read of its factors until state.db changes (store/sqlite.py `remembered`).
+    After a first approval it holds the enrolled app's fingerprint; the agent then writes its own secret into
+    that row with the sqlite3 module, in another process. The fingerprint must be read again: the remembered
+    one still matches the audited factor set and would let the agent's code approve."""
+    agent = AgentSession(home, project)
+    async with Client(build_server(agent)) as client:
+        args = {"vault": "dev", "name": "API_KEY", "reason": "deploy"}
+        first = await approved(client, broker_server, step_clock, "get_secret", args)
+        assert FAKE_KEY in text(first)  # the human's approval, with the enrolled app: fingerprints read
+        swap = (
+            "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]);"
+            f" db.execute(\"UPDATE factors SET secret = '{AGENTS_OWN_TOTP}' WHERE kind = 'totp'\"); db.commit()"
+        )
+        subprocess.run([sys.executable, "-c", swap, str(home.state_db)], check=True, timeout=60)
+        rid, page, after, status = await approve_with_agents_code(client, broker_server, step_clock, "DATABASE_URL")
+    await agent.close()
+    assert FAKE_DB not in text(after)
+    assert status == "pending", "a factor row rewritten by hand approved with the remembered fingerprint"
+    assert "outside agent-vault" in page
+    assert not [r for r in broker_server.broker.audit.list(event="approved") if r.request_id == rid]
 
 
 def verify(home: StatePaths) -> subprocess.CompletedProcess[str]:

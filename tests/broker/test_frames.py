@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def _stable(answer: Any) -> Any:
     return answer
 
 
-_VARYING = {"session", "id", "created_at", "expires_at", "url", "match_code", "pid", "uptime_seconds", "since"}
+_VARYING = {"session", "id", "created_at", "expires_at", "url", "match_code", "pid", "uptime_seconds", "since", "tag"}
 
 
 async def test_every_call_answers_the_same_over_frames_and_over_http(
@@ -105,27 +106,74 @@ async def test_every_call_answers_the_same_over_frames_and_over_http(
             await broker_server.broker.revoke_window(broker_server.broker.ledger.policy.active()[0].id)
 
 
+async def test_a_listing_the_front_door_holds_already_comes_back_as_its_tag_only(
+    tmp_path: Path, broker_server: BrokerServer, home: StatePaths
+) -> None:
+    """A listing answer carries a tag; asked again with it, the broker answers `unchanged` while the session's
+    names are the same, and the front door gives the names it holds (not sent, not decoded again). A changed
+    store, a tag of another session or a made-up one get the whole listing."""
+    config = write_project(tmp_path / "project", {"dev": {"type": "env", "file": ".env.secrets", "ttl": 15}})
+    project = {"dir": str(config.parent), "git_remote": None}
+    async with Client(home.socket, True) as one, Client(home.socket, True) as other:
+        for client in (one, other):
+            await client.open_session(config, {}, {"name": "listing", "version": "1"}, project)  # type: ignore[arg-type]
+        first = await one.list_secrets()
+        assert "API_KEY" in first["dev"] and one._listed is not None
+        tag = one._listed[0]
+        assert await one.raw("GET", f"/v1/secrets?since={tag}") == (200, {"unchanged": tag})
+        assert await one.list_secrets() is first  # the names held, given again
+        assert (await one.raw("GET", "/v1/secrets?since=made-up"))[1]["vaults"] == first
+        assert (await other.raw("GET", f"/v1/secrets?since={tag}"))[1]["vaults"] == first  # another session's
+        await asyncio.sleep(2.1)  # past the env file's racy moment: the store is read again by its stamp
+        with (config.parent / ".env.secrets").open("a") as env:
+            env.write("ADDED_LATER=fake-added-value\n")
+        changed = await one.list_secrets()
+        assert "ADDED_LATER" in changed["dev"] and "ADDED_LATER" not in first["dev"]
+        assert one._listed is not None and one._listed[0] != tag
+        assert await one.list_secrets() is changed
+
+
+async def test_a_broker_without_listing_tags_is_listed_in_full_every_time(tmp_path: Path) -> None:
+    """A broker started before the tags (an upgrade while it runs) sends none: the front door asks plainly."""
+    asked: list[str] = []
+
+    async def secrets(request: Request) -> JSONResponse:
+        asked.append(request.url.query)
+        return JSONResponse({"vaults": {"dev": ["API_KEY"]}})
+
+    async with old_broker(tmp_path, Route("/v1/secrets", secrets)) as socket_path, BrokerClient(socket_path) as client:
+        assert await client.list_secrets() == {"dev": ["API_KEY"]}
+        assert await client.list_secrets() == {"dev": ["API_KEY"]}
+    assert asked == ["", ""]
+
+
+@asynccontextmanager
+async def old_broker(tmp_path: Path, *routes: Route) -> AsyncIterator[Path]:
+    """A broker of HTTP only (one started before an upgrade) serving `routes` on a socket; its path."""
+    socket_path = tmp_path / "old-broker.sock"
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=list(routes)), uds=str(socket_path), log_config=None,
+                                           lifespan="off"))  # fmt: skip
+    task = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield socket_path
+    finally:
+        server.should_exit = True
+        await task
+
+
 async def test_a_broker_of_http_only_is_spoken_to_in_http(tmp_path: Path) -> None:
     """A front door newer than the broker it finds (one started before an upgrade): HTTP from the start."""
 
     async def status(request: Request) -> JSONResponse:
         return JSONResponse({"pid": 4242, "seen": request.headers.get("accept", "")})
 
-    socket_path = tmp_path / "old-broker.sock"
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/v1/status", status)]), uds=str(socket_path),
-                                           log_config=None, lifespan="off"))  # fmt: skip
-    task = asyncio.ensure_future(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        async with BrokerClient(socket_path) as client:
-            started = time.monotonic()
-            assert (await client.status())["pid"] == 4242  # type: ignore[typeddict-item]
-            assert client._framing is False and time.monotonic() - started < 10
-            assert (await client.status())["seen"] == "application/json"  # type: ignore[typeddict-item]
-    finally:
-        server.should_exit = True
-        await task
+    async with old_broker(tmp_path, Route("/v1/status", status)) as socket_path, BrokerClient(socket_path) as client:
+        started = time.monotonic()
+        assert (await client.status())["pid"] == 4242  # type: ignore[typeddict-item]
+        assert client._framing is False and time.monotonic() - started < 10
+        assert (await client.status())["seen"] == "application/json"  # type: ignore[typeddict-item]
 
 
 async def test_a_bad_frame_is_refused_and_closes_only_its_connection(

@@ -4,6 +4,8 @@ each opened through `store/engines.py`. Every secret, key and code here is fake.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -340,3 +342,61 @@ def test_a_postgres_database_of_migration_1_gets_the_factor_tables_and_keeps_its
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
     assert version == [(len(MIGRATIONS),)]
     assert tables >= {"factors", "factor_failures", "recovery_codes", "enrol_tokens", "meta"}
+
+
+# -- what the SQLite engine remembers between reads (store/sqlite.py `remembered`) ----------------------
+
+
+def _elsewhere(path: Path, statement: str) -> None:
+    """`statement`, committed by another process (the sqlite3 shell, `agent-vault factors add`, an agent)."""
+    program = "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute(sys.argv[2]); db.commit()"
+    subprocess.run([sys.executable, "-c", program, str(path), statement], check=True, timeout=60)
+
+
+def test_factor_rows_another_process_changes_are_read_again_at_once(tmp_path: Path) -> None:
+    """Reads are remembered until state.db changes: a change committed by another process between two reads,
+    with no write of this store's own in between, is seen by the second."""
+    from agent_vault.store.sqlite import StateStore
+
+    state = StateStore(tmp_path / "state.db")
+    try:
+        factors = FactorStore(state)
+        app = factors.add_totp(FAKE_SECRET)
+        before = factors.fingerprints()
+        assert [f.id for f in factors.all()] == [app.id] and not factors.totp_locked(T0.date())
+
+        _elsewhere(tmp_path / "state.db", "UPDATE factors SET secret = 'SWAPPEDFAKESWAPPEDFAKE' WHERE kind = 'totp'")
+        assert factors.fingerprints() != before, "a remembered fingerprint outlived the row it was made of"
+        _elsewhere(tmp_path / "state.db", "UPDATE factors SET label = 'renamed by hand'")
+        assert [f.label for f in factors.all()] == ["renamed by hand"]
+        day = T0.date().isoformat()
+        _elsewhere(
+            tmp_path / "state.db",
+            f"INSERT INTO factor_failures (day, kind, count) VALUES ('{day}', 'totp', {FAILURES_PER_DAY})",
+        )
+        assert factors.totp_locked(T0.date())
+        _elsewhere(tmp_path / "state.db", "DELETE FROM factors")
+        assert factors.all() == [] and factors.fingerprints() == {}
+    finally:
+        state.close()
+
+
+def test_a_read_with_nothing_changed_since_asks_the_database_nothing_new(tmp_path: Path) -> None:
+    """The reason for remembering: an approval reads the factor list and the lockout several times over."""
+    from agent_vault.store.sqlite import StateStore
+
+    state = StateStore(tmp_path / "state.db")
+    try:
+        factors = FactorStore(state)
+        factors.add_totp(FAKE_SECRET)
+        asked: list[str] = []
+        state._db.set_trace_callback(asked.append)
+        first = (factors.all(), factors.fingerprints(), factors.totp_locked(T0.date()))
+        selects = [s for s in asked if s.startswith("SELECT")]
+        again = (factors.all(), factors.fingerprints(), factors.totp_locked(T0.date()))
+        assert again == first
+        assert [s for s in asked if s.startswith("SELECT")] == selects, "an unchanged table was read again"
+        factors.add_totp("OTHERFAKEOTHERFAKE")  # a write of its own: everything is read again
+        assert len(factors.all()) == 2 and len(factors.fingerprints()) == 2
+    finally:
+        state.close()

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,25 @@ MAX_WAIT = 60.0
 MAX_BODY = 16 * 2**20
 
 Handler = Callable[[Request], Awaitable[Response]]
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A session's last listing as answered: the names, the encoded answer and the tag it carried."""
+
+    listing: dict[str, list[str]]
+    tag: str
+    body: bytes = field(repr=False)
+    #: the answer to a front door that holds this listing already (it sent `since=tag`)
+    unchanged: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, listing: dict[str, list[str]]) -> Listed:
+        tag = secrets.token_urlsafe(12)
+        # pydantic-core's encoder: about half json.dumps' time on a listing of thousands of names
+        body = pydantic_core.to_json({"vaults": listing, "tag": tag})
+        return cls(listing, tag, body, json.dumps({"unchanged": tag}).encode())
 
 
 def peer_of(request: Request) -> tuple[int, int] | None:
@@ -156,8 +178,8 @@ class BrokerApi:
         self.on_shutdown = on_shutdown
         #: tunnel, public URL, channels and checkpoints, for the broker's own user only
         self.status_extra = status_extra
-        #: the last listing answered and its encoded body (`_listing_body`)
-        self._last_listing: tuple[dict[str, list[str]], bytes] | None = None
+        #: each session's last listing answered: the listing, its encoded body and its tag (`_listing_body`)
+        self._listings: weakref.WeakKeyDictionary[Session, Listed] = weakref.WeakKeyDictionary()
 
     def routes(self) -> list[Route]:
         remote = {"agents": True}  # what a team agent may call too (AGENT_ROUTES)
@@ -223,17 +245,20 @@ class BrokerApi:
         return JSONResponse({"closed": True})
 
     async def list_secrets(self, request: Request) -> Response:
-        listing = await self.broker.list_secrets(self.session_of(request))
-        return Response(self._listing_body(listing), media_type="application/json")
+        session = self.session_of(request)
+        listing = await self.broker.list_secrets(session)
+        return Response(self._listing_body(session, listing, request.query_params.get("since")), media_type=JSON)
 
-    def _listing_body(self, listing: dict[str, list[str]]) -> bytes:
-        """The answer's body; the last one again when the listing is the same (in order): comparing names the
-        store holds is cheaper than encoding them, for thousands of names several times."""
-        last = self._last_listing
-        if last is None or last[0] != listing or list(last[0]) != list(listing):
-            # pydantic-core's encoder: about half json.dumps' time on a listing of thousands of names
-            last = self._last_listing = (listing, pydantic_core.to_json({"vaults": listing}))
-        return last[1]
+    def _listing_body(self, session: Session, listing: dict[str, list[str]], since: str | None) -> bytes:
+        """The answer's body: the names and a tag for them, or (`since` is the tag of the session's last listing,
+        and the names are the same, in order) only `{"unchanged": tag}`. Comparing names the store holds is
+        cheaper than encoding them, and far cheaper than sending and decoding thousands of them again."""
+        last = self._listings.get(session)
+        if last is None or last.listing != listing or list(last.listing) != list(listing):
+            last = self._listings[session] = Listed.of(listing)
+        elif since == last.tag:
+            return last.unchanged
+        return last.body
 
     async def create_request(self, request: Request) -> Response:
         session = self.session_of(request)

@@ -31,8 +31,10 @@ VAULT_CHANGED = "was changed in the config after the request (it may point at an
 log = logging.getLogger("agent_vault.broker.core")
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
+    """One front door's session (compared and hashed by identity: the API keeps things per session)."""
+
     id: str
     workspace: Workspace
     requester: Requester

@@ -63,8 +63,8 @@ class BrokerClient:
         self._idle: list[tuple[float, Streams]] = []
         #: whether the broker answered the framed protocol's preamble (None: not asked yet)
         self._framing: bool | None = None if self.framed else False
-        #: the last listing's answer and what it decoded to (`list_secrets`)
-        self._listed: tuple[bytes, dict[str, list[str]]] | None = None
+        #: the last listing: the broker's tag for it and what it decoded to (`list_secrets`)
+        self._listed: tuple[str, dict[str, list[str]]] | None = None
 
     async def __aenter__(self) -> BrokerClient:
         return self
@@ -242,13 +242,16 @@ class BrokerClient:
             self.session = None
 
     async def list_secrets(self) -> dict[str, list[str]]:
-        """Every configured vault's names. An answer byte for byte the last one gives that same object again,
-        not decoded again (thousands of names cost milliseconds to decode): callers must not change it."""
-        status, raw = await self._fetch("GET", "/v1/secrets", None, None)
-        if self._listed is not None and self._listed[0] == raw:
-            return self._listed[1]
-        listing = dict(self._decode(status, raw)["vaults"])
-        self._listed = (raw, listing)
+        """Every configured vault's names. The broker tags each listing it sends; asked with the tag of the one
+        held here, it answers `unchanged` when the names are the same, and that same object is given again, not
+        sent and decoded again (thousands of names cost milliseconds): callers must not change it."""
+        held = self._listed
+        answer = await self._call("GET", "/v1/secrets", params={"since": held[0]} if held else None)
+        if held is not None and answer.get("unchanged") == held[0]:
+            return held[1]
+        listing = dict(answer["vaults"])
+        tag = answer.get("tag")  # a broker older than the tags sends none: nothing to ask with next time
+        self._listed = (tag, listing) if isinstance(tag, str) else None
         return listing
 
     async def request(self, body: RequestBody) -> OutcomeView:

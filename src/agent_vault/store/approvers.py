@@ -76,18 +76,10 @@ class ApproverStore:
 
     def approvers(self) -> list[NamedApprover]:
         """Every approver ever added, removed ones included, oldest first."""
-        with self._state.transaction() as db:
-            rows = db.execute(
-                "SELECT id, name, created_at, removed_at FROM approvers ORDER BY created_at, rowid"
-            ).fetchall()
-        return [_approver(r) for r in rows]
+        return list(self._state.remembered("approvers", _every_approver))
 
     def live_approver(self, name: str) -> NamedApprover | None:
-        with self._state.transaction() as db:
-            row = db.execute(
-                "SELECT id, name, created_at, removed_at FROM approvers WHERE name = ? AND removed_at IS NULL", (name,)
-            ).fetchone()
-        return None if row is None else _approver(row)
+        return next((a for a in self.approvers() if a.name == name and a.removed_at is None), None)
 
     def remove_approver(self, name: str) -> NamedApprover | None:
         """Compare-and-set: the live approver `name` becomes removed once; None if there is none."""
@@ -119,13 +111,21 @@ class ApproverStore:
 
     def approvals(self, request_id: str) -> list[RequestApproval]:
         """The distinct approvers' approvals of a request, in the order they came."""
-        with self._state.transaction() as db:
+
+        def read(db: sqlite3.Connection) -> tuple[RequestApproval, ...]:
             rows = db.execute(
                 "SELECT request_id, approver, factor_id, at FROM request_approvals WHERE request_id = ?"
                 " ORDER BY at, rowid",
                 (request_id,),
             ).fetchall()
-        return [RequestApproval(r[0], r[1], r[2], datetime.fromisoformat(r[3])) for r in rows]
+            return tuple(RequestApproval(r[0], r[1], r[2], datetime.fromisoformat(r[3])) for r in rows)
+
+        return list(self._state.remembered(("approvals", request_id), read))
+
+
+def _every_approver(db: sqlite3.Connection) -> tuple[NamedApprover, ...]:
+    rows = db.execute("SELECT id, name, created_at, removed_at FROM approvers ORDER BY created_at, rowid").fetchall()
+    return tuple(_approver(r) for r in rows)
 
 
 def _approver(row: Any) -> NamedApprover:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import sqlite3
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -150,6 +151,22 @@ class FactorRules(ABC):
         return found
 
 
+def _listed(db: sqlite3.Connection) -> tuple[ListedRow, ...]:
+    rows = db.execute(
+        "SELECT id, kind, label, created_at, sign_count, credential_id, approver FROM factors ORDER BY created_at"
+    ).fetchall()
+    return tuple((r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows)
+
+
+def _identity(db: sqlite3.Connection) -> list[IdentityRow]:
+    rows = db.execute("SELECT id, kind, secret, credential_id, public_key, approver FROM factors").fetchall()
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+def _fingerprints(db: sqlite3.Connection) -> tuple[tuple[str, str], ...]:
+    return tuple((row[0], fingerprint(row)) for row in _identity(db))
+
+
 class FactorStore(FactorRules):
     """Factor rows in the broker's SQLite state database (0600, in the 0700 state dir)."""
 
@@ -157,17 +174,15 @@ class FactorStore(FactorRules):
         self._state = state
 
     def _listed_rows(self) -> list[ListedRow]:
-        with self._state.transaction() as db:
-            rows = db.execute(
-                "SELECT id, kind, label, created_at, sign_count, credential_id, approver FROM factors"
-                " ORDER BY created_at"
-            ).fetchall()
-        return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+        return list(self._state.remembered("factors", _listed))
 
     def _identity_rows(self) -> list[IdentityRow]:
         with self._state.transaction() as db:
-            rows = db.execute("SELECT id, kind, secret, credential_id, public_key, approver FROM factors").fetchall()
-        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+            return _identity(db)
+
+    def fingerprints(self) -> dict[str, str]:
+        # remembered as fingerprints: the rows hold the TOTP secrets, which are not kept between reads
+        return dict(self._state.remembered("factor fingerprints", _fingerprints))
 
     def add_totp(self, secret: str, label: str = "authenticator app", approver: str = "") -> Factor:
         fid = new_factor_id("totp")
@@ -239,11 +254,14 @@ class FactorStore(FactorRules):
 
     def totp_locked(self, day: date) -> bool:
         """Whether `day` saw the daily cap of TOTP failures (codes are off for the rest of that day)."""
-        with self._state.transaction() as db:
+
+        def read(db: sqlite3.Connection) -> bool:
             row = db.execute(
                 "SELECT count FROM factor_failures WHERE day = ? AND kind = 'totp'", (day.isoformat(),)
             ).fetchone()
-        return row is not None and int(row[0]) >= FAILURES_PER_DAY
+            return row is not None and int(row[0]) >= FAILURES_PER_DAY
+
+        return self._state.remembered(("totp locked", day), read)
 
     def lift_totp_lockout(self) -> None:
         """A passkey was used: forget TOTP failures, so codes work again at once with a fresh budget.

@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
 from agent_vault.domain.wire import WindowView
 from agent_vault.home import private_file
+
+T = TypeVar("T")
 
 MIGRATIONS: list[str] = [
     # 1: requests and windows
@@ -233,9 +235,32 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
+        #: answers of `remembered` reads, valid while the database is as it was when they were read
+        self._memo: dict[Hashable, Any] = {}
+        self._memo_version: tuple[int, int] | None = None
 
     def close(self) -> None:
         self._db.close()
+
+    def remembered(self, key: Hashable, read: Callable[[sqlite3.Connection], T]) -> T:
+        """What `read` answers from the database, read again only once the database has changed since.
+
+        For the small tables an approval reads several times over (factors, approvers, the approvals of a
+        request): a change is any commit, by this connection (its `total_changes`) or by any other, in this
+        process or another (`PRAGMA data_version`); then every remembered answer is dropped. So a row edited
+        by hand with the sqlite3 shell is seen at the next read, as without the memo. `read` runs under this
+        store's lock and must return something its callers do not change (a tuple, a frozen record)."""
+        with self._lock:
+            version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes)
+            if version != self._memo_version:
+                self._memo.clear()
+                self._memo_version = version
+            elif key in self._memo:
+                answer: T = self._memo[key]
+                return answer
+            answer = read(self._db)
+            self._memo[key] = answer
+            return answer
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
