@@ -426,3 +426,102 @@ async def test_socket_api_refuses_an_oversized_body_and_stays_responsive(home: S
             assert (await client.status())["pid"] > 0
     finally:
         await server.stop()
+
+
+# -- an approval that hands the values to the agent waiting for them (decisions.py) ---------------------------
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Env files as a user's are: not changed in the last moments, so a store keeps what it read by the file's
+    stamp (a file changed within 2 s is read again every time: providers/files.py)."""
+    monkeypatch.setattr("agent_vault.providers.files._RACY_NS", 0)
+
+
+class Commits:
+    """The rows of each commit the audit log makes (one list per transaction, so per fsync)."""
+
+    def __init__(self, audit: Any) -> None:
+        self.rows: list[list[str]] = []
+        inner = audit.append_many
+
+        def append_many(events: Any) -> Any:
+            self.rows.append([e.event for e in events])
+            return inner(events)
+
+        audit.append_many = append_many
+        audit.append_now = lambda events: None  # every commit through append_many, to be seen here
+
+
+async def waiting(broker: Broker, session: Session, rid: str) -> asyncio.Task[Any]:
+    """The agent's wait on `rid`, started and waiting."""
+    task = asyncio.ensure_future(broker.wait(session, rid, 30))
+    while (live := broker.ledger.live.get(rid)) is None or live.waiting == 0:
+        await asyncio.sleep(0.005)
+    return task
+
+
+@pytest.mark.usefixtures("settled")
+async def test_an_approval_hands_the_values_to_the_waiting_agent_with_one_commit(
+    broker: Broker, tmp_path: Path
+) -> None:
+    session = open_session(broker, tmp_path / "p", ttl=0)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    rid = out.request.id
+    agent = await waiting(broker, session, rid)
+    commits = Commits(broker.audit)
+    await broker.decide(rid, True, OK)
+    got = await agent
+    assert got.status == "delivered" and got.values["API_KEY"].reveal() == FAKE_KEY
+    assert commits.rows == [["approved", "delivered"]], "the approval and the delivery took more than one commit"
+    rows = broker.audit.list(request_id=rid, limit=2)
+    assert [r.event for r in rows] == ["delivered", "approved"] and rows[0].id == rows[1].id + 1
+    assert broker.get_request(rid).status is Status.DELIVERED  # type: ignore[union-attr]
+    with pytest.raises(InvalidRequest, match="once"):
+        await broker.wait(session, rid, 0)
+
+
+@pytest.mark.usefixtures("settled")
+async def test_with_nobody_waiting_the_approval_leaves_the_values_to_the_wait(broker: Broker, tmp_path: Path) -> None:
+    session = open_session(broker, tmp_path / "p", ttl=0)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    commits = Commits(broker.audit)
+    await broker.decide(out.request.id, True, OK)
+    assert commits.rows == [["approved"]]
+    got = await broker.wait(session, out.request.id, 0)
+    assert got.values["API_KEY"].reveal() == FAKE_KEY and commits.rows == [["approved"], ["delivered"]]
+
+
+async def test_a_store_that_would_read_its_file_leaves_the_values_to_the_wait(broker: Broker, tmp_path: Path) -> None:
+    """A file just written is not trusted by its stamp: read again by the wait, after the approval's commit."""
+    session = open_session(broker, tmp_path / "p", ttl=0)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    agent = await waiting(broker, session, out.request.id)
+    commits = Commits(broker.audit)
+    await broker.decide(out.request.id, True, OK)
+    assert (await agent).values["API_KEY"].reveal() == FAKE_KEY
+    assert commits.rows == [["approved"], ["delivered"]]
+
+
+@pytest.mark.usefixtures("settled")
+async def test_a_failed_commit_of_an_approval_and_its_delivery_releases_nothing(broker: Broker, tmp_path: Path) -> None:
+    session = open_session(broker, tmp_path / "p", ttl=0)
+    out = await broker.request_access(session, "dev", ["API_KEY"], "deploy")
+    assert out.request is not None
+    rid = out.request.id
+    agent = await waiting(broker, session, rid)
+    Commits(broker.audit)
+
+    def broken(*events: object) -> object:
+        raise AuditError("disk full")
+
+    broker.audit.append_many = broken  # type: ignore[method-assign]
+    with pytest.raises(AuditError):
+        await broker.decide(rid, True, OK)
+    with pytest.raises(RequestExpired):
+        await agent
+    assert broker.get_request(rid).status is Status.CANCELLED  # type: ignore[union-attr]
+    assert not [r for r in broker.audit.list(request_id=rid) if r.event in ("approved", "delivered")]

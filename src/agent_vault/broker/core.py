@@ -164,7 +164,9 @@ class Broker:
         )
         #: rotating a secret that may have leaked, and the leak loop
         self.rotations = Rotations(self.ledger, self.access, self.leases)
-        self.decisions = Decisions(self.ledger, approver=approver, writes=Writes(self.ledger, self.rotations.carry_out))
+        self.decisions = Decisions(
+            self.ledger, approver=approver, writes=Writes(self.ledger, self.rotations.carry_out), leases=self.leases
+        )
         self.rotate = self.rotations.ask
         self.list_secrets = self.access.list_secrets
         self.request_access = self.access.request_access

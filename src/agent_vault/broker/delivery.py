@@ -64,9 +64,17 @@ class Delivery:
         req = self.request_for(session, request_id)
         live = self.ledger.live.get(request_id)
         if req.status is Status.PENDING and live is not None:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(live.decided.wait(), timeout)
+            live.waiting += 1  # the decision may hand the values over with its approval (decisions.py)
+            try:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(live.decided.wait(), timeout)
+            finally:
+                live.waiting -= 1
             req = self.request_for(session, request_id)
+        handed = live.handed if live is not None else None
+        if handed is not None:  # released with the approval, both rows durable: this session's, once
+            self.ledger.live.forget(request_id)
+            return Outcome("delivered", handed.request, values=handed.values, window_end=handed.window_end)
         if "run" in req.extra and req.status in (Status.APPROVED, Status.DELIVERED):
             return await self.run_outcome(session, req, timeout)
         if "http" in req.extra and req.status is Status.APPROVED:

@@ -118,6 +118,13 @@ class Leases:
 
     # -- issuing --------------------------------------------------------------------------------
 
+    def held_values(self, ws: Workspace, vault: str, names: Sequence[str]) -> dict[str, SecretValue] | None:
+        """The values of `names` when the store holds them all in memory, unchanged since it read them, and mints
+        nothing: read without a thread, a file or a side effect (else None: `values` reads them)."""
+        provider = ws.provider(vault)
+        memory = held(provider) if leasing(provider) is None else None
+        return memory.held_values(names) if memory is not None else None
+
     async def values(
         self,
         ws: Workspace,
@@ -140,8 +147,7 @@ class Leases:
         provider = ws.provider(vault)
         minting = leasing(provider)
         if minting is None:
-            memory = held(provider)
-            known = memory.held_values(names) if memory is not None else None
+            known = self.held_values(ws, vault, names)
             if known is not None:  # a store unchanged since it was read, holding every name: no thread hop
                 return known, []
 

@@ -10,11 +10,23 @@ import asyncio
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import datetime
 
 from agent_vault.broker.generate import GenerationSpec
 from agent_vault.broker.http_calls import HttpSpec
 from agent_vault.broker.workspace import Workspace
+from agent_vault.domain.request import AccessRequest
 from agent_vault.domain.secret import SecretValue
+
+
+@dataclass
+class Handed:
+    """Values the decision released with its approval for the agent waiting on the request (one commit for
+    both rows: decisions.py), for that wait to return."""
+
+    request: AccessRequest
+    values: dict[str, SecretValue]
+    window_end: datetime | None
 
 
 @dataclass
@@ -32,6 +44,10 @@ class Live:
     timer: asyncio.TimerHandle | None = None
     #: when the request expires by the monotonic clock (a wall clock set back does not extend it)
     deadline: float = math.inf
+    #: how many front door waits are waiting on the decision right now
+    waiting: int = 0
+    #: released together with the approval, for the waiting agent (never on disk; dropped by `forget`)
+    handed: Handed | None = None
 
 
 class LiveRequests:
@@ -72,6 +88,7 @@ class LiveRequests:
                 live.timer.cancel()
             live.values = None
             live.base_env = None
+            live.handed = None
             live.decided.set()
         for key, rid in list(self._coalesce.items()):
             if rid == request_id:

@@ -63,6 +63,21 @@ class Recorder:
         self._forward(ws, record)
         return record
 
+    async def record_together(
+        self, ws: Workspace | None, req: AccessRequest, rows: list[tuple[str, Mapping[str, Any]]]
+    ) -> Written:
+        """Append rows about `req` in one commit, in order (each an event and its fields: `detail` and the row's own
+        columns): all durable when this returns, or none written (AuditError). An approval and the delivery of its
+        values, when the person's tap hands them to a waiting agent at once (decisions.py): one fsync, not two."""
+        events = tuple(
+            _event_of(ws, event, req, None, fields.get("detail"), {k: v for k, v in fields.items() if k != "detail"})
+            for event, fields in rows
+        )
+        records = await self._group.append_together(events)
+        for record in records:
+            self._forward(ws, record)
+        return records
+
     async def record_behind(
         self, ws: Workspace | None, event: str, *, requester: Requester | None = None, **fields: Any
     ) -> None:
@@ -80,14 +95,14 @@ class Recorder:
         row = self._group.append_later(lambda: _event_of(ws, event, None, requester, None, fields))
         row.add_done_callback(lambda done: self._behind_done(ws, done))
 
-    def _behind_done(self, ws: Workspace | None, row: asyncio.Future[AuditRecord]) -> None:
+    def _behind_done(self, ws: Workspace | None, row: asyncio.Future[Written]) -> None:
         if row.cancelled():
             return
         if row.exception() is not None:
             self._behind_failed = True
             log.warning("could not record a listing in the audit log; the next one waits for its row")
             return
-        self._forward(ws, row.result())
+        self._forward(ws, row.result()[0])
 
     def _forward(self, ws: Workspace | None, record: AuditRecord) -> None:
         if ws is not None and record.event in WEBHOOK_EVENTS and self.forward is not None:
@@ -124,8 +139,11 @@ class Recorder:
             log.warning("could not record %s in the audit log", event)
 
 
-#: a row to commit: its event, or (a row written behind its answer) what makes it when its commit comes
-Pending = AuditEvent | Callable[[], AuditEvent]
+#: what one caller commits: a row's event, or (a row written behind its answer) what makes it when its commit
+#: comes, or several rows that go in together or not at all (`Recorder.record_together`)
+Pending = AuditEvent | Callable[[], AuditEvent] | tuple[AuditEvent, ...]
+#: the rows of one `Pending`, as written
+Written = tuple[AuditRecord, ...]
 
 #: how long a row written behind its answer (a listing's) waits at most for a commit another row starts
 #: (seconds): back-to-back listings share one commit instead of one fsync and one thread hop each, and a
@@ -145,18 +163,22 @@ class GroupCommit:
     way waits and goes in the next one, in the order asked. A round of several rows is committed on a worker
     thread (the fsync off the loop); a lone hot row (`LOOP_EVENTS`) on the loop itself when the log can take it
     at once: one thread wake-up less per windowed read, which for one agent is most of the broker's own time
-    after the fsync. A group the log refuses is written again row by row, so one bad row fails only its own
-    caller."""
+    after the fsync. A group the log refuses is written again caller by caller, so one bad row fails only its own
+    caller (and the rows a caller asked for together stay together)."""
 
     def __init__(self, audit: AuditRecords) -> None:
         self._audit = audit
-        self._rounds: Rounds[Pending, AuditRecord] = Rounds(self._commit, put_off=BEHIND_DELAY)
+        self._rounds: Rounds[Pending, Written] = Rounds(self._commit, put_off=BEHIND_DELAY)
 
     async def append(self, event: AuditEvent) -> AuditRecord:
         """The row for `event`, durable; raises what the log raised for it (AuditError)."""
-        return await self._rounds.ask(event)
+        return (await self._rounds.ask(event))[0]
 
-    def append_later(self, make: Callable[[], AuditEvent]) -> asyncio.Future[AuditRecord]:
+    async def append_together(self, events: tuple[AuditEvent, ...]) -> Written:
+        """The rows for `events`, consecutive, in one transaction: all durable, or none written (AuditError)."""
+        return await self._rounds.ask(events)
+
+    def append_later(self, make: Callable[[], AuditEvent]) -> asyncio.Future[Written]:
         """The row of the event `make` makes when its round comes: the next round another row starts, or one
         `BEHIND_DELAY` from now."""
         return self._rounds.ask_later(make)
@@ -165,31 +187,33 @@ class GroupCommit:
         """Wait until every row asked for is written (or refused)."""
         await self._rounds.drain()
 
-    async def _commit(self, items: list[Pending]) -> list[AuditRecord | BaseException]:
-        made: list[AuditEvent | BaseException] = []
+    async def _commit(self, items: list[Pending]) -> list[Written | BaseException]:
+        made: list[tuple[AuditEvent, ...] | BaseException] = []
         for item in items:
             try:
-                made.append(item if isinstance(item, AuditEvent) else item())
+                made.append(item if isinstance(item, tuple) else (item if isinstance(item, AuditEvent) else item(),))
             except Exception as exc:  # an event that cannot be made fails its own caller only
                 made.append(exc)
-        events = [event for event in made if isinstance(event, AuditEvent)]
-        written = iter(await self._commit_events(events) if events else [])
+        batches = [rows for rows in made if not isinstance(rows, BaseException)]
+        written = iter(await self._commit_batches(batches) if batches else [])
         return [outcome if isinstance(outcome, BaseException) else next(written) for outcome in made]
 
-    async def _commit_events(self, events: list[AuditEvent]) -> list[AuditRecord | BaseException]:
+    async def _commit_batches(self, batches: list[tuple[AuditEvent, ...]]) -> list[Written | BaseException]:
+        events = [event for rows in batches for event in rows]
         try:
             if len(events) == 1 and events[0].event in LOOP_EVENTS:
                 done = self._audit.append_now(events)  # a lone hot row: on the loop, unless it would wait
                 if done is not None:
-                    return list(done)
-            return list(await asyncio.to_thread(self._audit.append_many, events))
+                    return [tuple(done)]
+            records = iter(await asyncio.to_thread(self._audit.append_many, events))
+            return [tuple(next(records) for _ in rows) for rows in batches]
         except Exception as exc:
-            if len(events) == 1:
+            if len(batches) == 1:
                 return [exc]
-        outcomes: list[AuditRecord | BaseException] = []
-        for event in events:  # each alone: one refused row must not sink the others
+        outcomes: list[Written | BaseException] = []
+        for rows in batches:  # each caller's alone: one refused row must not sink the others
             try:
-                outcomes.append(await asyncio.to_thread(self._audit.append, event))
+                outcomes.append(tuple(await asyncio.to_thread(self._audit.append_many, list(rows))))
             except Exception as alone:
                 outcomes.append(alone)
         return outcomes
