@@ -119,7 +119,7 @@ async def test_a_listing_the_front_door_holds_already_comes_back_as_its_tag_only
             await client.open_session(config, {}, {"name": "listing", "version": "1"}, project)  # type: ignore[arg-type]
         first = await one.list_secrets()
         assert "API_KEY" in first["dev"] and one._listed is not None
-        tag = one._listed[0]
+        tag = one._listed.tag
         assert await one.raw("GET", f"/v1/secrets?since={tag}") == (200, {"unchanged": tag})
         assert await one.list_secrets() is first  # the names held, given again
         assert (await one.raw("GET", "/v1/secrets?since=made-up"))[1]["vaults"] == first
@@ -129,7 +129,7 @@ async def test_a_listing_the_front_door_holds_already_comes_back_as_its_tag_only
             env.write("ADDED_LATER=fake-added-value\n")
         changed = await one.list_secrets()
         assert "ADDED_LATER" in changed["dev"] and "ADDED_LATER" not in first["dev"]
-        assert one._listed is not None and one._listed[0] != tag
+        assert one._listed is not None and one._listed.tag != tag
         assert await one.list_secrets() is changed
 
 

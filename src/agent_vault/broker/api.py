@@ -42,6 +42,7 @@ from agent_vault.domain.wire import (
     RequestView,
     SessionOpened,
     StatusView,
+    unchanged_listing,
 )
 from agent_vault.store.agents import Agent
 from agent_vault.store.leases import window_views
@@ -83,7 +84,7 @@ class Listed:
         tag = secrets.token_urlsafe(12)
         # pydantic-core's encoder: about half json.dumps' time on a listing of thousands of names
         body = pydantic_core.to_json({"vaults": listing, "tag": tag})
-        return cls(listing, tag, body, json.dumps({"unchanged": tag}).encode())
+        return cls(listing, tag, body, unchanged_listing(tag))
 
 
 def peer_of(request: Request) -> tuple[int, int] | None:

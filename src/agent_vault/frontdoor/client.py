@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -26,6 +28,7 @@ from agent_vault.domain.wire import (
     SessionOpen,
     SessionOpened,
     StatusView,
+    unchanged_listing,
 )
 
 #: reuse an idle connection only while it is younger than this; uvicorn drops idle ones after 5 s
@@ -39,6 +42,22 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 class _Dropped(Exception):
     """The broker closed a kept-alive connection before answering anything: safe to send again."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """The last listing the broker sent, under its tag: what to ask with next time, and its answer if unchanged."""
+
+    tag: str
+    listing: dict[str, list[str]]
+
+    @cached_property
+    def asking(self) -> str:
+        return f"/v1/secrets?{urlencode({'since': self.tag})}"
+
+    @cached_property
+    def unchanged(self) -> bytes:
+        return unchanged_listing(self.tag)
 
 
 class BrokerClient:
@@ -64,7 +83,7 @@ class BrokerClient:
         #: whether the broker answered the framed protocol's preamble (None: not asked yet)
         self._framing: bool | None = None if self.framed else False
         #: the last listing: the broker's tag for it and what it decoded to (`list_secrets`)
-        self._listed: tuple[str, dict[str, list[str]]] | None = None
+        self._listed: Held | None = None
 
     async def __aenter__(self) -> BrokerClient:
         return self
@@ -246,12 +265,15 @@ class BrokerClient:
         held here, it answers `unchanged` when the names are the same, and that same object is given again, not
         sent and decoded again (thousands of names cost milliseconds): callers must not change it."""
         held = self._listed
-        answer = await self._call("GET", "/v1/secrets", params={"since": held[0]} if held else None)
-        if held is not None and answer.get("unchanged") == held[0]:
-            return held[1]
+        status, raw = await self._fetch("GET", "/v1/secrets" if held is None else held.asking, None, None)
+        if held is not None and raw == held.unchanged:  # the broker's very bytes for "unchanged": nothing to decode
+            return held.listing
+        answer = self._decode(status, raw)
+        if held is not None and answer.get("unchanged") == held.tag:
+            return held.listing
         listing = dict(answer["vaults"])
         tag = answer.get("tag")  # a broker older than the tags sends none: nothing to ask with next time
-        self._listed = (tag, listing) if isinstance(tag, str) else None
+        self._listed = Held(tag, listing) if isinstance(tag, str) else None
         return listing
 
     async def request(self, body: RequestBody) -> OutcomeView:
