@@ -238,3 +238,39 @@ async def test_drain_writes_listings_put_off_while_a_commit_was_under_way(
     await first
     await asyncio.wait_for(draining, 30)
     assert store.count() == 2 and log.list()[0].event == "listed"
+
+
+async def test_under_load_the_next_round_waits_a_moment_for_more_calls_and_a_lone_call_never_does() -> None:
+    """`gather` (rounds.py): after a round of several calls, with more waiting, the next round waits for yet more
+    (on PostgreSQL each round is round trips to the server: fewer, fuller rounds); after a round of one it does
+    not, so an agent alone never waits for it."""
+    from agent_vault.broker.rounds import Rounds
+
+    sizes: list[list[str]] = []
+    release: asyncio.Queue[None] = asyncio.Queue()
+
+    async def run(items: list[str]) -> list[str | BaseException]:
+        sizes.append(items)
+        await release.get()  # a round trip to the server, as long as the test says
+        return items
+
+    rounds: Rounds[str, str] = Rounds(run, gather=0.2)
+    a = asyncio.ensure_future(rounds.ask("a"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    b, c = asyncio.ensure_future(rounds.ask("b")), asyncio.ensure_future(rounds.ask("c"))  # during round [a]
+    await asyncio.sleep(0)
+    release.put_nowait(None)
+    assert await a == "a"
+    while len(sizes) < 2:
+        await asyncio.sleep(0)
+    assert sizes == [["a"], ["b", "c"]], "after a round of one, the next started at once"
+    d = asyncio.ensure_future(rounds.ask("d"))  # during round [b, c]
+    await asyncio.sleep(0)
+    release.put_nowait(None)
+    assert (await b, await c) == ("b", "c")
+    e, f = asyncio.ensure_future(rounds.ask("e")), asyncio.ensure_future(rounds.ask("f"))  # while it gathers
+    release.put_nowait(None)
+    release.put_nowait(None)  # enough for a fourth round too, had the third not waited for e and f
+    assert (await d, await e, await f) == ("d", "e", "f")
+    assert sizes == [["a"], ["b", "c"], ["d", "e", "f"]], "after a round of several, the next waited for more"

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent_vault.broker.rounds import Rounds
+from agent_vault.broker.rounds import GATHER_OVER_NETWORK, Rounds
 from agent_vault.broker.workspace import Workspace
 from agent_vault.configuration.project import WEBHOOK_EVENTS
 from agent_vault.domain.errors import AuditError
@@ -168,7 +168,8 @@ class GroupCommit:
 
     def __init__(self, audit: AuditRecords) -> None:
         self._audit = audit
-        self._rounds: Rounds[Pending, Written] = Rounds(self._commit, put_off=BEHIND_DELAY)
+        gather = GATHER_OVER_NETWORK if audit.over_network else 0.0  # a commit on a server: fuller rounds
+        self._rounds: Rounds[Pending, Written] = Rounds(self._commit, put_off=BEHIND_DELAY, gather=gather)
 
     async def append(self, event: AuditEvent) -> AuditRecord:
         """The row for `event`, durable; raises what the log raised for it (AuditError)."""

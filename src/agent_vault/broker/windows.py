@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from agent_vault.broker.rounds import Rounds
+from agent_vault.broker.rounds import GATHER_OVER_NETWORK, Rounds
 from agent_vault.broker.runs import command_digest
 from agent_vault.configuration.project import VaultConfig
 from agent_vault.domain.errors import InvalidRequest
@@ -73,7 +73,7 @@ class WindowPolicy:
         #: the latest wall time a broker has seen (kept in the store): an earlier clock is suspect
         self._high_water = _parse(store.get_meta(_HIGH_WATER))
         #: the active windows of a store over the network, looked up for many calls at once (`split_soon`)
-        self._lookups: Rounds[None, tuple[datetime, list[Window]]] = Rounds(self._look_up)
+        self._lookups: Rounds[None, tuple[datetime, list[Window]]] = Rounds(self._look_up, gather=GATHER_OVER_NETWORK)
 
     def split(
         self, workspace: str, vault: str, names: Sequence[str], definition: str, action: str, subject: str = ""

@@ -172,6 +172,8 @@ class VerifyResult:
 class AuditLog:
     """The log file. Thread-safe; several processes may append to the same file."""
 
+    over_network = False
+
     def __init__(
         self,
         path: Path,

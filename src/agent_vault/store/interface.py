@@ -64,6 +64,9 @@ class StateRecords(RequestRecords, WindowRecords, MetaRecords, Protocol):
 class AuditRecords(Protocol):
     """The audit log: append-only, hash-chained, each row durable before `append` returns."""
 
+    #: whether an append waits on a database server (then the broker's group commit gathers fuller rounds)
+    over_network: bool
+
     def append(self, event: AuditEvent) -> AuditRecord: ...
     def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]: ...
     def append_now(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord] | None:

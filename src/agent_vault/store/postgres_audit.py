@@ -169,6 +169,8 @@ class PostgresAuditLog:
     broker needs (see the module docstring); opening with it needs the tables' owner (and CREATEROLE if the
     role does not exist yet). `busy_timeout`: seconds an append waits for another appender's lock."""
 
+    over_network = True
+
     def __init__(
         self,
         url: str,
