@@ -119,7 +119,7 @@ def test_runner_writes_json_and_a_table(ran: tuple[Path, dict[str, subprocess.Co
 
 def test_every_script_is_in_the_runner() -> None:
     runner = (BENCH / "run").read_text()
-    helpers = {"benchlib", "broker_proc", "waiters", "loadgen", "ab", "profile_hot"}
+    helpers = {"benchlib", "broker_proc", "waiters", "loadgen", "ab", "profile_hot", "approval"}
     scripts = {p.stem for p in BENCH.glob("*.py")} - helpers
     assert scripts == {*SCRIPTS, "original"}
     assert all(f'"{name}"' in runner for name in [*SCRIPTS, "original"])
