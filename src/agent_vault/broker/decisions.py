@@ -126,7 +126,7 @@ class Decisions:
             if ledger.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
                 live.handed = Handed(decided, handing, end)
             else:  # changed meanwhile (nothing else moves it from approved; still: a value is never handed twice)
-                log.warning("request %s changed while its approval was written; its values stay here", req.id)
+                log.warning("request %s changed while its approval was written; nothing was handed over", req.id)
         # a request another replica holds is that process's to finish (its value to write is in its memory)
         elsewhere = live is None and ledger.replicas.held_elsewhere(decided)
         if approve:
