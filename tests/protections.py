@@ -1460,17 +1460,14 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/store/test_factor_engines.py::test_factors_are_added_listed_and_removed",),
     ),
     Protection(
-        "an approval hands values to the waiting agent only for a plain read: a write releases no current value",
+        "an approval hands values to the waiting agent only when they are the agent's (a read): a write releases "
+        "no current value, a command's values go to the command",
         "broker/decisions.py",
-        "        if live is None or live.waiting == 0 or req.operation is not Operation.READ:\n",
+        '        if live is None or live.waiting == 0 or req.action != "read":\n',
         "        if live is None or live.waiting == 0:\n",
-        ("tests/attacks/test_handover.py::test_a_write_approved_while_the_agent_waits_hands_it_no_current_value",),
-    ),
-    Protection(
-        "an approved command (or HTTP call, or proxy loan) gets its values; the waiting agent is handed none",
-        "broker/decisions.py",
-        '        if any(key in req.extra for key in ("run", "http", "lend", ROTATE)):\n',
-        "        if False:\n",
-        ("tests/attacks/test_handover.py::test_a_command_approved_while_the_agent_waits_hands_it_no_value",),
+        (
+            "tests/attacks/test_handover.py::test_a_write_approved_while_the_agent_waits_hands_it_no_current_value",
+            "tests/attacks/test_handover.py::test_a_command_approved_while_the_agent_waits_hands_it_no_value",
+        ),
     ),
 )

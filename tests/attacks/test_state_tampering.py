@@ -166,10 +166,9 @@ async def test_an_authenticator_app_inserted_by_the_agent_cannot_approve(
 async def test_an_enrolled_app_whose_secret_the_agent_swaps_after_an_approval_cannot_approve(
     home: StatePaths, project: Path, broker_server: BrokerServer, step_clock: StepClock
 ) -> None:
-    """The broker remembers what it read of its factors until state.db changes (store/sqlite.py `remembered`).
-    After a first approval it holds the enrolled app's fingerprint; the agent then writes its own secret into
-    that row with the sqlite3 module, in another process. The fingerprint must be read again: the remembered
-    one still matches the audited factor set and would let the agent's code approve."""
+    """After a first approval (the broker has read and remembered its factors: store/sqlite.py `remembered`), the
+    agent writes its own secret into the enrolled app's row with the sqlite3 module, in another process. The
+    changed row is no longer in the audited factor set, so the agent's code cannot approve."""
     agent = AgentSession(home, project)
     async with Client(build_server(agent)) as client:
         args = {"vault": "dev", "name": "API_KEY", "reason": "deploy"}

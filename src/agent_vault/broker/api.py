@@ -66,7 +66,6 @@ MAX_WAIT = 60.0
 MAX_BODY = 16 * 2**20
 
 Handler = Callable[[Request], Awaitable[Response]]
-JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,8 @@ class BrokerApi:
     async def list_secrets(self, request: Request) -> Response:
         session = self.session_of(request)
         listing = await self.broker.list_secrets(session)
-        return Response(self._listing_body(session, listing, request.query_params.get("since")), media_type=JSON)
+        body = self._listing_body(session, listing, request.query_params.get("since"))
+        return Response(body, media_type="application/json")
 
     def _listing_body(self, session: Session, listing: dict[str, list[str]], since: str | None) -> bytes:
         """The answer's body: the names and a tag for them, or (`since` is the tag of the session's last listing,

@@ -142,11 +142,10 @@ class Decisions:
 
     def _values_to_hand(self, req: AccessRequest, live: Live | None) -> dict[str, SecretValue] | None:
         """The values the approval of `req` hands to its waiting agent itself (see the module's text), or None:
-        nobody waits on it here right now, it is not a plain read, its vault changed, or its store would have to
-        read a file or mint a credential (the wait then delivers them, after the approval's own commit)."""
-        if live is None or live.waiting == 0 or req.operation is not Operation.READ:
-            return None
-        if any(key in req.extra for key in ("run", "http", "lend", ROTATE)):
+        nobody waits on it here right now, its values are not the agent's (a write, a command, a call through the
+        proxy, a loan: `AccessRequest.action`), its vault changed, or its store would have to read a file or mint
+        a credential (the wait then delivers them, after the approval's own commit)."""
+        if live is None or live.waiting == 0 or req.action != "read":
             return None
         if not self.ledger.vault_unchanged(live.workspace, req):
             return None

@@ -158,15 +158,6 @@ def _listed(db: sqlite3.Connection) -> tuple[ListedRow, ...]:
     return tuple((r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows)
 
 
-def _identity(db: sqlite3.Connection) -> list[IdentityRow]:
-    rows = db.execute("SELECT id, kind, secret, credential_id, public_key, approver FROM factors").fetchall()
-    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
-
-
-def _fingerprints(db: sqlite3.Connection) -> tuple[tuple[str, str], ...]:
-    return tuple((row[0], fingerprint(row)) for row in _identity(db))
-
-
 class FactorStore(FactorRules):
     """Factor rows in the broker's SQLite state database (0600, in the 0700 state dir)."""
 
@@ -178,11 +169,8 @@ class FactorStore(FactorRules):
 
     def _identity_rows(self) -> list[IdentityRow]:
         with self._state.transaction() as db:
-            return _identity(db)
-
-    def fingerprints(self) -> dict[str, str]:
-        # remembered as fingerprints: the rows hold the TOTP secrets, which are not kept between reads
-        return dict(self._state.remembered("factor fingerprints", _fingerprints))
+            rows = db.execute("SELECT id, kind, secret, credential_id, public_key, approver FROM factors").fetchall()
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def add_totp(self, secret: str, label: str = "authenticator app", approver: str = "") -> Factor:
         fid = new_factor_id("totp")
