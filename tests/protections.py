@@ -1470,4 +1470,11 @@ PROTECTIONS: tuple[Protection, ...] = (
             "tests/attacks/test_handover.py::test_a_command_approved_while_the_agent_waits_hands_it_no_value",
         ),
     ),
+    Protection(
+        "a proxied call's approval is the proxy's: no session's wait takes its value",
+        "broker/delivery.py",
+        '        if "proxy_call" in req.extra:  # decided for the proxy',
+        "        if False:  # decided for the proxy",
+        ("tests/attacks/test_handover.py::test_await_approval_on_a_proxy_calls_request_releases_nothing_to_the_agent",),
+    ),
 )

@@ -130,3 +130,32 @@ async def test_another_session_waiting_on_the_request_gets_nothing(
     await thief.close()
     assert FAKE_KEY in text(got)
     assert stolen and all(FAKE_KEY not in s and "belongs to this session" in s for s in stolen)
+
+
+async def test_await_approval_on_a_proxy_calls_request_releases_nothing_to_the_agent(
+    home: StatePaths, project: Path, broker_server: BrokerServer, step_clock: StepClock
+) -> None:
+    """A command run through the proxy makes a request of its own for each call an approveEach rule holds; its
+    value goes to the proxy, never to a session. The agent finds such a request's id (state.db is readable to
+    it) and waits on it with await_approval while the person approves the call."""
+    broker = broker_server.broker
+    agent = AgentSession(home, project)
+    async with Client(build_server(agent)) as client, anyio.create_task_group() as tg:
+        run = {"command": [sys.executable, "-c", "pass"], "env": {"K": "dev/API_KEY"}, "reason": "deploy"}
+        tg.start_soon(client.call_tool, "run_with_secrets", run)
+        with anyio.fail_after(20):
+            while not broker.pending():
+                await anyio.sleep(0.005)
+        command = broker.pending()[0]
+        session = broker.session(command.requester.session_id)
+        assert session is not None
+        call = {"method": "POST", "host": "api.example.test", "path": "/v1/charges", "rule": "POST /v1/*"}
+        proxied = await broker.access.ask_call(session, command, "API_KEY", call)
+        waited = [await client.call_tool("await_approval", {"request_id": proxied.id})]  # while pending
+        await anyio.to_thread.run_sync(decide_on_page, broker_server.url, proxied.id, "approve", step_clock.next_code())
+        waited.append(await client.call_tool("await_approval", {"request_id": proxied.id}))  # once approved
+        await broker.decide(command.id, False, None)  # the person denies the command itself
+    await agent.close()
+    assert all(FAKE_KEY not in text(w) and FAKE_KEY not in str(w.structured_content) for w in waited)
+    assert all("goes to the proxy" in text(w) for w in waited)
+    assert not [r for r in broker.audit.list(event="delivered") if r.request_id == proxied.id]

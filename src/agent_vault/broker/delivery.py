@@ -62,6 +62,11 @@ class Delivery:
 
     async def wait(self, session: Session, request_id: str, timeout: float) -> Outcome:
         req = self.request_for(session, request_id)
+        if "proxy_call" in req.extra:  # decided for the proxy (proxy_gate.py), which alone takes its value
+            raise InvalidRequest(
+                f"request {request_id} is a call a command sends through the proxy: its value goes to the proxy, "
+                "never to a session. Wait on the command's own request instead."
+            )
         live = self.ledger.live.get(request_id)
         if req.status is Status.PENDING and live is not None:
             live.waiting += 1  # the decision may hand the values over with its approval (decisions.py)
