@@ -9,11 +9,14 @@ once. Approve and deny racing on one request produce exactly one outcome (the st
 When the agent that asked is waiting on this broker right now for a plain read, and the store holds the values
 in memory (nothing to mint, no file to read), the approval hands them over itself: its `approved` row and the
 values' `delivered` row go in one commit (one fsync instead of two, both durable before anything follows or
-neither written), and the wait returns them. Every other approval leaves the values to the wait (delivery.py).
+neither written), and the wait returns them: it runs before the rest of the decision (the window opened, the
+page's redirect), so the agent has its values first. Every other approval leaves the values to the wait
+(delivery.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +29,7 @@ from agent_vault.broker.leases import Leases
 from agent_vault.broker.ledger import VAULT_CHANGED, Ledger
 from agent_vault.broker.live import Handed, Live
 from agent_vault.broker.writes import Writes
+from agent_vault.domain.approval import ApprovalRule
 from agent_vault.domain.errors import ApprovalError, AuditError, InvalidRequest, NotAuthorized, RequestExpired
 from agent_vault.domain.request import ROTATE, AccessRequest, Operation, Status
 from agent_vault.domain.secret import SecretValue
@@ -53,6 +57,11 @@ class Decisions:
     def progress(self, req: AccessRequest) -> Progress:
         """Who has approved `req` so far, and who may still (for the approval page and the console)."""
         return self.approvals.progress(req)
+
+    def approved_so_far(self, req: AccessRequest) -> tuple[str, ...]:
+        """Who has approved `req` so far where it needs several approvals (a page names whose tap counted by
+        comparing with this after the decision); nobody to look up where one approval decides."""
+        return self.approvals.progress(req).approved_by if ApprovalRule.of(req.extra).require > 1 else ()
 
     def pending(self, user: str | None = None) -> list[AccessRequest]:
         """The pending requests; with `user` (a system broker's caller), only those that user's agents made."""
@@ -125,6 +134,9 @@ class Decisions:
         if live is not None and handing is not None:
             if ledger.store.transition(req.id, [Status.APPROVED], Status.DELIVERED):
                 live.handed = Handed(decided, handing, end)
+                # the waiting agent's answer goes out first; the window, a webhook and the page's redirect after
+                ledger.live.wake(req.id)
+                await asyncio.sleep(0)
             else:  # changed meanwhile (nothing else moves it from approved; still: a value is never handed twice)
                 log.warning("request %s changed while its approval was written; nothing was handed over", req.id)
         # a request another replica holds is that process's to finish (its value to write is in its memory)

@@ -71,11 +71,13 @@ class Delivery:
         if req.status is Status.PENDING and live is not None:
             live.waiting += 1  # the decision may hand the values over with its approval (decisions.py)
             try:
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(live.decided.wait(), timeout)
+                with suppress(TimeoutError):  # asyncio.timeout, not wait_for: no task of its own, woken at once
+                    async with asyncio.timeout(timeout):
+                        await live.decided.wait()
             finally:
                 live.waiting -= 1
-            req = self.request_for(session, request_id)
+            if live.handed is None:  # else released with the approval (below): nothing to read again first
+                req = self.request_for(session, request_id)
         handed = live.handed if live is not None else None
         if handed is not None:  # released with the approval, both rows durable: this session's, once
             self.ledger.live.forget(request_id)

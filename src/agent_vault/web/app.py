@@ -182,7 +182,7 @@ class WebApp:
         # Decided in place on the console (signed in): back there, with any refusal shown there.
         console = str(form.get("back", "")) == "dashboard" and self.signed_in(request)
         where = "dashboard" if console else rid
-        before = self.broker.decisions.progress(req).approved_by
+        before = self.broker.decisions.approved_so_far(req)
         try:
             # denying a rotation needs the factor too (broker/decisions.py); other denials need none
             proof = _proof(form) if approve or ROTATE in req.extra else None
