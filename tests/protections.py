@@ -1446,11 +1446,25 @@ PROTECTIONS: tuple[Protection, ...] = (
         ),
     ),
     Protection(
-        "a remembered read of state.db (factors, approvers, approvals) is dropped when another process commits",
+        "a remembered read of state.db (factors, approvers, approvals, open windows) is dropped when another "
+        "process commits (a window revoked by hand is not answered from memory)",
         "store/sqlite.py",
         'version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes)',
         "version = (0, self._db.total_changes)",
-        ("tests/store/test_factor_engines.py::test_factor_rows_another_process_changes_are_read_again_at_once",),
+        (
+            "tests/store/test_factor_engines.py::test_factor_rows_another_process_changes_are_read_again_at_once",
+            "tests/store/test_state_engines.py::test_windows_another_process_changes_are_read_again_at_once",
+        ),
+    ),
+    Protection(
+        "a window ended is not answered from the open windows state.db remembers (store/sqlite.py)",
+        "store/sqlite.py",
+        "return [w for w in windows if w.ends_at > now]",
+        "return list(windows)",
+        (
+            "tests/store/test_state_engines.py::test_windows_are_read_as_they_are_at_each_moment_asked",
+            "tests/store/test_state_engines.py::test_active_windows_filter_by_time_workspace_and_vault",
+        ),
     ),
     Protection(
         "a remembered read of state.db is dropped when the broker itself writes (a factor added, a step used)",

@@ -4,8 +4,6 @@ each opened through `store/engines.py`. Every secret, key and code here is fake.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -26,6 +24,7 @@ from agent_vault.store.factors import (
     token_key,
 )
 from agent_vault.store.interface import FactorRecords, StateRecords
+from tests.store.elsewhere import commit_elsewhere
 from tests.store.postgres_server import PostgresServer
 
 T0 = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -347,12 +346,6 @@ def test_a_postgres_database_of_migration_1_gets_the_factor_tables_and_keeps_its
 # -- what the SQLite engine remembers between reads (store/sqlite.py `remembered`) ----------------------
 
 
-def _elsewhere(path: Path, statement: str) -> None:
-    """`statement`, committed by another process (the sqlite3 shell, `agent-vault factors add`, an agent)."""
-    program = "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute(sys.argv[2]); db.commit()"
-    subprocess.run([sys.executable, "-c", program, str(path), statement], check=True, timeout=60)
-
-
 def test_factor_rows_another_process_changes_are_read_again_at_once(tmp_path: Path) -> None:
     """Reads are remembered until state.db changes: a change committed by another process between two reads,
     with no write of this store's own in between, is seen by the second."""
@@ -365,17 +358,18 @@ def test_factor_rows_another_process_changes_are_read_again_at_once(tmp_path: Pa
         before = factors.fingerprints()
         assert [f.id for f in factors.all()] == [app.id] and not factors.totp_locked(T0.date())
 
-        _elsewhere(tmp_path / "state.db", "UPDATE factors SET secret = 'SWAPPEDFAKESWAPPEDFAKE' WHERE kind = 'totp'")
+        swap = "UPDATE factors SET secret = 'SWAPPEDFAKESWAPPEDFAKE' WHERE kind = 'totp'"
+        commit_elsewhere(tmp_path / "state.db", swap)
         assert factors.fingerprints() != before, "the secret swapped by hand is not in the fingerprint"
-        _elsewhere(tmp_path / "state.db", "UPDATE factors SET label = 'renamed by hand'")
+        commit_elsewhere(tmp_path / "state.db", "UPDATE factors SET label = 'renamed by hand'")
         assert [f.label for f in factors.all()] == ["renamed by hand"]
         day = T0.date().isoformat()
-        _elsewhere(
+        commit_elsewhere(
             tmp_path / "state.db",
             f"INSERT INTO factor_failures (day, kind, count) VALUES ('{day}', 'totp', {FAILURES_PER_DAY})",
         )
         assert factors.totp_locked(T0.date())
-        _elsewhere(tmp_path / "state.db", "DELETE FROM factors")
+        commit_elsewhere(tmp_path / "state.db", "DELETE FROM factors")
         assert factors.all() == [] and factors.fingerprints() == {}
     finally:
         state.close()

@@ -15,6 +15,7 @@ from agent_vault.domain.request import AccessRequest, Operation, Requester, Stat
 from agent_vault.store.engines import open_state
 from agent_vault.store.interface import StateRecords
 from agent_vault.store.sqlite import StateStore, Window
+from tests.store.elsewhere import commit_elsewhere
 from tests.store.postgres_server import PostgresServer
 
 T0 = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -232,6 +233,40 @@ def test_revoke_returns_the_window_once_and_hides_it(state: StateRecords) -> Non
     assert state.revoke_window("win-fake-1", at + timedelta(seconds=1)) is None
     assert state.revoke_window("no-such-window", at) is None
     assert [w.id for w in state.active_windows(T0)] == ["win-fake-2"]
+
+
+def test_windows_are_read_as_they_are_at_each_moment_asked(state: StateRecords) -> None:
+    """Reads at later and then earlier moments (SQLite remembers the open windows between reads): each sees
+    the windows open at its own moment, a window ending between two reads included."""
+    state.add_window(a_window("win-short", ends_at=T0 + timedelta(minutes=10)))
+    state.add_window(a_window("win-long", ends_at=T0 + timedelta(hours=1)))
+    assert [w.id for w in state.active_windows(T0)] == ["win-short", "win-long"]
+    assert [w.id for w in state.active_windows(T0 + timedelta(minutes=10))] == ["win-long"]
+    assert [w.id for w in state.active_windows(T0 + timedelta(minutes=20))] == ["win-long"]
+    # the clock set back: the window that had ended by the last read is open at this earlier moment
+    assert [w.id for w in state.active_windows(T0 + timedelta(minutes=5))] == ["win-short", "win-long"]
+    assert state.active_windows(T0 + timedelta(hours=2)) == []
+
+
+def test_windows_another_process_changes_are_read_again_at_once(tmp_path: Path) -> None:
+    """A window revoked or added by another process (the sqlite3 shell, an agent) between two reads is seen
+    by the second, with no write of this store's own in between: nothing is answered from an older state."""
+    path = tmp_path / "state.db"
+    state = StateStore(path)
+    try:
+        state.add_window(a_window("win-fake-1"))
+        state.add_window(a_window("win-fake-2"))
+        assert [w.id for w in state.active_windows(T0)] == ["win-fake-1", "win-fake-2"]
+        assert [w.id for w in state.active_windows(T0, vault="fake-vault")] == ["win-fake-1", "win-fake-2"]
+
+        revoked = (T0 + timedelta(seconds=1)).isoformat()
+        commit_elsewhere(path, f"UPDATE windows SET revoked_at = '{revoked}' WHERE id = 'win-fake-1'")
+        assert [w.id for w in state.active_windows(T0)] == ["win-fake-2"]
+        assert [w.id for w in state.active_windows(T0, vault="fake-vault")] == ["win-fake-2"]
+        commit_elsewhere(path, "DELETE FROM windows")
+        assert state.active_windows(T0) == [] and state.active_windows(T0, vault="fake-vault") == []
+    finally:
+        state.close()
 
 
 def test_windows_read_back_still_cover_and_allow(state: StateRecords) -> None:

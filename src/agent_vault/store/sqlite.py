@@ -246,10 +246,11 @@ class StateStore:
         """What `read` answers from the database, read again only once the database has changed since.
 
         For the small tables an approval reads several times over (factors, approvers, the approvals of a
-        request): a change is any commit, by this connection (its `total_changes`) or by any other, in this
-        process or another (`PRAGMA data_version`); then every remembered answer is dropped. So a row edited
-        by hand with the sqlite3 shell is seen at the next read, as without the memo. `read` runs under this
-        store's lock and must return something its callers do not change (a tuple, a frozen record)."""
+        request) and the open windows every windowed read asks for: a change is any commit, by this connection
+        (its `total_changes`) or by any other, in this process or another (`PRAGMA data_version`); then every
+        remembered answer is dropped. So a row edited by hand with the sqlite3 shell is seen at the next read, as
+        without the memo. `read` runs under this store's lock and must return something its callers do not change
+        (a tuple, a frozen record)."""
         with self._lock:
             version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes)
             if version != self._memo_version:
@@ -392,6 +393,26 @@ class StateStore:
             )
 
     def active_windows(self, now: datetime, workspace: str | None = None, vault: str | None = None) -> list[Window]:
+        """The windows not revoked and not ended at `now`, the soonest to end first.
+
+        Asked on every windowed read: the rows are remembered (`remembered`) as they were at the moment first
+        asked for, and those still open at `now` are answered until state.db changes (a window opened or revoked,
+        by this broker or by hand). A window only ends as time passes, so the open ones at a later `now` are among
+        them; an earlier `now` (the clock set back) is read from the table again."""
+
+        def read(db: sqlite3.Connection) -> tuple[datetime, tuple[Window, ...]]:
+            return now, self._windows_at(db, now, workspace, vault)
+
+        at, windows = self.remembered(("active_windows", workspace, vault), read)
+        if now < at:
+            with self._lock:
+                return list(self._windows_at(self._db, now, workspace, vault))
+        return [w for w in windows if w.ends_at > now]
+
+    @staticmethod
+    def _windows_at(
+        db: sqlite3.Connection, now: datetime, workspace: str | None, vault: str | None
+    ) -> tuple[Window, ...]:
         sql = "SELECT * FROM windows WHERE revoked_at IS NULL AND ends_at > ?"
         args: list[Any] = [_ts(now)]
         if workspace is not None:
@@ -400,11 +421,9 @@ class StateStore:
         if vault is not None:
             sql += " AND vault = ?"
             args.append(vault)
-        with self._lock:
-            cur = self._db.execute(sql + " ORDER BY ends_at", args)
-            cols = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        return [_window_from_row(dict(zip(cols, r, strict=True))) for r in rows]
+        cur = db.execute(sql + " ORDER BY ends_at", args)
+        cols = [d[0] for d in cur.description]
+        return tuple(_window_from_row(dict(zip(cols, r, strict=True))) for r in cur.fetchall())
 
     def revoke_window(self, window_id: str, at: datetime) -> Window | None:
         with self._tx() as db:
