@@ -1457,6 +1457,15 @@ PROTECTIONS: tuple[Protection, ...] = (
         ),
     ),
     Protection(
+        "the PostgreSQL log's rows are quoted by psycopg (ClientCursor), never pasted into the query that appends "
+        "and commits them: an agent's reason, client name or detail cannot end the statement or add one",
+        "store/postgres_audit.py",
+        'bound.execute(insert + "; COMMIT" if number == len(statements) else insert, values)',
+        'conn.execute((insert + "; COMMIT" if number == len(statements) else insert).replace("%s", "{}").format('
+        '*[("\'" + v + "\'") if isinstance(v, str) else ("NULL" if v is None else str(v)) for v in values]).encode())',
+        ("tests/attacks/test_audit_sql_text.py::test_text_made_to_break_out_of_its_quotes_is_stored_as_written",),
+    ),
+    Protection(
         "a window ended is not answered from the open windows state.db remembers (store/sqlite.py)",
         "store/sqlite.py",
         "return [w for w in windows if w.ends_at > now]",

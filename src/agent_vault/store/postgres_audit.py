@@ -238,11 +238,9 @@ class PostgresAuditLog:
             _refuse_nul(event, self.where)
         self._check_open()
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                # one appender at a time across every connection and process: the chain never forks
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-                records = self._insert_all(conn, events)
-            # the transaction committed on leaving the block, synchronous_commit on: the rows are durable
+            with self._pool.connection() as conn:
+                records = _append_committed(conn, events, self._clock)
+            # synchronous_commit on: the rows are durable
         except psycopg.Error as exc:
             raise AuditError(_explain(self.where, "write", exc)) from exc
         for record in records:
@@ -489,27 +487,70 @@ class PostgresAuditLog:
             conn.execute("SET synchronous_commit = on")
 
     def _insert_all(self, conn: Connection[TupleRow], events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
-        # Continue after the highest id ever used (audit_head), so a deleted tail shows up as a gap at
-        # the next append instead of being silently reused.
-        head, newest_id, newest_hash = conn.execute(  # one round trip, one snapshot
-            "SELECT (SELECT last_id FROM audit_head), (SELECT id FROM audit ORDER BY id DESC LIMIT 1),"
-            " (SELECT hash FROM audit ORDER BY id DESC LIMIT 1)"
-        ).fetchone() or (None, None, None)
-        last_id, prev_hash = (int(newest_id), str(newest_hash)) if newest_id is not None else (0, GENESIS_HASH)
-        rows = chained_rows(max(last_id, int(head or 0)), prev_hash, events, self._clock)
-        if not rows:
-            return []
-        # the rows and the head's new id in one statement (a round trip, no pipeline to drive), in statements
-        # of at most _ROWS_PER_STATEMENT rows (PostgreSQL takes at most 65,535 parameters in one)
-        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-            part = rows[start : start + _ROWS_PER_STATEMENT]
-            insert = f"{_INSERT_INTO} VALUES {', '.join([_ROW_MARKS] * len(part))}"  # placeholders only
-            values = [value for row in part for value in row]
-            if start + _ROWS_PER_STATEMENT >= len(rows):
-                insert = f"WITH added AS ({insert}) UPDATE audit_head SET last_id = %s"  # noqa: S608
-                values.append(rows[-1][0])
+        """`events` as rows on `conn`, inside a transaction the caller holds with the append lock."""
+        rows = chained_rows(*_continued(conn.execute(_HEAD).fetchone()), events, self._clock)
+        for insert, values in _inserts(rows):
             conn.execute(insert, values)
         return [record_from_row(row) for row in rows]
+
+
+#: the chain's head: the highest id ever handed out (audit_head) and the newest row's id and hash, in one snapshot
+_HEAD = (
+    "SELECT (SELECT last_id FROM audit_head), (SELECT id FROM audit ORDER BY id DESC LIMIT 1),"
+    " (SELECT hash FROM audit ORDER BY id DESC LIMIT 1)"
+)
+#: an append's first round trip, three statements in one simple query: the transaction opened, the append lock
+#: taken (one appender at a time across every connection and process: the chain never forks), then the head
+#: read by a statement of its own, whose snapshot is taken once the lock is held
+_LOCKED_HEAD = f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK}); {_HEAD}"
+
+
+def _append_committed(
+    conn: Connection[TupleRow], events: Sequence[AuditEvent], clock: Callable[[], datetime]
+) -> builtins.list[AuditRecord]:
+    """`events` appended and committed in two round trips: the lock and the head, then the rows, the head's new
+    id and the COMMIT. The second binds the values here (`ClientCursor`: each quoted by psycopg for this
+    connection's encoding), because only a query without parameters may hold several statements. Anything that
+    fails rolls the whole transaction back: no row, and the head where it was."""
+    try:
+        found = conn.execute(_LOCKED_HEAD)
+        found.nextset()  # past BEGIN's and the lock's results, to the head
+        found.nextset()
+        rows = chained_rows(*_continued(found.fetchone()), events, clock)
+        statements = _inserts(rows)
+        with psycopg.ClientCursor(conn) as bound:
+            for number, (insert, values) in enumerate(statements, start=1):
+                bound.execute(insert + "; COMMIT" if number == len(statements) else insert, values)
+        if not statements:
+            conn.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        raise
+    return [record_from_row(row) for row in rows]
+
+
+def _continued(head: tuple[Any, ...] | None) -> tuple[int, str]:
+    """The id and hash a chain continues from: after the highest id ever used (audit_head), so a deleted tail
+    shows up as a gap at the next append instead of being silently reused, linked to the newest row."""
+    last_head, newest_id, newest_hash = head or (None, None, None)
+    last_id, prev_hash = (int(newest_id), str(newest_hash)) if newest_id is not None else (0, GENESIS_HASH)
+    return max(last_id, int(last_head or 0)), prev_hash
+
+
+def _inserts(rows: Sequence[tuple[Any, ...]]) -> builtins.list[tuple[str, builtins.list[Any]]]:
+    """The INSERT statements of `rows` (placeholders, and their values): at most _ROWS_PER_STATEMENT rows each
+    (PostgreSQL takes at most 65,535 parameters in one), the last also moving audit_head to the last id."""
+    statements = []
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        part = rows[start : start + _ROWS_PER_STATEMENT]
+        insert = f"{_INSERT_INTO} VALUES {', '.join([_ROW_MARKS] * len(part))}"  # placeholders only
+        values = [value for row in part for value in row]
+        if start + _ROWS_PER_STATEMENT >= len(rows):
+            insert = f"WITH added AS ({insert}) UPDATE audit_head SET last_id = %s"  # noqa: S608
+            values.append(rows[-1][0])
+        statements.append((insert, values))
+    return statements
 
 
 # -- schema, role and settings ---------------------------------------------------------------
