@@ -299,9 +299,19 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection(
         "a store outside the project needs the user's allowance",
         "configuration/boundaries.py",
-        "if any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):",
+        "if any(inside(real, root) for root in (project, *limits.allow_outside)):",
         "if True:",
         ("tests/attacks/test_symlink_swap.py::test_a_store_outside_the_project_is_refused_unless_the_user_allows_it",),
+    ),
+    Protection(
+        "a store in a sibling directory whose name begins with the project's is outside the project",
+        "providers/files.py",
+        'return within == top or within.startswith(top if top.endswith("/") else top + "/")',
+        "return within.startswith(top)",
+        (
+            "tests/attacks/test_symlink_swap.py::test_a_store_outside_the_project_is_refused_unless_the_user_allows_it",
+            "tests/providers/test_files.py",
+        ),
     ),
     Protection(
         "an approval is bound to the file a symlink pointed at",

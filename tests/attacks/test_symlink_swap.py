@@ -133,15 +133,16 @@ async def test_a_write_through_agent_vault_keeps_the_window(
     assert not asked_again and VALUE_A in text(again)
 
 
-@pytest.mark.parametrize("written", ["absolute", "../outside/.env", "symlinked dir"])
+@pytest.mark.parametrize("written", ["absolute", "../outside/.env", "symlinked dir", "../project-evil/.env"])
 async def test_a_store_outside_the_project_is_refused_unless_the_user_allows_it(
     home: StatePaths, tmp_path: Path, step_clock: StepClock, written: str
 ) -> None:
-    outside = tmp_path / "outside"
+    # "../project-evil/.env": a sibling whose name begins with the project's is not inside it
+    outside = tmp_path / ("project-evil" if written == "../project-evil/.env" else "outside")
     outside.mkdir()
     (outside / ".env").write_text(f"API_KEY={VALUE_B}\n")
     project = tmp_path / "project"
-    file = {"absolute": str(outside / ".env"), "../outside/.env": "../outside/.env"}.get(written, "linked/.env")
+    file = {"absolute": str(outside / ".env"), "symlinked dir": "linked/.env"}.get(written, written)
     write_project(project, {"dev": {"type": "env", "file": file, "ttl": 15}})
     if written == "symlinked dir":
         (project / "linked").symlink_to(outside, target_is_directory=True)

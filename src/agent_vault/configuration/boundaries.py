@@ -23,7 +23,7 @@ from agent_vault.configuration.project import Config, VaultConfig, env_reference
 from agent_vault.configuration.settings import UserSettings, load_settings, settings_path
 from agent_vault.domain.errors import ConfigError
 from agent_vault.home import StatePaths
-from agent_vault.providers.files import configured_path, resolved
+from agent_vault.providers.files import configured_path, inside, resolved
 
 #: the webhook keys whose value is a credential: from `env:` only with the user's consent
 _WEBHOOK_CREDENTIALS = ("authorization", "signingSecret")
@@ -248,7 +248,7 @@ def _outside_problem(name: str, key: str, real: Path, vault: VaultConfig, limits
     if limits.trusted:
         return None
     project = resolved(vault.base_dir)
-    if any(real.is_relative_to(root) for root in (project, *limits.allow_outside)):
+    if any(inside(real, root) for root in (project, *limits.allow_outside)):
         return None
     # Last, as the rarest case: the folder of configs made from a legacy env, which often does not exist (and a
     # path that does not exist is resolved anew on every call).

@@ -22,7 +22,7 @@ from agent_vault.domain.secret import SecretValue
 from agent_vault.providers import dotenv_format
 from agent_vault.providers.base import ProviderContext, ProviderOptions, read_only
 from agent_vault.providers.dotenv_format import Document
-from agent_vault.providers.files import lock_directory, read_all, replace_durably, resolved, trusted_stamp
+from agent_vault.providers.files import inside, lock_directory, read_all, replace_durably, resolved, trusted_stamp
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class EnvFileProvider:
     def _real_path(self) -> Path:
         """The path with symlinks resolved; for a relative path it must stay inside base_dir."""
         real = resolved(self._path)
-        if self._relative and not real.is_relative_to(resolved(self._base_dir)):
+        if self._relative and not inside(real, resolved(self._base_dir)):
             raise ConfigError(
                 f"vault {self._vault!r}: file {self._configured!r} resolves through a symlink to {real}, "
                 f"outside the config directory {self._base_dir}. "

@@ -77,6 +77,14 @@ def resolved(path: str | Path) -> Path:
     return real
 
 
+def inside(path: Path, root: Path) -> bool:
+    """`path.is_relative_to(root)` for two paths `resolved` gave (absolute, normalised, no symlink left), by
+    their text: `root` itself, or below it after a separator ("/a/bc" is not inside "/a/b"). Asked on every
+    read; pathlib's comparison of parts costs several times as much."""
+    within, top = str(path), str(root)
+    return within == top or within.startswith(top if top.endswith("/") else top + "/")
+
+
 def trusted_stamp(st: os.stat_result) -> tuple[int, ...]:
     """What identifies one version of a file; a just-modified file never matches a cached stamp."""
     changed = max(st.st_mtime_ns, st.st_ctime_ns)
