@@ -18,7 +18,7 @@ travels by LISTEN/NOTIFY), beside the same on one replica.
 PostgreSQL runs on the same machine with fsync on (a commit waits for the disk, as SQLite's does).
 The load generator is one Python process on the same machine, sharing the two cores with the brokers and
 PostgreSQL: its own CPU per read is reported beside the brokers'. Its agents send the front door's framed
-call, made once per agent (`--client sdk`: through the front door's `BrokerClient`, about twice the load
+call, made once per agent (`--client broker-client`: through the front door's `BrokerClient`, about twice the load
 generator's CPU per read), so reads/s here is a floor for what the brokers could do with the machine to
 themselves.
 """
@@ -73,7 +73,7 @@ class Agent(asyncio.Protocol):
     """One agent's connection for the read phases: a session opened by the front door's own client, then the
     same framed calls as that client's (`domain.frames`), with the request frame made once and the answer only
     checked for its status. The broker's work per read is the front door's; what the load generator spends per
-    read is kept small, because here it shares the two cores with the brokers and PostgreSQL (`--client sdk`
+    read is kept small, because here it shares the two cores with the brokers and PostgreSQL (`--client broker-client`
     reads with `BrokerClient` itself, for comparison)."""
 
     def __init__(self) -> None:
@@ -145,14 +145,14 @@ class Agent(asyncio.Protocol):
             self._transport.close()
 
 
-class Sdk:
-    """An agent reading with the front door's `BrokerClient` (`--client sdk`)."""
+class ClientReader:
+    """An agent reading with the front door's `BrokerClient` (`--client broker-client`)."""
 
     def __init__(self, client: BrokerClient) -> None:
         self.client = client
 
     @classmethod
-    async def open(cls, box: b.Sandbox, project: Path) -> Sdk:
+    async def open(cls, box: b.Sandbox, project: Path) -> ClientReader:
         return cls(await session(box, project))
 
     async def read(self) -> bool:
@@ -163,7 +163,7 @@ class Sdk:
         await self.client.aclose()
 
 
-Reader = Agent | Sdk
+Reader = Agent | ClientReader
 
 
 class Meter:
@@ -205,7 +205,7 @@ class Meter:
 
 
 async def agents_on(boxes: list[b.Sandbox], project: Path, agents: int, kind: str) -> list[Reader]:
-    opener = Sdk.open if kind == "sdk" else Agent.open
+    opener = ClientReader.open if kind == "broker-client" else Agent.open
     return [await opener(boxes[i % len(boxes)], project) for i in range(agents)]
 
 
@@ -382,9 +382,9 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated set-ups to run (sqlite, pg-1, pg-2); default all")
     p.add_argument(
         "--client",
-        choices=["frames", "sdk"],
+        choices=["frames", "broker-client"],
         default="frames",
-        help="how the agents read: framed calls made once (frames), or the front door's BrokerClient (sdk)",
+        help="how the agents read: framed calls made once (frames), or the front door's BrokerClient (broker-client)",
     )
     args = p.parse_args()
     b.exit_on_sigterm()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -525,7 +525,8 @@ def _append_committed(
             conn.execute("COMMIT")
     except BaseException:
         if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.execute("ROLLBACK")
+            with suppress(psycopg.Error):  # the first failure is the one to report; the pool resets what is left
+                conn.execute("ROLLBACK")
         raise
     return [record_from_row(row) for row in rows]
 
