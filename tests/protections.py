@@ -1456,6 +1456,39 @@ PROTECTIONS: tuple[Protection, ...] = (
         ),
     ),
     Protection(
+        "an audit row is on disk before it counts as written: the log syncs the WAL file after the commit "
+        "(SQLite itself does not: synchronous = NORMAL)",
+        "store/audit.py",
+        "                    os.fdatasync(fd)\n",
+        "",
+        (
+            "tests/store/test_audit_sync.py::"
+            "test_an_appended_row_is_synced_to_disk_after_its_commit_and_before_append_returns",
+            "tests/broker/test_group_commit.py::test_no_value_waits_on_a_row_its_fsync_has_not_reached",
+        ),
+    ),
+    Protection(
+        "rows committed on the broker's event loop release their values only after the fsync that covers them",
+        "broker/recorder.py",
+        "                        await asyncio.to_thread(self._audit.settle, staged)\n",
+        "                        pass\n",
+        ("tests/broker/test_group_commit.py::test_no_value_waits_on_a_row_its_fsync_has_not_reached",),
+    ),
+    Protection(
+        "after the disk refused a sync the audit log writes no more rows (what it holds since is unknown)",
+        "store/audit.py",
+        "if self._sync_failed is not None:  # what the disk holds since is unknown: write nothing more",
+        "if False:",
+        ("tests/store/test_audit_sync.py::test_a_refused_sync_stops_the_log_from_taking_rows",),
+    ),
+    Protection(
+        "a WAL file deleted under the broker is noticed: no value leaves on a row written into it",
+        "store/audit.py",
+        "if _deleted(fd):  # synced into a file that is gone: its rows are not on disk to stay",
+        "if False:",
+        ("tests/attacks/test_audit_wal.py",),
+    ),
+    Protection(
         "a remembered read of state.db (factors, approvers, approvals, open windows) is dropped when another "
         "process commits (a window revoked by hand is not answered from memory)",
         "store/sqlite.py",

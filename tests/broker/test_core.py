@@ -117,17 +117,17 @@ async def test_a_listing_row_is_written_before_any_later_row_and_a_failed_one_fa
     assert out.request is not None
     assert [r.event for r in broker.audit.list()][:2] == ["requested", "listed"]  # durable, in order (newest first)
 
-    real_append, real_many, real_now = broker.audit.append, broker.audit.append_many, broker.audit.append_now
+    real_append, real_many, real_now = broker.audit.append, broker.audit.append_many, broker.audit.stage
 
     def broken(*events: object) -> object:
         raise AuditError("disk full")
 
-    broker.audit.append = broker.audit.append_many = broker.audit.append_now = broken  # type: ignore[method-assign]
+    broker.audit.append = broker.audit.append_many = broker.audit.stage = broken  # type: ignore[method-assign]
     assert await broker.list_secrets(session) == {"dev": ["API_KEY", "DATABASE_URL"]}  # answered; its row failed
     await broker.recorder.drain()
     with pytest.raises(AuditError):
         await broker.list_secrets(session)  # fail closed: this one waited for its row
-    broker.audit.append, broker.audit.append_many, broker.audit.append_now = real_append, real_many, real_now  # type: ignore[method-assign]
+    broker.audit.append, broker.audit.append_many, broker.audit.stage = real_append, real_many, real_now  # type: ignore[method-assign]
     await broker.list_secrets(session)  # written again: awaited once more, then behind as before
     assert broker.audit.list()[0].event == "listed"
     await broker.list_secrets(session)
@@ -396,7 +396,7 @@ async def test_audit_failure_releases_nothing(broker: Broker, tmp_path: Path) ->
     def broken(*events: object) -> object:
         raise AuditError("disk full")
 
-    broker.audit.append = broker.audit.append_many = broker.audit.append_now = broken  # type: ignore[method-assign]
+    broker.audit.append = broker.audit.append_many = broker.audit.stage = broken  # type: ignore[method-assign]
     with pytest.raises(AuditError):
         await broker.wait(session, out.request.id, 0)
 
@@ -450,7 +450,7 @@ class Commits:
             return inner(events)
 
         audit.append_many = append_many
-        audit.append_now = lambda events: None  # every commit through append_many, to be seen here
+        audit.stage = lambda events: None  # every commit through append_many, to be seen here
 
 
 async def waiting(broker: Broker, session: Session, rid: str) -> asyncio.Task[Any]:

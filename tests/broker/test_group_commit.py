@@ -5,6 +5,7 @@ its own caller. On both engines, with another writer holding the log's append lo
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ import pytest
 
 from agent_vault.broker.recorder import Recorder
 from agent_vault.domain.errors import AuditError
-from agent_vault.store.audit import AuditEvent, AuditRecord
+from agent_vault.store.audit import AuditEvent, AuditRecord, Staged
 from agent_vault.store.interface import AuditRecords
 from tests.store.test_audit_engines import Store
 
@@ -29,19 +30,27 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 
 class Groups:
-    """Watches the real log's `append_many`: the size of each group, and a flag raised when one starts."""
+    """Watches the real log's commits (`append_many`, and `stage` where it commits): the size of each group, and
+    a flag raised when one starts."""
 
     def __init__(self, log: AuditRecords) -> None:
         self.sizes: list[int] = []
         self.started = threading.Event()
-        real = log.append_many
+        real, real_stage = log.append_many, log.stage
 
         def watched(events: Sequence[AuditEvent]) -> list[AuditRecord]:
             self.sizes.append(len(events))
             self.started.set()
             return real(events)
 
+        def staged(events: Sequence[AuditEvent]) -> Staged | None:
+            done = real_stage(events)
+            if done is not None:
+                self.sizes.append(len(events))
+            return done
+
         log.append_many = watched  # type: ignore[method-assign]
+        log.stage = staged  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -106,22 +115,65 @@ async def test_drain_waits_for_rows_still_being_committed(log: AuditRecords, sto
     assert (await task).request_id == "r1"
 
 
-async def test_a_lone_hot_row_is_committed_on_the_loop_and_other_rows_on_a_worker_thread(tmp_path: Path) -> None:
-    """A read inside a window alone in its round skips the trip to a worker thread; a decision row (whose
-    listener writes the checkpoint into state.db) and a round of several rows keep the fsync off the loop."""
+async def test_hot_rows_are_committed_on_the_loop_and_a_groups_fsync_off_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read inside a window skips the trip to a worker thread for its commit (alone in its round, its fsync too
+    is made on the loop); a round of several such rows is committed on the loop and synced on a worker thread, so
+    the worker never waits for the loop's hold on the interpreter between SQLite calls; a decision row (whose
+    listener writes the checkpoint into state.db) is committed and synced on a worker thread."""
     log = Store("sqlite", str(tmp_path / "audit.db")).open()
     committed_on: dict[str | None, int] = {}
     log.subscribe(lambda record: committed_on.__setitem__(record.request_id, threading.get_ident()))
+    synced_on: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced_on.append(threading.get_ident()), real(fd))[1])
     recorder, loop_thread = Recorder(log), threading.get_ident()
     try:
         await recorder.record(None, "auto_approved", None, request_id="alone")
+        assert synced_on == [loop_thread]
         await recorder.record(None, "approved", None, request_id="decision")
+        assert len(synced_on) == 2 and synced_on[1] != loop_thread
         await asyncio.gather(*(recorder.record(None, "delivered", None, request_id=f"g{i}") for i in range(3)))
+        assert loop_thread not in synced_on[1:], "a group's fsync stood the loop still"
     finally:
         log.close()
-    assert committed_on.pop("alone") == loop_thread
-    assert loop_thread not in committed_on.values(), committed_on
-    assert set(committed_on) == {"decision", "g0", "g1", "g2"}
+    assert committed_on.pop("decision") != loop_thread
+    assert set(committed_on.values()) == {loop_thread}, committed_on
+    assert set(committed_on) == {"alone", "g0", "g1", "g2"}
+
+
+async def test_no_value_waits_on_a_row_its_fsync_has_not_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows committed on the loop are in the WAL file but not yet on disk: their callers (each about to release a
+    value) go on only once the fsync that covers them has returned."""
+    store = Store("sqlite", str(tmp_path / "audit.db"))
+    log = store.open()
+    recorder = Recorder(log)
+    begun, release = threading.Event(), threading.Event()
+    real = os.fdatasync
+
+    def slow_disk(fd: int) -> None:
+        begun.set()
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_disk)
+    try:
+        reads = [
+            asyncio.create_task(recorder.record(None, "auto_approved", None, request_id=f"r{i}")) for i in range(3)
+        ]
+        assert await asyncio.to_thread(begun.wait, 10)
+        assert store.count() == 3, "committed together on the loop"
+        await asyncio.sleep(0.2)
+        assert not any(task.done() for task in reads), "released before its row was on disk"
+        release.set()
+        assert [(await task).request_id for task in reads] == ["r0", "r1", "r2"]
+    finally:
+        release.set()
+        await recorder.drain()
+        log.close()
 
 
 async def test_a_lone_row_the_log_cannot_take_at_once_waits_off_the_loop(tmp_path: Path) -> None:

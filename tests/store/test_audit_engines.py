@@ -722,19 +722,20 @@ def test_a_group_larger_than_one_statement_is_still_one_transaction(log: AuditRe
     assert log.verify().ok
 
 
-def test_append_now_commits_at_once_or_writes_nothing_rather_than_wait(log: AuditRecords, store: Store) -> None:
-    """A commit the broker may make on its event loop: durable and chained like `append_many` when the log is
-    free; None (nothing written, no wait) while another process or another thread of this one is writing.
+def test_stage_commits_at_once_or_writes_nothing_rather_than_wait(log: AuditRecords, store: Store) -> None:
+    """A commit the broker may make on its event loop: chained like `append_many` when the log is free, on disk
+    once settled; None (nothing written, no wait) while another process or another thread of this one is writing.
     PostgreSQL never takes one there (a round trip and another replica's lock): always None."""
     fill(log, 1)
-    now = log.append_now([AuditEvent("auto_approved", vault="dev", names=("API_KEY",), request_id="n1")])
+    now = log.stage([AuditEvent("auto_approved", vault="dev", names=("API_KEY",), request_id="n1")])
     if store.engine == "postgres":
         assert now is None and store.count() == 1
         return
-    assert now is not None and ids(now) == [2] and now[0].request_id == "n1"
+    assert now is not None and ids(list(now.records)) == [2] and now.records[0].request_id == "n1"
+    assert log.settle(now)
     assert store.count() == 2 and log.verify().ok
     with store.holding_append_lock():  # another process mid-append
-        assert log.append_now([AuditEvent("listed")]) is None
+        assert log.stage([AuditEvent("listed")]) is None
         assert store.count() == 2
     assert isinstance(log, AuditLog)
     holding, release = threading.Event(), threading.Event()
@@ -749,23 +750,23 @@ def test_append_now_commits_at_once_or_writes_nothing_rather_than_wait(log: Audi
     holding.wait(10)
     threading.Timer(0.3, release.set).start()  # a wait for the lock would end with a commit: not None
     try:
-        assert log.append_now([AuditEvent("listed")]) is None
+        assert log.stage([AuditEvent("listed")]) is None
     finally:
         release.set()
         other.join()
-    again = log.append_now([AuditEvent("listed")])
-    assert again is not None and ids(again) == [3] and log.verify().ok
+    again = log.stage([AuditEvent("listed")])
+    assert again is not None and ids(list(again.records)) == [3] and log.settle(again) and log.verify().ok
     # after a refusal the connection waits for the lock again as configured: append_many still queues behind it
     assert log.append(AuditEvent("listed")).id == 4
 
 
-def test_after_append_now_gave_way_an_append_still_waits_for_the_lock(tmp_path: Path) -> None:
-    """append_now asks SQLite not to wait; the connection's own wait is put back for the appends after it."""
+def test_after_stage_gave_way_an_append_still_waits_for_the_lock(tmp_path: Path) -> None:
+    """stage asks SQLite not to wait; the connection's own wait is put back for the appends after it."""
     store = Store("sqlite", str(tmp_path / "audit.db"))
     log = store.open(busy_timeout=10.0)
     try:
         with store.holding_append_lock():
-            assert log.append_now([AuditEvent("listed")]) is None
+            assert log.stage([AuditEvent("listed")]) is None
         holder = sqlite3.connect(store.target, isolation_level=None, check_same_thread=False)
         holder.execute("BEGIN IMMEDIATE")
         release = threading.Timer(0.3, holder.execute, ("ROLLBACK",))

@@ -13,8 +13,9 @@ release a value only after it; `record_behind` (a listing of names,
 which releases nothing) answers before its row's commit, in order with the rows after it, and its row waits
 up to `BEHIND_DELAY` for a commit to go in, so a run of listings costs one commit, not one each. Rows asked
 for while a commit is under way go together in the next one (group commit): one transaction and one
-fsync for the rows of many concurrent releases, each still durable before its caller goes on. A group's
-commit runs on a worker thread; a lone hot row's on the event loop when the log can take it without a wait.
+fsync for the rows of many concurrent releases, each still durable before its caller goes on. Hot rows (a
+windowed read's, a value handed over) are committed on the event loop when the log can take them without a wait,
+their fsync waited for on a worker thread (or, for a lone row, on the loop); other rounds go to a worker thread.
 """
 
 from __future__ import annotations
@@ -151,20 +152,24 @@ Written = tuple[AuditRecord, ...]
 BEHIND_DELAY = 0.05
 
 #: the rows a value waits for on the hot paths (a read inside a window, a value handed over after its
-#: approval): when one is alone in its round, it is committed on the event loop if the log can take it without
-#: a wait (`append_now`). Only rows no listener writes elsewhere for (integrity's checkpoint skips them)
-#: qualify. A listing's row is not one: it is written behind its answer, so the loop would only stand still
-#: for its fsync (back-to-back listings at the socket measured 0.47 -> 0.63 ms with it on the loop).
+#: approval): a round of only these is committed on the event loop if the log can take it without a wait
+#: (`stage`), and released once its fsync is done (`settle`: on the loop for a lone row, else on a worker
+#: thread while the loop goes on). Only rows no listener must hear of before they are on disk (integrity's
+#: checkpoint skips them) qualify. A listing's row is not one: it is written behind its answer, so the loop
+#: would only stand still for it (back-to-back listings at the socket measured 0.47 -> 0.63 ms on the loop).
 LOOP_EVENTS = frozenset({"auto_approved", "delivered"})
 
 
 class GroupCommit:
     """Appends from the event loop, committed in rounds (rounds.py): what is asked for while a commit is under
-    way waits and goes in the next one, in the order asked. A round of several rows is committed on a worker
-    thread (the fsync off the loop); a lone hot row (`LOOP_EVENTS`) on the loop itself when the log can take it
-    at once: one thread wake-up less per windowed read, which for one agent is most of the broker's own time
-    after the fsync. A group the log refuses is written again caller by caller, so one bad row fails only its own
-    caller (and the rows a caller asked for together stay together)."""
+    way waits and goes in the next one, in the order asked. A round of hot rows (`LOOP_EVENTS`) is committed on
+    the loop itself when the log can take it at once, and only its fsync waited for on a worker thread (a lone
+    row's on the loop: one thread wake-up less per windowed read, which for one agent is most of the broker's
+    own time after the fsync). Under load this keeps the worker thread off the interpreter's lock: a commit made
+    there took it again after each SQLite call, each time waiting for the loop to let go of it (measured: the
+    paced p99 of 100 agents on SQLite, docs/benchmarks.md). Other rounds are committed on a worker thread. A group
+    the log refuses is written again caller by caller, so one bad row fails only its own caller (and the rows a
+    caller asked for together stay together)."""
 
     def __init__(self, audit: AuditRecords) -> None:
         self._audit = audit
@@ -202,10 +207,13 @@ class GroupCommit:
     async def _commit_batches(self, batches: list[tuple[AuditEvent, ...]]) -> list[Written | BaseException]:
         events = [event for rows in batches for event in rows]
         try:
-            if len(events) == 1 and events[0].event in LOOP_EVENTS:
-                done = self._audit.append_now(events)  # a lone hot row: on the loop, unless it would wait
-                if done is not None:
-                    return [tuple(done)]
+            if all(event.event in LOOP_EVENTS for event in events):
+                staged = self._audit.stage(events)  # on the loop, unless it would wait; on disk once settled
+                if staged is not None:
+                    if len(events) > 1 or not self._audit.settle(staged, wait=False):
+                        await asyncio.to_thread(self._audit.settle, staged)
+                    records = iter(staged.records)
+                    return [tuple(next(records) for _ in rows) for rows in batches]
             records = iter(await asyncio.to_thread(self._audit.append_many, events))
             return [tuple(next(records) for _ in rows) for rows in batches]
         except Exception as exc:

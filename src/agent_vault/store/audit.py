@@ -1,6 +1,9 @@
 """The audit log: an append-only, hash-chained SQLite table of everything the broker does.
 
-Each row is committed (fsync) before `append` returns; `verify` recomputes the chain.
+Each row is durable (its commit's WAL pages synced to disk) before `append` returns; `verify` recomputes the
+chain. The sync is the log's own (`AuditLog._sync`): one fdatasync of the WAL file, which is what SQLite's
+`synchronous = FULL` does at every commit, here shared by every commit made before it starts, and for rows
+committed on an event loop (`stage`) waited for off it (`settle`).
 The events, the rows and their hashes, the chain walk and `RowFilter` are engine-neutral: the PostgreSQL
 engine (`store/postgres_audit.py`) shares them, with its own SQL `Dialect` for the filters.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -161,6 +165,16 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
+class Staged:
+    """Rows `AuditLog.stage` committed, not yet known to be on disk: nothing may be released on their
+    account before `settle` of this returns True."""
+
+    records: tuple[AuditRecord, ...]
+    #: the number of the commit that wrote them, among this log object's commits
+    commit: int
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     ok: bool
     #: rows checked (on failure, up to and including the first bad one)
@@ -187,6 +201,16 @@ class AuditLog:
         self._clock = clock or utc_now
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
+        #: commits this object has made, and how many of them are known to be on disk (`_sync`)
+        self._commits = 0
+        self._synced = 0
+        #: one fdatasync at a time; commits go on meanwhile (the next sync covers them)
+        self._sync_lock = threading.Lock()
+        self._wal_fd: int | None = None
+        #: why the disk refused a sync: the log stops taking rows (what was written since is unknown)
+        self._sync_failed: str | None = None
+        #: False where SQLite could not use a WAL file: then it syncs each commit itself (FULL)
+        self._wal_mode = True
         #: called with each committed row (integrity keeps a checkpoint of the chain in state.db, the
         #: checkpointer counts rows); a listener must not raise: its error would reach the appender
         self.listeners: builtins.list[Callable[[AuditRecord], None]] = list(listeners)
@@ -214,17 +238,23 @@ class AuditLog:
 
     def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
         """Commit `events` as consecutive rows, in order, in one transaction (one fsync for all: the group
-        commit of concurrent releases), and return them; on any failure raise AuditError, write none."""
+        commit of concurrent releases), and return them once on disk; on any failure raise AuditError, write
+        none (or, if the disk refused the sync, say so: the rows may be in the file, their caller releases
+        nothing)."""
         _check_events(events)
         with self._lock:
             records = self._commit(self._open_conn(), events)
+            commit = self._commits
+        self._sync(commit)
         return self._heard(records)
 
-    def append_now(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord] | None:
-        """As `append_many`, if that needs no wait: None, with nothing written, when another thread of this
-        process or another process is writing the log (the caller then commits with `append_many`, off its
-        event loop). The broker commits a lone row on its event loop this way, saving a trip to a worker
-        thread and back; the one wait left is the fsync itself."""
+    def stage(self, events: Sequence[AuditEvent]) -> Staged | None:
+        """Commit `events` as `append_many` does, if that needs no wait, without waiting for the disk: None, with
+        nothing written, when another thread of this process or another process is writing the log (the caller
+        then uses `append_many`, off its event loop). The listeners hear the rows at once, so stage only rows no
+        listener must see before they are on disk (integrity's checkpoint skips the hot rows). The broker commits
+        a windowed read's row on its event loop this way: no trip to a worker thread, no wait for the
+        interpreter's lock there under load; the sync alone (`settle`) may go to a thread."""
         _check_events(events)
         if not self._lock.acquire(blocking=False):
             return None
@@ -241,20 +271,66 @@ class AuditLog:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             records = self._commit(conn, events, begun=True)
+            commit = self._commits
         finally:
             self._lock.release()
-        return self._heard(records)
+        return Staged(tuple(self._heard(records)), commit)
+
+    def settle(self, staged: Staged, *, wait: bool = True) -> bool:
+        """Return once the commit of `staged` is on disk (True), syncing the WAL file if no sync begun after that
+        commit did so already; with `wait` False, False at once instead of waiting for another thread's sync
+        (call again off the event loop). Raises AuditError if the disk refused: release nothing."""
+        return self._sync(staged.commit, wait=wait)
+
+    def _sync(self, commit: int, *, wait: bool = True) -> bool:
+        """Make this object's commits up to number `commit` durable: one fdatasync of the WAL file covers every
+        commit whose pages were written before it began (group commit without holding up the next commit)."""
+        if self._synced >= commit:
+            return True
+        if not self._sync_lock.acquire(blocking=wait):
+            return False
+        try:
+            if self._synced >= commit:  # a sync begun after that commit covered it
+                return True
+            if self._sync_failed is not None:
+                raise AuditError(self._sync_failed)
+            upto = self._commits  # each commit counted here has already written its pages to the WAL file
+            if self._wal_mode:
+                try:
+                    fd = self._wal()
+                    os.fdatasync(fd)
+                    if _deleted(fd):  # synced into a file that is gone: its rows are not on disk to stay
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), f"{self.path}-wal")
+                except OSError as exc:
+                    self._sync_failed = _sync_refused(self.path, exc)
+                    raise AuditError(self._sync_failed) from exc
+            self._synced = upto
+            return True
+        finally:
+            self._sync_lock.release()
+
+    def _wal(self) -> int:
+        """A descriptor of the log's WAL file, where each commit writes its pages. SQLite keeps that file while
+        this object's connection is open (deleted from outside, it writes on into the deleted file: `_deleted`)."""
+        if self._wal_fd is None:
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return self._wal_fd
 
     def _commit(
         self, conn: sqlite3.Connection, events: Sequence[AuditEvent], *, begun: bool = False
     ) -> builtins.list[AuditRecord]:
         """Insert `events` as the next rows and commit them (after BEGIN IMMEDIATE, unless `begun`)."""
+        if self._sync_failed is not None:  # what the disk holds since is unknown: write nothing more
+            if begun:
+                _rollback(conn)
+            raise AuditError(self._sync_failed)
         try:
             if not begun:
                 conn.execute("BEGIN IMMEDIATE")
             try:
                 records = self._insert_all(conn, events)
                 conn.execute("COMMIT")
+                self._commits += 1
             except BaseException:
                 _rollback(conn)
                 raise
@@ -379,10 +455,13 @@ class AuditLog:
         return [record_from_row(row) for row in rows]
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._sync_lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -390,8 +469,10 @@ class AuditLog:
         try:
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            self._wal_mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal"
+            # In WAL mode a commit only writes the WAL file; `_sync` makes it durable (what FULL would do at each
+            # commit, shared here by concurrent commits). Without WAL, SQLite syncs each commit itself.
+            conn.execute("PRAGMA synchronous = NORMAL" if self._wal_mode else "PRAGMA synchronous = FULL")
             # search ignores case beyond ASCII (SQLite's lower() folds only A-Z)
             conn.create_function("casefold", 1, _casefold, deterministic=True)
         except sqlite3.Error as exc:
@@ -412,6 +493,29 @@ class AuditLog:
         rows = chained_rows(max(last_id, seq[0] if seq else 0), prev_hash, events, self._clock)
         conn.executemany(_INSERT, rows)
         return [record_from_row(row) for row in rows]
+
+
+def _deleted(fd: int) -> bool:
+    """Whether the file open as `fd` has been deleted. On Linux by the name /proc gives it (a readlink: right after
+    an fdatasync, an fstat cost 0.05-0.1 ms more here, measured in docs/benchmarks.md), elsewhere by its links."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(" (deleted)")  # its live name ends in "-wal"
+    except OSError:
+        return os.fstat(fd).st_nlink == 0
+
+
+def _sync_refused(path: Path, exc: OSError) -> str:
+    """Why the log stopped taking rows after a failed sync (`AuditLog._sync`), and what to do."""
+    if isinstance(exc, FileNotFoundError):
+        return (
+            f"the audit log's WAL file {path}-wal was deleted while the broker ran, so the rows written since are not "
+            "on disk; the log takes no more rows and nothing is released. Fix: restart the broker, then run "
+            "`agent-vault audit verify`."
+        )
+    return (
+        f"the audit log {path} could not be synced to disk ({exc.strerror or exc}); it takes no more rows and "
+        "nothing is released. Fix: check the disk, then restart the broker."
+    )
 
 
 # -- events ---------------------------------------------------------------------------------

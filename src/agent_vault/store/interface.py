@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.store.agents import Agent, AgentLimits
 from agent_vault.store.approvers import NamedApprover, RequestApproval
-from agent_vault.store.audit import AuditEvent, AuditRecord, ReleaseCount, RowFilter, VerifyResult
+from agent_vault.store.audit import AuditEvent, AuditRecord, ReleaseCount, RowFilter, Staged, VerifyResult
 from agent_vault.store.factors import EnrolToken, Factor
 from agent_vault.store.leases import LeaseRecord
 from agent_vault.store.sqlite import Window
@@ -69,8 +69,14 @@ class AuditRecords(Protocol):
 
     def append(self, event: AuditEvent) -> AuditRecord: ...
     def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]: ...
-    def append_now(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord] | None:
-        """`append_many` if it needs no wait for a lock or the network, else None with nothing written."""
+    def stage(self, events: Sequence[AuditEvent]) -> Staged | None:
+        """Commit `events` now if that needs no wait for a lock or the network, not yet known to be on disk (see
+        `settle`); None with nothing written otherwise, and always where the engine does not stage."""
+        ...
+
+    def settle(self, staged: Staged, *, wait: bool = True) -> bool:
+        """True once the rows of `staged` are on disk; False (with `wait` False) rather than wait for another
+        thread; AuditError if the disk refused."""
         ...
 
     def subscribe(self, listener: Callable[[AuditRecord], None]) -> None: ...

@@ -48,6 +48,7 @@ from agent_vault.store.audit import (
     Dialect,
     ReleaseCount,
     RowFilter,
+    Staged,
     VerifyResult,
     chained_rows,
     known_event,
@@ -248,10 +249,14 @@ class PostgresAuditLog:
                 listener(record)
         return records
 
-    def append_now(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord] | None:
+    def stage(self, events: Sequence[AuditEvent]) -> Staged | None:
         """Always None: a commit here is a round trip to the server and the advisory lock may be held by
         another replica, so it is never made on the caller's event loop (`append_many` off it instead)."""
         return None
+
+    def settle(self, staged: Staged, *, wait: bool = True) -> bool:
+        """Nothing is staged here (`stage`): every commit is durable when `append_many` returns."""
+        return True
 
     def list(
         self,
