@@ -1469,9 +1469,9 @@ PROTECTIONS: tuple[Protection, ...] = (
     ),
     Protection(
         "rows committed on the broker's event loop release their values only after the fsync that covers them",
-        "broker/recorder.py",
-        "                        await asyncio.to_thread(self._audit.settle, staged)\n",
-        "                        pass\n",
+        "store/audit.py",
+        "            await asyncio.to_thread(self.settle, staged)\n",
+        "            pass\n",
         ("tests/broker/test_group_commit.py::test_no_value_waits_on_a_row_its_fsync_has_not_reached",),
     ),
     Protection(
@@ -1503,9 +1503,25 @@ PROTECTIONS: tuple[Protection, ...] = (
         "the PostgreSQL log's rows are quoted by psycopg (ClientCursor), never pasted into the query that appends "
         "and commits them: an agent's reason, client name or detail cannot end the statement or add one",
         "store/postgres_audit.py",
-        'bound.execute(insert + "; COMMIT" if number == len(statements) else insert, values)',
-        'conn.execute((insert + "; COMMIT" if number == len(statements) else insert).replace("%s", "{}").format('
-        '*[("\'" + v + "\'") if isinstance(v, str) else ("NULL" if v is None else str(v)) for v in values]).encode())',
+        "                bound.execute(statement, values)\n",
+        '                conn.execute(statement.replace("%s", "{}").format(*[("\'" + v + "\'") if isinstance(v, str) '
+        'else ("NULL" if v is None else str(v)) for v in values or []]).encode())\n',
+        ("tests/attacks/test_audit_sql_text.py::test_text_made_to_break_out_of_its_quotes_is_stored_as_written",),
+    ),
+    Protection(
+        "every PostgreSQL audit connection commits durably, whatever the database's or role's default "
+        "(synchronous_commit = off would acknowledge a row a crash then loses)",
+        "store/postgres_audit.py",
+        "\" WHERE current_setting('synchronous_commit') = 'off'\"",
+        '" WHERE false"',
+        ("tests/store/test_audit_engines.py::test_commits_are_durable_whatever_the_database_default",),
+    ),
+    Protection(
+        "the same on the broker's event loop (`append_async`): its rows are quoted by psycopg, never pasted in",
+        "store/postgres_audit.py",
+        "            await bound.execute(statement, values)\n",
+        '            await conn.execute(statement.replace("%s", "{}").format(*[("\'" + v + "\'") if isinstance(v, str) '
+        'else ("NULL" if v is None else str(v)) for v in values or []]).encode())\n',
         ("tests/attacks/test_audit_sql_text.py::test_text_made_to_break_out_of_its_quotes_is_stored_as_written",),
     ),
     Protection(

@@ -15,7 +15,7 @@ import pytest
 
 from agent_vault.broker.recorder import Recorder
 from agent_vault.domain.errors import AuditError
-from agent_vault.store.audit import AuditEvent, AuditRecord, Staged
+from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord, Staged
 from agent_vault.store.interface import AuditRecords
 from tests.store.test_audit_engines import Store
 
@@ -30,27 +30,39 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 
 class Groups:
-    """Watches the real log's commits (`append_many`, and `stage` where it commits): the size of each group, and
-    a flag raised when one starts."""
+    """Watches the real log's commits (`append_many`; SQLite's `stage` where it commits, PostgreSQL's
+    `append_async`): the size of each group, and a flag raised when one starts."""
 
     def __init__(self, log: AuditRecords) -> None:
         self.sizes: list[int] = []
         self.started = threading.Event()
-        real, real_stage = log.append_many, log.stage
+        real = log.append_many
 
         def watched(events: Sequence[AuditEvent]) -> list[AuditRecord]:
             self.sizes.append(len(events))
             self.started.set()
             return real(events)
 
-        def staged(events: Sequence[AuditEvent]) -> Staged | None:
-            done = real_stage(events)
-            if done is not None:
-                self.sizes.append(len(events))
-            return done
-
         log.append_many = watched  # type: ignore[method-assign]
-        log.stage = staged  # type: ignore[method-assign]
+        if isinstance(log, AuditLog):  # its append_async commits through stage, or else append_many
+            real_stage = log.stage
+
+            def staged(events: Sequence[AuditEvent]) -> Staged | None:
+                done = real_stage(events)
+                if done is not None:
+                    self.sizes.append(len(events))
+                return done
+
+            log.stage = staged  # type: ignore[method-assign]
+            return
+        real_async = log.append_async
+
+        async def watched_async(events: Sequence[AuditEvent]) -> list[AuditRecord]:
+            self.sizes.append(len(events))
+            self.started.set()
+            return await real_async(events)
+
+        log.append_async = watched_async  # type: ignore[method-assign]
 
 
 @pytest.fixture

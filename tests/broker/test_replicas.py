@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -27,6 +28,7 @@ from agent_vault.domain.request import Status
 from agent_vault.domain.wire import OutcomeView
 from agent_vault.frontdoor.client import BrokerClient
 from agent_vault.home import StatePaths, ensure_private_dir
+from agent_vault.store.sqlite import Window
 from tests.conftest import FAKE_KEY, StepClock, decide_on_page, enrol_totp, totp_approvers, write_project
 from tests.store.postgres_server import PostgresServer
 
@@ -134,8 +136,6 @@ async def test_a_read_sees_a_revocation_made_while_an_earlier_window_lookup_was_
     only a lookup that starts after it asked. Here a lookup has read the windows and not returned yet when the
     window is revoked on the other replica; a read asked after the revocation must not ride on that lookup's
     answer."""
-    import threading
-
     a, b = homes
     project = write_project(tmp_path / "project").parent
     first, second = await start(a), await start(b)
@@ -146,19 +146,19 @@ async def test_a_read_sees_a_revocation_made_while_an_earlier_window_lookup_was_
     [window] = first.broker.windows()
 
     store = first.broker.ledger.store
-    real = store.active_windows
-    looked, release = threading.Event(), threading.Event()
+    real = store.active_windows_async
+    looked, release = asyncio.Event(), asyncio.Event()
 
-    def held_lookup(*args: object, **kwargs: object) -> object:
-        found = real(*args, **kwargs)  # the windows as they are now, the window still open
+    async def held_lookup(now: datetime, workspace: str | None = None, vault: str | None = None) -> list[Window]:
+        found = await real(now, workspace, vault)  # the windows as they are now, the window still open
         looked.set()
-        release.wait(10)
+        await release.wait()
         return found
 
-    store.active_windows = held_lookup  # type: ignore[method-assign]
+    store.active_windows_async = held_lookup  # type: ignore[method-assign]
     early = asyncio.ensure_future(api.request(read()))  # asked before the revocation: rides on this lookup
-    assert await anyio.to_thread.run_sync(looked.wait, 10)
-    store.active_windows = real  # type: ignore[method-assign]
+    await asyncio.wait_for(looked.wait(), 10)
+    store.active_windows_async = real  # type: ignore[method-assign]
     await second.broker.revoke_window(window.id)  # committed while the lookup above is still under way
     other = await agent(a, project)
     late = asyncio.ensure_future(other.request(read()))

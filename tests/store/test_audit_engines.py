@@ -5,6 +5,7 @@ names the same problems in the same words; every query returns the same rows. Ev
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sqlite3
 import threading
@@ -722,48 +723,153 @@ def test_a_group_larger_than_one_statement_is_still_one_transaction(log: AuditRe
     assert log.verify().ok
 
 
-def test_stage_commits_at_once_or_writes_nothing_rather_than_wait(log: AuditRecords, store: Store) -> None:
-    """A commit the broker may make on its event loop: chained like `append_many` when the log is free, on disk
-    once settled; None (nothing written, no wait) while another process or another thread of this one is writing.
-    PostgreSQL never takes one there (a round trip and another replica's lock): always None."""
-    fill(log, 1)
-    now = log.stage([AuditEvent("auto_approved", vault="dev", names=("API_KEY",), request_id="n1")])
+def test_append_async_chains_commits_and_tells_as_append_many_does(log: AuditRecords, store: Store) -> None:
+    """The broker's hot rows are appended from its event loop (`append_async`): consecutive rows chained after the
+    ones appended the other way, in one transaction, committed (seen from another connection) when it returns and
+    heard by the listeners, from one event loop and then another; a group the log refuses writes none of its rows
+    and the log goes on."""
+    first = fill(log, 2)[-1]
+    heard: list[AuditRecord] = []
+    log.subscribe(heard.append)
+    group = [
+        AuditEvent("auto_approved", vault="dev", names=("API_KEY",), request_id="h1"),
+        AuditEvent("delivered", vault="dev", names=("API_KEY",), request_id="h1"),
+    ]
+    records = asyncio.run(log.append_async(group))
+    assert ids(records) == [3, 4] and records[0].prev_hash == first.hash and records[1].prev_hash == records[0].hash
+    assert store.count() == 4 and heard == records
     if store.engine == "postgres":
-        assert now is None and store.count() == 1
-        return
-    assert now is not None and ids(list(now.records)) == [2] and now.records[0].request_id == "n1"
-    assert log.settle(now)
-    assert store.count() == 2 and log.verify().ok
-    with store.holding_append_lock():  # another process mid-append
-        assert log.stage([AuditEvent("listed")]) is None
-        assert store.count() == 2
-    assert isinstance(log, AuditLog)
-    holding, release = threading.Event(), threading.Event()
+        xids = store.execute("SELECT DISTINCT xmin::text FROM audit WHERE request_id = 'h1'")
+        assert len(xids) == 1
+    again = asyncio.run(log.append_async([AuditEvent("delivered", request_id="h2")]))  # another event loop
+    assert ids(again) == [5] and store.count() == 5
+    with pytest.raises(TypeError):
+        asyncio.run(log.append_async([AuditEvent("delivered", request_id="h3"), "not an event"]))  # type: ignore[list-item]
+    assert store.count() == 5
+    assert ids([log.append(AuditEvent("listed"))]) == [6] and log.verify().ok
 
-    def other_thread_appending() -> None:
-        with log._lock:
-            holding.set()
-            release.wait(10)
 
-    other = threading.Thread(target=other_thread_appending)
-    other.start()
-    holding.wait(10)
-    threading.Timer(0.3, release.set).start()  # a wait for the lock would end with a commit: not None
+def test_append_async_waits_for_another_appender_and_gives_up_in_time(store: Store) -> None:
+    """Another process in the middle of an append: `append_async` waits for it (no fork of the chain), and
+    after `busy_timeout` fails with AuditError, writing nothing; the next append goes in."""
+    log = store.open(busy_timeout=1.0)
     try:
-        assert log.stage([AuditEvent("listed")]) is None
+        with store.holding_append_lock(), pytest.raises(AuditError):
+            asyncio.run(log.append_async([AuditEvent("delivered", request_id="w1")]))
+        assert store.count() == 0
+
+        async def behind_the_other() -> list[AuditRecord]:
+            with store.holding_append_lock():
+                waiting = asyncio.ensure_future(log.append_async([AuditEvent("delivered", request_id="w2")]))
+                await asyncio.sleep(0.3)
+                assert not waiting.done() and store.count() == 0
+            return await waiting
+
+        assert ids(asyncio.run(behind_the_other())) == [1] and log.verify().ok
     finally:
-        release.set()
-        other.join()
-    again = log.stage([AuditEvent("listed")])
-    assert again is not None and ids(list(again.records)) == [3] and log.settle(again) and log.verify().ok
-    # after a refusal the connection waits for the lock again as configured: append_many still queues behind it
-    assert log.append(AuditEvent("listed")).id == 4
+        log.close()
+
+
+def test_connections_the_server_ended_are_replaced_before_use(postgres: PostgresServer) -> None:
+    """Every connection of the log ended by the server (a restart, an administrator, a failover), each just used:
+    the next append from the event loop and the next append and read from the pool go in over new connections
+    (the server's word that it ended them is heard), and so do those made after the connections sat idle."""
+    store = Store("postgres", postgres.database())
+    log = store.open()
+    end_others = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    async def scenario() -> None:
+        assert ids(await log.append_async([AuditEvent("delivered", request_id="d1")])) == [1]
+        assert ids([log.append(AuditEvent("listed"))]) == [2]
+        assert store.execute(end_others)[0][0] >= 2
+        assert ids(await log.append_async([AuditEvent("delivered", request_id="d2")])) == [3]
+        assert ids([log.append(AuditEvent("listed"))]) == [4] and len(log.list()) == 4
+        store.execute(end_others)
+        await asyncio.sleep(1.3)  # idle longer than a second: tested before use in any case
+        assert ids(await log.append_async([AuditEvent("delivered", request_id="d3")])) == [5]
+        assert len(log.list()) == 5
+
+    try:
+        asyncio.run(scenario())
+        assert log.verify().ok
+    finally:
+        log.close()
+
+
+def test_commits_are_durable_whatever_the_database_default(postgres: PostgresServer) -> None:
+    """A database (or role) whose default is `synchronous_commit = off` would acknowledge a commit before it is on
+    disk: every connection of the log, the pool's and the event loop's, turns it back on; a stronger default
+    (`remote_apply`, a synchronous standby's) is kept."""
+    from agent_vault.store.postgres_audit import PostgresAuditLog
+
+    store = Store("postgres", postgres.database())
+    set_default = (
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %%I SET synchronous_commit = {}', current_database()); END $$"
+    )
+    for default, expected in (("off", "on"), ("remote_apply", "remote_apply")):
+        store.execute(set_default.format(default))
+        log = store.open()
+        assert isinstance(log, PostgresAuditLog)
+
+        async def on_the_loop(log: PostgresAuditLog = log) -> Any:
+            await log.append_async([AuditEvent("delivered", request_id="s1")])
+            async with log._on_loop.connection() as conn:
+                return await (await conn.execute("SHOW synchronous_commit")).fetchone()
+
+        try:
+            log.append(AuditEvent("listed"))
+            assert log._query("SHOW synchronous_commit", []) == [(expected,)]
+            assert asyncio.run(on_the_loop()) == (expected,)
+        finally:
+            log.close()
+
+
+def test_stage_commits_at_once_or_writes_nothing_rather_than_wait(tmp_path: Path) -> None:
+    """SQLite's commit on the broker's event loop (`append_async`): chained like `append_many` when the log is
+    free, on disk once settled; None (nothing written, no wait) while another process or another thread of this
+    one is writing."""
+    store = Store("sqlite", str(tmp_path / "audit.db"))
+    log = AuditLog(Path(store.target))
+    try:
+        fill(log, 1)
+        now = log.stage([AuditEvent("auto_approved", vault="dev", names=("API_KEY",), request_id="n1")])
+        assert now is not None and ids(list(now.records)) == [2] and now.records[0].request_id == "n1"
+        assert log.settle(now)
+        assert store.count() == 2 and log.verify().ok
+        with store.holding_append_lock():  # another process mid-append
+            assert log.stage([AuditEvent("listed")]) is None
+            assert store.count() == 2
+        holding, release = threading.Event(), threading.Event()
+
+        def other_thread_appending() -> None:
+            with log._lock:
+                holding.set()
+                release.wait(10)
+
+        other = threading.Thread(target=other_thread_appending)
+        other.start()
+        holding.wait(10)
+        threading.Timer(0.3, release.set).start()  # a wait for the lock would end with a commit: not None
+        try:
+            assert log.stage([AuditEvent("listed")]) is None
+        finally:
+            release.set()
+            other.join()
+        again = log.stage([AuditEvent("listed")])
+        assert again is not None and ids(list(again.records)) == [3] and log.settle(again) and log.verify().ok
+        # after a refusal the connection waits for the lock again as configured: append_many still queues behind it
+        assert log.append(AuditEvent("listed")).id == 4
+    finally:
+        log.close()
 
 
 def test_after_stage_gave_way_an_append_still_waits_for_the_lock(tmp_path: Path) -> None:
     """stage asks SQLite not to wait; the connection's own wait is put back for the appends after it."""
     store = Store("sqlite", str(tmp_path / "audit.db"))
-    log = store.open(busy_timeout=10.0)
+    log = AuditLog(Path(store.target), busy_timeout=10.0)
     try:
         with store.holding_append_lock():
             assert log.stage([AuditEvent("listed")]) is None

@@ -3,6 +3,7 @@ PostgreSQL (`PostgresState`, on the session's throw-away cluster). Every value h
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -222,6 +223,22 @@ def test_active_windows_filter_by_time_workspace_and_vault(state: StateRecords) 
     assert [w.id for w in state.active_windows(T0, workspace="/other/fake/agent-vault.toml")] == ["win-other-ws"]
     assert [w.id for w in state.active_windows(T0 + timedelta(minutes=45))] == ["win-later"]
     assert state.active_windows(T0 + timedelta(hours=3)) == []
+
+
+def test_the_event_loops_lookup_answers_as_the_plain_one(state: StateRecords) -> None:
+    """The broker looks windows up from its event loop (`active_windows_async`: PostgreSQL over the loop's own
+    connection): the same windows, every field, as `active_windows`, from one loop and then another, and a window
+    revoked in between is gone at once."""
+    kept = a_window("win-kept", ends_at=T0 + timedelta(hours=2))
+    revoked = a_window("win-revoked", ends_at=T0 + timedelta(minutes=30), name=None, scope="vault")
+    other = a_window("win-other-vault", vault="other-fake-vault", ends_at=T0 + timedelta(minutes=20))
+    for w in (kept, revoked, other):
+        state.add_window(w)
+    assert asyncio.run(state.active_windows_async(T0)) == state.active_windows(T0) == [other, revoked, kept]
+    assert asyncio.run(state.active_windows_async(T0, vault="fake-vault")) == [revoked, kept]
+    state.revoke_window("win-revoked", T0)
+    assert asyncio.run(state.active_windows_async(T0)) == [other, kept]  # a second event loop, a revocation seen
+    assert asyncio.run(state.active_windows_async(T0 + timedelta(minutes=45))) == [kept]
 
 
 def test_revoke_returns_the_window_once_and_hides_it(state: StateRecords) -> None:

@@ -14,8 +14,8 @@ which releases nothing) answers before its row's commit, in order with the rows 
 up to `BEHIND_DELAY` for a commit to go in, so a run of listings costs one commit, not one each. Rows asked
 for while a commit is under way go together in the next one (group commit): one transaction and one
 fsync for the rows of many concurrent releases, each still durable before its caller goes on. Hot rows (a
-windowed read's, a value handed over) are committed on the event loop when the log can take them without a wait,
-their fsync waited for on a worker thread (or, for a lone row, on the loop); other rounds go to a worker thread.
+windowed read's, a value handed over) are appended from the event loop (`append_async`: no worker thread where
+the engine can do without); other rounds go to a worker thread.
 """
 
 from __future__ import annotations
@@ -152,22 +152,22 @@ Written = tuple[AuditRecord, ...]
 BEHIND_DELAY = 0.05
 
 #: the rows a value waits for on the hot paths (a read inside a window, a value handed over after its
-#: approval): a round of only these is committed on the event loop if the log can take it without a wait
-#: (`stage`), and released once its fsync is done (`settle`: on the loop for a lone row, else on a worker
-#: thread while the loop goes on). Only rows no listener must hear of before they are on disk (integrity's
-#: checkpoint skips them) qualify. A listing's row is not one: it is written behind its answer, so the loop
-#: would only stand still for it (back-to-back listings at the socket measured 0.47 -> 0.63 ms on the loop).
+#: approval): a round of only these is appended from the event loop (`append_async`: SQLite commits it on the
+#: loop if it can without a wait and syncs it on a worker thread, PostgreSQL sends it over the loop's own
+#: connection). Only rows no listener must hear of before they are on disk (integrity's checkpoint skips them)
+#: qualify: SQLite's listeners hear of a row committed on the loop before its sync. A listing's row is not one:
+#: it is written behind its answer, so the loop would only stand still for it (back-to-back listings at the
+#: socket measured 0.47 -> 0.63 ms on the loop).
 LOOP_EVENTS = frozenset({"auto_approved", "delivered"})
 
 
 class GroupCommit:
     """Appends from the event loop, committed in rounds (rounds.py): what is asked for while a commit is under
-    way waits and goes in the next one, in the order asked. A round of hot rows (`LOOP_EVENTS`) is committed on
-    the loop itself when the log can take it at once, and only its fsync waited for on a worker thread (a lone
-    row's on the loop: one thread wake-up less per windowed read, which for one agent is most of the broker's
-    own time after the fsync). Under load this keeps the worker thread off the interpreter's lock: a commit made
-    there took it again after each SQLite call, each time waiting for the loop to let go of it (measured: the
-    paced p99 of 100 agents on SQLite, docs/benchmarks.md). Other rounds are committed on a worker thread. A group
+    way waits and goes in the next one, in the order asked. A round of hot rows (`LOOP_EVENTS`) is appended from
+    the loop itself (`append_async`): under load this keeps worker threads off the interpreter's lock, which a
+    commit made on one took again after each SQLite or libpq call, each time waiting for the loop to let go of it
+    (measured: the paced p99 of 100 agents, docs/benchmarks.md); for one agent it saves a thread wake-up per
+    windowed read. Other rounds are committed on a worker thread. A group
     the log refuses is written again caller by caller, so one bad row fails only its own caller (and the rows a
     caller asked for together stay together)."""
 
@@ -208,13 +208,9 @@ class GroupCommit:
         events = [event for rows in batches for event in rows]
         try:
             if all(event.event in LOOP_EVENTS for event in events):
-                staged = self._audit.stage(events)  # on the loop, unless it would wait; on disk once settled
-                if staged is not None:
-                    if len(events) > 1 or not self._audit.settle(staged, wait=False):
-                        await asyncio.to_thread(self._audit.settle, staged)
-                    records = iter(staged.records)
-                    return [tuple(next(records) for _ in rows) for rows in batches]
-            records = iter(await asyncio.to_thread(self._audit.append_many, events))
+                records = iter(await self._audit.append_async(events))
+            else:
+                records = iter(await asyncio.to_thread(self._audit.append_many, events))
             return [tuple(next(records) for _ in rows) for rows in batches]
         except Exception as exc:
             if len(batches) == 1:

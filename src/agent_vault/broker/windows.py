@@ -8,7 +8,6 @@ them, and no read. Windows are shared by all of the user's sessions and never co
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -101,12 +100,13 @@ class WindowPolicy:
         return self._split_among(now, windows, workspace, vault, names, definition, action, subject)
 
     async def _look_up(self, calls: list[None]) -> list[tuple[datetime, list[Window]] | BaseException]:
-        """One round of `split_soon`: the windows active now (every workspace and vault), for each call waiting.
-        A query per read, and the GIL a thread per read contends for, were most of a read's cost on PostgreSQL
-        under many agents; a call joins only a round that starts after it asked (rounds.py), so it sees every
-        window change committed before it asked, a revocation included."""
+        """One round of `split_soon`: the windows active now (every workspace and vault), for each call waiting,
+        in one query made on the event loop (PostgreSQL: its own connection). A query per read, then the GIL a
+        worker thread per round contends for, were most of a read's cost on PostgreSQL under many agents; a call
+        joins only a round that starts after it asked (rounds.py), so it sees every window change committed before
+        it asked, a revocation included."""
         now = self._clock()
-        found = (now, await asyncio.to_thread(self._store.active_windows, now))
+        found = (now, await self._store.active_windows_async(now))
         return [found] * len(calls)
 
     def _split_among(

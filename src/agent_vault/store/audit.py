@@ -3,13 +3,14 @@
 Each row is durable (its commit's WAL pages synced to disk) before `append` returns; `verify` recomputes the
 chain. The sync is the log's own (`AuditLog._sync`): one fdatasync of the WAL file, which is what SQLite's
 `synchronous = FULL` does at every commit, here shared by every commit made before it starts, and for rows
-committed on an event loop (`stage`) waited for off it (`settle`).
+committed on an event loop (`stage`, by `append_async`) waited for off it (`settle`).
 The events, the rows and their hashes, the chain walk and `RowFilter` are engine-neutral: the PostgreSQL
 engine (`store/postgres_audit.py`) shares them, with its own SQL `Dialect` for the filters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import errno
@@ -281,6 +282,18 @@ class AuditLog:
         commit did so already; with `wait` False, False at once instead of waiting for another thread's sync
         (call again off the event loop). Raises AuditError if the disk refused: release nothing."""
         return self._sync(staged.commit, wait=wait)
+
+    async def append_async(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
+        """`append_many` for a caller on an event loop (the broker's hot rows: a windowed read's, a value handed
+        over): committed on the loop when that needs no wait (`stage`), else on a worker thread; durable when it
+        returns. A lone row's sync is made on the loop (its one caller waits for it anyway), a group's on a worker
+        thread, which then needs the interpreter's lock once rather than after each SQLite call."""
+        staged = self.stage(events)
+        if staged is None:
+            return await asyncio.to_thread(self.append_many, events)
+        if len(events) > 1 or not self.settle(staged, wait=False):
+            await asyncio.to_thread(self.settle, staged)
+        return list(staged.records)
 
     def _sync(self, commit: int, *, wait: bool = True) -> bool:
         """Make this object's commits up to number `commit` durable: one fdatasync of the WAL file covers every

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from agent_vault.domain.request import AccessRequest, Status
 from agent_vault.store.agents import Agent, AgentLimits
 from agent_vault.store.approvers import NamedApprover, RequestApproval
-from agent_vault.store.audit import AuditEvent, AuditRecord, ReleaseCount, RowFilter, Staged, VerifyResult
+from agent_vault.store.audit import AuditEvent, AuditRecord, ReleaseCount, RowFilter, VerifyResult
 from agent_vault.store.factors import EnrolToken, Factor
 from agent_vault.store.leases import LeaseRecord
 from agent_vault.store.sqlite import Window
@@ -42,6 +42,12 @@ class WindowRecords(Protocol):
 
     def add_window(self, window: Window) -> None: ...
     def active_windows(self, now: datetime, workspace: str | None = None, vault: str | None = None) -> list[Window]: ...
+    async def active_windows_async(
+        self, now: datetime, workspace: str | None = None, vault: str | None = None
+    ) -> list[Window]:
+        """`active_windows` for a caller on an event loop, without a worker thread where the engine can."""
+        ...
+
     def revoke_window(self, window_id: str, at: datetime) -> Window | None: ...
 
 
@@ -69,14 +75,10 @@ class AuditRecords(Protocol):
 
     def append(self, event: AuditEvent) -> AuditRecord: ...
     def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]: ...
-    def stage(self, events: Sequence[AuditEvent]) -> Staged | None:
-        """Commit `events` now if that needs no wait for a lock or the network, not yet known to be on disk (see
-        `settle`); None with nothing written otherwise, and always where the engine does not stage."""
-        ...
-
-    def settle(self, staged: Staged, *, wait: bool = True) -> bool:
-        """True once the rows of `staged` are on disk; False (with `wait` False) rather than wait for another
-        thread; AuditError if the disk refused."""
+    async def append_async(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
+        """`append_many` for a caller on an event loop, durable when it returns, with as little work off the loop
+        as the engine allows (SQLite: the commit on the loop when it need not wait, the sync shared; PostgreSQL:
+        an asynchronous connection of the loop's own)."""
         ...
 
     def subscribe(self, listener: Callable[[AuditRecord], None]) -> None: ...

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from agent_vault.domain.errors import StoreUnavailable
 from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
+from agent_vault.store.postgres_loop import LoopConnection
 from agent_vault.store.postgres_reach import IdleCheck, describe_url, out_of_reach, why
 from agent_vault.store.sqlite import Window, requester_row
 
@@ -220,6 +221,8 @@ class PostgresState:
             name="agent-vault-state",
             open=True,
         )
+        #: the broker's event loop's own connection, for the queries on every windowed read's path
+        self._on_loop = LoopConnection(url, dict_row, setup=_TIMES_IN_UTC, timeout=timeout)
         try:
             self._migrate()
         except BaseException:
@@ -228,15 +231,29 @@ class PostgresState:
 
     def close(self) -> None:
         self._pool.close()
+        self._on_loop.close()
 
     @contextmanager
     def connection(self) -> Iterator[Connection[DictRow]]:
         """A connection from the pool (autocommit, dict rows, times in UTC), for this module and the ones that
         keep their own tables here (`store/postgres_factors.py`); several statements that go together use
         `conn.transaction()`. StoreUnavailable when the server is out of reach."""
-        try:
-            with self._pool.connection() as conn:
+        with self._reaching(), self._pool.connection() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def connection_async(self) -> AsyncIterator[psycopg.AsyncConnection[DictRow]]:
+        """`connection` for a caller on the broker's event loop: the loop's own asynchronous connection."""
+        with self._reaching():
+            async with self._on_loop.connection() as conn:
                 yield conn
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """StoreUnavailable for a failure that says the server is out of reach (the pool's idle connections then
+        tested in the background)."""
+        try:
+            yield
         except (psycopg.OperationalError, PoolTimeout) as exc:
             if not out_of_reach(exc):
                 raise
@@ -383,16 +400,15 @@ class PostgresState:
             )
 
     def active_windows(self, now: datetime, workspace: str | None = None, vault: str | None = None) -> list[Window]:
-        sql = f"SELECT {_WINDOW_COLUMNS} FROM windows WHERE revoked_at IS NULL AND ends_at > %s"  # noqa: S608
-        args: list[Any] = [_utc(now)]
-        if workspace is not None:
-            sql += " AND workspace = %s"
-            args.append(workspace)
-        if vault is not None:
-            sql += " AND vault = %s"
-            args.append(vault)
         with self.connection() as conn:
-            rows = conn.execute(sql + " ORDER BY ends_at", args).fetchall()
+            rows = conn.execute(*_active_windows(now, workspace, vault)).fetchall()
+        return [Window(**r) for r in rows]
+
+    async def active_windows_async(
+        self, now: datetime, workspace: str | None = None, vault: str | None = None
+    ) -> list[Window]:
+        async with self.connection_async() as conn:
+            rows = await (await conn.execute(*_active_windows(now, workspace, vault))).fetchall()
         return [Window(**r) for r in rows]
 
     def revoke_window(self, window_id: str, at: datetime) -> Window | None:
@@ -471,9 +487,25 @@ def _migrated(conn: Connection[DictRow]) -> bool:
     return row is not None and int(row["version"]) >= len(MIGRATIONS)
 
 
+#: each new connection reads times in UTC (psycopg then gives them `datetime.UTC`, as SQLite's engine does)
+_TIMES_IN_UTC = "SET TIME ZONE 'UTC'"
+
+
 def _configure(conn: Connection[DictRow]) -> None:
-    """Each new connection reads times in UTC (psycopg then gives them `datetime.UTC`, as SQLite's engine does)."""
-    conn.execute("SET TIME ZONE 'UTC'")
+    conn.execute(_TIMES_IN_UTC)
+
+
+def _active_windows(now: datetime, workspace: str | None, vault: str | None) -> tuple[str, list[Any]]:
+    """The query of `active_windows` and its parameters."""
+    query = f"SELECT {_WINDOW_COLUMNS} FROM windows WHERE revoked_at IS NULL AND ends_at > %s"  # noqa: S608
+    args: list[Any] = [_utc(now)]
+    if workspace is not None:
+        query += " AND workspace = %s"
+        args.append(workspace)
+    if vault is not None:
+        query += " AND vault = %s"
+        args.append(vault)
+    return query + " ORDER BY ends_at", args
 
 
 def _utc(value: datetime | None) -> datetime | None:

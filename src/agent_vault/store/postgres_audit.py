@@ -34,8 +34,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import Connection, IsolationLevel, sql
-from psycopg.rows import TupleRow
+from psycopg import AsyncConnection, Connection, IsolationLevel, sql
+from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from agent_vault.domain.errors import AuditError
@@ -48,7 +48,6 @@ from agent_vault.store.audit import (
     Dialect,
     ReleaseCount,
     RowFilter,
-    Staged,
     VerifyResult,
     chained_rows,
     known_event,
@@ -57,6 +56,7 @@ from agent_vault.store.audit import (
     utc_now,
     walk_chain,
 )
+from agent_vault.store.postgres_loop import LoopConnection
 from agent_vault.store.postgres_reach import IdleCheck, describe_url, why
 
 if TYPE_CHECKING:
@@ -189,10 +189,15 @@ class PostgresAuditLog:
         self.where = describe_url(url)
         self._idle = IdleCheck()
         self._clock = clock or utc_now
-        self._busy_timeout = busy_timeout
         #: called with each committed row; a listener must not raise: its error would reach the appender
         self.listeners: builtins.list[Callable[[AuditRecord], None]] = list(listeners)
         self._closed = False
+        #: each connection's settings: a lock waited for at most `busy_timeout`, and commits durable (a server or
+        #: role default of `synchronous_commit = off` would let an acknowledged row vanish in a crash)
+        self._settings = sql.SQL(
+            "SET lock_timeout = {}; SELECT set_config('synchronous_commit', 'on', false)"
+            " WHERE current_setting('synchronous_commit') = 'off'"
+        ).format(sql.Literal(max(1, int(busy_timeout * 1000))))
         conn = self._connect("open")
         try:
             _check_encoding(conn)
@@ -214,6 +219,8 @@ class PostgresAuditLog:
             name="agent-vault-audit",
             open=True,
         )
+        #: the broker's event loop's own connection, for `append_async`
+        self._on_loop = LoopConnection(url, tuple_row, setup=self._settings, timeout=pool_timeout)
 
     def __enter__(self) -> PostgresAuditLog:
         return self
@@ -233,30 +240,39 @@ class PostgresAuditLog:
         """Commit `events` as consecutive rows, in order, in one transaction (one flush of the WAL for all:
         the group commit of concurrent releases), and return them; on any failure raise AuditError, write
         none."""
-        if not all(isinstance(event, AuditEvent) for event in events):
-            raise TypeError("append() takes an AuditEvent")
-        for event in events:
-            _refuse_nul(event, self.where)
-        self._check_open()
+        self._check_appending(events)
         try:
             with self._pool.connection() as conn:
                 records = _append_committed(conn, events, self._clock)
             # synchronous_commit on: the rows are durable
         except psycopg.Error as exc:
             raise AuditError(_explain(self.where, "write", exc)) from exc
+        return self._heard(records)
+
+    async def append_async(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
+        """`append_many` for a caller on an event loop, over that loop's own asynchronous connection: no worker
+        thread, the same two round trips and the same lock, durable when it returns."""
+        self._check_appending(events)
+        try:
+            async with self._on_loop.connection() as conn:
+                records = await _append_committed_async(conn, events, self._clock)
+        except psycopg.Error as exc:
+            raise AuditError(_explain(self.where, "write", exc)) from exc
+        return self._heard(records)
+
+    def _check_appending(self, events: Sequence[AuditEvent]) -> None:
+        if not all(isinstance(event, AuditEvent) for event in events):
+            raise TypeError("append() takes an AuditEvent")
+        for event in events:
+            _refuse_nul(event, self.where)
+        self._check_open()
+
+    def _heard(self, records: builtins.list[AuditRecord]) -> builtins.list[AuditRecord]:
+        """`records`, committed, told to the listeners."""
         for record in records:
             for listener in self.listeners:
                 listener(record)
         return records
-
-    def stage(self, events: Sequence[AuditEvent]) -> Staged | None:
-        """Always None: a commit here is a round trip to the server and the advisory lock may be held by
-        another replica, so it is never made on the caller's event loop (`append_many` off it instead)."""
-        return None
-
-    def settle(self, staged: Staged, *, wait: bool = True) -> bool:
-        """Nothing is staged here (`stage`): every commit is durable when `append_many` returns."""
-        return True
 
     def list(
         self,
@@ -449,6 +465,7 @@ class PostgresAuditLog:
         if not self._closed:
             self._closed = True
             self._pool.close()
+            self._on_loop.close()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -484,12 +501,7 @@ class PostgresAuditLog:
         return conn
 
     def _configure(self, conn: Connection[TupleRow]) -> None:
-        """Each connection waits at most `busy_timeout` for a lock and commits durably (a server or role
-        default of `synchronous_commit = off` would let an acknowledged row vanish in a crash)."""
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(max(1, int(self._busy_timeout * 1000)))))
-        durable = conn.execute("SHOW synchronous_commit").fetchone()
-        if durable is None or durable[0] == "off":
-            conn.execute("SET synchronous_commit = on")
+        conn.execute(self._settings)
 
     def _insert_all(self, conn: Connection[TupleRow], events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
         """`events` as rows on `conn`, inside a transaction the caller holds with the append lock."""
@@ -522,17 +534,29 @@ def _append_committed(
         found.nextset()  # past BEGIN's and the lock's results, to the head
         found.nextset()
         rows = chained_rows(*_continued(found.fetchone()), events, clock)
-        statements = _inserts(rows)
         with psycopg.ClientCursor(conn) as bound:
-            for number, (insert, values) in enumerate(statements, start=1):
-                bound.execute(insert + "; COMMIT" if number == len(statements) else insert, values)
-        if not statements:
-            conn.execute("COMMIT")
+            for statement, values in _committing(rows):
+                bound.execute(statement, values)
     except BaseException:
         if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             with suppress(psycopg.Error):  # the first failure is the one to report; the pool resets what is left
                 conn.execute("ROLLBACK")
         raise
+    return [record_from_row(row) for row in rows]
+
+
+async def _append_committed_async(
+    conn: AsyncConnection[TupleRow], events: Sequence[AuditEvent], clock: Callable[[], datetime]
+) -> builtins.list[AuditRecord]:
+    """`_append_committed` on an asynchronous connection. One that fails is left inside its transaction, and
+    `LoopConnection` closes it: the server rolls back."""
+    found = await conn.execute(_LOCKED_HEAD)
+    found.nextset()
+    found.nextset()
+    rows = chained_rows(*_continued(await found.fetchone()), events, clock)
+    async with psycopg.AsyncClientCursor(conn) as bound:
+        for statement, values in _committing(rows):
+            await bound.execute(statement, values)
     return [record_from_row(row) for row in rows]
 
 
@@ -542,6 +566,16 @@ def _continued(head: tuple[Any, ...] | None) -> tuple[int, str]:
     last_head, newest_id, newest_hash = head or (None, None, None)
     last_id, prev_hash = (int(newest_id), str(newest_hash)) if newest_id is not None else (0, GENESIS_HASH)
     return max(last_id, int(last_head or 0)), prev_hash
+
+
+def _committing(rows: Sequence[tuple[Any, ...]]) -> builtins.list[tuple[str, builtins.list[Any] | None]]:
+    """An append's second round trip: the INSERT statements of `rows`, the last one ending the transaction."""
+    statements: builtins.list[tuple[str, builtins.list[Any] | None]] = [*_inserts(rows)]
+    if not statements:
+        return [("COMMIT", None)]
+    last, values = statements[-1]
+    statements[-1] = (last + "; COMMIT", values)
+    return statements
 
 
 def _inserts(rows: Sequence[tuple[Any, ...]]) -> builtins.list[tuple[str, builtins.list[Any]]]:

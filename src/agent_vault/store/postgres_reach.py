@@ -5,6 +5,7 @@ connection gets before use when it sat idle (one the server dropped meanwhile is
 
 from __future__ import annotations
 
+import select
 import time
 import weakref
 from typing import Any
@@ -52,10 +53,22 @@ def why(exc: psycopg.Error | PoolTimeout) -> str:
     return str(exc).strip()
 
 
+def heard_from(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server sent an idle connection something (its socket is readable, without a wait). Nothing was
+    asked of it, so that is most likely word that the server ended it (a restart or failover ends each connection
+    with a message), else a notice: either way the connection is worth a test before use."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
 class IdleCheck:
     """The pool's `check` and `reset` callbacks: a connection back in the pool is stamped, and one that sat
-    there longer than `idle` seconds is tested with a round trip before it is handed out (the pool replaces
-    it if that fails). Busy connections skip the test, so a loaded broker pays nothing for it."""
+    there longer than `idle` seconds, or that the server sent something meanwhile (`heard_from`), is tested with
+    a round trip before it is handed out (the pool replaces it if that fails). Other connections skip the test, so
+    a loaded broker pays one `select` for it, and the first call after a restart finds a working connection."""
 
     def __init__(self, idle: float = 1.0) -> None:
         self.idle = idle
@@ -66,5 +79,5 @@ class IdleCheck:
 
     def check(self, conn: psycopg.Connection[Any]) -> None:
         returned = self._returned.get(conn)
-        if returned is None or time.monotonic() - returned > self.idle:
+        if returned is None or time.monotonic() - returned > self.idle or heard_from(conn):
             conn.execute("")  # raises if the server dropped it: the pool makes a new one

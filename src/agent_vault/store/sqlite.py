@@ -7,6 +7,7 @@ deny racing on one request produce exactly one outcome. Values never touch this 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -408,6 +409,12 @@ class StateStore:
             with self._lock:
                 return list(self._windows_at(self._db, now, workspace, vault))
         return [w for w in windows if w.ends_at > now]
+
+    async def active_windows_async(
+        self, now: datetime, workspace: str | None = None, vault: str | None = None
+    ) -> list[Window]:
+        """`active_windows` for a caller on an event loop (a worker thread's work here)."""
+        return await asyncio.to_thread(self.active_windows, now, workspace, vault)
 
     @staticmethod
     def _windows_at(
