@@ -32,7 +32,7 @@ from agent_vault.domain.errors import StoreUnavailable
 from agent_vault.domain.request import AccessRequest, Operation, Requester, Status
 from agent_vault.store.postgres_loop import LoopConnection
 from agent_vault.store.postgres_reach import IdleCheck, describe_url, out_of_reach, why
-from agent_vault.store.sqlite import Window, requester_row
+from agent_vault.store.sqlite import Window, open_windows_query, requester_row
 
 MIGRATIONS: list[str] = [
     # 1: requests, windows and meta, as the SQLite engine has them after its migration 5 (the approver's
@@ -401,14 +401,14 @@ class PostgresState:
 
     def active_windows(self, now: datetime, workspace: str | None = None, vault: str | None = None) -> list[Window]:
         with self.connection() as conn:
-            rows = conn.execute(*_active_windows(now, workspace, vault)).fetchall()
+            rows = conn.execute(*_open_windows(now, workspace, vault)).fetchall()
         return [Window(**r) for r in rows]
 
     async def active_windows_async(
         self, now: datetime, workspace: str | None = None, vault: str | None = None
     ) -> list[Window]:
         async with self.connection_async() as conn:
-            rows = await (await conn.execute(*_active_windows(now, workspace, vault))).fetchall()
+            rows = await (await conn.execute(*_open_windows(now, workspace, vault))).fetchall()
         return [Window(**r) for r in rows]
 
     def revoke_window(self, window_id: str, at: datetime) -> Window | None:
@@ -495,17 +495,8 @@ def _configure(conn: Connection[DictRow]) -> None:
     conn.execute(_TIMES_IN_UTC)
 
 
-def _active_windows(now: datetime, workspace: str | None, vault: str | None) -> tuple[str, list[Any]]:
-    """The query of `active_windows` and its parameters."""
-    query = f"SELECT {_WINDOW_COLUMNS} FROM windows WHERE revoked_at IS NULL AND ends_at > %s"  # noqa: S608
-    args: list[Any] = [_utc(now)]
-    if workspace is not None:
-        query += " AND workspace = %s"
-        args.append(workspace)
-    if vault is not None:
-        query += " AND vault = %s"
-        args.append(vault)
-    return query + " ORDER BY ends_at", args
+def _open_windows(now: datetime, workspace: str | None, vault: str | None) -> tuple[str, list[Any]]:
+    return open_windows_query(_WINDOW_COLUMNS, _utc(now), workspace, vault, mark="%s")
 
 
 def _utc(value: datetime | None) -> datetime | None:

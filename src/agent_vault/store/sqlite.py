@@ -420,15 +420,7 @@ class StateStore:
     def _windows_at(
         db: sqlite3.Connection, now: datetime, workspace: str | None, vault: str | None
     ) -> tuple[Window, ...]:
-        sql = "SELECT * FROM windows WHERE revoked_at IS NULL AND ends_at > ?"
-        args: list[Any] = [_ts(now)]
-        if workspace is not None:
-            sql += " AND workspace = ?"
-            args.append(workspace)
-        if vault is not None:
-            sql += " AND vault = ?"
-            args.append(vault)
-        cur = db.execute(sql + " ORDER BY ends_at", args)
+        cur = db.execute(*open_windows_query("*", _ts(now), workspace, vault, mark="?"))
         cols = [d[0] for d in cur.description]
         return tuple(_window_from_row(dict(zip(cols, r, strict=True))) for r in cur.fetchall())
 
@@ -442,6 +434,20 @@ class StateStore:
             cur = db.execute("SELECT * FROM windows WHERE id = ?", (window_id,))
             cols = [d[0] for d in cur.description]
             return _window_from_row(dict(zip(cols, cur.fetchone(), strict=True)))
+
+
+def open_windows_query(
+    columns: str, now: object, workspace: str | None, vault: str | None, *, mark: str
+) -> tuple[str, list[Any]]:
+    """The query of the windows open at `now` (of one workspace, one vault, or all), the soonest to end first,
+    and its parameters, in an engine's spelling: its placeholder `mark` and its stored form of `now`."""
+    query = f"SELECT {columns} FROM windows WHERE revoked_at IS NULL AND ends_at > {mark}"  # noqa: S608
+    args: list[Any] = [now]
+    for column, value in (("workspace", workspace), ("vault", vault)):
+        if value is not None:
+            query += f" AND {column} = {mark}"
+            args.append(value)
+    return query + " ORDER BY ends_at", args
 
 
 def requester_row(r: Requester) -> dict[str, Any]:
