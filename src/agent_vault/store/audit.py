@@ -242,12 +242,12 @@ class AuditLog:
         commit of concurrent releases), and return them once on disk; on any failure raise AuditError, write
         none (or, if the disk refused the sync, say so: the rows may be in the file, their caller releases
         nothing)."""
-        _check_events(events)
+        check_events(events)
         with self._lock:
             records = self._commit(self._open_conn(), events)
             commit = self._commits
         self._sync(commit)
-        return self._heard(records)
+        return told(self.listeners, records)
 
     def stage(self, events: Sequence[AuditEvent]) -> Staged | None:
         """Commit `events` as `append_many` does, if that needs no wait, without waiting for the disk: None, with
@@ -256,7 +256,7 @@ class AuditLog:
         listener must see before they are on disk (integrity's checkpoint skips the hot rows). The broker commits
         a windowed read's row on its event loop this way: no trip to a worker thread, no wait for the
         interpreter's lock there under load; the sync alone (`settle`) may go to a thread."""
-        _check_events(events)
+        check_events(events)
         if not self._lock.acquire(blocking=False):
             return None
         try:
@@ -275,7 +275,7 @@ class AuditLog:
             commit = self._commits
         finally:
             self._lock.release()
-        return Staged(tuple(self._heard(records)), commit)
+        return Staged(tuple(told(self.listeners, records)), commit)
 
     def settle(self, staged: Staged, *, wait: bool = True) -> bool:
         """Return once the commit of `staged` is on disk (True), syncing the WAL file if no sync begun after that
@@ -349,12 +349,6 @@ class AuditLog:
                 raise
         except sqlite3.Error as exc:
             raise AuditError(_explain(self.path, "write", exc)) from exc
-        return records
-
-    def _heard(self, records: builtins.list[AuditRecord]) -> builtins.list[AuditRecord]:
-        for record in records:
-            for listener in self.listeners:
-                listener(record)
         return records
 
     def list(
@@ -534,9 +528,20 @@ def _sync_refused(path: Path, exc: OSError) -> str:
 # -- events ---------------------------------------------------------------------------------
 
 
-def _check_events(events: Sequence[AuditEvent]) -> None:
+def check_events(events: Sequence[AuditEvent]) -> None:
+    """TypeError unless every one of `events` is an AuditEvent (both engines, before they write anything)."""
     if not all(isinstance(event, AuditEvent) for event in events):
         raise TypeError("append() takes an AuditEvent")
+
+
+def told(
+    listeners: Iterable[Callable[[AuditRecord], None]], records: builtins.list[AuditRecord]
+) -> builtins.list[AuditRecord]:
+    """`records`, once committed, told to each of a log's `listeners` in order (both engines)."""
+    for record in records:
+        for listener in listeners:
+            listener(record)
+    return records
 
 
 def _check_event(event: AuditEvent) -> None:

@@ -50,9 +50,11 @@ from agent_vault.store.audit import (
     RowFilter,
     VerifyResult,
     chained_rows,
+    check_events,
     known_event,
     missing_tail,
     record_from_row,
+    told,
     utc_now,
     walk_chain,
 )
@@ -247,7 +249,7 @@ class PostgresAuditLog:
             # synchronous_commit on: the rows are durable
         except psycopg.Error as exc:
             raise AuditError(_explain(self.where, "write", exc)) from exc
-        return self._heard(records)
+        return told(self.listeners, records)
 
     async def append_async(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
         """`append_many` for a caller on an event loop, over that loop's own asynchronous connection: no worker
@@ -258,21 +260,13 @@ class PostgresAuditLog:
                 records = await _append_committed_async(conn, events, self._clock)
         except psycopg.Error as exc:
             raise AuditError(_explain(self.where, "write", exc)) from exc
-        return self._heard(records)
+        return told(self.listeners, records)
 
     def _check_appending(self, events: Sequence[AuditEvent]) -> None:
-        if not all(isinstance(event, AuditEvent) for event in events):
-            raise TypeError("append() takes an AuditEvent")
+        check_events(events)
         for event in events:
             _refuse_nul(event, self.where)
         self._check_open()
-
-    def _heard(self, records: builtins.list[AuditRecord]) -> builtins.list[AuditRecord]:
-        """`records`, committed, told to the listeners."""
-        for record in records:
-            for listener in self.listeners:
-                listener(record)
-        return records
 
     def list(
         self,

@@ -48,18 +48,18 @@ class LoopConnection(Generic[Row]):
         self._timeout = max(2, math.ceil(timeout))  # libpq's connect_timeout: whole seconds, at least 2
         self.idle = idle
         self._conn: AsyncConnection[Row] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
+        #: the loop the connection belongs to, and the lock that lends it to one user at a time there
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._used = 0.0
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Row]]:
         """The connection, ready and this caller's alone until the block ends; psycopg.Error as it failed."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._lock is None:
+        if self._lock is None or self._lock[0] is not loop:
             self.close()
-            self._loop, self._lock = loop, asyncio.Lock()
-        async with self._lock:
+            self._lock = (loop, asyncio.Lock())
+        async with self._lock[1]:
             conn = await self._ready()
             try:
                 yield conn
