@@ -1489,6 +1489,23 @@ PROTECTIONS: tuple[Protection, ...] = (
         ("tests/attacks/test_audit_wal.py",),
     ),
     Protection(
+        "the zeros that write the WAL file out at the broker's start go through no link planted in its place",
+        "store/audit.py",
+        'getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))',
+        'getattr(os, "O_CLOEXEC", 0))',
+        (
+            "tests/attacks/test_audit_wal.py::"
+            "test_zeros_meant_for_the_wal_file_never_go_through_a_link_planted_in_its_place",
+        ),
+    ),
+    Protection(
+        "a named pipe planted as the WAL file does not hold the broker's start",
+        "store/audit.py",
+        "fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK |",
+        "fd = os.open(path, os.O_WRONLY |",
+        ("tests/attacks/test_audit_wal.py::test_a_fifo_planted_as_the_wal_file_does_not_hold_the_brokers_start",),
+    ),
+    Protection(
         "a remembered read of state.db (factors, approvers, approvals, open windows) is dropped when another "
         "process commits (a window revoked by hand is not answered from memory)",
         "store/sqlite.py",

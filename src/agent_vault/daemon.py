@@ -315,6 +315,7 @@ class BrokerServer:
         where = storage(self.paths)  # its own section: a mistake elsewhere in the file never moves it
         store = where.open_state()
         audit = where.open_audit(listeners=[self.checkpointer.rows_appended])
+        await asyncio.to_thread(audit.reserve)  # SQLite: rows overwrite the WAL file instead of growing it
         replicas = Replicas(where.open_signals())  # the other brokers on a shared store (none on SQLite files)
         # the one audit writer; the webhooks it forwards to report their failures back through it
         recorder = Recorder(audit, forward=lambda ws, record: hub.submit(ws, record))

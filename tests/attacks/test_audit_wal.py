@@ -44,3 +44,47 @@ async def test_no_value_leaves_on_a_row_written_into_a_deleted_wal_file(
             assert FAKE_KEY not in str(got.value)
     finally:
         await agent.aclose()
+
+
+def test_zeros_meant_for_the_wal_file_never_go_through_a_link_planted_in_its_place(tmp_path: Path) -> None:
+    """The agent swaps audit.db-wal for a link to a file of the user's, hoping the broker's start (which writes the
+    WAL file out to its working size) appends megabytes of zeros to that file instead."""
+    from agent_vault.store.audit import AuditEvent, AuditLog
+
+    log = AuditLog(tmp_path / "audit.db")
+    try:
+        log.append(AuditEvent("auto_approved", vault="dev", names=("API_KEY",), request_id="r1"))
+        victim = tmp_path / "notes.txt"
+        victim.write_text("the user's own file\n")
+        wal = Path(f"{log.path}-wal")
+        wal.unlink()
+        wal.symlink_to(victim)
+        assert log.reserve() is False
+        assert victim.read_text() == "the user's own file\n"
+    finally:
+        log.close()
+
+
+def test_a_fifo_planted_as_the_wal_file_does_not_hold_the_brokers_start(tmp_path: Path) -> None:
+    """A named pipe in the WAL file's place: opened for writing, it would wait for a reader forever."""
+    import threading
+
+    from agent_vault.store.audit import AuditEvent, AuditLog
+
+    log = AuditLog(tmp_path / "audit.db")
+    try:
+        log.append(AuditEvent("auto_approved", vault="dev", names=("API_KEY",), request_id="r1"))
+        wal = Path(f"{log.path}-wal")
+        wal.unlink()
+        os.mkfifo(wal)
+        answer: list[bool] = []
+        attempt = threading.Thread(target=lambda: answer.append(log.reserve()), daemon=True)
+        attempt.start()
+        attempt.join(30)
+        if attempt.is_alive():
+            os.open(wal, os.O_RDONLY | os.O_NONBLOCK)  # let the stuck open go, so the test ends
+            attempt.join(5)
+            pytest.fail("reserve waited on the pipe")
+        assert answer == [False]
+    finally:
+        log.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent_vault.domain.errors import AuditError
+from agent_vault.home import StatePaths
 from agent_vault.store.audit import AuditEvent, AuditLog
 
 
@@ -126,3 +127,69 @@ def test_a_refused_sync_stops_the_log_from_taking_rows(log: AuditLog, syncs: Syn
     with pytest.raises(AuditError, match="could not be synced"):
         log.stage([read("r3")])
     assert syncs.rows() == held, "nothing written after the disk refused"
+
+
+# -- the WAL file at its working size before the rows (`reserve`) -------------------------------------------------
+
+
+def wal_size(log: AuditLog) -> int:
+    return os.stat(f"{log.path}-wal").st_size
+
+
+#: the size `reserve` gives the WAL file: its header and 1,064 frames of 4,096-byte pages (SQLite's defaults)
+WORKING_SIZE = 32 + 1064 * (4096 + 24)
+
+
+def test_reserve_writes_the_wal_file_out_so_that_rows_rewrite_it_and_never_grow_it(log: AuditLog) -> None:
+    log.append(read("r0"))
+    assert wal_size(log) < WORKING_SIZE
+    assert log.reserve() is True
+    st = os.stat(f"{log.path}-wal")
+    assert st.st_size == WORKING_SIZE
+    assert st.st_blocks * 512 >= WORKING_SIZE - 4096, "written out, not a hole the first sync would allocate"
+    for n in range(400):  # past SQLite's checkpoint at 1,000 pages: it starts the WAL file again from the top
+        log.append(read(f"r{n + 1}"))
+    assert wal_size(log) == WORKING_SIZE, "every commit wrote into the reserved file"
+    assert log.verify().ok and log.verify().rows == 401
+    assert log.reserve() is True and wal_size(log) == WORKING_SIZE, "a second call finds it done"
+
+
+def test_the_zeros_past_the_last_frame_are_not_taken_for_rows_after_a_crash(log: AuditLog, tmp_path: Path) -> None:
+    for n in range(3):
+        log.append(read(f"r{n}"))
+    assert log.reserve()
+    for n in range(3, 6):
+        log.append(read(f"r{n}"))
+    # What a power cut leaves: the database file and the WAL file as they are, no shared-memory index.
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for suffix in ("", "-wal"):
+        (crashed / f"audit.db{suffix}").write_bytes(Path(f"{log.path}{suffix}").read_bytes())
+    with sqlite3.connect(crashed / "audit.db") as conn:
+        assert conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 6, "every synced row recovered, no more"
+    reopened = AuditLog(crashed / "audit.db")
+    try:
+        assert reopened.verify().ok and reopened.verify().rows == 6
+        assert reopened.append(read("r6")).id == 7
+    finally:
+        reopened.close()
+
+
+def test_reserve_gives_way_to_another_writer_and_writes_nothing(log: AuditLog) -> None:
+    log.append(read("r0"))
+    before = wal_size(log)
+    other = sqlite3.connect(log.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process writing the log right now
+        assert log.reserve() is False
+        assert wal_size(log) == before
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert log.reserve() is True and wal_size(log) == WORKING_SIZE
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("broker_server")
+async def test_the_broker_reserves_its_audit_log_when_it_starts(home: StatePaths) -> None:
+    assert os.stat(f"{home.audit_db}-wal").st_size >= WORKING_SIZE

@@ -230,6 +230,10 @@ class PostgresAuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def reserve(self) -> bool:
+        """Nothing to ready: the server keeps its own WAL."""
+        return False
+
     def subscribe(self, listener: Callable[[AuditRecord], None]) -> None:
         """Call `listener` with each row this object commits from now on (see `listeners`)."""
         self.listeners.append(listener)
