@@ -68,7 +68,7 @@ async def test_a_system_session_loads_no_project_config_and_sends_no_env_values(
             self.session = "s"  # type: ignore[assignment]
             return {"wait_timeout": 5}
 
-    async def fake_connect(paths: StatePaths, port: int | None) -> Client:
+    async def fake_connect(paths: StatePaths, port: int | None, wake_on: tuple[int, ...] = ()) -> Client:
         sent["port"] = port
         return Client()
 

@@ -447,6 +447,7 @@ def _switch_mcp(opening: Any, replies: Any, sdk: _SdkLoading) -> int:
     from agent_vault.frontdoor.switchboard import Switchboard
 
     agent = AgentSession(broker_paths())
+    agent.wake_on = (opening.wire.fd_in,)  # the agent's next message ends a wait held for the broker's answer
     adoptions = Adoptions()
     params = opening.initialize_params
     handshake = opening.version is not None and params is not None

@@ -26,12 +26,16 @@ START_TIMEOUT = 20.0
 CODE_DIR = Path(__file__).absolute().parents[2]
 
 
-async def connect(paths: StatePaths, port: int | None = None, *, autostart: bool = True) -> BrokerClient:
+async def connect(
+    paths: StatePaths, port: int | None = None, *, autostart: bool = True, wake_on: tuple[int, ...] = ()
+) -> BrokerClient:
     """A client for the running broker, starting one first when allowed and needed (never a system broker:
-    its service starts it, and a front door that finds it down says so rather than start its own)."""
+    its service starts it, and a front door that finds it down says so rather than start its own). `wake_on`:
+    see `BrokerClient.wake_on`."""
     if paths.system:
         reachable(paths.socket)
     client = BrokerClient(paths.socket)
+    client.wake_on = wake_on
     if await _alive(client):
         return client
     autostart = autostart and not paths.system

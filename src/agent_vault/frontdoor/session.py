@@ -62,6 +62,8 @@ class AgentSession:
         self.home_notice = HomeNotice(paths, self.cwd, locate_config)
         #: which of a team broker's replicas (`AGENT_VAULT_URL`, in order) to try first
         self._replica = 0
+        #: descriptors whose input should end a wait held for the broker's answer (the agent's stdin: client.py)
+        self.wake_on: tuple[int, ...] = ()
 
     async def ensure(self, info: ClientInfo) -> BrokerClient:
         if not os.environ.get(URL_ENV):  # a team broker elsewhere uses no state home here
@@ -91,7 +93,7 @@ class AgentSession:
             if replicas:
                 client, opened = await self._open_on_a_replica(replicas, (config_path, env, me, project, tighten, host))
             else:
-                client = await connect(self.paths, port)
+                client = await connect(self.paths, port, wake_on=self.wake_on)
                 try:
                     opened = await client.open_session(config_path, env, me, project, tighten, host)
                 except BaseException:
