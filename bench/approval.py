@@ -15,7 +15,6 @@ Usage: python bench/approval.py [--approvals 25] [--json PATH]
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import benchlib as b
@@ -43,7 +42,7 @@ def main() -> None:
     count = 3 if args.quick else args.approvals
     with b.sandbox(secrets=20) as box:
         box.start_broker()
-        time.sleep(2.1)  # past the env file's racy moment (providers/files.py)
+        box.files_settled()
         broker = box.broker_pid()
         assert broker is not None
         ours = Ours(box, box.project)

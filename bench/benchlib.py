@@ -287,6 +287,8 @@ class Sandbox:
     project: Path
     port: int
     brokers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: when the last project's env file was written (monotonic seconds; `files_settled`)
+    files_written: float = 0.0
 
     @property
     def broker_info(self) -> Path:
@@ -321,6 +323,12 @@ class Sandbox:
         settings.write_text("[policy]\nrequestsPerMinute = 10000\nrequestBurst = 10000\n")
         settings.chmod(0o600)
 
+    def files_settled(self) -> None:
+        """Wait until the env files are past the provider's 2 s "racy" window (providers/files.py), which their
+        change time (now: `os.utime` sets it) keeps them in after they are written: until then each read parses
+        the file again, which a user's file, written long before, never makes it do."""
+        time.sleep(max(0.0, self.files_written + 2.1 - time.monotonic()))
+
     def add_project(self, name: str, secrets: int, **top: Any) -> Path:
         """A project dir with vaults dev (ttl 15 min), strict (ttl 0) over one env file of `secrets` keys."""
         project = self.root / name
@@ -331,6 +339,7 @@ class Sandbox:
         # Real env files are older than the provider's 2 s "racy" window, so its cached parse is used.
         old = time.time() - 3600
         os.utime(env, (old, old))
+        self.files_written = time.monotonic()
         config = {
             "port": self.port,
             "requestTimeout": 600,

@@ -144,6 +144,7 @@ def main() -> None:
     with b.sandbox(secrets=20) as box:
         big = box.add_project("big", n_big)
         box.start_broker()
+        box.files_settled()
         sdk = anyio.run(via_sdk, box, big, n, n_big)
         raw = via_raw(box, big, n)
         api = anyio.run(via_api, box, big, n)

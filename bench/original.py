@@ -390,6 +390,7 @@ def servers(checkout: Path, big: int) -> Iterator[tuple[Ours, Original]]:
         box.unpaced()  # dozens of approvals in a row from one session would meet the flood limiter
         ours_big = box.add_project("big", big)
         box.start_broker()  # broker_proc: the real BrokerServer with a TOTP clock stepping per approval
+        box.files_settled()
         small, big_project = original_project(box, "orig", 20), original_project(box, "orig-big", big)
         yield Ours(box, ours_big), Original(box, checkout, small, big_project)
 

@@ -70,6 +70,7 @@ def main() -> None:
     arguments = GET if args.tool == "get_secret" else {}
     with b.sandbox(secrets=args.secrets) as box:
         cpu: dict[str, float] = {}
+        box.files_settled()
         for profiled in (False, True):
             broker_prof = box.root / "broker.pstats"
             fd_prof = box.root / "frontdoor.pstats"
