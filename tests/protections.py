@@ -1448,7 +1448,7 @@ PROTECTIONS: tuple[Protection, ...] = (
         "a row committed on the broker's event loop never waits for another writer's lock (the broker would "
         "stand still for every agent and page until it is released): it goes to a worker thread instead",
         "store/audit.py",
-        '                conn.execute("PRAGMA busy_timeout = 0")\n',
+        '            conn.execute("PRAGMA busy_timeout = 0")\n',
         "",
         (
             "tests/broker/test_group_commit.py::test_a_lone_row_the_log_cannot_take_at_once_waits_off_the_loop",

@@ -261,16 +261,8 @@ class AuditLog:
             return None
         try:
             conn = self._open_conn()
-            try:
-                conn.execute("PRAGMA busy_timeout = 0")
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
-                    return None
-                raise AuditError(_explain(self.path, "write", exc)) from exc
-            finally:  # if this fails, appends stop waiting for a lock and fail at once: closed, not open
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            if not self._begin_now(conn):
+                return None
             records = self._commit(conn, events, begun=True)
             commit = self._commits
         finally:
@@ -340,12 +332,9 @@ class AuditLog:
         with self._lock:
             conn = self._open_conn()
             try:
-                conn.execute("PRAGMA busy_timeout = 0")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            except sqlite3.Error:
+                if not self._begin_now(conn):
+                    return False
+            except AuditError:
                 return False
             try:
                 frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + _WAL_FRAME_HEADER
@@ -356,6 +345,21 @@ class AuditLog:
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+
+    def _begin_now(self, conn: sqlite3.Connection) -> bool:
+        """Begin a write transaction on `conn` without waiting: False, nothing begun, when another connection (of
+        this process or another) holds the write lock; AuditError for any other failure."""
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                return False
+            raise AuditError(_explain(self.path, "write", exc)) from exc
+        finally:  # if this fails, appends stop waiting for a lock and fail at once: closed, not open
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        return True
 
     def _wal(self) -> int:
         """A descriptor of the log's WAL file, where each commit writes its pages. SQLite keeps that file while
