@@ -308,10 +308,10 @@ def _answer_here(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wak
     when the loop has nothing else ready to run: the answer is put into `reader` as the loop would have.
 
     A front door usually has one call in flight, and the broker answers a windowed read in under a millisecond;
-    picking that answer up through the loop (the selector, the stream's callbacks, waking the task) took the
-    agent's call 5-10 % longer (docs/benchmarks.md). Not held when the message is not all sent, when anything
-    else is ready to run (another call, the SDK), or past the first input on `wake_on` (the agent's next
-    message); a later answer, an error or the connection's end are left to the loop, as without this."""
+    picking that answer up through the loop (the selector, the stream's callbacks, waking the task) made the
+    agent's call about 4 % longer (docs/benchmarks.md, "Session 15"). Not held when the message is not all sent,
+    when anything else is ready to run (another call, the SDK), or past the first input on `wake_on` (the agent's
+    next message); a later answer, an error or the connection's end are left to the loop, as without this."""
     ready = getattr(asyncio.get_running_loop(), "_ready", None)  # the loop's runnable callbacks (CPython's loops)
     sock = writer.get_extra_info("socket")
     if ready is None or ready or sock is None or writer.transport.get_write_buffer_size():

@@ -83,8 +83,8 @@ class AuditRecords(Protocol):
 
     def subscribe(self, listener: Callable[[AuditRecord], None]) -> None: ...
     def reserve(self) -> bool:
-        """Ready the log for a run of appends (the broker, at start); True if that did something. SQLite: the WAL
-        file at its working size, so a commit's sync need not record a larger file; PostgreSQL: nothing."""
+        """Ready the log for a run of appends (the broker, at start); True when it is ready so. SQLite: the WAL file
+        at its working size, so a commit's sync need not record a larger file; PostgreSQL: nothing to do (False)."""
         ...
 
     def list(
