@@ -193,3 +193,23 @@ def test_reserve_gives_way_to_another_writer_and_writes_nothing(log: AuditLog) -
 @pytest.mark.usefixtures("broker_server")
 async def test_the_broker_reserves_its_audit_log_when_it_starts(home: StatePaths) -> None:
     assert os.stat(f"{home.audit_db}-wal").st_size >= WORKING_SIZE
+
+
+def test_a_disk_too_full_for_the_reserve_gets_its_space_back(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    log.append(read("r0"))
+    before = wal_size(log)
+    real = os.pwrite
+    written: list[int] = []
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if written:  # the disk fills up after the first megabyte
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(len(data))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    assert log.reserve() is False
+    assert written and wal_size(log) == before, "the zeros written before the disk filled are gone again"
+    monkeypatch.setattr(os, "pwrite", real)
+    log.append(read("r1"))
+    assert log.verify().ok and log.verify().rows == 2

@@ -325,8 +325,8 @@ class AuditLog:
         paid it on nearly every row. Zeros past the last frame are never taken for frames (each frame carries
         the header's salt and a running checksum). Written while holding the write lock, so no commit of any
         process writes there meanwhile; skipped (False) when another connection holds that lock, outside WAL
-        mode, when the WAL file is not a regular file, or when the disk refuses (the appends then say why
-        themselves)."""
+        mode, when the WAL file is not a regular file, or when the disk refuses (what it wrote is given back;
+        the appends then say why themselves)."""
         if not self._wal_mode:
             return False
         with self._lock:
@@ -556,12 +556,16 @@ def _zero_filled(path: str, size: int) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return False
-        at = st.st_size
+        at = before = st.st_size
         if at < size:
             chunk = bytes(1 << 20)
-            while at < size:
-                at += os.pwrite(fd, chunk[: size - at], at)
-            os.fdatasync(fd)
+            try:
+                while at < size:
+                    at += os.pwrite(fd, chunk[: size - at], at)
+                os.fdatasync(fd)
+            except OSError:  # a full disk: give back what was taken, the rows need it more
+                os.ftruncate(fd, before)
+                raise
     finally:
         os.close(fd)
     return True
