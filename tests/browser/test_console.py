@@ -150,6 +150,9 @@ def test_every_console_page_fits_the_screen(console: Console, screen: tuple[str,
     check_layout(page, size, "secret")
     page.goto(f"{console.broker.url}/dashboard/requests/{asked['migrate'].id}")
     check_layout(page, size, "request")
+    # ids are random: the widest one a request can have (22 characters of base64url) must fit as well
+    page.evaluate("document.querySelector('#request h1 .tok').textContent = 'mW'.repeat(11)")
+    check_layout(page, size, "request, the widest id")
 
 
 def test_decide_in_place_revoke_and_filter_on_a_phone(console: Console, chromium: Any) -> None:
