@@ -305,7 +305,7 @@ class AuditLog:
                     fd = self._wal()
                     os.fdatasync(fd)
                     if _deleted(fd):  # synced into a file that is gone: its rows are not on disk to stay
-                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), f"{self.path}-wal")
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._wal_path)
                 except OSError as exc:
                     self._sync_failed = _sync_refused(self.path, exc)
                     raise AuditError(self._sync_failed) from exc
@@ -332,14 +332,15 @@ class AuditLog:
         with self._lock:
             conn = self._open_conn()
             try:
-                if not self._begin_now(conn):
-                    return False
+                begun = self._begin_now(conn)
             except AuditError:
+                begun = False
+            if not begun:
                 return False
             try:
                 frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + _WAL_FRAME_HEADER
                 wanted = _WAL_HEADER + frame * (int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) + 64)
-                return _zero_filled(f"{self.path}-wal", wanted)
+                return _zero_filled(self._wal_path, wanted)
             except (sqlite3.Error, OSError):
                 return False
             finally:
@@ -361,11 +362,16 @@ class AuditLog:
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         return True
 
+    @property
+    def _wal_path(self) -> str:
+        """Where SQLite keeps this log's WAL file."""
+        return f"{self.path}-wal"
+
     def _wal(self) -> int:
         """A descriptor of the log's WAL file, where each commit writes its pages. SQLite keeps that file while
         this object's connection is open (deleted from outside, it writes on into the deleted file: `_deleted`)."""
         if self._wal_fd is None:
-            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._wal_fd = os.open(self._wal_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return self._wal_fd
 
     def _commit(
