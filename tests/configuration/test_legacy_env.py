@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,38 @@ def test_1password_from_variables(home: StatePaths, tmp_path: Path) -> None:
         "serviceAccountToken": "env:OP_SERVICE_ACCOUNT_TOKEN",
         "vaultIds": ["a1", "b2"],
     }
+
+
+def test_callers_at_once_never_read_a_config_half_written(tmp_path: Path) -> None:
+    # The front door's notice thread and its session both locate the config at the first tool call.
+    # Written in place (created empty, then filled), about a third of these rounds read it empty.
+    for round_ in range(60):
+        base = tmp_path / str(round_)
+        env = {
+            "AGENT_VAULT_HOME": str(base / "state"),
+            "AGENT_VAULT_PROVIDER": "env",
+            "AGENT_VAULT_ENV_FILE": "s.env",
+            "HOME": str(base),
+        }
+        start = threading.Barrier(4)
+        read: list[object] = []
+        threads = [threading.Thread(target=_locate_and_read, args=(base, env, start, read)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        expected = {"vaults": {"env": {"type": "env", "file": str(base / "s.env")}}}
+        assert read == [expected] * 4, f"round {round_}"
+        (made,) = (base / "state" / "env-configs").iterdir()  # no partial file left beside it
+        assert made.suffix == ".json" and (made.stat().st_mode & 0o777) == 0o600
+
+
+def _locate_and_read(cwd: Path, env: dict[str, str], start: threading.Barrier, read: list[object]) -> None:
+    start.wait()
+    try:
+        read.append(json.loads(locate_config(cwd, env).read_text()))
+    except ValueError as error:
+        read.append(error)
 
 
 @pytest.mark.parametrize(
