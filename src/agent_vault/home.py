@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -108,6 +109,21 @@ def private_file(path: Path) -> None:
     os.close(fd)
     if path.stat().st_mode & 0o077:
         path.chmod(0o600)
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write `path` whole, 0600 from its first byte: written under a unique name beside it, then
+    renamed into place, so a reader (another thread or process) sees the old file or the new one,
+    never an empty or half-written one, and writers at once do not trip over each other."""
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+        os.replace(partial, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def _runtime_dir() -> Path:

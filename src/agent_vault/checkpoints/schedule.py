@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from agent_vault.checkpoints.sinks import Outbox, Report, Sink, build_sinks
 from agent_vault.configuration.settings import CheckpointSettings, UserSettings, settings_path, storage
 from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.untrusted import visible
-from agent_vault.home import StatePaths, private_file
+from agent_vault.home import StatePaths, write_private
 from agent_vault.store.audit import AuditRecord
 from agent_vault.store.engines import Storage
 from agent_vault.store.interface import AuditRecords, StateRecords
@@ -344,7 +343,4 @@ def _same(checkpoint: Checkpoint, facts: Facts) -> bool:
 
 
 def _save(path: Path, checkpoint: Checkpoint) -> None:
-    partial = path.with_name(path.name + ".tmp")
-    private_file(partial)
-    partial.write_text(checkpoint.line() + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    write_private(path, checkpoint.line() + "\n")

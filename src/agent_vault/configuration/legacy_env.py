@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent_vault.configuration.project import find_config
 from agent_vault.domain.errors import ConfigError
-from agent_vault.home import ensure_private_dir, state_root
+from agent_vault.home import ensure_private_dir, state_root, write_private
 
 PROVIDER_ENV = "AGENT_VAULT_PROVIDER"
 
@@ -64,14 +63,7 @@ def _write(config: dict[str, Any], env: Mapping[str, str]) -> Path:
     folder = ensure_private_dir(generated_configs(state_root(env)))
     path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if not path.exists():
-        # Written whole under a private name, then renamed into place: the notice thread and the session
-        # both locate the config at the first call, and neither may read a file the other has only begun.
-        fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".partial")  # 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(partial, path)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
+        # Written whole, then renamed: the notice thread and the session both locate the config at the
+        # first call, and neither may read a file the other has only begun.
+        write_private(path, text)
     return path

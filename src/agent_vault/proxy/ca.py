@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent_vault.domain.errors import ConfigError
+from agent_vault.home import write_private
 
 CA_LIFETIME = dt.timedelta(days=365)
 #: a CA this close to its end is replaced (children started before must get the new ca.pem)
@@ -180,18 +181,9 @@ def _create(directory: Path, now: dt.datetime) -> tuple[ec.EllipticCurvePrivateK
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_private(directory / KEY_FILE, key_pem)
+    write_private(directory / KEY_FILE, key_pem)
     _write_public(directory / CERT_FILE, cert.public_bytes(serialization.Encoding.PEM))
     return key, cert
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Written 0600 from the first byte, replacing any older file atomically."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(temp, path)
 
 
 def _write_public(path: Path, data: bytes) -> None:
