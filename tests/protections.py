@@ -819,11 +819,15 @@ PROTECTIONS: tuple[Protection, ...] = (
     ),
     # -- the proxy: its CA and leaf certificates ----------------------------------------------
     Protection(
-        "the proxy: the CA key file is written 0600",
-        "proxy/ca.py",
-        "fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)",
-        "fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)\n    os.chmod(temp, 0o644)",
-        ("tests/proxy/test_ca.py::test_ca_files_and_modes",),
+        "the proxy: the CA key file is written 0600 (home.write_private, as every private file written whole)",
+        "home.py",
+        'fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")',
+        'fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")'
+        "\n    os.fchmod(fd, 0o644)",
+        (
+            "tests/proxy/test_ca.py::test_ca_files_and_modes",
+            "tests/test_home.py::test_a_file_is_private_from_its_first_byte_and_replaces_the_old_one",
+        ),
     ),
     Protection(
         "the proxy: the CA directory is 0700",
