@@ -151,6 +151,7 @@ async def test_await_approval_on_a_proxy_calls_request_releases_nothing_to_the_a
         assert session is not None
         call = {"method": "POST", "host": "api.example.test", "path": "/v1/charges", "rule": "POST /v1/*"}
         proxied = await broker.access.ask_call(session, command, "API_KEY", call)
+        agent.wait_timeout = 3.0  # the answer comes at once; a wait (the hole open) gives up after 3 s, not 50
         waited = [await client.call_tool("await_approval", {"request_id": proxied.id})]  # while pending
         await anyio.to_thread.run_sync(decide_on_page, broker_server.url, proxied.id, "approve", step_clock.next_code())
         waited.append(await client.call_tool("await_approval", {"request_id": proxied.id}))  # once approved

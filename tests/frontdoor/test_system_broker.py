@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agent_vault.domain.errors import BrokerUnavailable, SystemModeError
+from agent_vault.frontdoor import launcher
 from agent_vault.frontdoor import session as session_module
 from agent_vault.frontdoor.launcher import connect, prestart
 from agent_vault.frontdoor.session import AgentSession, ClientInfo
@@ -41,7 +42,10 @@ def no_broker_left(tmp_path: Path) -> Iterator[None]:
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("no_broker_left")
-async def test_a_system_front_door_never_starts_a_broker_itself(tmp_path: Path) -> None:
+async def test_a_system_front_door_never_starts_a_broker_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launcher, "START_TIMEOUT", 3.0)  # refused at once; a start (the hole open) gives up sooner
     paths = system_paths(tmp_path)
     paths.root.mkdir()
     with pytest.raises(BrokerUnavailable, match="system broker does not answer") as refused:
