@@ -819,7 +819,7 @@ PROTECTIONS: tuple[Protection, ...] = (
     ),
     # -- the proxy: its CA and leaf certificates ----------------------------------------------
     Protection(
-        "the proxy: the CA key file is written 0600 (home.write_private, as every private file written whole)",
+        "the proxy: the CA key file is written 0600 (home.write_whole, as every private file written whole)",
         "home.py",
         'fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")',
         'fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")'

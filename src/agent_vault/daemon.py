@@ -49,7 +49,7 @@ from agent_vault.configuration.settings import UserSettings, settings_path, stor
 from agent_vault.domain.errors import BrokerRunning, SystemModeError
 from agent_vault.domain.frames import PREAMBLE
 from agent_vault.domain.untrusted import visible
-from agent_vault.home import StatePaths, private_file, write_private
+from agent_vault.home import StatePaths, private_file, write_whole
 from agent_vault.listening import listen_tcp
 from agent_vault.store.engines import open_factors
 from agent_vault.store.interface import AuditRecords, StateRecords
@@ -359,7 +359,7 @@ class BrokerServer:
         )
         self._server = uvicorn.Server(config)
         info = {"pid": os.getpid(), "url": self.url, "version": __version__}
-        write_private(self.paths.broker_info, json.dumps(info))
+        write_whole(self.paths.broker_info, json.dumps(info))
         self._task = asyncio.create_task(self._serve(listeners, hub))
         while not self._server.started and not self._task.done():
             await asyncio.sleep(0.005)

@@ -34,7 +34,7 @@ from agent_vault.checkpoints.sinks import Outbox, Report, Sink, build_sinks
 from agent_vault.configuration.settings import CheckpointSettings, UserSettings, settings_path, storage
 from agent_vault.domain.errors import AgentVaultError
 from agent_vault.domain.untrusted import visible
-from agent_vault.home import StatePaths, write_private
+from agent_vault.home import StatePaths, write_whole
 from agent_vault.store.audit import AuditRecord
 from agent_vault.store.engines import Storage
 from agent_vault.store.interface import AuditRecords, StateRecords
@@ -343,4 +343,4 @@ def _same(checkpoint: Checkpoint, facts: Facts) -> bool:
 
 
 def _save(path: Path, checkpoint: Checkpoint) -> None:
-    write_private(path, checkpoint.line() + "\n")
+    write_whole(path, checkpoint.line() + "\n")

@@ -17,7 +17,7 @@ from typing import Any
 
 from agent_vault.configuration.project import find_config
 from agent_vault.domain.errors import ConfigError
-from agent_vault.home import ensure_private_dir, state_root, write_private
+from agent_vault.home import ensure_private_dir, state_root, write_whole
 
 PROVIDER_ENV = "AGENT_VAULT_PROVIDER"
 
@@ -65,5 +65,5 @@ def _write(config: dict[str, Any], env: Mapping[str, str]) -> Path:
     if not path.exists():
         # Written whole, then renamed: the notice thread and the session both locate the config at the
         # first call, and neither may read a file the other has only begun.
-        write_private(path, text)
+        write_whole(path, text)
     return path

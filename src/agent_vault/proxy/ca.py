@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent_vault.domain.errors import ConfigError
-from agent_vault.home import write_private
+from agent_vault.home import write_whole
 
 CA_LIFETIME = dt.timedelta(days=365)
 #: a CA this close to its end is replaced (children started before must get the new ca.pem)
@@ -65,7 +65,7 @@ class LocalCA:
         if loaded is None or loaded[1].not_valid_after_utc - now < CA_RENEW_BEFORE:
             loaded = _create(directory, now)
         ca = cls(directory, *loaded)
-        _write_public(ca.bundle_path, ca.certificate.public_bytes(serialization.Encoding.PEM) + _system_roots())
+        write_whole(ca.bundle_path, ca.certificate.public_bytes(serialization.Encoding.PEM) + _system_roots(), 0o644)
         return ca
 
     def publish(self, directory: Path) -> tuple[Path, Path]:
@@ -74,8 +74,8 @@ class LocalCA:
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o755)  # noqa: S103 (certificates only: the key never leaves the private dir)
         cert, bundle = directory / CERT_FILE, directory / BUNDLE_FILE
-        _write_public(cert, self.cert_path.read_bytes())
-        _write_public(bundle, self.bundle_path.read_bytes())
+        write_whole(cert, self.cert_path.read_bytes(), 0o644)
+        write_whole(bundle, self.bundle_path.read_bytes(), 0o644)
         return cert, bundle
 
     def issue(self, host: str, *, now: dt.datetime, lifetime: dt.timedelta) -> Leaf:
@@ -181,16 +181,9 @@ def _create(directory: Path, now: dt.datetime) -> tuple[ec.EllipticCurvePrivateK
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    write_private(directory / KEY_FILE, key_pem)
-    _write_public(directory / CERT_FILE, cert.public_bytes(serialization.Encoding.PEM))
+    write_whole(directory / KEY_FILE, key_pem)
+    write_whole(directory / CERT_FILE, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return key, cert
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_bytes(data)
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
 
 
 def _system_roots() -> bytes:

@@ -22,7 +22,7 @@ from agent_vault.configuration.settings import UserSettings, load_settings, sett
 from agent_vault.domain.errors import ConfigError
 from agent_vault.domain.request import AccessRequest
 from agent_vault.domain.untrusted import visible
-from agent_vault.home import StatePaths, write_private
+from agent_vault.home import StatePaths, write_whole
 from agent_vault.tunnels.base import Tunnel, TunnelStatus, origin_of, public_host
 from agent_vault.tunnels.command import CommandTunnel
 from agent_vault.tunnels.ngrok_sdk import NgrokTunnel
@@ -194,7 +194,7 @@ class RemoteAccess(Outreach):
         """The last known status, for doctor and for `status` while no broker runs."""
         path = self.paths.root / STATUS_FILE
         with suppress(OSError):
-            write_private(path, json.dumps(self.status(), indent=2))
+            write_whole(path, json.dumps(self.status(), indent=2))
 
 
 def last_status(paths: StatePaths) -> dict[str, Any] | None:
