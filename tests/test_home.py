@@ -30,6 +30,14 @@ def test_a_file_others_must_read_gets_the_mode_asked_for(tmp_path: Path) -> None
     assert os.listdir(tmp_path) == ["ca.pem"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_file_written_for_another_user_is_theirs_from_its_first_byte(tmp_path: Path) -> None:
+    target = tmp_path / "agent-vault.service"
+    write_whole(target, "[Unit]\n", 0o640, owner=(65534, 65534))  # what `system install` does for its files
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o640)
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_beside_it(tmp_path: Path) -> None:
     target = tmp_path / "checkpoint"
     write_whole(target, "the last good one\n")

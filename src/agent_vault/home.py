@@ -111,16 +111,21 @@ def private_file(path: Path) -> None:
         path.chmod(0o600)
 
 
-def write_whole(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Write `path` whole, with `mode` (0600 unless told) from its first byte: written under a unique name
-    beside it, then renamed into place, so a reader (another thread or process) sees the old file or the new
-    one, never an empty or half-written one, and writers at once do not trip over each other."""
+def write_whole(path: Path, data: str | bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Write `path` whole, with `mode` (0600 unless told) and `owner` (uid, gid; the writer's unless told) from
+    its first byte: written under a unique name beside it, synced, then renamed into place, so a reader (another
+    thread or process) sees the old file or the new one, never an empty or half-written one (a crash included),
+    and writers at once do not trip over each other."""
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")  # 0600, O_EXCL
     try:
         with os.fdopen(fd, "wb") as out:
+            if owner is not None:
+                os.fchown(out.fileno(), *owner)
             if mode != 0o600:
                 os.fchmod(out.fileno(), mode)
             out.write(data.encode() if isinstance(data, str) else data)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(partial, path)
     except BaseException:
         with suppress(OSError):

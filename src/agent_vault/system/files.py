@@ -1,8 +1,8 @@
 """The files and directories an install writes, with their owner and mode set before anyone can open them.
 
-A file is written to a temporary name beside it (created 0600, root's), given its owner and mode,
-then renamed into place: readers see the old file or the new one, never a half-written or
-briefly world-readable one.
+A file is written with `home.write_whole(..., owner=...)`: under a temporary name beside it (created
+0600, root's), given its owner and mode, synced, then renamed into place; readers see the old file or
+the new one, never a half-written or briefly world-readable one.
 """
 
 from __future__ import annotations
@@ -11,17 +11,6 @@ import os
 import shutil
 import stat
 from pathlib import Path
-
-
-def write_file(path: Path, text: str, mode: int, uid: int = 0, gid: int = 0) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-        os.fchown(out.fileno(), uid, gid)
-        os.fchmod(out.fileno(), mode)
-    os.replace(partial, path)
 
 
 def same_file(path: Path, text: str, mode: int, uid: int = 0, gid: int = 0) -> bool:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from agent_vault import __version__
 from agent_vault.domain.errors import SystemModeError
+from agent_vault.home import write_whole
 from agent_vault.system import accounts
-from agent_vault.system.files import has_owner, make_dir, own_tree, remove_tree, same_file, write_file
+from agent_vault.system.files import has_owner, make_dir, own_tree, remove_tree, same_file
 from agent_vault.system.layout import FIRST_VAULT, Layout
 from agent_vault.system.macos import account_commands, launchd_plist
 from agent_vault.system.record import (
@@ -203,10 +204,10 @@ class _Install:
     def _file(self, path: Path, text: str, mode: int, uid: int, gid: int, what: str, *, replace: bool) -> None:
         """Write `path`; a file people edit (`replace` False) keeps its content, only its owner and mode are fixed."""
         if not path.exists():
-            write_file(path, text, mode, uid, gid)
+            write_whole(path, text, mode, owner=(uid, gid))
             self.steps.did(f"wrote {what} {path}", shlex.join(["rm", str(path)]))
         elif replace and not same_file(path, text, mode, uid, gid):
-            write_file(path, text, mode, uid, gid)
+            write_whole(path, text, mode, owner=(uid, gid))
             self.steps.did(f"updated {what} {path}")
         elif not replace and not has_owner(path, mode, uid, gid):
             os.chown(path, uid, gid, follow_symlinks=False)

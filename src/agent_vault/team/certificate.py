@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import socket
 import ssl
 from collections.abc import Iterable
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent_vault.domain.errors import ConfigError
-from agent_vault.home import ensure_private_dir
+from agent_vault.home import ensure_private_dir, write_whole
 
 LIFETIME = dt.timedelta(days=5 * 365)
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -115,9 +114,9 @@ def self_signed(directory: Path, names: list[str], now: dt.datetime | None = Non
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write(key_path, key_pem, 0o600)
+    write_whole(key_path, key_pem)
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    _write(cert_path, pem, 0o644)
+    write_whole(cert_path, pem, 0o644)
     return Certificate(cert_path, key_path, fingerprint(pem), made=True)
 
 
@@ -143,15 +142,3 @@ def _normal(name: str) -> str | ipaddress.IPv4Address | ipaddress.IPv6Address:
 def _general_name(name: str) -> x509.GeneralName:
     normal = _normal(name)
     return x509.DNSName(normal) if isinstance(normal, str) else x509.IPAddress(normal)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write whole, then rename into place (never a half-written key), with `mode` from the start."""
-    partial = path.with_name(path.name + ".tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(partial, mode)
-    os.replace(partial, path)
