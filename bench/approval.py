@@ -41,6 +41,7 @@ def main() -> None:
     report = b.Report("approval", args.quick)
     count = 3 if args.quick else args.approvals
     with b.sandbox(secrets=20) as box:
+        box.unpaced()  # dozens of asks in a row from one session would meet the flood limiter (refused, not asked)
         box.start_broker()
         box.files_settled()
         broker = box.broker_pid()
@@ -53,9 +54,10 @@ def main() -> None:
         took: list[float] = []
         before = cpu_ms(broker)
         for i in range(count):
-            _, waited = ask_get(ours, mcp, {**ASK, "reason": f"{ASK['reason']} {i}"})
-            if waited is not None:
-                took.append(waited)
+            text, waited = ask_get(ours, mcp, {**ASK, "reason": f"{ASK['reason']} {i}"})
+            if waited is None or b.FAKE_KEY not in text:  # every ask must be an approval, or the CPU figure lies
+                raise SystemExit(f"ask {i} was not approved and answered with the value: {text[:200]}")
+            took.append(waited)
         used = (cpu_ms(broker) - before) / count
         ours.close(mcp)
         box.stop_broker()
