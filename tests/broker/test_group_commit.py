@@ -8,8 +8,9 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from agent_vault.domain.errors import AuditError
 from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord, Staged
 from agent_vault.store.interface import AuditRecords
 from tests.store.test_audit_engines import Store
+from tests.store.test_state_engines import a_request as _request
 
 pytestmark = pytest.mark.anyio
 
@@ -57,10 +59,10 @@ class Groups:
             return
         real_async = log.append_async
 
-        async def watched_async(events: Sequence[AuditEvent]) -> list[AuditRecord]:
+        async def watched_async(events: Sequence[AuditEvent], *, alone: bool = False) -> list[AuditRecord]:
             self.sizes.append(len(events))
             self.started.set()
-            return await real_async(events)
+            return await real_async(events, alone=alone)
 
         log.append_async = watched_async  # type: ignore[method-assign]
 
@@ -127,16 +129,23 @@ async def test_drain_waits_for_rows_still_being_committed(log: AuditRecords, sto
     assert (await task).request_id == "r1"
 
 
-async def test_hot_rows_are_committed_on_the_loop_and_a_groups_fsync_off_it(
+async def test_rows_are_committed_on_the_loop_a_lone_callers_fsync_too_and_a_groups_off_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A read inside a window skips the trip to a worker thread for its commit (alone in its round, its fsync too
-    is made on the loop); a round of several such rows is committed on the loop and synced on a worker thread, so
-    the worker never waits for the loop's hold on the interpreter between SQLite calls; a decision row (whose
-    listener writes the checkpoint into state.db) is committed and synced on a worker thread."""
+    """A read inside a window, or an approval with the delivery of its values, skips the trip to a worker thread
+    for its commit and, alone in its round, for its fsync too; a round of several callers' rows is committed on the
+    loop and synced on a worker thread, so the worker never waits for the loop's hold on the interpreter between
+    SQLite calls; a round of listings (nobody waits for them) is committed and synced on a worker thread."""
     log = Store("sqlite", str(tmp_path / "audit.db")).open()
     committed_on: dict[str | None, int] = {}
-    log.subscribe(lambda record: committed_on.__setitem__(record.request_id, threading.get_ident()))
+    real_stage = log.stage
+
+    def stage(events: Any) -> Any:
+        for event in events:
+            committed_on[event.request_id] = threading.get_ident()
+        return real_stage(events)
+
+    log.stage = stage  # type: ignore[method-assign]
     synced_on: list[int] = []
     real = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (synced_on.append(threading.get_ident()), real(fd))[1])
@@ -144,15 +153,19 @@ async def test_hot_rows_are_committed_on_the_loop_and_a_groups_fsync_off_it(
     try:
         await recorder.record(None, "auto_approved", None, request_id="alone")
         assert synced_on == [loop_thread]
-        await recorder.record(None, "approved", None, request_id="decision")
-        assert len(synced_on) == 2 and synced_on[1] != loop_thread
+        rows: list[tuple[str, Mapping[str, Any]]] = [("approved", {}), ("delivered", {})]
+        await recorder.record_together(None, _request("decision"), rows)
+        assert synced_on == [loop_thread] * 2, "one caller's two rows: synced on the loop too"
         await asyncio.gather(*(recorder.record(None, "delivered", None, request_id=f"g{i}") for i in range(3)))
-        assert loop_thread not in synced_on[1:], "a group's fsync stood the loop still"
+        assert loop_thread not in synced_on[2:], "a group's fsync stood the loop still"
+        synced = len(synced_on)
+        await recorder.record_behind(None, "listed", vault="dev")
+        await recorder.drain()
+        assert len(synced_on) == synced + 1 and synced_on[-1] != loop_thread, "a listing's fsync on the loop"
     finally:
         log.close()
-    assert committed_on.pop("decision") != loop_thread
     assert set(committed_on.values()) == {loop_thread}, committed_on
-    assert set(committed_on) == {"alone", "g0", "g1", "g2"}
+    assert set(committed_on) == {"alone", "decision", "g0", "g1", "g2"}, "the listing was committed on the loop"
 
 
 async def test_no_value_waits_on_a_row_its_fsync_has_not_reached(
@@ -218,13 +231,26 @@ async def test_a_lone_row_the_log_cannot_take_at_once_waits_off_the_loop(tmp_pat
         log.close()
 
 
-def test_no_row_committed_on_the_loop_makes_a_listener_write_elsewhere() -> None:
-    """Integrity's checkpoint listener writes state.db (a second fsync, a second lock) for every row but the
-    hot ones; a row committed on the event loop must be one it skips."""
-    from agent_vault.broker import integrity
-    from agent_vault.broker.recorder import LOOP_EVENTS
-
-    assert LOOP_EVENTS <= integrity._HOT_EVENTS
+async def test_listeners_hear_of_rows_committed_on_the_loop_only_once_they_are_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Integrity's checkpoint (a listener) records the chain's head in state.db: it must never name a row a crash
+    could still take away, or the next start would report the log cut short. Rows committed on the loop are told
+    to the listeners after their fsync, whether it was made on the loop (one caller) or on a worker (a group)."""
+    log = Store("sqlite", str(tmp_path / "audit.db")).open()
+    synced: list[int] = []
+    heard: dict[str | None, int] = {}
+    log.subscribe(lambda record: heard.__setitem__(record.request_id, len(synced)))
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    recorder = Recorder(log)
+    try:
+        await recorder.record(None, "approved", None, request_id="alone")
+        assert heard == {"alone": 1}, "heard of before its fsync"
+        await asyncio.gather(*(recorder.record(None, "approved", None, request_id=f"g{i}") for i in range(3)))
+        assert len(synced) >= 2 and all(heard[f"g{i}"] >= 2 for i in range(3)), heard
+    finally:
+        log.close()
 
 
 async def test_a_run_of_listings_shares_one_commit_and_is_written_within_its_delay(

@@ -13,9 +13,9 @@ release a value only after it; `record_behind` (a listing of names,
 which releases nothing) answers before its row's commit, in order with the rows after it, and its row waits
 up to `BEHIND_DELAY` for a commit to go in, so a run of listings costs one commit, not one each. Rows asked
 for while a commit is under way go together in the next one (group commit): one transaction and one
-fsync for the rows of many concurrent releases, each still durable before its caller goes on. Hot rows (a
-windowed read's, a value handed over) are appended from the event loop (`append_async`: no worker thread where
-the engine can do without); other rounds go to a worker thread.
+fsync for the rows of many concurrent releases, each still durable before its caller goes on. Rows are
+appended from the event loop (`append_async`: no worker thread where the engine can do without); a round with
+listings in it goes to a worker thread.
 """
 
 from __future__ import annotations
@@ -151,23 +151,17 @@ Written = tuple[AuditRecord, ...]
 #: broker that dies in between loses at most this much of them (they release nothing)
 BEHIND_DELAY = 0.05
 
-#: the rows a value waits for on the hot paths (a read inside a window, a value handed over after its
-#: approval): a round of only these is appended from the event loop (`append_async`: SQLite commits it on the
-#: loop if it can without a wait and syncs it on a worker thread, PostgreSQL sends it over the loop's own
-#: connection). Only rows no listener must hear of before they are on disk (integrity's checkpoint skips them)
-#: qualify: SQLite's listeners hear of a row committed on the loop before its sync. A listing's row is not one:
-#: it is written behind its answer, so the loop would only stand still for it (back-to-back listings at the
-#: socket measured 0.47 -> 0.63 ms on the loop).
-LOOP_EVENTS = frozenset({"auto_approved", "delivered"})
-
 
 class GroupCommit:
     """Appends from the event loop, committed in rounds (rounds.py): what is asked for while a commit is under
-    way waits and goes in the next one, in the order asked. A round of hot rows (`LOOP_EVENTS`) is appended from
-    the loop itself (`append_async`): under load this keeps worker threads off the interpreter's lock, which a
-    commit made on one took again after each SQLite or libpq call, each time waiting for the loop to let go of it
-    (measured: the paced p99 of 100 agents, docs/benchmarks.md); for one agent it saves a thread wake-up per
-    windowed read. Other rounds are committed on a worker thread. A group
+    way waits and goes in the next one, in the order asked. A round is appended from the loop itself
+    (`append_async`): under load this keeps worker threads off the interpreter's lock, which a commit made on one
+    took again after each SQLite or libpq call, each time waiting for the loop to let go of it (measured: the
+    paced p99 of 100 agents, docs/benchmarks.md); for one caller it saves two thread wake-ups (a windowed read,
+    an approval that hands the values over). A round of one caller's rows is synced on the loop too (that caller
+    waits for it anyway), a round of several callers' on a worker thread. A round with rows written behind
+    their answers (listings) is committed on a worker thread: nobody waits for it, so the loop would only stand
+    still for it (back-to-back listings at the socket measured 0.47 -> 0.63 ms on the loop). A group
     the log refuses is written again caller by caller, so one bad row fails only its own caller (and the rows a
     caller asked for together stay together)."""
 
@@ -201,14 +195,17 @@ class GroupCommit:
             except Exception as exc:  # an event that cannot be made fails its own caller only
                 made.append(exc)
         batches = [rows for rows in made if not isinstance(rows, BaseException)]
-        written = iter(await self._commit_batches(batches) if batches else [])
+        behind = any(callable(item) for item in items)
+        written = iter(await self._commit_batches(batches, behind) if batches else [])
         return [outcome if isinstance(outcome, BaseException) else next(written) for outcome in made]
 
-    async def _commit_batches(self, batches: list[tuple[AuditEvent, ...]]) -> list[Written | BaseException]:
+    async def _commit_batches(
+        self, batches: list[tuple[AuditEvent, ...]], behind: bool
+    ) -> list[Written | BaseException]:
         events = [event for rows in batches for event in rows]
         try:
-            if all(event.event in LOOP_EVENTS for event in events):
-                records = iter(await self._audit.append_async(events))
+            if not behind:
+                records = iter(await self._audit.append_async(events, alone=len(batches) == 1))
             else:
                 records = iter(await asyncio.to_thread(self._audit.append_many, events))
             return [tuple(next(records) for _ in rows) for rows in batches]

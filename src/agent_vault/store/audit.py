@@ -252,10 +252,10 @@ class AuditLog:
     def stage(self, events: Sequence[AuditEvent]) -> Staged | None:
         """Commit `events` as `append_many` does, if that needs no wait, without waiting for the disk: None, with
         nothing written, when another thread of this process or another process is writing the log (the caller
-        then uses `append_many`, off its event loop). The listeners hear the rows at once, so stage only rows no
-        listener must see before they are on disk (integrity's checkpoint skips the hot rows). The broker commits
-        a windowed read's row on its event loop this way: no trip to a worker thread, no wait for the
-        interpreter's lock there under load; the sync alone (`settle`) may go to a thread."""
+        then uses `append_many`, off its event loop). The listeners do not hear of the rows here: `append_async`
+        tells them once the rows are on disk, as `append_many` does. The broker commits its rows on its event
+        loop this way: no trip to a worker thread, no wait for the interpreter's lock there under load; the sync
+        alone (`settle`) may go to a thread."""
         check_events(events)
         if not self._lock.acquire(blocking=False):
             return None
@@ -267,7 +267,7 @@ class AuditLog:
             commit = self._commits
         finally:
             self._lock.release()
-        return Staged(tuple(told(self.listeners, records)), commit)
+        return Staged(tuple(records), commit)
 
     def settle(self, staged: Staged, *, wait: bool = True) -> bool:
         """Return once the commit of `staged` is on disk (True), syncing the WAL file if no sync begun after that
@@ -275,17 +275,18 @@ class AuditLog:
         (call again off the event loop). Raises AuditError if the disk refused: release nothing."""
         return self._sync(staged.commit, wait=wait)
 
-    async def append_async(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
-        """`append_many` for a caller on an event loop (the broker's hot rows: a windowed read's, a value handed
-        over): committed on the loop when that needs no wait (`stage`), else on a worker thread; durable when it
-        returns. A lone row's sync is made on the loop (its one caller waits for it anyway), a group's on a worker
-        thread, which then needs the interpreter's lock once rather than after each SQLite call."""
+    async def append_async(self, events: Sequence[AuditEvent], *, alone: bool = False) -> builtins.list[AuditRecord]:
+        """`append_many` for a caller on an event loop (the broker's rows): committed on the loop when that needs no
+        wait (`stage`), else on a worker thread; durable when it returns, and only then told to the listeners.
+        `alone`: one caller waits on these rows, so their sync is made on the loop (it waits for it anyway); the
+        rows of several callers are synced on a worker thread, which then needs the interpreter's lock once
+        rather than after each SQLite call, while the loop goes on taking the next calls."""
         staged = self.stage(events)
         if staged is None:
             return await asyncio.to_thread(self.append_many, events)
-        if len(events) > 1 or not self.settle(staged, wait=False):
+        if not alone or not self.settle(staged, wait=False):
             await asyncio.to_thread(self.settle, staged)
-        return list(staged.records)
+        return told(self.listeners, list(staged.records))
 
     def _sync(self, commit: int, *, wait: bool = True) -> bool:
         """Make this object's commits up to number `commit` durable: one fdatasync of the WAL file covers every

@@ -75,10 +75,11 @@ class AuditRecords(Protocol):
 
     def append(self, event: AuditEvent) -> AuditRecord: ...
     def append_many(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]: ...
-    async def append_async(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
-        """`append_many` for a caller on an event loop, durable when it returns, with as little work off the loop
-        as the engine allows (SQLite: the commit on the loop when it need not wait, the sync shared; PostgreSQL:
-        an asynchronous connection of the loop's own)."""
+    async def append_async(self, events: Sequence[AuditEvent], *, alone: bool = False) -> builtins.list[AuditRecord]:
+        """`append_many` for a caller on an event loop, durable when it returns (and only then told to the
+        listeners), with as little work off the loop as the engine allows (SQLite: the commit on the loop when it
+        need not wait, the sync shared, made on the loop when `alone`: one caller waits on these rows;
+        PostgreSQL: an asynchronous connection of the loop's own)."""
         ...
 
     def subscribe(self, listener: Callable[[AuditRecord], None]) -> None: ...

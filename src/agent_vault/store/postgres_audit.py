@@ -255,9 +255,10 @@ class PostgresAuditLog:
             raise AuditError(_explain(self.where, "write", exc)) from exc
         return told(self.listeners, records)
 
-    async def append_async(self, events: Sequence[AuditEvent]) -> builtins.list[AuditRecord]:
+    async def append_async(self, events: Sequence[AuditEvent], *, alone: bool = False) -> builtins.list[AuditRecord]:
         """`append_many` for a caller on an event loop, over that loop's own asynchronous connection: no worker
-        thread, the same two round trips and the same lock, durable when it returns."""
+        thread, the same two round trips and the same lock, durable when it returns (`alone` changes nothing
+        here: the server syncs)."""
         self._check_appending(events)
         try:
             async with self._on_loop.connection() as conn:
