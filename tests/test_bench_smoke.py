@@ -62,6 +62,14 @@ def _run_all(tmp: Path) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]
         stderr=subprocess.PIPE,
         text=True,
     )
+    procs["approval_steps"] = subprocess.Popen(  # a helper, not in the runner: checked for its marks below
+        [sys.executable, str(BENCH / "approval_steps.py"), "--quick", "--json", str(tmp / "approval_steps.json")],
+        cwd=BENCH,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     procs["run-original"] = subprocess.Popen(
         [sys.executable, str(BENCH / "run"), "--quick", "--only", "original", "--out", str(tmp / "runner-original")],
         cwd=BENCH,
@@ -117,9 +125,22 @@ def test_runner_writes_json_and_a_table(ran: tuple[Path, dict[str, subprocess.Co
     assert table.startswith("| Measure | Median |") and "audit verify" in table
 
 
+def test_the_approval_steps_are_read_off_marks_in_the_broker_and_the_front_door(
+    ran: tuple[Path, dict[str, subprocess.CompletedProcess[str]]],
+) -> None:
+    """bench/approval_steps.py wraps the product's methods by name in both processes: a method renamed or moved
+    must show here, not as a table with steps missing."""
+    tmp, done = ran
+    proc = done["approval_steps"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = [f["label"] for f in json.loads((tmp / "approval_steps.json").read_text())["figures"]]
+    for step in ("decide>", "factor check<", "the audit's fdatasync<", "front door: the broker's answer read"):
+        assert any(label.startswith(step) for label in labels), (step, labels)
+
+
 def test_every_script_is_in_the_runner() -> None:
     runner = (BENCH / "run").read_text()
-    helpers = {"benchlib", "broker_proc", "waiters", "loadgen", "ab", "profile_hot", "approval"}
+    helpers = {"benchlib", "broker_proc", "waiters", "loadgen", "ab", "profile_hot", "approval", "approval_steps"}
     scripts = {p.stem for p in BENCH.glob("*.py")} - helpers
     assert scripts == {*SCRIPTS, "original"}
     assert all(f'"{name}"' in runner for name in [*SCRIPTS, "original"])
