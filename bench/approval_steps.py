@@ -26,11 +26,10 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import benchlib as b
 from approval import ASK
-from original import Ours, ask_get
+from original import Approval, Ours, ask_get
 
 #: (module, attribute path, mark name, where: "span" marks its start ">" and end "<", "start" or "end" one of them)
 #: wrapped in the broker: the decision's steps in the order they run
@@ -145,14 +144,16 @@ def measure(count: int) -> tuple[list[int], list[float]]:
         ours = Ours(box, box.project)
         prepare = ours.prepare_approval
 
-        def marked_prepare(rid: str) -> Any:
-            tap = prepare(rid)
+        def marked_prepare(rid: str) -> Approval:
+            approval = prepare(rid)
+            send = approval.tap.send
 
-            def marked_tap() -> None:
+            def marked_send() -> None:
                 posts.append(time.perf_counter_ns())
-                tap()
+                send()
 
-            return marked_tap
+            approval.tap.send = marked_send  # type: ignore[method-assign]
+            return approval
 
         ours.prepare_approval = marked_prepare  # type: ignore[method-assign]
         mcp = ours.spawn(box.project)

@@ -505,6 +505,45 @@ def post_headers(base_url: str) -> dict[str, str]:
     return {"Origin": base_url.rstrip("/"), "Sec-Fetch-Site": "same-origin"}
 
 
+class Tap:
+    """A person's approving POST, made ready before the timed part: `send` opens a new connection and writes the
+    request, and returns without reading the response; `answer` reads it afterwards. In the bench the person's
+    browser and the agent's client are two threads of one interpreter: a response read at the moment the value
+    arrives made the thread reading the value wait for the interpreter's lock while this one parsed the response
+    (the later a server answered its page, the sooner its value showed). A browser is another process."""
+
+    def __init__(self, base_url: str, path: str, headers: dict[str, str], body: bytes = b"") -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        where = urlsplit(base_url)
+        assert where.hostname is not None and where.port is not None
+        self._conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        self._path = path
+        self._headers = {**headers, "Content-Length": str(len(body)), "Connection": "close"}
+        self._body = body
+
+    def send(self) -> None:
+        self._conn.request("POST", self._path, body=self._body, headers=self._headers)
+
+    def answer(self) -> tuple[int, str]:
+        """The response's status and body (read after the value arrived; then the connection is closed)."""
+        try:
+            response = self._conn.getresponse()
+            return response.status, response.read().decode("utf-8", "replace")
+        finally:
+            self._conn.close()
+
+
+def form_tap(box: Sandbox, path: str, form: dict[str, str], person: Any) -> Tap:
+    """The page's form posted as the browser that loaded it would: its cookies, its origin, url-encoded."""
+    from urllib.parse import urlencode
+
+    cookies = "; ".join(f"{name}={value}" for name, value in person.cookies.items())
+    headers = {**post_headers(box.url), "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookies}
+    return Tap(box.url, path, headers, urlencode(form).encode())
+
+
 def browser(box: Sandbox | str) -> Any:
     """A sync HTTP client for the pages (of a sandbox's broker, or at a base URL) that opens a new
     connection per request (see page_load.py: on a kept-alive connection the broker's answers wait

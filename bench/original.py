@@ -136,6 +136,14 @@ def _git(cwd: Path, *args: str) -> str:
 # -- the two servers, as one client sees them --------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Approval:
+    """A person's tap on Approve, ready to send, and how to tell from the page's response that it was taken."""
+
+    tap: b.Tap
+    taken: Callable[[int, str], bool]
+
+
 @dataclass
 class Server:
     """How to start one side, where its projects are, and how a person approves on its page."""
@@ -159,8 +167,8 @@ class Server:
         """The id of the request that waits for a person, once it shows (`since`: log size before the ask)."""
         raise NotImplementedError
 
-    def prepare_approval(self, rid: str) -> Callable[[], None]:
-        """Open the approval page as a person would; returns the tap on Approve (the timed part)."""
+    def prepare_approval(self, rid: str) -> Approval:
+        """Open the approval page as a person would; returns the tap on Approve (its sending is the timed part)."""
         raise NotImplementedError
 
     def memory(self, mcp: b.RawMcp) -> dict[str, float]:
@@ -182,21 +190,13 @@ class Ours(Server):
         ids = anyio.run(b.pending_ids, self.box)
         return ids[0] if ids else None
 
-    def prepare_approval(self, rid: str) -> Callable[[], None]:
-        person = b.browser(self.box)
-        page = person.get(f"/approve/{rid}")
-        page.raise_for_status()
-        form = b.decision_form(page.text, "approve", self.codes.next_code())
-
-        def tap() -> None:
-            try:
-                done = person.post(f"/approve/{rid}", data=form, headers=b.post_headers(self.box.url))
-                if done.status_code != 303:
-                    raise RuntimeError(f"the approval was not taken ({done.status_code})")
-            finally:
-                person.close()
-
-        return tap
+    def prepare_approval(self, rid: str) -> Approval:
+        with b.browser(self.box) as person:
+            page = person.get(f"/approve/{rid}")
+            page.raise_for_status()
+            form = b.decision_form(page.text, "approve", self.codes.next_code())
+            tap = b.form_tap(self.box, f"/approve/{rid}", form, person)
+        return Approval(tap, lambda status, _body: status == 303)
 
     def memory(self, mcp: b.RawMcp) -> dict[str, float]:
         broker = self.box.broker_pid()
@@ -234,20 +234,11 @@ class Original(Server):
             match = _APPROVE_URL.search(f.read())
         return match.group(1).decode() if match else None
 
-    def prepare_approval(self, rid: str) -> Callable[[], None]:
-        person = b.browser(self.url)
-        page = person.get(f"/approve/{rid}")
-        page.raise_for_status()
-
-        def tap() -> None:
-            try:
-                done = person.post(f"/approve/{rid}/yes")
-                if done.status_code != 200 or "has been approved" not in done.text:
-                    raise RuntimeError(f"the original did not take the approval ({done.status_code})")
-            finally:
-                person.close()
-
-        return tap
+    def prepare_approval(self, rid: str) -> Approval:
+        with b.browser(self.url) as person:
+            person.get(f"/approve/{rid}").raise_for_status()  # the page, as a person opens it first
+        tap = b.Tap(self.url, f"/approve/{rid}/yes", {})
+        return Approval(tap, lambda status, body: status == 200 and "has been approved" in body)
 
 
 def original_project(box: b.Sandbox, name: str, secrets: int) -> Path:
@@ -281,7 +272,7 @@ def ask_get(server: Server, mcp: b.RawMcp, args: dict[str, Any]) -> tuple[str, f
             if time.monotonic() > deadline:
                 raise
         waiting = server.waiting(since)
-    tap = server.prepare_approval(waiting)
+    approval = server.prepare_approval(waiting)
     got: dict[str, Any] = {}
 
     def read() -> None:
@@ -295,9 +286,12 @@ def ask_get(server: Server, mcp: b.RawMcp, args: dict[str, Any]) -> tuple[str, f
     reader.start()
     t0 = time.perf_counter()
     try:
-        tap()
+        approval.tap.send()
     finally:
         reader.join()
+    status, body = approval.tap.answer()  # read once the value is in (b.Tap)
+    if not approval.taken(status, body):
+        raise RuntimeError(f"the approval was not taken (HTTP {status}): {body[:200]}")
     if "error" in got:
         raise got["error"]
     return text_of(got["result"]), b.ms(got["t"] - t0)
