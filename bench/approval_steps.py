@@ -5,7 +5,7 @@
 and the front door run with marks (`time.perf_counter_ns`, CLOCK_MONOTONIC: one clock for every process of
 the machine) at the start (`>`) and end (`<`) of the decision's steps and where the front door reads the
 broker's answer and writes its reply; the bench's client marks the start of each POST. For each mark, the
-median time from the POST's start over the approvals (the first 10 left out), and the step since the mark
+median time from the POST's start over the approvals (after 10 untimed ones), and the step since the mark
 before it. A mark costs about a microsecond; a tracer (`perf trace`, `strace`) stretched the same approval
 from 5.7 to 8.5 ms (docs/benchmarks.md, session 16), these leave it as it was.
 
@@ -28,8 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import benchlib as b
-from approval import ASK
-from original import Approval, Ours, ask_get
+from approval import run_approvals
 
 #: (module, attribute path, mark name, where: "span" marks its start ">" and end "<", "start" or "end" one of them)
 #: wrapped in the broker: the decision's steps in the order they run
@@ -107,7 +106,7 @@ def main() -> None:
     p.add_argument("--approvals", type=int, default=60)
     args = p.parse_args()
     report = b.Report("approval_steps", args.quick)
-    count = 12 if args.quick else args.approvals
+    count = 10 if args.quick else args.approvals
     with tempfile.TemporaryDirectory(prefix="av-steps-") as scratch:
         where = Path(scratch)
         (where / "site").mkdir()
@@ -115,14 +114,16 @@ def main() -> None:
         (where / "site" / "sitecustomize.py").write_text(settings + SITE)
         # the sandbox hands PYTHONPATH on to the broker and the front door (benchlib: Sandbox.env)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(where / "site"), os.environ.get("PYTHONPATH")]))
-        posts, took = measure(count)
+        posts: list[int] = []
+        took, _ = run_approvals(
+            count, warm=2 if args.quick else 10, on_send=lambda: posts.append(time.perf_counter_ns())
+        )
         marks: list[tuple[str, int]] = []
         for found in where.glob("*.json"):
             marks += [(str(n), int(t)) for n, t in json.loads(found.read_text())]
     marks.sort(key=lambda m: m[1])
-    warm = 10 if count > 20 else 2  # the page's first renders, the first approvals: untimed
-    steps = steps_of(marks, posts[warm:], took[warm:])
-    report.add("steps.value", "the value at the client (the whole tap)", took[warm:])
+    steps = steps_of(marks, posts, took)
+    report.add("steps.value", "the value at the client (the whole tap)", took)
     before = 0.0
     for name, samples in steps:
         at = statistics.median(samples)
@@ -131,41 +132,6 @@ def main() -> None:
     report.note("each figure: ms from the POST's start to the mark; (+x) the step since the mark before it")
     report.note(f"load average {os.getloadavg()[0]:.2f} at the end")
     report.save(args.json)
-
-
-def measure(count: int) -> tuple[list[int], list[float]]:
-    """Approve `count` requests on the page; the start of each POST (perf_counter_ns) and its value's time (ms)."""
-    posts: list[int] = []
-    took: list[float] = []
-    with b.sandbox(secrets=20) as box:
-        box.unpaced()  # dozens of asks in a row from one session would meet the flood limiter
-        box.start_broker()
-        box.files_settled()
-        ours = Ours(box, box.project)
-        prepare = ours.prepare_approval
-
-        def marked_prepare(rid: str) -> Approval:
-            approval = prepare(rid)
-            send = approval.tap.send
-
-            def marked_send() -> None:
-                posts.append(time.perf_counter_ns())
-                send()
-
-            approval.tap.send = marked_send  # type: ignore[method-assign]
-            return approval
-
-        ours.prepare_approval = marked_prepare  # type: ignore[method-assign]
-        mcp = ours.spawn(box.project)
-        mcp.discover()
-        for i in range(count):
-            text, waited = ask_get(ours, mcp, {**ASK, "reason": f"{ASK['reason']} {i}"})
-            if waited is None or b.FAKE_KEY not in text:
-                raise SystemExit(f"ask {i} was not approved and answered with the value: {text[:200]}")
-            took.append(waited)
-        ours.close(mcp)
-        box.stop_broker()  # SIGTERM: the broker writes its marks as it exits
-    return posts, took
 
 
 def steps_of(marks: list[tuple[str, int]], posts: list[int], took: list[float]) -> list[tuple[str, list[float]]]:
