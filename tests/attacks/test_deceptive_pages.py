@@ -222,6 +222,7 @@ async def test_a_window_for_a_command_does_not_cover_it_under_another_path(
         async with anyio.create_task_group() as tg:
             tg.start_soon(decide_when_asked, broker_server, step_clock, "deny")
             second = await agent.call_tool("run_with_secrets", run)
+            tg.cancel_scope.cancel()  # ran without asking: nobody waits for a request that never comes
     await session.close()
     assert second.is_error  # it asked the human again, who said no
     assert marker.read_text() == "ran\n"

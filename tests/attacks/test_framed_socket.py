@@ -67,8 +67,8 @@ async def test_a_framed_call_cannot_use_another_processs_session(
         for head in (theirs, {**theirs, **claims}):
             status, answer = await call(home.socket, head)
             assert status == 400 and answer["error"]["code"] == "session_unknown", answer
-        other.stdin.write("\n")
-        other.stdin.flush()
     finally:
+        if other.stdin is not None:
+            other.stdin.close()  # it ends with its stdin: at once, also when an assertion above failed
         other.wait(timeout=10)
     assert broker_server.broker.audit.list(event="listed") == [], "nothing was listed for anyone"

@@ -189,7 +189,11 @@ async def test_no_value_waits_on_a_row_its_fsync_has_not_reached(
         reads = [
             asyncio.create_task(recorder.record(None, "auto_approved", None, request_id=f"r{i}")) for i in range(3)
         ]
-        assert await asyncio.to_thread(begun.wait, 10)
+        for _ in range(1000):  # until the fsync begins, or (what must not happen) the reads are answered without one
+            if begun.is_set() or all(task.done() for task in reads):
+                break
+            await asyncio.sleep(0.01)
+        assert begun.is_set() and not any(task.done() for task in reads), "released before its row was on disk"
         assert store.count() == 3, "committed together on the loop"
         await asyncio.sleep(0.2)
         assert not any(task.done() for task in reads), "released before its row was on disk"
