@@ -5,6 +5,7 @@ broker's event loop (`stage`) is on disk only once `settle` returns; a refused s
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import sqlite3
@@ -106,6 +107,30 @@ def test_settle_without_waiting_gives_way_to_a_sync_under_way_on_another_thread(
         other.join()
     assert log.settle(staged, wait=False) is True
     assert [rows for _, rows in syncs.made] == [2], "the other thread's sync covered both"
+
+
+@pytest.mark.anyio
+async def test_rows_committed_on_the_loop_are_told_to_the_listeners_once_synced_even_if_their_caller_gave_up(
+    log: AuditLog, syncs: Syncs
+) -> None:
+    """A caller cancelled while its rows' sync runs on a worker thread (the broker stopping) leaves the rows
+    committed: the listeners (integrity's checkpoint, its note of the broker's own rows) hear of them once the sync
+    is done, and not before."""
+    heard: list[tuple[str | None, int]] = []
+    log.subscribe(lambda record: heard.append((record.request_id, len(syncs.made))))
+    syncs.hold = threading.Event()
+    caller = asyncio.create_task(log.append_async([read("r1"), read("r2")]))
+    assert await asyncio.to_thread(syncs.begun.wait, 10)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert heard == [], "heard of before their sync"
+    syncs.hold.set()
+    for _ in range(500):
+        if heard:
+            break
+        await asyncio.sleep(0.01)
+    assert heard == [("r1", 1), ("r2", 1)]
 
 
 @pytest.mark.parametrize("write", ["append", "stage"])

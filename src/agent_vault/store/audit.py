@@ -277,16 +277,26 @@ class AuditLog:
 
     async def append_async(self, events: Sequence[AuditEvent], *, alone: bool = False) -> builtins.list[AuditRecord]:
         """`append_many` for a caller on an event loop (the broker's rows): committed on the loop when that needs no
-        wait (`stage`), else on a worker thread; durable when it returns, and only then told to the listeners.
+        wait (`stage`), else on a worker thread; durable when it returns, and only then told to the listeners (once
+        their sync is done, also when this caller was cancelled while it ran: the rows are committed all the same).
         `alone`: one caller waits on these rows, so their sync is made on the loop (it waits for it anyway); the
         rows of several callers are synced on a worker thread, which then needs the interpreter's lock once
         rather than after each SQLite call, while the loop goes on taking the next calls."""
         staged = self.stage(events)
         if staged is None:
             return await asyncio.to_thread(self.append_many, events)
-        if not alone or not self.settle(staged, wait=False):
-            await asyncio.to_thread(self.settle, staged)
-        return told(self.listeners, list(staged.records))
+        records = list(staged.records)
+        if alone and self.settle(staged, wait=False):
+            return told(self.listeners, records)
+        syncing = asyncio.ensure_future(asyncio.to_thread(self.settle, staged))
+
+        def synced(done: asyncio.Future[bool]) -> None:  # runs before the caller resumes
+            if not done.cancelled() and done.exception() is None:
+                told(self.listeners, records)
+
+        syncing.add_done_callback(synced)  # the listeners hear of the rows also when this caller was cancelled
+        await asyncio.shield(syncing)
+        return records
 
     def _sync(self, commit: int, *, wait: bool = True) -> bool:
         """Make this object's commits up to number `commit` durable: one fdatasync of the WAL file covers every
