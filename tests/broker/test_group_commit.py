@@ -18,6 +18,7 @@ from agent_vault.broker.recorder import Recorder
 from agent_vault.domain.errors import AuditError
 from agent_vault.store.audit import AuditEvent, AuditLog, AuditRecord, Staged
 from agent_vault.store.interface import AuditRecords
+from tests.broker.test_webhooks import eventually
 from tests.store.test_audit_engines import Store
 from tests.store.test_state_engines import a_request as _request
 
@@ -189,10 +190,8 @@ async def test_no_value_waits_on_a_row_its_fsync_has_not_reached(
         reads = [
             asyncio.create_task(recorder.record(None, "auto_approved", None, request_id=f"r{i}")) for i in range(3)
         ]
-        for _ in range(1000):  # until the fsync begins, or (what must not happen) the reads are answered without one
-            if begun.is_set() or all(task.done() for task in reads):
-                break
-            await asyncio.sleep(0.01)
+        # until the fsync begins, or (what must not happen) the reads are answered without one
+        await eventually(lambda: begun.is_set() or all(task.done() for task in reads))
         assert begun.is_set() and not any(task.done() for task in reads), "released before its row was on disk"
         assert store.count() == 3, "committed together on the loop"
         await asyncio.sleep(0.2)

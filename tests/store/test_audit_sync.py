@@ -18,6 +18,7 @@ import pytest
 from agent_vault.domain.errors import AuditError
 from agent_vault.home import StatePaths
 from agent_vault.store.audit import AuditEvent, AuditLog
+from tests.broker.test_webhooks import eventually
 
 
 class Syncs:
@@ -126,10 +127,7 @@ async def test_rows_committed_on_the_loop_are_told_to_the_listeners_once_synced_
         await caller
     assert heard == [], "heard of before their sync"
     syncs.hold.set()
-    for _ in range(500):
-        if heard:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: bool(heard), timeout=5)
     assert heard == [("r1", 1), ("r2", 1)]
 
 
