@@ -64,7 +64,9 @@ def approve(ours: Ours, mcp: b.RawMcp, which: str) -> float:
     """Ask once on the vault whose window is 0 and approve it on the page: POST -> value (ms)."""
     text, waited = ask_get(ours, mcp, {**ASK, "reason": f"{ASK['reason']} {which}"})
     if waited is None or b.FAKE_KEY not in text:  # every ask must be an approval, or the CPU figure lies
-        raise SystemExit(f"ask {which} was not approved and answered with the value: {text[:200]}")
+        # the answer's text only when it holds no value (an answer at once carries one: a window was open)
+        why = "it was answered at once, without an approval" if b.FAKE_KEY in text else text[:200]
+        raise SystemExit(f"ask {which} was not approved and answered with the value: {why}")
     return waited
 
 
