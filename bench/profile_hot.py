@@ -5,8 +5,10 @@ Runs the front door under cProfile and the broker with broker_proc.py --profile,
 from a bare JSON-RPC client, and prints each process's own (tottime) seconds per call grouped by
 package, plus its CPU per call measured without the profiler. cProfile inflates Python-heavy code
 (about 2x here), so read the groups as shares, and the unprofiled CPU as the absolute figure.
+With --no-profile only the unprofiled run: its wall and CPU per call, also as --json figures, which makes it a
+steady before/after for bench/ab.py (hot_path.py makes a few dozen calls; this makes thousands).
 Not part of bench/run.  Usage: python bench/profile_hot.py [--calls 1000] [--tool list_secrets] [--secrets 10000]
-[--keep DIR]
+[--keep DIR] [--no-profile] [--json PATH]
 """
 
 from __future__ import annotations
@@ -66,12 +68,14 @@ def main() -> None:
     p.add_argument("--top", type=int, default=14)
     p.add_argument("--keep", type=Path, help="a directory to copy both profiles to (pstats files)")
     p.add_argument("--secrets", type=int, default=20, help="how many secrets the vault holds (10000: list10k)")
+    p.add_argument("--no-profile", action="store_true", help="only the unprofiled run (wall and CPU per call)")
+    p.add_argument("--json", metavar="PATH", help="write the unprofiled figures here")
     args = p.parse_args()
     arguments = GET if args.tool == "get_secret" else {}
     with b.sandbox(secrets=args.secrets) as box:
         cpu: dict[str, float] = {}
         box.files_settled()
-        for profiled in (False, True):
+        for profiled in (False,) if args.no_profile else (False, True):
             broker_prof = box.root / "broker.pstats"
             fd_prof = box.root / "frontdoor.pstats"
             proc = subprocess.Popen(
@@ -101,6 +105,13 @@ def main() -> None:
                 cpu["wall"] = wall
             mcp.close()
             box.stop_broker()
+        report = b.Report("profile_hot.py", quick=False)
+        report.value("calls.wall", f"{args.tool}: wall per call (bare client)", cpu["wall"], "ms")
+        report.value("calls.cpu.frontdoor", f"{args.tool}: front door CPU per call", cpu["front door"], "ms")
+        report.value("calls.cpu.broker", f"{args.tool}: broker CPU per call", cpu["broker"], "ms")
+        report.save(args.json)
+        if args.no_profile:
+            return
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(broker_prof, args.keep / "broker.pstats")

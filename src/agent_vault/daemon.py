@@ -51,6 +51,7 @@ from agent_vault.domain.frames import PREAMBLE
 from agent_vault.domain.untrusted import visible
 from agent_vault.home import StatePaths, private_file, write_whole
 from agent_vault.listening import listen_tcp
+from agent_vault.read_size import heap_sized
 from agent_vault.store.engines import open_factors
 from agent_vault.store.interface import AuditRecords, StateRecords
 from agent_vault.system import accounts
@@ -79,6 +80,7 @@ class _PeerCredProtocol(HttpToolsProtocol):
     _sniffed: bytearray | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        heap_sized(transport)  # each read's buffer from the heap (read_size.py)
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is None or sock.family != socket.AF_UNIX:

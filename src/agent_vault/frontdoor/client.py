@@ -32,6 +32,7 @@ from agent_vault.domain.wire import (
     StatusView,
     unchanged_listing,
 )
+from agent_vault.read_size import READ_SIZE, heap_sized
 
 #: reuse an idle connection only while it is younger than this; uvicorn drops idle ones after 5 s
 _IDLE_REUSE = 2.0
@@ -146,7 +147,9 @@ class BrokerClient:
 
     async def _open(self) -> Streams:
         """A new connection to the broker."""
-        return await asyncio.open_unix_connection(str(self.socket_path))
+        reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        heap_sized(writer.transport)
+        return reader, writer
 
     def _credentials(self) -> list[str]:
         """Header lines that say who calls (none on the socket: the kernel says it)."""
@@ -323,7 +326,7 @@ def _answer_here(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wak
     if not any(fd == answer and events & select.POLLIN for fd, events in poll.poll(_HOLD_MS)):
         return
     try:
-        data = os.read(answer, 1 << 18)
+        data = os.read(answer, READ_SIZE)
     except OSError:  # BlockingIOError after all, or an error the loop will meet again and report
         return
     if data:

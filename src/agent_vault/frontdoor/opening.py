@@ -274,11 +274,14 @@ class LoopLines:
     async def _open(self) -> Any:
         import asyncio
 
+        from agent_vault.read_size import heap_sized
+
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=MAX_LINE)
         reader.feed_data(self._first)
         pipe = open(self._fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 (the transport owns it)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        heap_sized(transport)
         return reader
 
 

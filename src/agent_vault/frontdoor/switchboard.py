@@ -26,6 +26,7 @@ from typing import Any
 
 from agent_vault.frontdoor.fastpath import Call, FastPath
 from agent_vault.frontdoor.opening import MAX_LINE, FilteredOut, Opening
+from agent_vault.read_size import heap_sized
 
 
 class SdkLines:
@@ -101,7 +102,8 @@ class Switchboard:
         reader.feed_data(bytes(wire.pending))
         wire.pending.clear()
         pipe_in = open(wire.fd_in, "rb", buffering=0, closefd=False)  # noqa: SIM115 (the transport owns it)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe_in)
+        transport_in, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe_in)
+        heap_sized(transport_in)
         pipe_out = open(wire.writer.fileno(), "wb", buffering=0, closefd=False)  # noqa: SIM115 (as above)
         transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, pipe_out)
         self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
