@@ -25,6 +25,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -92,6 +93,11 @@ class WebhookConfig(_Model):
         if unknown:
             raise PydanticCustomError("events", "unknown event(s) {unknown}", {"unknown": _quoted(unknown)})
         return tuple(dict.fromkeys(value))
+
+    @field_serializer("events")
+    def _events_out(self, value: str | tuple[str, ...]) -> str | list[str]:
+        """As written: "all" or a list (a plain validator leaves pydantic's own serializer guessing, and warning)."""
+        return value if isinstance(value, str) else list(value)
 
 
 @dataclass(frozen=True)
